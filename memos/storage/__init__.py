@@ -1,0 +1,1 @@
+"""Persistence: SQLite (the truth), the vector index boundary and its Chroma implementation, blobs."""

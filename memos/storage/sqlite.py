@@ -1,0 +1,542 @@
+"""SQLite (WAL) store: the single source of truth for cubes, grants, every MemCube version, usage, links, the
+audit log, the event outbox and the index outbox.
+
+The store speaks rows, not policy: the kernel decides, the store persists. Every mutating kernel syscall runs inside
+one ``transaction()``; it is acknowledged only after the commit. Lexical search is SQLite FTS5 (``bm25()``) over the
+same rows, updated in the same transaction as the version it indexes. The vector index (Chroma) is derived data:
+changes to it are queued in ``index_outbox`` inside the transaction and applied after the commit, so a crash
+between the two is repaired by replaying the outbox at start-up.
+
+Raises ``BackendError`` (translated from ``sqlite3.Error``) for storage failures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memos.errors import BackendError, CorruptPayload
+
+#: valid_to of a current version (Chroma metadata must be a finite float).
+FOREVER = 1.0e18
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cubes (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, description TEXT NOT NULL, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS grants (
+    cube TEXT NOT NULL REFERENCES cubes(name) ON DELETE CASCADE,
+    principal TEXT NOT NULL, right TEXT NOT NULL, PRIMARY KEY (cube, principal)
+);
+CREATE TABLE IF NOT EXISTS memories (
+    id TEXT PRIMARY KEY, cube TEXT NOT NULL REFERENCES cubes(name) ON DELETE CASCADE,
+    kind TEXT NOT NULL, current_version INTEGER NOT NULL, state TEXT NOT NULL,
+    pinned INTEGER NOT NULL DEFAULT 0, stale INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    reads INTEGER NOT NULL DEFAULT 0, last_read_at REAL
+);
+CREATE INDEX IF NOT EXISTS memories_by_cube ON memories(cube, state);
+CREATE TABLE IF NOT EXISTS versions (
+    rowid INTEGER PRIMARY KEY,
+    memory_id TEXT NOT NULL REFERENCES memories(id) ON DELETE CASCADE,
+    version INTEGER NOT NULL, cube TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,
+    content TEXT NOT NULL, metadata TEXT NOT NULL, tags TEXT NOT NULL, provenance TEXT NOT NULL,
+    content_hash TEXT NOT NULL, size_bytes INTEGER NOT NULL,
+    fingerprint TEXT, payload TEXT,
+    valid_from REAL NOT NULL, valid_to REAL NOT NULL,
+    UNIQUE (memory_id, version)
+);
+CREATE INDEX IF NOT EXISTS versions_by_cube ON versions(cube, valid_to, valid_from);
+CREATE VIRTUAL TABLE IF NOT EXISTS versions_fts USING fts5(
+    content, tags, content='versions', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TABLE IF NOT EXISTS access_log (memory_id TEXT NOT NULL, at REAL NOT NULL, principal TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS access_by_memory ON access_log(memory_id, at);
+CREATE TABLE IF NOT EXISTS links (
+    source TEXT NOT NULL, target TEXT NOT NULL, relation TEXT NOT NULL, author TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (source, target, relation)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, principal TEXT NOT NULL, op TEXT NOT NULL,
+    cube TEXT, memory_id TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_cube ON audit(cube, seq);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, type TEXT NOT NULL,
+    cube TEXT, memory_id TEXT, principal TEXT, data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS index_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, version_rowid INTEGER NOT NULL, entry TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS derivations (
+    child_id TEXT NOT NULL, child_version INTEGER NOT NULL, parent_id TEXT NOT NULL, parent_version INTEGER NOT NULL,
+    PRIMARY KEY (child_id, child_version, parent_id)
+);
+CREATE INDEX IF NOT EXISTS derivations_by_parent ON derivations(parent_id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    """One row of ``versions`` joined with the memory's current usage facts."""
+
+    rowid: int
+    memory_id: str
+    version: int
+    cube: str
+    kind: str
+    state: str
+    content: str
+    metadata: dict[str, Any]
+    tags: tuple[str, ...]
+    provenance: dict[str, Any]
+    content_hash: str
+    size_bytes: int
+    fingerprint: dict[str, Any] | None
+    payload: dict[str, Any] | None
+    valid_from: float
+    valid_to: float
+    created_at: float  # of the memory (version 1)
+    pinned: bool
+    stale: bool
+    reads: int
+    last_read_at: float | None
+    current_version: int
+
+
+_VERSION_COLUMNS = (
+    "v.rowid, v.memory_id, v.version, v.cube, v.kind, v.state, v.content, v.metadata, v.tags, v.provenance, "
+    "v.content_hash, v.size_bytes, v.fingerprint, v.payload, v.valid_from, v.valid_to, "
+    "m.created_at, m.pinned, m.stale, m.reads, m.last_read_at, m.current_version"
+)
+_FROM = "versions v JOIN memories m ON m.id = v.memory_id"
+
+
+def _row_to_version(row: tuple[Any, ...]) -> VersionRow:
+    return VersionRow(
+        rowid=row[0],
+        memory_id=row[1],
+        version=row[2],
+        cube=row[3],
+        kind=row[4],
+        state=row[5],
+        content=row[6],
+        metadata=json.loads(row[7]),
+        tags=tuple(json.loads(row[8])),
+        provenance=json.loads(row[9]),
+        content_hash=row[10],
+        size_bytes=row[11],
+        fingerprint=json.loads(row[12]) if row[12] else None,
+        payload=json.loads(row[13]) if row[13] else None,
+        valid_from=row[14],
+        valid_to=row[15],
+        created_at=row[16],
+        pinned=bool(row[17]),
+        stale=bool(row[18]),
+        reads=row[19],
+        last_read_at=row[20],
+        current_version=row[21],
+    )
+
+
+_FTS_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_query(text: str, max_terms: int = 32) -> str | None:
+    """An FTS5 MATCH expression that ORs the words of ``text`` (quoted, so no FTS syntax leaks through)."""
+    words = []
+    seen = set()
+    for word in _FTS_WORD.findall(text.lower()):
+        if word not in seen:
+            seen.add(word)
+            words.append(f'"{word}"')
+        if len(words) >= max_terms:
+            break
+    return " OR ".join(words) if words else None
+
+
+class SqliteStore:
+    """All SQL of memos. Thread-safe by a lock: the kernel is synchronous, transports may call from threads."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.DatabaseError as exc:
+            raise CorruptPayload(f"cannot open the memos database {self.path}: {exc}", path=str(self.path)) from exc
+        self._depth = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit (nested calls join the outer one). Commits on exit, rolls back on any exception."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            self._exec("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._depth = 0
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self._exec("COMMIT")
+
+    def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise BackendError(f"sqlite: {exc}", sql=sql.split()[0]) from exc
+
+    def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._exec(sql, params).fetchall()
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> tuple[Any, ...] | None:
+        with self._lock:
+            return self._exec(sql, params).fetchone()
+
+    def integrity_check(self) -> str:
+        row = self._one("PRAGMA integrity_check")
+        return str(row[0]) if row else "no answer"
+
+    # ------------------------------------------------------------------------------------------------ cubes, grants
+
+    def insert_cube(self, name: str, owner: str, description: str, at: float) -> None:
+        self._exec("INSERT INTO cubes(name, owner, description, created_at) VALUES (?,?,?,?)", (name, owner, description, at))
+
+    def get_cube(self, name: str) -> tuple[str, str, str, float] | None:
+        row = self._one("SELECT name, owner, description, created_at FROM cubes WHERE name = ?", (name,))
+        return tuple(row) if row else None  # type: ignore[return-value]
+
+    def list_cubes(self) -> list[tuple[str, str, str, float]]:
+        return [tuple(r) for r in self._all("SELECT name, owner, description, created_at FROM cubes ORDER BY name")]  # type: ignore[misc]
+
+    def delete_cube(self, name: str) -> list[str]:
+        """Purge a cube: its memories, versions (and their FTS rows), links, grants. Returns the purged memory ids."""
+        ids = [r[0] for r in self._all("SELECT id FROM memories WHERE cube = ?", (name,))]
+        for memory_id in ids:
+            self.purge_memory(memory_id)
+        self._exec("DELETE FROM grants WHERE cube = ?", (name,))
+        self._exec("DELETE FROM cubes WHERE name = ?", (name,))
+        return ids
+
+    def grants(self, cube: str) -> list[tuple[str, str]]:
+        return [tuple(r) for r in self._all("SELECT principal, right FROM grants WHERE cube = ? ORDER BY principal", (cube,))]  # type: ignore[misc]
+
+    def set_grant(self, cube: str, principal: str, right: str) -> None:
+        self._exec(
+            "INSERT INTO grants(cube, principal, right) VALUES (?,?,?) "
+            "ON CONFLICT(cube, principal) DO UPDATE SET right = excluded.right",
+            (cube, principal, right),
+        )
+
+    def delete_grant(self, cube: str, principal: str) -> None:
+        self._exec("DELETE FROM grants WHERE cube = ? AND principal = ?", (cube, principal))
+
+    # ------------------------------------------------------------------------------------------------ versions
+
+    def insert_memory(self, memory_id: str, cube: str, kind: str, state: str, at: float) -> None:
+        self._exec(
+            "INSERT INTO memories(id, cube, kind, current_version, state, created_at, updated_at) VALUES (?,?,?,0,?,?,?)",
+            (memory_id, cube, kind, state, at, at),
+        )
+
+    def append_version(
+        self,
+        *,
+        memory_id: str,
+        version: int,
+        cube: str,
+        kind: str,
+        state: str,
+        content: str,
+        metadata: dict[str, Any],
+        tags: tuple[str, ...],
+        provenance: dict[str, Any],
+        content_hash: str,
+        size_bytes: int,
+        fingerprint: dict[str, Any] | None,
+        payload: dict[str, Any] | None,
+        at: float,
+    ) -> int:
+        """Close the current version's validity at ``at`` and append ``version``; index it. Returns its rowid."""
+        previous = self._one(
+            "SELECT rowid, state FROM versions WHERE memory_id = ? AND valid_to = ?", (memory_id, FOREVER)
+        )
+        if previous is not None:
+            self._exec("UPDATE versions SET valid_to = ? WHERE rowid = ?", (at, previous[0]))
+            if previous[1] != "deleted":
+                self._outbox("close", previous[0], memory_id, version - 1)
+        cur = self._exec(
+            "INSERT INTO versions(memory_id, version, cube, kind, state, content, metadata, tags, provenance, "
+            "content_hash, size_bytes, fingerprint, payload, valid_from, valid_to) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                memory_id, version, cube, kind, state, content,
+                json.dumps(metadata, ensure_ascii=False, sort_keys=True), json.dumps(list(tags), ensure_ascii=False),
+                json.dumps(provenance, ensure_ascii=False, sort_keys=True), content_hash, size_bytes,
+                json.dumps(fingerprint, sort_keys=True) if fingerprint else None,
+                json.dumps(payload, sort_keys=True) if payload else None, at, FOREVER,
+            ),
+        )
+        rowid = int(cur.lastrowid or 0)
+        if state != "deleted":
+            self._exec(
+                "INSERT INTO versions_fts(rowid, content, tags) VALUES (?,?,?)", (rowid, content, " ".join(tags))
+            )
+            self._outbox("add", rowid, memory_id, version)
+        for ref in provenance.get("derived_from", ()):
+            self._exec(
+                "INSERT OR IGNORE INTO derivations(child_id, child_version, parent_id, parent_version) VALUES (?,?,?,?)",
+                (memory_id, version, ref["id"], ref["version"]),
+            )
+        self._exec(
+            "UPDATE memories SET current_version = ?, state = ?, kind = ?, updated_at = ? WHERE id = ?",
+            (version, state, kind, at, memory_id),
+        )
+        return rowid
+
+    def get_version(self, memory_id: str, version: int | None = None) -> VersionRow | None:
+        if version is None:
+            row = self._one(f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.memory_id = ? AND v.version = m.current_version", (memory_id,))
+        else:
+            row = self._one(f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.memory_id = ? AND v.version = ?", (memory_id, version))
+        return _row_to_version(row) if row else None
+
+    def versions_by_rowid(self, rowids: Iterable[int]) -> dict[int, VersionRow]:
+        ids = list(rowids)
+        out: dict[int, VersionRow] = {}
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            marks = ",".join("?" * len(part))
+            for row in self._all(f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.rowid IN ({marks})", part):
+                out[row[0]] = _row_to_version(row)
+        return out
+
+    def history(self, memory_id: str) -> list[VersionRow]:
+        rows = self._all(f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.memory_id = ? ORDER BY v.version", (memory_id,))
+        return [_row_to_version(r) for r in rows]
+
+    def memory_cube(self, memory_id: str) -> str | None:
+        row = self._one("SELECT cube FROM memories WHERE id = ?", (memory_id,))
+        return row[0] if row else None
+
+    def set_pinned(self, memory_id: str, pinned: bool) -> None:
+        self._exec("UPDATE memories SET pinned = ? WHERE id = ?", (int(pinned), memory_id))
+
+    def set_stale(self, memory_id: str, stale: bool) -> None:
+        self._exec("UPDATE memories SET stale = ? WHERE id = ?", (int(stale), memory_id))
+
+    def purge_memory(self, memory_id: str) -> None:
+        """Hard delete: every version, its FTS entry, links and usage. Vector removals go to the outbox."""
+        for rowid, version, content, tags, state in self._all(
+            "SELECT rowid, version, content, tags, state FROM versions WHERE memory_id = ?", (memory_id,)
+        ):
+            if state != "deleted":
+                self._exec(
+                    "INSERT INTO versions_fts(versions_fts, rowid, content, tags) VALUES ('delete', ?, ?, ?)",
+                    (rowid, content, " ".join(json.loads(tags))),
+                )
+                self._outbox("remove", rowid, memory_id, version)
+        self._exec("DELETE FROM versions WHERE memory_id = ?", (memory_id,))
+        self._exec("DELETE FROM derivations WHERE child_id = ?", (memory_id,))
+        self._exec("DELETE FROM links WHERE source = ? OR target = ?", (memory_id, memory_id))
+        self._exec("DELETE FROM access_log WHERE memory_id = ?", (memory_id,))
+        self._exec("DELETE FROM memories WHERE id = ?", (memory_id,))
+
+    # ------------------------------------------------------------------------------------------------ usage
+
+    def record_reads(self, memory_ids: Iterable[str], principal: str, at: float) -> None:
+        for memory_id in memory_ids:
+            self._exec("UPDATE memories SET reads = reads + 1, last_read_at = ? WHERE id = ?", (at, memory_id))
+            self._exec("INSERT INTO access_log(memory_id, at, principal) VALUES (?,?,?)", (memory_id, at, principal))
+
+    def reads_since(self, memory_id: str, since: float) -> int:
+        row = self._one("SELECT COUNT(*) FROM access_log WHERE memory_id = ? AND at >= ?", (memory_id, since))
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------------------------------------ search
+
+    def lexical(
+        self, query: str, cubes: Iterable[str], at: float | None, limit: int, states: tuple[str, ...] = ("active",)
+    ) -> list[tuple[int, float]]:
+        """FTS5 bm25 ranking over versions valid at ``at`` (current when None). Returns (rowid, bm25) best first."""
+        match = fts_query(query)
+        if match is None:
+            return []
+        cube_list = list(cubes)
+        cube_marks = ",".join("?" * len(cube_list))
+        state_marks = ",".join("?" * len(states))
+        if at is None:
+            validity, params = "v.valid_to = ?", [FOREVER]
+        else:
+            validity, params = "v.valid_from <= ? AND v.valid_to > ?", [at, at]
+        sql = (
+            "SELECT v.rowid, bm25(versions_fts) AS score FROM versions_fts JOIN versions v ON v.rowid = versions_fts.rowid "
+            f"WHERE versions_fts MATCH ? AND v.cube IN ({cube_marks}) AND v.state IN ({state_marks}) AND {validity} "
+            "ORDER BY score LIMIT ?"
+        )
+        return [(r[0], r[1]) for r in self._all(sql, [match, *cube_list, *states, *params, limit])]
+
+    # ------------------------------------------------------------------------------------------------ index outbox
+
+    def _outbox(self, action: str, rowid: int, memory_id: str, version: int) -> None:
+        self._exec(
+            "INSERT INTO index_outbox(action, version_rowid, entry) VALUES (?,?,?)", (action, rowid, f"{memory_id}@{version}")
+        )
+
+    def pending_index_ops(self, limit: int = 1000) -> list[tuple[int, str, int, str]]:
+        """(seq, action, version rowid, entry id) in order; action is add, close or remove."""
+        return [tuple(r) for r in self._all(
+            "SELECT seq, action, version_rowid, entry FROM index_outbox ORDER BY seq LIMIT ?", (limit,)
+        )]  # type: ignore[misc]
+
+    def pending_index_count(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM index_outbox")
+        return int(row[0]) if row else 0
+
+    def children_of(self, parent_id: str) -> list[tuple[str, int]]:
+        """Memories whose *current* version was derived from any version of ``parent_id``: (child id, parent version)."""
+        return [tuple(r) for r in self._all(
+            "SELECT d.child_id, d.parent_version FROM derivations d JOIN memories m ON m.id = d.child_id "
+            "AND m.current_version = d.child_version WHERE d.parent_id = ?",
+            (parent_id,),
+        )]  # type: ignore[misc]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._exec("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def ack_index_ops(self, up_to_seq: int) -> None:
+        with self.transaction():
+            self._exec("DELETE FROM index_outbox WHERE seq <= ?", (up_to_seq,))
+
+    def indexable_entries(self) -> dict[str, int]:
+        """Entry id -> rowid of every version that belongs in the vector index (all but tombstones)."""
+        return {f"{r[1]}@{r[2]}": r[0] for r in self._all("SELECT rowid, memory_id, version FROM versions WHERE state != 'deleted'")}
+
+    # ------------------------------------------------------------------------------------------------ links
+
+    def add_link(self, source: str, target: str, relation: str, author: str, at: float) -> None:
+        self._exec(
+            "INSERT OR IGNORE INTO links(source, target, relation, author, created_at) VALUES (?,?,?,?,?)",
+            (source, target, relation, author, at),
+        )
+
+    def links_of(self, memory_id: str) -> list[tuple[str, str, str, str, float]]:
+        return [tuple(r) for r in self._all(
+            "SELECT source, target, relation, author, created_at FROM links WHERE source = ? OR target = ? ORDER BY created_at",
+            (memory_id, memory_id),
+        )]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------------------------------------ audit, events
+
+    def audit(self, at: float, principal: str, op: str, cube: str | None, memory_id: str | None, outcome: str, detail: str) -> None:
+        self._exec(
+            "INSERT INTO audit(at, principal, op, cube, memory_id, outcome, detail) VALUES (?,?,?,?,?,?,?)",
+            (at, principal, op, cube, memory_id, outcome, detail[:1000]),
+        )
+
+    def audit_records(self, cube: str | None, since: int, limit: int) -> list[tuple[Any, ...]]:
+        if cube is None:
+            return self._all(
+                "SELECT seq, at, principal, op, cube, memory_id, outcome, detail FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                (since, limit),
+            )
+        return self._all(
+            "SELECT seq, at, principal, op, cube, memory_id, outcome, detail FROM audit WHERE cube = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (cube, since, limit),
+        )
+
+    def emit(self, at: float, type_: str, cube: str | None, memory_id: str | None, principal: str | None, data: dict[str, Any]) -> None:
+        self._exec(
+            "INSERT INTO events(at, type, cube, memory_id, principal, data) VALUES (?,?,?,?,?,?)",
+            (at, type_, cube, memory_id, principal, json.dumps(data, sort_keys=True, default=str)),
+        )
+
+    def events(self, since: int, limit: int, cubes: list[str] | None) -> list[tuple[Any, ...]]:
+        if cubes is None:
+            return self._all(
+                "SELECT seq, at, type, cube, memory_id, principal, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (since, limit),
+            )
+        if not cubes:
+            return []
+        marks = ",".join("?" * len(cubes))
+        return self._all(
+            f"SELECT seq, at, type, cube, memory_id, principal, data FROM events WHERE seq > ? AND cube IN ({marks}) "
+            "ORDER BY seq LIMIT ?",
+            (since, *cubes, limit),
+        )
+
+    def last_event_seq(self) -> int:
+        row = self._one("SELECT COALESCE(MAX(seq), 0) FROM events")
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------------------------------------ stats
+
+    def counts(self, cubes: list[str]) -> list[tuple[str, str, str, int, int]]:
+        """(cube, kind, state, count, bytes) over current versions of the given cubes."""
+        if not cubes:
+            return []
+        marks = ",".join("?" * len(cubes))
+        return [tuple(r) for r in self._all(
+            f"SELECT m.cube, m.kind, m.state, COUNT(*), COALESCE(SUM(v.size_bytes), 0) FROM memories m "
+            f"JOIN versions v ON v.memory_id = m.id AND v.version = m.current_version WHERE m.cube IN ({marks}) "
+            "GROUP BY m.cube, m.kind, m.state",
+            cubes,
+        )]  # type: ignore[misc]
+
+    def version_count(self, cubes: list[str]) -> int:
+        if not cubes:
+            return 0
+        marks = ",".join("?" * len(cubes))
+        row = self._one(f"SELECT COUNT(*) FROM versions WHERE cube IN ({marks})", cubes)
+        return int(row[0]) if row else 0
+
+    def current_memories(self, cubes: list[str]) -> list[VersionRow]:
+        """Current versions of every memory in ``cubes`` (any state): the snapshot policies evaluate."""
+        if not cubes:
+            return []
+        marks = ",".join("?" * len(cubes))
+        rows = self._all(
+            f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.version = m.current_version AND m.cube IN ({marks}) ORDER BY m.created_at",
+            cubes,
+        )
+        return [_row_to_version(r) for r in rows]

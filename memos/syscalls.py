@@ -1,0 +1,379 @@
+"""Syscalls are data: one frozen pydantic model per call, in one closed, discriminated union.
+
+The kernel has a single entry, ``Kernel.execute(principal, syscall)``; the client's friendly methods only build these
+objects, and policies emit them. The author of anything written is always the calling principal: no syscall carries a
+principal of its own to be trusted. ``parse_syscall`` turns wire data (JSON dicts) into a syscall, translating
+pydantic's errors into ``InvalidSyscall`` that names the offending field.
+
+Each syscall class names its ``result_type`` and the ``right`` it needs on the cube(s) it touches (see
+docs/syscalls.md for the full reference).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from memos.errors import InvalidSyscall
+from memos.types import (
+    Ack,
+    AuditList,
+    CubeInfo,
+    CubeList,
+    CubeName,
+    EventList,
+    Kind,
+    Memory,
+    MemoryId,
+    MemoryList,
+    MemoryRef,
+    Principal,
+    Right,
+    SearchResult,
+    Source,
+    Stats,
+    Tag,
+    Trust,
+)
+
+#: Documented input limits (docs/syscalls.md). Content above MAX_CONTENT_BYTES raises PayloadTooLarge.
+MAX_CONTENT_BYTES = 32 * 1024
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 6
+MAX_TAGS = 32
+MAX_QUERY_CHARS = 4096
+MAX_K = 200
+MAX_BATCH = 256
+
+
+class _Syscall(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    result_type: ClassVar[type[BaseModel]] = Ack
+    right: ClassVar[Right] = Right.READ
+
+
+class CreateCube(_Syscall):
+    """Create a namespace; the caller becomes its owner with ``admin``."""
+
+    op: Literal["create_cube"] = "create_cube"
+    name: CubeName
+    description: str = Field(default="", max_length=1024)
+    exist_ok: bool = False
+    result_type: ClassVar[type[BaseModel]] = CubeInfo
+
+
+class DropCube(_Syscall):
+    """Remove a cube and purge every memory in it (needs ``admin``)."""
+
+    op: Literal["drop_cube"] = "drop_cube"
+    name: CubeName
+    right: ClassVar[Right] = Right.ADMIN
+
+
+class ListCubes(_Syscall):
+    """The cubes the caller may read."""
+
+    op: Literal["list_cubes"] = "list_cubes"
+    result_type: ClassVar[type[BaseModel]] = CubeList
+
+
+class GetCube(_Syscall):
+    op: Literal["cube_info"] = "cube_info"
+    name: CubeName
+    result_type: ClassVar[type[BaseModel]] = CubeInfo
+
+
+class Write(_Syscall):
+    """Write a new plaintext memory (version 1). The author is the caller."""
+
+    op: Literal["write"] = "write"
+    cube: CubeName
+    content: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
+    source: Source = Source.CONVERSATION
+    source_refs: tuple[Annotated[str, Field(max_length=512)], ...] = Field(default=(), max_length=64)
+    derived_from: tuple[MemoryRef, ...] = Field(default=(), max_length=64)
+    trust: Trust | None = None  # None: untrusted for tool/document sources, trusted otherwise
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
+class Read(_Syscall):
+    """Read the current version, or ``version`` exactly. Counts as a use of the memory."""
+
+    op: Literal["read"] = "read"
+    id: MemoryId
+    version: int | None = Field(default=None, ge=1)
+    result_type: ClassVar[type[BaseModel]] = Memory
+
+
+class SearchFilters(BaseModel):
+    """Conjunctive filters. ``metadata`` matches top-level keys by equality."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tags: tuple[Tag, ...] = ()
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    trust: Trust | None = None
+    kinds: tuple[Kind, ...] = ()
+    authors: tuple[Principal, ...] = ()
+    sources: tuple[Source, ...] = ()
+
+
+class Search(_Syscall):
+    """Hybrid search (dense + lexical, fused by reciprocal rank) over one or more cubes.
+
+    With ``as_of`` the search sees each memory as it was at that instant (versions valid then, active then).
+    Hits count as uses of the memories returned.
+    """
+
+    op: Literal["search"] = "search"
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    cubes: tuple[CubeName, ...] = Field(min_length=1, max_length=64)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    filters: SearchFilters = SearchFilters()
+    as_of: datetime | None = None
+    mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    result_type: ClassVar[type[BaseModel]] = SearchResult
+
+
+class Update(_Syscall):
+    """Write version n+1 with the given fields changed. ``expected_version`` makes it conditional."""
+
+    op: Literal["update"] = "update"
+    id: MemoryId
+    content: str | None = None
+    metadata: dict[str, Any] | None = None
+    tags: tuple[Tag, ...] | None = Field(default=None, max_length=MAX_TAGS)
+    expected_version: int | None = Field(default=None, ge=1)
+    source_refs: tuple[Annotated[str, Field(max_length=512)], ...] = Field(default=(), max_length=64)
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
+class Delete(_Syscall):
+    """Tombstone: a new version in state ``deleted``. History stays; search no longer finds it."""
+
+    op: Literal["delete"] = "delete"
+    id: MemoryId
+    expected_version: int | None = Field(default=None, ge=1)
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
+class Archive(_Syscall):
+    """A new version in state ``archived``: kept and readable, out of default search."""
+
+    op: Literal["archive"] = "archive"
+    id: MemoryId
+    expected_version: int | None = Field(default=None, ge=1)
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
+class Restore(_Syscall):
+    """Bring a deleted or archived memory back to ``active`` as a new version."""
+
+    op: Literal["restore"] = "restore"
+    id: MemoryId
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
+class History(_Syscall):
+    """Every version of a memory, oldest first, each with its provenance."""
+
+    op: Literal["history"] = "history"
+    id: MemoryId
+    result_type: ClassVar[type[BaseModel]] = MemoryList
+
+
+class Rollback(_Syscall):
+    """Write version n+1 whose content, metadata and tags equal those of ``to_version``."""
+
+    op: Literal["rollback"] = "rollback"
+    id: MemoryId
+    to_version: int = Field(ge=1)
+    expected_version: int | None = Field(default=None, ge=1)
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
+class LinkMemories(_Syscall):
+    """A typed, directed edge between two memories (write on the source's cube, read on the target's)."""
+
+    op: Literal["link"] = "link"
+    source: MemoryId
+    target: MemoryId
+    relation: str = Field(default="related", pattern=r"^[a-z][a-z0-9_\-]{0,63}$")
+    right: ClassVar[Right] = Right.WRITE
+
+
+class Fuse(_Syscall):
+    """Merge several memories into a new one in ``cube`` whose provenance derives from their current versions.
+
+    The caller writes the fused ``content`` (an agent or a policy summarises); the sources are archived unless
+    ``keep_sources``. Trust is the weakest of the sources'.
+    """
+
+    op: Literal["fuse"] = "fuse"
+    ids: tuple[MemoryId, ...] = Field(min_length=2, max_length=64)
+    cube: CubeName
+    content: str
+    tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    keep_sources: bool = False
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
+class Pin(_Syscall):
+    """Pinned memories are never archived, decayed or evicted by policies."""
+
+    op: Literal["pin"] = "pin"
+    id: MemoryId
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
+class Unpin(_Syscall):
+    op: Literal["unpin"] = "unpin"
+    id: MemoryId
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
+class GrantRight(_Syscall):
+    """Give ``principal`` (or ``*``, everyone) a right on a cube. Needs ``admin``."""
+
+    op: Literal["grant"] = "grant"
+    cube: CubeName
+    principal: Principal
+    right_: Right = Field(alias="right")
+    result_type: ClassVar[type[BaseModel]] = CubeInfo
+    right: ClassVar[Right] = Right.ADMIN
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class RevokeRight(_Syscall):
+    """Remove every right ``principal`` has on a cube. The owner's admin right cannot be revoked."""
+
+    op: Literal["revoke"] = "revoke"
+    cube: CubeName
+    principal: Principal
+    result_type: ClassVar[type[BaseModel]] = CubeInfo
+    right: ClassVar[Right] = Right.ADMIN
+
+
+class GetStats(_Syscall):
+    op: Literal["stats"] = "stats"
+    result_type: ClassVar[type[BaseModel]] = Stats
+
+
+class GetEvents(_Syscall):
+    """Kernel events after ``since`` (a sequence number), only for cubes the caller may read."""
+
+    op: Literal["events"] = "events"
+    since: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
+    cubes: tuple[CubeName, ...] = ()
+    result_type: ClassVar[type[BaseModel]] = EventList
+
+
+class GetAudit(_Syscall):
+    """The audit log of a cube (needs ``admin``), or of everything for a superuser when ``cube`` is None."""
+
+    op: Literal["audit"] = "audit"
+    cube: CubeName | None = None
+    since: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=1000)
+    result_type: ClassVar[type[BaseModel]] = AuditList
+    right: ClassVar[Right] = Right.ADMIN
+
+
+Syscall = Annotated[
+    CreateCube
+    | DropCube
+    | ListCubes
+    | GetCube
+    | Write
+    | Read
+    | Search
+    | Update
+    | Delete
+    | Archive
+    | Restore
+    | History
+    | Rollback
+    | LinkMemories
+    | Fuse
+    | Pin
+    | Unpin
+    | GrantRight
+    | RevokeRight
+    | GetStats
+    | GetEvents
+    | GetAudit,
+    Field(discriminator="op"),
+]
+
+SYSCALL_TYPES: dict[str, type[_Syscall]] = {
+    cls.model_fields["op"].default: cls
+    for cls in (
+        CreateCube, DropCube, ListCubes, GetCube, Write, Read, Search, Update, Delete, Archive, Restore, History,
+        Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit,
+    )
+}
+
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Syscall)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``field.path: message``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_syscall(data: Any) -> _Syscall:
+    """Build a syscall from wire data (a dict with ``op``) or pass a syscall object through.
+
+    Raises:
+        InvalidSyscall: unknown ``op``, unknown fields, wrong types or values out of range, naming each field.
+    """
+    if isinstance(data, _Syscall):
+        return data
+    if not isinstance(data, dict):
+        raise InvalidSyscall(f"a syscall must be an object with an 'op', got {type(data).__name__}")
+    if data.get("op") not in SYSCALL_TYPES:
+        raise InvalidSyscall(
+            f"unknown syscall op {data.get('op')!r}; expected one of {', '.join(sorted(SYSCALL_TYPES))}",
+            op=str(data.get("op")),
+        )
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise InvalidSyscall(f"invalid {data['op']}: {describe_validation_error(exc)}", op=data["op"]) from exc
+
+
+def build(cls: type[_Syscall], **fields: Any) -> _Syscall:
+    """Construct a syscall, translating pydantic's error into ``InvalidSyscall`` (used by the client)."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        op = cls.model_fields["op"].default
+        raise InvalidSyscall(f"invalid {op}: {describe_validation_error(exc)}", op=op) from exc
+
+
+def to_wire(syscall: _Syscall) -> dict[str, Any]:
+    return syscall.model_dump(mode="json", by_alias=True)
+
+
+SyscallBase = _Syscall

@@ -1,0 +1,282 @@
+"""The data model of memos: MemCube headers, provenance, cubes, and what syscalls return.
+
+Everything here is a frozen pydantic model, JSON-serialisable, so that the same objects cross the in-process,
+Ray and HTTP transports. Times are timezone-aware UTC datetimes in the API and float epoch seconds in storage.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# ---------------------------------------------------------------------------------------------------------- names
+
+CUBE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}(/[a-z0-9][a-z0-9_\-]{0,63}){0,7}$")
+PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
+TAG_RE = re.compile(r"^[^\x00-\x1f]{1,64}$")
+EVERYONE = "*"
+
+
+def _check_cube_name(value: str) -> str:
+    if not CUBE_NAME_RE.match(value):
+        raise ValueError(
+            f"invalid cube name {value!r}: use lowercase segments of [a-z0-9_-] separated by '/', "
+            "e.g. 'team/research' (at most 8 segments of 64 characters)"
+        )
+    return value
+
+
+def _check_principal(value: str) -> str:
+    if value != EVERYONE and not PRINCIPAL_RE.match(value):
+        raise ValueError(f"invalid principal {value!r}: use [A-Za-z0-9_.:@-], e.g. 'agent:writer', at most 128 characters")
+    return value
+
+
+def _check_tag(value: str) -> str:
+    if not TAG_RE.match(value):
+        raise ValueError(f"invalid tag {value!r}: 1-64 characters, no control characters")
+    return value
+
+
+CubeName = Annotated[str, AfterValidator(_check_cube_name)]
+Principal = Annotated[str, AfterValidator(_check_principal)]
+Tag = Annotated[str, AfterValidator(_check_tag)]
+MemoryId = Annotated[str, Field(pattern=r"^m_[0-9a-f]{16,32}$")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_epoch(value: datetime) -> float:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+def from_epoch(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+# ---------------------------------------------------------------------------------------------------------- enums
+
+
+class Kind(StrEnum):
+    """What a MemCube's payload is."""
+
+    PLAINTEXT = "plaintext"
+    ACTIVATION = "activation"
+    PARAMETRIC = "parametric"
+
+
+class State(StrEnum):
+    """Lifecycle state of a version: ``active -> archived -> deleted`` (tombstone)."""
+
+    ACTIVE = "active"
+    ARCHIVED = "archived"
+    DELETED = "deleted"
+
+
+class Source(StrEnum):
+    CONVERSATION = "conversation"
+    TOOL = "tool"
+    DOCUMENT = "document"
+    DERIVED = "derived"
+    SYSTEM = "system"
+
+
+class Trust(StrEnum):
+    TRUSTED = "trusted"
+    UNTRUSTED = "untrusted"
+
+
+class Right(StrEnum):
+    """Rights on a cube; each implies the ones before it (read < write < admin)."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+    @property
+    def level(self) -> int:
+        return _RIGHT_LEVEL[self]
+
+    def implies(self, other: Right) -> bool:
+        return self.level >= other.level
+
+
+_RIGHT_LEVEL = {Right.READ: 1, Right.WRITE: 2, Right.ADMIN: 3}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------------------- header
+
+
+class MemoryRef(_Frozen):
+    """A memory at an exact version."""
+
+    id: MemoryId
+    version: int = Field(ge=1)
+
+
+class Provenance(_Frozen):
+    """Who made a version, from what, and how. ``trust`` is inherited as the weakest of ``derived_from``'s."""
+
+    author: Principal
+    source: Source = Source.CONVERSATION
+    source_refs: tuple[str, ...] = ()
+    derived_from: tuple[MemoryRef, ...] = ()
+    operation: str = "write"
+    policy_rule: str | None = None
+    trust: Trust = Trust.TRUSTED
+
+
+class Fingerprint(_Frozen):
+    """What an activation or parametric payload is valid for. Compared field by field before any use."""
+
+    model_id: str
+    config_hash: str
+    tokenizer_hash: str
+    dtype: str
+
+
+class PayloadRef(_Frozen):
+    """A blob under the data dir (safetensors), checked by sha256 on load."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+    format: str = "safetensors"
+
+
+class Memory(_Frozen):
+    """One version of a MemCube: the header and, for plaintext, the text itself.
+
+    ``content`` always holds the plaintext knowledge, also for activation and parametric cubes, so that demotion
+    never loses it. ``reads``/``last_read_at``/``pinned`` are current usage facts of the memory, not of the version.
+    """
+
+    id: MemoryId
+    cube: CubeName
+    kind: Kind = Kind.PLAINTEXT
+    version: int = Field(ge=1)
+    state: State = State.ACTIVE
+    pinned: bool = False
+    content: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    provenance: Provenance
+    content_hash: str
+    created_at: datetime
+    updated_at: datetime
+    reads: int = 0
+    last_read_at: datetime | None = None
+    size_bytes: int = 0
+    fingerprint: Fingerprint | None = None
+    payload: PayloadRef | None = None
+    stale: bool = False
+
+    @property
+    def ref(self) -> MemoryRef:
+        return MemoryRef(id=self.id, version=self.version)
+
+
+class Link(_Frozen):
+    source: MemoryId
+    target: MemoryId
+    relation: str
+    author: Principal
+    created_at: datetime
+
+
+class Grant(_Frozen):
+    principal: Principal
+    right: Right
+
+
+class CubeInfo(_Frozen):
+    name: CubeName
+    owner: Principal
+    description: str = ""
+    created_at: datetime
+    grants: tuple[Grant, ...] = ()
+    memories: dict[str, int] = Field(default_factory=dict)  # state -> count of current versions
+    bytes: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------------- results
+
+
+class SearchHit(_Frozen):
+    """A search result. ``score`` is the fused score; the per-retriever ranks say why it was found."""
+
+    memory: Memory
+    score: float
+    dense_rank: int | None = None
+    lexical_rank: int | None = None
+
+
+class SearchResult(_Frozen):
+    hits: tuple[SearchHit, ...]
+
+
+class MemoryList(_Frozen):
+    memories: tuple[Memory, ...]
+
+
+class CubeList(_Frozen):
+    cubes: tuple[CubeInfo, ...]
+
+
+class Ack(_Frozen):
+    """Acknowledges a syscall with no richer result; returned only after its transaction committed."""
+
+    ok: bool = True
+    detail: str = ""
+
+
+class Event(_Frozen):
+    seq: int
+    at: datetime
+    type: str
+    cube: str | None = None
+    memory_id: str | None = None
+    principal: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventList(_Frozen):
+    events: tuple[Event, ...]
+    next_seq: int
+
+
+class AuditRecord(_Frozen):
+    seq: int
+    at: datetime
+    principal: str
+    op: str
+    cube: str | None
+    memory_id: str | None
+    outcome: str  # "ok" or an error code
+    detail: str = ""
+
+
+class AuditList(_Frozen):
+    records: tuple[AuditRecord, ...]
+
+
+class Stats(_Frozen):
+    """Counts over the cubes the principal may read."""
+
+    cubes: int
+    memories: dict[str, dict[str, int]]  # kind -> state -> count (current versions)
+    versions: int
+    bytes: dict[str, int]  # kind -> bytes of current versions
+    syscalls: dict[str, int] = Field(default_factory=dict)  # op -> count since start (this kernel process)
