@@ -11,10 +11,11 @@ docs/syscalls.md for the full reference).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from memos.errors import InvalidSyscall
 from memos.types import (
@@ -46,6 +47,18 @@ MAX_TAGS = 32
 MAX_QUERY_CHARS = 4096
 MAX_K = 200
 MAX_BATCH = 256
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON (strings, finite numbers, booleans, lists, objects): {exc}") from exc
+    return value
+
+
+#: Metadata is JSON: checked when the syscall is built, so non-finite numbers never reach the wire as null.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 
 
 class _Syscall(BaseModel):
@@ -92,7 +105,7 @@ class Write(_Syscall):
     op: Literal["write"] = "write"
     cube: CubeName
     content: str
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
     tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
     source: Source = Source.CONVERSATION
     source_refs: tuple[Annotated[str, Field(max_length=512)], ...] = Field(default=(), max_length=64)
@@ -147,7 +160,7 @@ class Update(_Syscall):
     op: Literal["update"] = "update"
     id: MemoryId
     content: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: JsonObject | None = None
     tags: tuple[Tag, ...] | None = Field(default=None, max_length=MAX_TAGS)
     expected_version: int | None = Field(default=None, ge=1)
     source_refs: tuple[Annotated[str, Field(max_length=512)], ...] = Field(default=(), max_length=64)
@@ -225,7 +238,7 @@ class Fuse(_Syscall):
     cube: CubeName
     content: str
     tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
     keep_sources: bool = False
     result_type: ClassVar[type[BaseModel]] = Memory
     right: ClassVar[Right] = Right.WRITE

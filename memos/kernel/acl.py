@@ -19,7 +19,7 @@ def effective_right(principal: str, grants: Iterable[tuple[str, str]], superuser
         return Right.ADMIN
     best: Right | None = None
     for who, right in grants:
-        if who == principal or who == EVERYONE:
+        if who in (principal, EVERYONE):
             r = Right(right)
             if best is None or r.level > best.level:
                 best = r

@@ -15,7 +15,6 @@ Time comes from the injected clock and ids from the injected factory, so tests a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -27,6 +26,7 @@ from pydantic import BaseModel
 
 from memos import syscalls as sc
 from memos.clock import Clock, SystemClock
+from memos.cubes.plaintext import check_content, check_metadata, content_hash
 from memos.errors import (
     AlreadyExists,
     BackendError,
@@ -34,7 +34,6 @@ from memos.errors import (
     InvalidSyscall,
     MemosError,
     NotFound,
-    PayloadTooLarge,
     PermissionDenied,
     VersionConflict,
 )
@@ -86,55 +85,8 @@ def new_memory_id() -> str:
     return "m_" + uuid.uuid4().hex[:20]
 
 
-def content_hash(content: str) -> str:
-    return hashlib.sha256(content.encode("utf-8")).hexdigest()
-
-
 def weakest(trusts: Iterable[Trust | str]) -> Trust:
     return Trust.UNTRUSTED if any(Trust(t) == Trust.UNTRUSTED for t in trusts) else Trust.TRUSTED
-
-
-def _check_content(content: str) -> str:
-    if not content.strip():
-        raise InvalidSyscall("content is empty")
-    try:
-        size = len(content.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidSyscall(f"content is not valid unicode text: {exc.reason} at position {exc.start}") from exc
-    if size > sc.MAX_CONTENT_BYTES:
-        raise PayloadTooLarge(
-            f"content is {size} bytes; the limit is {sc.MAX_CONTENT_BYTES} bytes (split it into several memories)",
-            size=size,
-            limit=sc.MAX_CONTENT_BYTES,
-        )
-    return content
-
-
-def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    def depth(value: Any, level: int) -> None:
-        if level > sc.MAX_METADATA_DEPTH:
-            raise InvalidSyscall(f"metadata is nested deeper than {sc.MAX_METADATA_DEPTH} levels")
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise InvalidSyscall(f"metadata keys must be strings, got {type(key).__name__}")
-                depth(item, level + 1)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                depth(item, level + 1)
-
-    depth(metadata, 1)
-    try:
-        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError, UnicodeEncodeError) as exc:
-        raise InvalidSyscall(f"metadata must be JSON (strings, numbers, booleans, lists, objects): {exc}") from exc
-    if len(encoded) > sc.MAX_METADATA_BYTES:
-        raise PayloadTooLarge(
-            f"metadata is {len(encoded)} bytes as JSON; the limit is {sc.MAX_METADATA_BYTES}",
-            size=len(encoded),
-            limit=sc.MAX_METADATA_BYTES,
-        )
-    return metadata
 
 
 class Kernel:
@@ -241,10 +193,14 @@ class Kernel:
             exc = exc.denial
         detail_cube = exc.details.get("cube", cube)
         cube_name = detail_cube if isinstance(detail_cube, str) else None
+        memory_id = exc.details.get("memory_id")
+        if cube_name is None and isinstance(memory_id, str):
+            cube_name = self.store.memory_cube(memory_id)
         try:
             with self.store.transaction():
                 self.store.audit(
-                    self.clock.now(), str(principal)[:128], op[:64], cube_name, exc.details.get("memory_id"),
+                    self.clock.now(), str(principal)[:128], op[:64], cube_name,
+                    memory_id if isinstance(memory_id, str) else None,
                     exc.code, exc.message,
                 )
                 if isinstance(exc, PermissionDenied):
@@ -437,8 +393,8 @@ class Kernel:
 
     def _op_write(self, principal: str, call: sc.Write) -> Memory:
         self._require_cube(principal, call.cube, Right.WRITE)
-        _check_content(call.content)
-        _check_metadata(call.metadata)
+        check_content(call.content)
+        check_metadata(call.metadata)
         parents = self._parents(principal, call.derived_from)
         default_trust = Trust.UNTRUSTED if call.source in (Source.TOOL, Source.DOCUMENT) else Trust.TRUSTED
         trust = weakest([call.trust or default_trust, *(p.provenance.get("trust", "trusted") for p in parents)])
@@ -471,8 +427,8 @@ class Kernel:
             raise InvalidState(f"memory {row.memory_id} is deleted; restore it before updating", memory_id=row.memory_id)
         if call.content is None and call.metadata is None and call.tags is None:
             raise InvalidSyscall("update changes nothing: give content, metadata or tags")
-        content = _check_content(call.content) if call.content is not None else row.content
-        metadata = _check_metadata(call.metadata) if call.metadata is not None else row.metadata
+        content = check_content(call.content) if call.content is not None else row.content
+        metadata = check_metadata(call.metadata) if call.metadata is not None else row.metadata
         tags = tuple(dict.fromkeys(call.tags)) if call.tags is not None else row.tags
         prev = Provenance.model_validate(row.provenance)
         provenance = prev.model_copy(update={
@@ -556,8 +512,8 @@ class Kernel:
 
     def _op_fuse(self, principal: str, call: sc.Fuse) -> Memory:
         self._require_cube(principal, call.cube, Right.WRITE)
-        _check_content(call.content)
-        _check_metadata(call.metadata)
+        check_content(call.content)
+        check_metadata(call.metadata)
         if len(set(call.ids)) != len(call.ids):
             raise InvalidSyscall("fuse needs distinct memory ids")
         needed = Right.READ if call.keep_sources else Right.WRITE

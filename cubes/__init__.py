@@ -1,0 +1,1 @@
+"""memos.cubes: one module per MemCube kind (plaintext, activation, parametric)."""

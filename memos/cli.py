@@ -1,0 +1,231 @@
+"""The ``memos`` command.
+
+    memos up | status | down           a local Ray head with the dashboard and the kernel actor
+    memos run FILE                     run a workflow (a module with ``run(runtime)``), print its summary
+    memos cubes | search | read | history | write | stats | events | audit    one syscall each
+    memos doctor [--repair]            check SQLite and the vector index; rebuild the index from SQLite
+    memos bench retrieval ...          benchmarks (see docs/)
+
+Commands that touch memory go through the running cluster if ``memos up`` started one, else open the data dir in
+this process (only one process may own it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from memos.config import Settings
+from memos.errors import MemosError
+
+
+def _print(obj: Any) -> None:
+    if hasattr(obj, "model_dump"):
+        obj = obj.model_dump(mode="json")
+    elif isinstance(obj, tuple | list):
+        obj = [o.model_dump(mode="json") if hasattr(o, "model_dump") else o for o in obj]
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(home=Path(args.home).expanduser() if getattr(args, "home", None) else None)
+
+
+def _open(args: argparse.Namespace, *, mode: str = "local") -> Any:
+    """A runtime for one CLI command: the running cluster if any, else the kernel in this process."""
+    from memos.hosting.ray_host import cluster_info
+    from memos.runtime import Runtime
+
+    settings = _settings(args)
+    if cluster_info(settings) is not None:
+        return Runtime.start(settings, mode="cluster")
+    return Runtime.start(settings, mode="inprocess" if mode == "local" else mode)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------------ cluster
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from memos.hosting.ray_host import cluster_info, up
+
+    settings = _settings(args)
+    if cluster_info(settings) is not None:
+        print(f"a memos cluster is already recorded in {settings.cluster_file}; 'memos status' or 'memos down'")
+        return 1
+    info = up(settings)
+    print(f"memos is up. kernel actor '{info['kernel_actor']}' in namespace '{info['namespace']}'")
+    print(f"Ray dashboard: {info['dashboard_url']}")
+    print(f"Metrics (Prometheus text): {info['metrics_url']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from memos.errors import BackendError
+    from memos.hosting.ray_host import cluster_info, connect
+
+    settings = _settings(args)
+    info = cluster_info(settings)
+    if info is None:
+        print("memos is not running (no cluster recorded); start it with 'memos up'")
+        return 1
+    try:
+        host = connect(settings)
+        ping = host.transport.ping()
+    except BackendError as exc:
+        print(f"memos cluster recorded but not answering: {exc}")
+        return 1
+    from memos.client import Memos
+
+    stats = Memos(host.transport, "system").stats()
+    print(f"memos is running: kernel pid {ping['pid']}, pending index ops {ping['pending_index']}")
+    print(f"Ray dashboard: {info.get('dashboard_url')}")
+    print(f"Metrics: {info.get('metrics_url')}")
+    _print(stats)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from memos.hosting.ray_host import down
+
+    if down(_settings(args)):
+        print("memos is down")
+        return 0
+    print("memos was not running")
+    return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from memos.runtime import Runtime
+
+    path = Path(args.file)
+    spec = importlib.util.spec_from_file_location(f"memos_workflow_{path.stem}", path)
+    if spec is None or spec.loader is None or not path.exists():
+        print(f"cannot load workflow {path}", file=sys.stderr)
+        return 2
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "run"):
+        print(f"{path} defines no run(runtime) function", file=sys.stderr)
+        return 2
+    with Runtime.start(_settings(args), mode=args.mode, dashboard=not args.no_dashboard) as runtime:
+        print(f"memos runtime: {runtime.mode}; data dir {runtime.settings.home}")
+        if runtime.dashboard_url:
+            print(f"Ray dashboard: {runtime.dashboard_url}")
+        summary = module.run(runtime)
+        _print(summary)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ syscalls
+
+
+def cmd_syscall(args: argparse.Namespace) -> int:
+    with _open(args) as runtime:
+        mem = runtime.client(args.principal)
+        if args.command == "cubes":
+            _print(mem.cubes())
+        elif args.command == "write":
+            _print(mem.write(args.cube, args.content, tags=args.tag or ()))
+        elif args.command == "read":
+            _print(mem.read(args.id, args.version))
+        elif args.command == "search":
+            _print(mem.search(args.query, args.cube, k=args.k))
+        elif args.command == "history":
+            _print(mem.history(args.id))
+        elif args.command == "stats":
+            _print(mem.stats())
+        elif args.command == "audit":
+            _print(mem.audit(args.cube, limit=args.limit))
+        elif args.command == "events":
+            _print(mem.events(args.since, limit=args.limit))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    with _open(args) as runtime:
+        service = getattr(runtime.transport, "service", runtime.transport)
+        report = service.doctor(repair=args.repair)
+    _print(report)
+    return 0 if report["sqlite_integrity"] == "ok" else 1
+
+
+# ------------------------------------------------------------------------------------------------------ bench
+
+
+def cmd_bench_retrieval(args: argparse.Namespace) -> int:
+    from memos.bench.retrieval import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memos", description="memos: a memory operating system for LLM agents")
+    parser.add_argument("--home", help="data dir (default: $MEMOS_HOME or ~/.memos)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="start a local Ray head, the dashboard and the kernel actor").set_defaults(fn=cmd_up)
+    sub.add_parser("status", help="is memos running? where is the dashboard?").set_defaults(fn=cmd_status)
+    sub.add_parser("down", help="stop what 'memos up' started").set_defaults(fn=cmd_down)
+
+    p = sub.add_parser("run", help="run a workflow file (a module with run(runtime))")
+    p.add_argument("file")
+    p.add_argument("--mode", default="auto", choices=["auto", "ray", "cluster", "inprocess"])
+    p.add_argument("--no-dashboard", action="store_true", help="start the embedded Ray without its dashboard")
+    p.set_defaults(fn=cmd_run)
+
+    def syscall_parser(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--as", dest="principal", default="user:cli", help="principal to act as (default user:cli)")
+        sp.set_defaults(fn=cmd_syscall)
+        return sp
+
+    syscall_parser("cubes", "list the cubes you may read")
+    p = syscall_parser("write", "write a memory")
+    p.add_argument("cube")
+    p.add_argument("content")
+    p.add_argument("--tag", action="append")
+    p = syscall_parser("read", "read a memory")
+    p.add_argument("id")
+    p.add_argument("--version", type=int)
+    p = syscall_parser("search", "hybrid search in a cube")
+    p.add_argument("cube")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=5)
+    p = syscall_parser("history", "every version of a memory with provenance")
+    p.add_argument("id")
+    syscall_parser("stats", "memories by kind and state")
+    p = syscall_parser("audit", "the audit log of a cube (admin)")
+    p.add_argument("cube", nargs="?")
+    p.add_argument("--limit", type=int, default=50)
+    p = syscall_parser("events", "kernel events")
+    p.add_argument("--since", type=int, default=0)
+    p.add_argument("--limit", type=int, default=50)
+
+    p = sub.add_parser("doctor", help="check SQLite and the vector index")
+    p.add_argument("--repair", action="store_true", help="rebuild missing index entries from SQLite")
+    p.set_defaults(fn=cmd_doctor)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    p = bench.add_parser("retrieval", help="LoCoMo recall@k: memos hybrid vs a dense baseline")
+    from memos.bench.retrieval import add_arguments as add_retrieval_args
+
+    add_retrieval_args(p)
+    p.set_defaults(fn=cmd_bench_retrieval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except MemosError as exc:
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The Python client: friendly methods that build syscalls and send them over a transport.
+
+The client holds no logic of its own; every method is one syscall (see docs/syscalls.md). It is the same object
+in-process, over Ray and over HTTP; only the transport differs. A client acts as one principal; ``as_principal``
+gives a sibling client for another principal on the same transport (used by multi-agent workflows).
+
+    from memos.client import Memos
+    mem = Memos.embedded("/tmp/memos-demo", principal="agent:writer")
+    mem.create_cube("team/research")
+    m = mem.write("team/research", "The launch is on Friday")
+    mem.update(m.id, content="The launch moved to Monday", expected_version=1)
+    [v.content for v in mem.history(m.id)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from memos import syscalls as sc
+from memos.transports import Transport, unwrap
+from memos.types import (
+    Ack,
+    AuditRecord,
+    CubeInfo,
+    Event,
+    EventList,
+    Memory,
+    MemoryRef,
+    Right,
+    SearchHit,
+    Source,
+    Stats,
+    Trust,
+)
+
+
+class Memos:
+    def __init__(self, transport: Transport, principal: str) -> None:
+        self.transport = transport
+        self.principal = principal
+
+    # ------------------------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def embedded(cls, home: str | Path, principal: str, **settings: Any) -> Memos:
+        """A kernel in this process on ``home`` (SQLite + embedded Chroma + the bundled embedder)."""
+        from memos.config import Settings
+        from memos.kernel.factory import open_kernel
+        from memos.transports import InProcessTransport, KernelService
+
+        kernel = open_kernel(Settings(home=Path(home), **settings))
+        return cls(InProcessTransport(KernelService(kernel)), principal)
+
+    def as_principal(self, principal: str) -> Memos:
+        return Memos(self.transport, principal)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # ------------------------------------------------------------------------------------------------ plumbing
+
+    def execute(self, syscall: sc.SyscallBase, *, trace_id: str | None = None) -> Any:
+        """Send a syscall; return its typed result or raise its typed error."""
+        data = unwrap(self.transport.call(self.principal, sc.to_wire(syscall), trace_id))
+        return syscall.result_type.model_validate(data)
+
+    def _do(self, cls: type[sc.SyscallBase], **fields: Any) -> Any:
+        return self.execute(sc.build(cls, **fields))
+
+    # ------------------------------------------------------------------------------------------------ cubes
+
+    def create_cube(self, name: str, description: str = "", *, exist_ok: bool = False) -> CubeInfo:
+        return self._do(sc.CreateCube, name=name, description=description, exist_ok=exist_ok)
+
+    def drop_cube(self, name: str) -> Ack:
+        return self._do(sc.DropCube, name=name)
+
+    def cubes(self) -> tuple[CubeInfo, ...]:
+        return self._do(sc.ListCubes).cubes
+
+    def cube_info(self, name: str) -> CubeInfo:
+        return self._do(sc.GetCube, name=name)
+
+    def grant(self, cube: str, principal: str, right: Right | str) -> CubeInfo:
+        return self._do(sc.GrantRight, cube=cube, principal=principal, right=Right(right))
+
+    def revoke(self, cube: str, principal: str) -> CubeInfo:
+        return self._do(sc.RevokeRight, cube=cube, principal=principal)
+
+    # ------------------------------------------------------------------------------------------------ memories
+
+    def write(
+        self,
+        cube: str,
+        content: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        tags: Iterable[str] = (),
+        source: Source | str = Source.CONVERSATION,
+        source_refs: Iterable[str] = (),
+        derived_from: Iterable[MemoryRef | tuple[str, int]] = (),
+        trust: Trust | str | None = None,
+    ) -> Memory:
+        refs = tuple(r if isinstance(r, MemoryRef) else MemoryRef(id=r[0], version=r[1]) for r in derived_from)
+        return self._do(
+            sc.Write, cube=cube, content=content, metadata=metadata or {}, tags=tuple(tags), source=Source(source),
+            source_refs=tuple(source_refs), derived_from=refs, trust=Trust(trust) if trust else None,
+        )
+
+    def read(self, memory_id: str, version: int | None = None) -> Memory:
+        return self._do(sc.Read, id=memory_id, version=version)
+
+    def search(
+        self,
+        query: str,
+        cubes: str | Iterable[str],
+        *,
+        k: int = 10,
+        as_of: datetime | None = None,
+        mode: str = "hybrid",
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        trust: Trust | str | None = None,
+        authors: Iterable[str] = (),
+        sources: Iterable[Source | str] = (),
+    ) -> tuple[SearchHit, ...]:
+        cube_list = (cubes,) if isinstance(cubes, str) else tuple(cubes)
+        filters = sc.SearchFilters(
+            tags=tuple(tags), metadata=metadata or {}, trust=Trust(trust) if trust else None,
+            authors=tuple(authors), sources=tuple(Source(s) for s in sources),
+        )
+        return self._do(sc.Search, query=query, cubes=cube_list, k=k, as_of=as_of, mode=mode, filters=filters).hits
+
+    def update(
+        self,
+        memory_id: str,
+        *,
+        content: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+        expected_version: int | None = None,
+        source_refs: Iterable[str] = (),
+    ) -> Memory:
+        return self._do(
+            sc.Update, id=memory_id, content=content, metadata=metadata, tags=None if tags is None else tuple(tags),
+            expected_version=expected_version, source_refs=tuple(source_refs),
+        )
+
+    def delete(self, memory_id: str, *, expected_version: int | None = None) -> Memory:
+        return self._do(sc.Delete, id=memory_id, expected_version=expected_version)
+
+    def archive(self, memory_id: str, *, expected_version: int | None = None) -> Memory:
+        return self._do(sc.Archive, id=memory_id, expected_version=expected_version)
+
+    def restore(self, memory_id: str) -> Memory:
+        return self._do(sc.Restore, id=memory_id)
+
+    def history(self, memory_id: str) -> tuple[Memory, ...]:
+        return self._do(sc.History, id=memory_id).memories
+
+    def rollback(self, memory_id: str, to_version: int, *, expected_version: int | None = None) -> Memory:
+        return self._do(sc.Rollback, id=memory_id, to_version=to_version, expected_version=expected_version)
+
+    def link(self, source: str, target: str, relation: str = "related") -> Ack:
+        return self._do(sc.LinkMemories, source=source, target=target, relation=relation)
+
+    def fuse(
+        self, ids: Iterable[str], cube: str, content: str, *, tags: Iterable[str] = (), keep_sources: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> Memory:
+        return self._do(
+            sc.Fuse, ids=tuple(ids), cube=cube, content=content, tags=tuple(tags), keep_sources=keep_sources,
+            metadata=metadata or {},
+        )
+
+    def pin(self, memory_id: str) -> Memory:
+        return self._do(sc.Pin, id=memory_id)
+
+    def unpin(self, memory_id: str) -> Memory:
+        return self._do(sc.Unpin, id=memory_id)
+
+    # ------------------------------------------------------------------------------------------------ observability
+
+    def stats(self) -> Stats:
+        return self._do(sc.GetStats)
+
+    def events(self, since: int = 0, *, limit: int = 100, cubes: Iterable[str] = ()) -> EventList:
+        return self._do(sc.GetEvents, since=since, limit=limit, cubes=tuple(cubes))
+
+    def audit(self, cube: str | None = None, *, since: int = 0, limit: int = 100) -> tuple[AuditRecord, ...]:
+        return self._do(sc.GetAudit, cube=cube, since=since, limit=limit).records
+
+
+__all__ = ["Event", "Memos"]

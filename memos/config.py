@@ -1,0 +1,61 @@
+"""Settings of a memos deployment. Plain data; read from the environment by ``Settings.from_env``.
+
+| variable | default | meaning |
+|---|---|---|
+| MEMOS_HOME | ~/.memos | data dir: SQLite, Chroma, blobs, model cache, cluster file |
+| MEMOS_CHROMA_URL | (embedded) | use a Chroma server instead of the embedded PersistentClient |
+| MEMOS_SQLITE_SYNC | FULL | SQLite synchronous mode (FULL survives power loss; NORMAL survives process crashes) |
+| MEMOS_LOG_LEVEL | WARNING | structlog level |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MEMOS_HOME") or Path.home() / ".memos").expanduser()
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home: Path = Field(default_factory=default_home)
+    chroma_url: str | None = None
+    embedder: str = "all-MiniLM-L6-v2"  # or a local sentence-transformers model directory
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    superusers: tuple[str, ...] = ("system",)
+    ray_namespace: str = "memos"
+    kernel_actor: str = "memos-kernel"
+    dashboard_port: int = 8265
+    metrics_export_port: int = 8081
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        env: dict[str, object] = {}
+        if os.environ.get("MEMOS_CHROMA_URL"):
+            env["chroma_url"] = os.environ["MEMOS_CHROMA_URL"]
+        if os.environ.get("MEMOS_SQLITE_SYNC"):
+            env["sqlite_synchronous"] = os.environ["MEMOS_SQLITE_SYNC"].upper()
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)  # type: ignore[arg-type]
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "memos.sqlite3"
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.home / "chroma"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.home / "cluster.json"

@@ -1,0 +1,1 @@
+"""Hosting the kernel on Ray. Only this package imports ray (lazily)."""

@@ -1,0 +1,215 @@
+"""The kernel as a named Ray actor, and the transport that reaches it.
+
+``KernelActor`` is a plain class; ``ray.remote`` is applied in one place (``_remote_class``). Three ways in:
+``start_embedded`` (a private local Ray with the dashboard, for the main job and tests), ``up``/``down`` (a local
+Ray head started with ``ray start`` and a detached kernel actor, for ``memos up``) and ``connect`` (attach to what
+``memos up`` started, from another process). Ray binds 127.0.0.1 only: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set
+before Ray starts unless the user set it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memos.config import Settings
+from memos.errors import BackendError, ModelUnavailable
+from memos.transports import KernelService
+
+
+def loopback_env() -> None:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class KernelActor(KernelService):
+    """The kernel process: owns the SQLite file and the Chroma path of ``settings.home``."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        # Ray pins OMP threads to the actor's num_cpus; the embedder should use the machine (torch is imported later).
+        os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+        from memos.kernel.factory import open_kernel
+        from memos.logging import configure_logging
+
+        cfg = Settings.model_validate(settings)
+        log_dir = cfg.home / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        configure_logging(stream=open(log_dir / "kernel.jsonl", "a", buffering=1))  # noqa: SIM115 (lives with the actor)
+        super().__init__(open_kernel(cfg))
+
+
+def _remote_class() -> Any:
+    import ray
+
+    return ray.remote(num_cpus=0, max_restarts=0)(KernelActor)
+
+
+class RayTransport:
+    """Envelope calls to the kernel actor. Actor death becomes ``BackendError``."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def _get(self, ref: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise BackendError(f"kernel actor unreachable: {exc}") from exc
+
+    def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
+        return self._get(self.actor.call.remote(principal, syscall, trace_id))
+
+    def call_batch(self, principal: str, syscalls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self._get(self.actor.call_batch.remote(principal, syscalls))
+
+    def ping(self) -> dict[str, Any]:
+        return self._get(self.actor.ping.remote())
+
+    def doctor(self, repair: bool = False) -> dict[str, Any]:
+        return self._get(self.actor.doctor.remote(repair))
+
+    def close(self) -> None:
+        """The actor belongs to the Ray host, not to this transport; nothing to release here."""
+
+
+@dataclass
+class RayHost:
+    """A Ray session this process is attached to, with the kernel actor's transport."""
+
+    transport: RayTransport
+    dashboard_url: str | None
+    metrics_url: str | None
+    owns_ray: bool
+    actors: dict[str, Any] = field(default_factory=dict)
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self.owns_ray:
+            for actor in self.actors.values():
+                ray.kill(actor)
+            ray.shutdown()
+
+
+def _dashboard_url(context: Any) -> str | None:
+    url = getattr(context, "dashboard_url", None)
+    if not url:
+        return None
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def start_embedded(settings: Settings, *, dashboard: bool = True, num_cpus: int | None = None) -> RayHost:
+    """Start a private local Ray (127.0.0.1) and the kernel actor in it."""
+    loopback_env()
+    import ray
+
+    context = ray.init(
+        address="local",
+        namespace=settings.ray_namespace,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        dashboard_port=settings.dashboard_port,
+        num_cpus=num_cpus or os.cpu_count(),
+        object_store_memory=256 * 1024 * 1024,
+        log_to_driver=False,
+        _metrics_export_port=settings.metrics_export_port,
+    )
+    actor = _remote_class().options(name=settings.kernel_actor).remote(settings.model_dump(mode="json"))
+    transport = RayTransport(actor)
+    transport.ping()  # surfaces a failed start here, with the actor's error
+    return RayHost(
+        transport, _dashboard_url(context), f"http://127.0.0.1:{settings.metrics_export_port}/metrics", True,
+        {"kernel": actor},
+    )
+
+
+def _ray_cli() -> str:
+    exe = shutil.which("ray") or str(Path(os.sys.executable).with_name("ray"))
+    if not Path(exe).exists():
+        raise ModelUnavailable("the 'ray' command is not installed in this environment (pip install 'ray[default]')")
+    return exe
+
+
+def up(settings: Settings) -> dict[str, Any]:
+    """``memos up``: a local Ray head with the dashboard and a detached kernel actor. Returns the cluster info."""
+    loopback_env()
+    cmd = [
+        _ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={settings.dashboard_port}", f"--metrics-export-port={settings.metrics_export_port}",
+        "--include-dashboard=true", "--disable-usage-stats",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise BackendError(f"ray start failed: {proc.stderr.strip()[-2000:]}")
+    import ray
+
+    context = ray.init(address="auto", namespace=settings.ray_namespace, log_to_driver=False)
+    actor = (
+        _remote_class()
+        .options(name=settings.kernel_actor, lifetime="detached", get_if_exists=True)
+        .remote(settings.model_dump(mode="json"))
+    )
+    RayTransport(actor).ping()
+    info = {
+        "address": context.address_info.get("address") or context.address_info.get("gcs_address"),
+        "dashboard_url": _dashboard_url(context),
+        "metrics_url": f"http://127.0.0.1:{settings.metrics_export_port}/metrics",
+        "namespace": settings.ray_namespace,
+        "kernel_actor": settings.kernel_actor,
+        "started_at": time.time(),
+    }
+    settings.cluster_file.parent.mkdir(parents=True, exist_ok=True)
+    settings.cluster_file.write_text(json.dumps(info, indent=2))
+    ray.shutdown()
+    return info
+
+
+def cluster_info(settings: Settings) -> dict[str, Any] | None:
+    try:
+        return json.loads(settings.cluster_file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def connect(settings: Settings) -> RayHost:
+    """Attach to the cluster ``memos up`` started. Raises BackendError if it is not running."""
+    info = cluster_info(settings)
+    if info is None:
+        raise BackendError(f"no memos cluster recorded in {settings.cluster_file}; run 'memos up'")
+    loopback_env()
+    import ray
+
+    try:
+        ray.init(address=info["address"], namespace=info["namespace"], log_to_driver=False)
+        actor = ray.get_actor(info["kernel_actor"], namespace=info["namespace"])
+    except Exception as exc:  # ray raises ConnectionError, ValueError, RuntimeError here
+        ray.shutdown()
+        raise BackendError(f"memos cluster at {info.get('address')} is not reachable: {exc}") from exc
+    return RayHost(RayTransport(actor), info.get("dashboard_url"), info.get("metrics_url"), False, {"kernel": actor})
+
+
+def down(settings: Settings) -> bool:
+    """Stop the kernel actor and the Ray head ``memos up`` started. Returns False if none was recorded."""
+    info = cluster_info(settings)
+    if info is None:
+        return False
+    try:
+        host = connect(settings)
+        import ray
+
+        for actor in host.actors.values():
+            ray.kill(actor)
+        ray.shutdown()
+    except BackendError:
+        pass  # already gone: still stop the head and forget it
+    subprocess.run([_ray_cli(), "stop"], capture_output=True, text=True, timeout=120)
+    settings.cluster_file.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,29 @@
+"""Open a kernel on a data dir: SQLite + Chroma (embedded or server) + the configured embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from memos.clock import Clock
+from memos.config import Settings
+from memos.kernel.core import Kernel
+from memos.storage.sqlite import SqliteStore
+from memos.storage.vector import Embedder
+
+
+def open_embedder(settings: Settings) -> Embedder:
+    from memos.models.embedder import DEFAULT_EMBEDDER, MiniLMEmbedder
+
+    if settings.embedder == DEFAULT_EMBEDDER:
+        return MiniLMEmbedder()
+    return MiniLMEmbedder(Path(settings.embedder))
+
+
+def open_kernel(settings: Settings, *, embedder: Embedder | None = None, clock: Clock | None = None) -> Kernel:
+    """The kernel that owns ``settings.home``. Only one process may hold it open (Chroma's rule)."""
+    from memos.storage.chroma import ChromaIndex
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
+    index = ChromaIndex(url=settings.chroma_url) if settings.chroma_url else ChromaIndex(settings.chroma_path)
+    return Kernel(store, index, embedder or open_embedder(settings), clock=clock, superusers=settings.superusers)

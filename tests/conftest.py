@@ -1,0 +1,33 @@
+"""Shared fixtures. Unit tests use the kernel with an in-memory index and a hashing embedder (no model, no Ray)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import HashingEmbedder  # noqa: E402
+
+from memos.clock import ManualClock  # noqa: E402
+from memos.kernel import Kernel  # noqa: E402
+from memos.storage.sqlite import SqliteStore  # noqa: E402
+from memos.storage.vector import InMemoryVectorIndex  # noqa: E402
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(1_750_000_000.0)
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, clock: ManualClock) -> Kernel:
+    k = Kernel(SqliteStore(tmp_path / "memos.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(), clock=clock)
+    yield k
+    k.close()
