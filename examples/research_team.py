@@ -53,7 +53,7 @@ def run(runtime: Runtime) -> dict[str, Any]:
     for member in [*FINDINGS, "agent:writer"]:
         timed(planner.grant, TEAM, member, "write")
     agenda = timed(planner.write, TEAM, "Agenda: compare solid-state and sodium-ion batteries for grid storage.",
-                   tags=["agenda"], source_refs=[f"{thread}/msg-0"])
+                   tags=["agenda"], source_refs=[f"{thread}/msg-0"], metadata={"thread": thread})
 
     # Each researcher records findings in the team cube and a private note in its own cube.
     private_notes = {}
@@ -67,7 +67,7 @@ def run(runtime: Runtime) -> dict[str, Any]:
         private_notes[name] = timed(client.write, own, f"Private hunch #{i}: the Nagoya numbers may be optimistic.")
 
     # The writer recalls findings by meaning, not by keyword.
-    recalled = timed(writer.search, "which battery is cheaper for storing energy on the grid?", TEAM, k=3)
+    recalled = timed(writer.search, "Which battery chemistry is cheaper per kWh?", TEAM, k=3)
     # A correction: version 2 of a finding, conditional on version 1 still being current.
     wrong = timed(writer.search, "energy density of sodium-ion cells", TEAM, k=1)[0].memory
     fixed = timed(writer.update, wrong.id, content=wrong.content.replace("160", "175"),
@@ -84,9 +84,12 @@ def run(runtime: Runtime) -> dict[str, Any]:
             denials.append(f"{type(exc).__name__}: {exc}")
 
     stats = timed(planner.stats)
+    # Who wrote what in the team cube: every memory's versions with their authors.
     team_history = [
-        (m.provenance.author, m.version, m.provenance.operation, m.content[:60])
-        for m in timed(planner.history, agenda.id)
+        f"{m.id} v{v.version} {v.provenance.operation} by {v.provenance.author}: {v.content[:50]}"
+        for m in timed(planner.list, TEAM, limit=1000)
+        if m.metadata.get("thread") == thread
+        for v in timed(planner.history, m.id)
     ]
     latencies.sort()
     return {
@@ -94,7 +97,7 @@ def run(runtime: Runtime) -> dict[str, Any]:
         "recalled_by_writer": [(h.memory.provenance.author, round(h.score, 4), h.memory.content) for h in recalled],
         "corrected": {"id": fixed.id, "versions": [(m.version, m.provenance.author, m.content) for m in history]},
         "denials": denials,
-        "agenda_history": team_history,
+        "team_cube_history": team_history,
         "memories_by_kind": stats.memories,
         "syscalls": len(latencies),
         "latency_ms": {

@@ -113,6 +113,13 @@ class Memos:
     def read(self, memory_id: str, version: int | None = None) -> Memory:
         return self._do(sc.Read, id=memory_id, version=version)
 
+    def list(
+        self, cube: str, *, states: Iterable[str] = ("active",), tags: Iterable[str] = (), limit: int = 100, offset: int = 0
+    ) -> tuple[Memory, ...]:
+        return self._do(
+            sc.ListMemories, cube=cube, states=tuple(states), tags=tuple(tags), limit=limit, offset=offset
+        ).memories
+
     def search(
         self,
         query: str,

@@ -34,6 +34,7 @@ from memos.types import (
     Right,
     SearchResult,
     Source,
+    State,
     Stats,
     Tag,
     Trust,
@@ -122,6 +123,18 @@ class Read(_Syscall):
     id: MemoryId
     version: int | None = Field(default=None, ge=1)
     result_type: ClassVar[type[BaseModel]] = Memory
+
+
+class ListMemories(_Syscall):
+    """Current versions of the memories in a cube, oldest first, ``limit`` at a time after ``offset``."""
+
+    op: Literal["list"] = "list"
+    cube: CubeName
+    states: tuple[State, ...] = (State.ACTIVE,)
+    tags: tuple[Tag, ...] = ()
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+    result_type: ClassVar[type[BaseModel]] = MemoryList
 
 
 class SearchFilters(BaseModel):
@@ -316,6 +329,7 @@ Syscall = Annotated[
     | GetCube
     | Write
     | Read
+    | ListMemories
     | Search
     | Update
     | Delete
@@ -338,7 +352,7 @@ Syscall = Annotated[
 SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     cls.model_fields["op"].default: cls
     for cls in (
-        CreateCube, DropCube, ListCubes, GetCube, Write, Read, Search, Update, Delete, Archive, Restore, History,
+        CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Archive, Restore, History,
         Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit,
     )
 }

@@ -164,6 +164,8 @@ def up(settings: Settings) -> dict[str, Any]:
         "metrics_url": f"http://127.0.0.1:{settings.metrics_export_port}/metrics",
         "namespace": settings.ray_namespace,
         "kernel_actor": settings.kernel_actor,
+        # `ray start` turns token auth on by default; clients of an existing cluster must be told to send the token.
+        "auth_mode": os.environ.get("RAY_AUTH_MODE", "token"),
         "started_at": time.time(),
     }
     settings.cluster_file.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +187,7 @@ def connect(settings: Settings) -> RayHost:
     if info is None:
         raise BackendError(f"no memos cluster recorded in {settings.cluster_file}; run 'memos up'")
     loopback_env()
+    os.environ.setdefault("RAY_AUTH_MODE", info.get("auth_mode", "token"))
     import ray
 
     try:

@@ -420,6 +420,14 @@ class Kernel:
         self._audit_ok(principal, call.op, row.cube, row.memory_id, detail=f"v{row.version}")
         return self.to_memory(self.store.get_version(row.memory_id, row.version))  # type: ignore[arg-type]
 
+    def _op_list(self, principal: str, call: sc.ListMemories) -> MemoryList:
+        self._require_cube(principal, call.cube, Right.READ)
+        rows = self.store.list_memories(call.cube, tuple(s.value for s in call.states), call.limit, call.offset)
+        if call.tags:
+            rows = [r for r in rows if set(call.tags) <= set(r.tags)]
+        self._audit_ok(principal, call.op, call.cube, detail=f"{len(rows)} memories")
+        return MemoryList(memories=tuple(self.to_memory(r) for r in rows))
+
     def _op_update(self, principal: str, call: sc.Update) -> Memory:
         row = self._require_memory(principal, call.id, Right.WRITE)
         self._check_expected(row, call.expected_version)

@@ -530,6 +530,15 @@ class SqliteStore:
         row = self._one(f"SELECT COUNT(*) FROM versions WHERE cube IN ({marks})", cubes)
         return int(row[0]) if row else 0
 
+    def list_memories(self, cube: str, states: tuple[str, ...], limit: int, offset: int) -> list[VersionRow]:
+        marks = ",".join("?" * len(states))
+        rows = self._all(
+            f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.version = m.current_version AND m.cube = ? "
+            f"AND m.state IN ({marks}) ORDER BY m.created_at, m.id LIMIT ? OFFSET ?",
+            (cube, *states, limit, offset),
+        )
+        return [_row_to_version(r) for r in rows]
+
     def current_memories(self, cubes: list[str]) -> list[VersionRow]:
         """Current versions of every memory in ``cubes`` (any state): the snapshot policies evaluate."""
         if not cubes:

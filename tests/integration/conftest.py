@@ -15,7 +15,7 @@ def ray_runtime(tmp_path_factory):
     from memos.runtime import Runtime
 
     home = tmp_path_factory.mktemp("memos-ray")
-    settings = Settings(home=home, sqlite_synchronous="NORMAL", dashboard_port=18265, metrics_export_port=18081)
+    settings = Settings(home=home, sqlite_synchronous="NORMAL", dashboard_port=28265, metrics_export_port=28081)
     runtime = Runtime.start(settings, mode="ray", dashboard=False)
     yield runtime
     runtime.close()

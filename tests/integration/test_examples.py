@@ -27,3 +27,5 @@ def test_research_team_workflow(ray_runtime):
     assert [v[0] for v in versions] == [1, 2] and versions[1][1] == "agent:writer" and "175" in versions[1][2]
     assert len(summary["denials"]) == 2
     assert summary["memories_by_kind"]["plaintext"]["active"] >= 7
+    assert any("v2 update by agent:writer" in line for line in summary["team_cube_history"])
+    assert sum("by agent:researcher-a" in line for line in summary["team_cube_history"]) == 3

@@ -139,3 +139,15 @@ def test_links_are_recorded(mem):
     b = mem.write("team/x", "effect")
     ack = mem.link(a.id, b.id, "causes")
     assert ack.ok and "causes" in ack.detail
+
+
+def test_list_returns_current_versions_of_a_cube(mem, clock):
+    mem.create_cube("team/x")
+    a = mem.write("team/x", "first", tags=["t"])
+    clock.advance(1)
+    b = mem.write("team/x", "second")
+    mem.update(a.id, content="first, revised")
+    mem.delete(b.id)
+    assert [(m.id, m.version) for m in mem.list("team/x")] == [(a.id, 2)]
+    assert [m.id for m in mem.list("team/x", states=["active", "deleted"])] == [a.id, b.id]
+    assert [m.id for m in mem.list("team/x", tags=["t"])] == [a.id]

@@ -1,0 +1,1 @@
+"""Benchmarks behind `memos bench ...`: each writes JSON, a markdown table and (where useful) a PNG plot."""
