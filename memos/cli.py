@@ -157,9 +157,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> int:
-    from memos.bench.retrieval import main as bench_main
+    from memos.bench.retrieval import run_retrieval_bench
 
-    return bench_main(args)
+    result = run_retrieval_bench(args.data, args.out, limit_conversations=args.limit)
+    print(f"results in {args.out}")
+    return 0 if result else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("retrieval", help="LoCoMo recall@k: memos hybrid vs a dense baseline")
-    from memos.bench.retrieval import add_arguments as add_retrieval_args
-
-    add_retrieval_args(p)
+    p.add_argument("--data", required=True, help="a LoCoMo JSON file (e.g. locomo_dev.json)")
+    p.add_argument("--out", default="bench-results/retrieval", help="directory for JSON, table and plot")
+    p.add_argument("--limit", type=int, help="only the first N conversations")
     p.set_defaults(fn=cmd_bench_retrieval)
     return parser
 

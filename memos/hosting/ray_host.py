@@ -9,10 +9,12 @@ before Ray starts unless the user set it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any
 from memos.config import Settings
 from memos.errors import BackendError, ModelUnavailable
 from memos.transports import KernelService
+
+GAUGE_PERIOD_S = 5.0
 
 
 def loopback_env() -> None:
@@ -42,6 +46,22 @@ class KernelActor(KernelService):
         log_dir.mkdir(parents=True, exist_ok=True)
         configure_logging(stream=open(log_dir / "kernel.jsonl", "a", buffering=1))  # noqa: SIM115 (lives with the actor)
         super().__init__(open_kernel(cfg))
+        from memos.hosting.metrics import RayMetricsObserver
+
+        self.metrics = RayMetricsObserver()
+        self.kernel.observers.append(self.metrics)
+        self._stop = threading.Event()
+        threading.Thread(target=self._refresh_gauges, name="memos-gauges", daemon=True).start()
+
+    def _refresh_gauges(self) -> None:
+        """Memory counts by cube/kind/state for the dashboard, every GAUGE_PERIOD_S (reads only; SQLite is locked)."""
+        while not self._stop.wait(GAUGE_PERIOD_S):
+            cubes = [c[0] for c in self.kernel.store.list_cubes()]
+            self.metrics.refresh_gauges(self.kernel.store.counts(cubes))
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
 
 
 def _remote_class() -> Any:
@@ -160,6 +180,7 @@ def up(settings: Settings) -> dict[str, Any]:
     RayTransport(actor).ping()
     info = {
         "address": context.address_info.get("address") or context.address_info.get("gcs_address"),
+        "session_dir": context.address_info.get("session_dir"),
         "dashboard_url": _dashboard_url(context),
         "metrics_url": f"http://127.0.0.1:{settings.metrics_export_port}/metrics",
         "namespace": settings.ray_namespace,
@@ -213,6 +234,29 @@ def down(settings: Settings) -> bool:
         ray.shutdown()
     except BackendError:
         pass  # already gone: still stop the head and forget it
-    subprocess.run([_ray_cli(), "stop"], capture_output=True, text=True, timeout=120)
+    _stop_session(info.get("session_dir"))
     settings.cluster_file.unlink(missing_ok=True)
     return True
+
+
+def _stop_session(session_dir: str | None, timeout: float = 15.0) -> None:
+    """Stop only the processes of the Ray session ``memos up`` started (``ray stop`` would stop every Ray on the
+    machine). Every process of a session carries its session name on its command line."""
+    import psutil
+
+    if not session_dir:
+        subprocess.run([_ray_cli(), "stop"], capture_output=True, text=True, timeout=120)
+        return
+    name = Path(session_dir).name
+    procs = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or ())
+        if name in cmdline and proc.pid != os.getpid():
+            procs.append(proc)
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()

@@ -39,6 +39,7 @@ from memos.errors import (
 )
 from memos.kernel.acl import allows, effective_right
 from memos.kernel.indexer import Indexer
+from memos.kernel.observe import KernelObserver
 from memos.kernel.retrieval import reciprocal_rank_fusion
 from memos.logging import get_logger
 from memos.storage.sqlite import SqliteStore, VersionRow
@@ -110,6 +111,8 @@ class Kernel:
         self.superusers = frozenset(superusers)
         self.indexer = Indexer(store, index, embedder)
         self.syscall_counts: Counter[str] = Counter()
+        self.observers: list[KernelObserver] = []
+        self._committed_events: list[tuple[str, str | None, dict[str, Any]]] = []
         self.log = get_logger("memos.kernel")
         self._handlers: dict[str, Callable[[str, Any], BaseModel]] = {
             op: getattr(self, f"_op_{op}") for op in sc.SYSCALL_TYPES
@@ -150,16 +153,34 @@ class Kernel:
             call = sc.parse_syscall(syscall)
             op = call.op
             cube = getattr(call, "cube", None) or getattr(call, "name", None)
+            self._committed_events.clear()
             with self.store.transaction():
                 result = self._handlers[op](principal, call)
         except MemosError as exc:
+            self._committed_events.clear()
             self._record_failure(principal, str(op), cube, exc)
             self._log(trace_id, principal, op, cube, started, exc.code, exc.message)
+            self._notify(str(op), exc.code, started)
             raise
         self.syscall_counts[op] += 1
         self._flush_index()
         self._log(trace_id, principal, op, cube, started, "ok")
+        self._notify(op, "ok", started)
         return result
+
+    def _notify(self, op: str, outcome: str, started: float) -> None:
+        """Tell observers what committed. An observer's failure never fails the syscall."""
+        events, self._committed_events[:] = list(self._committed_events), []
+        if not self.observers:
+            return
+        duration = time.perf_counter() - started
+        for observer in self.observers:
+            try:
+                observer.syscall(op[:64], outcome, duration)
+                for type_, cube, data in events:
+                    observer.event(type_, cube, data)
+            except Exception as exc:  # an observer is outside the kernel's contract: report, never propagate
+                self.log.error("kernel observer failed", observer=type(observer).__name__, error=repr(exc))
 
     def execute_batch(self, principal: str, syscalls: list[Any]) -> list[BaseModel | MemosError]:
         """Run several syscalls in order, each in its own transaction; failures are returned in place, not raised."""
@@ -204,10 +225,7 @@ class Kernel:
                     exc.code, exc.message,
                 )
                 if isinstance(exc, PermissionDenied):
-                    self.store.emit(
-                        self.clock.now(), "denied", cube_name, None, str(principal)[:128],
-                        {"op": op, "right": exc.details.get("right")},
-                    )
+                    self._emit("denied", cube_name, None, str(principal)[:128], op=op, right=exc.details.get("right"))
         except BackendError as audit_exc:
             self.log.error("audit write failed", error=str(audit_exc), op=op)
 
@@ -285,7 +303,9 @@ class Kernel:
         self.store.audit(self.clock.now(), principal, op, cube, memory_id, "ok", detail)
 
     def _emit(self, type_: str, cube: str | None, memory_id: str | None, principal: str | None, **data: Any) -> None:
+        """Write an event to the outbox (same transaction as the change); observers get it after the commit."""
         self.store.emit(self.clock.now(), type_, cube, memory_id, principal, data)
+        self._committed_events.append((type_, cube, {"memory_id": memory_id, "principal": principal, **data}))
 
     def _append(
         self, row: VersionRow | None, *, memory_id: str, cube: str, kind: str, state: State | str, content: str,
@@ -309,8 +329,8 @@ class Kernel:
         for child_id, parent_version in self.store.children_of(memory_id):
             if parent_version < new_version and child_id != memory_id:
                 self.store.set_stale(child_id, True)
-                self.store.emit(now, "stale", self.store.memory_cube(child_id), child_id, None,
-                                {"source": memory_id, "source_version": new_version})
+                self._emit("stale", self.store.memory_cube(child_id), child_id, None,
+                           source=memory_id, source_version=new_version)
 
     def _check_expected(self, row: VersionRow, expected: int | None) -> None:
         if expected is not None and expected != row.current_version:

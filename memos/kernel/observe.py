@@ -1,0 +1,18 @@
+"""Observers: how the kernel reports to the outside (metrics, live views) without importing any of it.
+
+An observer sees every syscall's outcome and latency, and every kernel event after its transaction committed
+(events of a rolled-back syscall are never delivered). The Ray metrics exporter (memos.hosting.metrics) is one.
+Observers must be fast and must not raise; an observer that raises is logged and the syscall still succeeds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class KernelObserver(Protocol):
+    def syscall(self, op: str, outcome: str, duration_s: float) -> None:
+        """``outcome`` is ``ok`` or an error code (``denied``, ``conflict``, ...)."""
+        ...
+
+    def event(self, type_: str, cube: str | None, data: dict[str, Any]) -> None: ...

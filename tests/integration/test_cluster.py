@@ -1,0 +1,74 @@
+"""`memos up` / `status` / `down` as a user runs them, and the kernel's metrics on Ray's Prometheus export."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DASHBOARD_PORT, METRICS_PORT = 28465, 28466
+
+
+def memos(home, *args, timeout=180):
+    env = {**os.environ, "MEMOS_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "memos.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line.rpartition(" ")
+            out[labels] = float(value)
+    return out
+
+
+def test_up_status_down_and_metrics_on_the_ray_export(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEMOS_HOME", str(home))
+    from memos.config import Settings
+
+    settings = Settings(home=home, dashboard_port=DASHBOARD_PORT, metrics_export_port=METRICS_PORT)
+    from memos.hosting import ray_host
+
+    # `memos up` with non-default ports (the CLI's defaults may be taken on a developer machine).
+    info = ray_host.up(settings)
+    try:
+        assert info["dashboard_url"] == f"http://127.0.0.1:{DASHBOARD_PORT}"
+        status = memos(home, "status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "memos is running" in status.stdout and info["dashboard_url"] in status.stdout
+
+        assert memos(home, "write", "--as", "agent:ops", "ops/notes", "x").returncode == 2  # no such cube: typed error
+        code = (
+            "from memos.runtime import Runtime\n"
+            "with Runtime.start(mode='cluster') as rt:\n"
+            "    c = rt.client('agent:ops'); c.create_cube('ops/notes', exist_ok=True)\n"
+            "    for i in range(3): c.write('ops/notes', f'metric note {i}')\n"
+            "    c.search('metric note', 'ops/notes')\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+
+        deadline, text = time.time() + 60, ""
+        while time.time() < deadline:
+            text = urllib.request.urlopen(info["metrics_url"], timeout=10).read().decode()
+            writes = {k: v for k, v in metric_values(text, "ray_memos_syscalls_total").items() if 'op="write"' in k}
+            memories = metric_values(text, "ray_memos_memories")
+            if writes and memories:
+                break
+            time.sleep(2)
+        assert any('outcome="ok"' in k and v >= 3 for k, v in writes.items()), writes
+        assert any('outcome="not_found"' in k for k in metric_values(text, "ray_memos_syscalls_total"))
+        assert any('cube="ops/notes"' in k and v == 3 for k, v in memories.items()), memories
+        assert metric_values(text, "ray_memos_syscall_latency_seconds_count")
+    finally:
+        down = memos(home, "down")
+    assert down.returncode == 0 and "memos is down" in down.stdout
+    assert memos(home, "status").returncode == 1
