@@ -24,9 +24,13 @@ from memos.transports import Transport, unwrap
 from memos.types import (
     Ack,
     AuditRecord,
+    ChatMessage,
+    ContextPlan,
     CubeInfo,
     Event,
     EventList,
+    GenerateResult,
+    Kind,
     Memory,
     MemoryRef,
     Right,
@@ -188,6 +192,38 @@ class Memos:
 
     def unpin(self, memory_id: str) -> Memory:
         return self._do(sc.Unpin, id=memory_id)
+
+    # ------------------------------------------------------------------------------------------------ kinds, context
+
+    def migrate(self, ids: str | Iterable[str], to: Kind | str) -> tuple[Memory, ...]:
+        ids = (ids,) if isinstance(ids, str) else tuple(ids)
+        return self._do(sc.Migrate, ids=ids, to=Kind(to)).memories
+
+    def assemble_context(
+        self, query: str, cubes: str | Iterable[str], *, token_budget: int = 512, k: int = 8
+    ) -> ContextPlan:
+        cube_list = (cubes,) if isinstance(cubes, str) else tuple(cubes)
+        return self._do(sc.AssembleContext, query=query, cubes=cube_list, token_budget=token_budget, k=k)
+
+    def generate(
+        self,
+        messages: str | Iterable[dict[str, str] | ChatMessage],
+        *,
+        cubes: str | Iterable[str] = (),
+        memory: Iterable[str] = (),
+        token_budget: int = 512,
+        k: int = 8,
+        max_new_tokens: int = 64,
+    ) -> GenerateResult:
+        """Run the model with memory: chosen from ``cubes`` for the last user message, or exactly ``memory``."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        msgs = tuple(m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in messages)
+        cube_list = (cubes,) if isinstance(cubes, str) else tuple(cubes)
+        return self._do(
+            sc.Generate, messages=msgs, cubes=cube_list, memory=tuple(memory), token_budget=token_budget, k=k,
+            max_new_tokens=max_new_tokens,
+        )
 
     # ------------------------------------------------------------------------------------------------ observability
 

@@ -6,6 +6,7 @@
 | MEMOS_CHROMA_URL | (embedded) | use a Chroma server instead of the embedded PersistentClient |
 | MEMOS_SQLITE_SYNC | FULL | SQLite synchronous mode (FULL survives power loss; NORMAL survives process crashes) |
 | MEMOS_LOG_LEVEL | WARNING | structlog level |
+| MEMOS_MODEL | smollm2 | the model host's model (``none`` disables it: plaintext memory only) |
 """
 
 from __future__ import annotations
@@ -29,8 +30,17 @@ class Settings(BaseModel):
     embedder: str = "all-MiniLM-L6-v2"  # or a local sentence-transformers model directory
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     superusers: tuple[str, ...] = ("system",)
+    # The language model behind activation memory and generate: "smollm2" (bundled), a .gguf file, a local
+    # Hugging Face causal-LM directory, or None for no model host (plaintext memory only).
+    model: str | None = "smollm2"
+    model_dtype: Literal["float32", "bfloat16"] = "float32"
+    activation_disk_bytes: int | None = 2 * 1024**3
+    activation_max_memories: int | None = None
+    activation_ram_bytes: int = 256 * 1024**2
+    compose_method: Literal["rotate", "recompute"] = "rotate"
     ray_namespace: str = "memos"
     kernel_actor: str = "memos-kernel"
+    model_actor: str = "memos-model"
     dashboard_port: int = 8265
     metrics_export_port: int = 8081
 
@@ -39,9 +49,12 @@ class Settings(BaseModel):
         env: dict[str, object] = {}
         if os.environ.get("MEMOS_CHROMA_URL"):
             env["chroma_url"] = os.environ["MEMOS_CHROMA_URL"]
+        if os.environ.get("MEMOS_MODEL"):
+            value = os.environ["MEMOS_MODEL"]
+            env["model"] = None if value.lower() == "none" else value
         if os.environ.get("MEMOS_SQLITE_SYNC"):
             env["sqlite_synchronous"] = os.environ["MEMOS_SQLITE_SYNC"].upper()
-        env.update({k: v for k, v in overrides.items() if v is not None})
+        env.update({k: v for k, v in overrides.items() if v is not None or k == "model"})
         return cls(**env)  # type: ignore[arg-type]
 
     @property
@@ -55,6 +68,10 @@ class Settings(BaseModel):
     @property
     def blob_dir(self) -> Path:
         return self.home / "blobs"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.home / "models"
 
     @property
     def cluster_file(self) -> Path:

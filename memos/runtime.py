@@ -32,7 +32,13 @@ class Runtime:
         if mode == "inprocess":
             from memos.kernel.factory import open_kernel
 
-            return cls(settings, InProcessTransport(KernelService(open_kernel(settings))), mode="inprocess")
+            model = None
+            if settings.model is not None:
+                from memos.models.service import open_model_service
+
+                model = open_model_service(settings)
+            kernel = open_kernel(settings, model=model)
+            return cls(settings, InProcessTransport(KernelService(kernel)), mode="inprocess")
         from memos.hosting import ray_host
 
         if mode in ("auto", "cluster") and ray_host.cluster_info(settings) is not None:

@@ -21,10 +21,13 @@ from memos.errors import InvalidSyscall
 from memos.types import (
     Ack,
     AuditList,
+    ChatMessage,
+    ContextPlan,
     CubeInfo,
     CubeList,
     CubeName,
     EventList,
+    GenerateResult,
     Kind,
     Memory,
     MemoryId,
@@ -171,6 +174,7 @@ class Update(_Syscall):
     """Write version n+1 with the given fields changed. ``expected_version`` makes it conditional."""
 
     op: Literal["update"] = "update"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
     content: str | None = None
     metadata: JsonObject | None = None
@@ -185,6 +189,7 @@ class Delete(_Syscall):
     """Tombstone: a new version in state ``deleted``. History stays; search no longer finds it."""
 
     op: Literal["delete"] = "delete"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
     expected_version: int | None = Field(default=None, ge=1)
     result_type: ClassVar[type[BaseModel]] = Memory
@@ -195,6 +200,7 @@ class Archive(_Syscall):
     """A new version in state ``archived``: kept and readable, out of default search."""
 
     op: Literal["archive"] = "archive"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
     expected_version: int | None = Field(default=None, ge=1)
     result_type: ClassVar[type[BaseModel]] = Memory
@@ -205,6 +211,7 @@ class Restore(_Syscall):
     """Bring a deleted or archived memory back to ``active`` as a new version."""
 
     op: Literal["restore"] = "restore"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
     result_type: ClassVar[type[BaseModel]] = Memory
     right: ClassVar[Right] = Right.WRITE
@@ -247,6 +254,7 @@ class Fuse(_Syscall):
     """
 
     op: Literal["fuse"] = "fuse"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     ids: tuple[MemoryId, ...] = Field(min_length=2, max_length=64)
     cube: CubeName
     content: str
@@ -261,6 +269,7 @@ class Pin(_Syscall):
     """Pinned memories are never archived, decayed or evicted by policies."""
 
     op: Literal["pin"] = "pin"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
     result_type: ClassVar[type[BaseModel]] = Memory
     right: ClassVar[Right] = Right.WRITE
@@ -268,6 +277,7 @@ class Pin(_Syscall):
 
 class Unpin(_Syscall):
     op: Literal["unpin"] = "unpin"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
     result_type: ClassVar[type[BaseModel]] = Memory
     right: ClassVar[Right] = Right.WRITE
@@ -322,6 +332,50 @@ class GetAudit(_Syscall):
     right: ClassVar[Right] = Right.ADMIN
 
 
+class Migrate(_Syscall):
+    """Move memories to another kind, each on its own.
+
+    ``to="activation"``: build the model's KV cache of each plaintext memory's text (needs a model host); the new
+    version is kind ``activation`` with the payload, its fingerprint and ``derived_from`` the plaintext version it
+    was built from. ``to="plaintext"``: drop the payload, keep the text (a new version of kind ``plaintext``).
+    Memories already of the target kind are left as they are and reported in the result.
+    """
+
+    op: Literal["migrate"] = "migrate"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
+    ids: tuple[MemoryId, ...] = Field(min_length=1, max_length=64)
+    to: Kind
+    result_type: ClassVar[type[BaseModel]] = MemoryList
+    right: ClassVar[Right] = Right.WRITE
+
+
+class AssembleContext(_Syscall):
+    """The request-time scheduler: for ``query``, choose the memories to put in a prompt within ``token_budget``
+    prefill tokens: activation caches to inject (no prefill) before plaintext text, best first, with reasons."""
+
+    op: Literal["assemble_context"] = "assemble_context"
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    cubes: tuple[CubeName, ...] = Field(min_length=1, max_length=64)
+    token_budget: int = Field(default=512, ge=0, le=65536)
+    k: int = Field(default=8, ge=1, le=64)
+    filters: SearchFilters = SearchFilters()
+    result_type: ClassVar[type[BaseModel]] = ContextPlan
+
+
+class Generate(_Syscall):
+    """Run the model with memory injected: memories chosen by ``assemble_context`` for the last user message in
+    ``cubes`` (or exactly ``memory``), then the messages. Needs a model host."""
+
+    op: Literal["generate"] = "generate"
+    messages: tuple[ChatMessage, ...] = Field(min_length=1, max_length=64)
+    cubes: tuple[CubeName, ...] = Field(default=(), max_length=64)
+    memory: tuple[MemoryId, ...] = Field(default=(), max_length=64)
+    token_budget: int = Field(default=512, ge=0, le=65536)
+    k: int = Field(default=8, ge=1, le=64)
+    max_new_tokens: int = Field(default=64, ge=1, le=2048)
+    result_type: ClassVar[type[BaseModel]] = GenerateResult
+
+
 Syscall = Annotated[
     CreateCube
     | DropCube
@@ -345,7 +399,10 @@ Syscall = Annotated[
     | RevokeRight
     | GetStats
     | GetEvents
-    | GetAudit,
+    | GetAudit
+    | Migrate
+    | AssembleContext
+    | Generate,
     Field(discriminator="op"),
 ]
 
@@ -353,7 +410,8 @@ SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     cls.model_fields["op"].default: cls
     for cls in (
         CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Archive, Restore, History,
-        Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit,
+        Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Migrate,
+        AssembleContext, Generate,
     )
 }
 

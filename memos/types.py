@@ -280,3 +280,49 @@ class Stats(_Frozen):
     versions: int
     bytes: dict[str, int]  # kind -> bytes of current versions
     syscalls: dict[str, int] = Field(default_factory=dict)  # op -> count since start (this kernel process)
+
+
+# ---------------------------------------------------------------------------------------------------------- context
+
+
+class ChatMessage(_Frozen):
+    role: str = Field(pattern=r"^(system|user|assistant)$")
+    content: str = Field(max_length=32 * 1024)
+
+
+class ContextItem(_Frozen):
+    """One memory the request-time scheduler considered, and what it decided."""
+
+    memory_id: str
+    version: int
+    kind: Kind
+    use: str  # "kv" (inject its activation cache), "text" (put its text in the prompt) or "skip"
+    tokens: int  # prefill tokens it costs (0 for "kv": they are cached)
+    cached_tokens: int = 0
+    score: float
+    reason: str
+
+
+class ContextPlan(_Frozen):
+    """What ``assemble_context`` chose for a query within a token budget, and why."""
+
+    query: str
+    token_budget: int
+    items: tuple[ContextItem, ...]
+    text_tokens: int
+    cached_tokens: int
+    estimated: bool = False  # token counts are estimates (no model host to count with)
+
+    @property
+    def used(self) -> tuple[ContextItem, ...]:
+        return tuple(i for i in self.items if i.use != "skip")
+
+
+class GenerateResult(_Frozen):
+    text: str
+    finish_reason: str
+    plan: ContextPlan | None
+    prompt_tokens: int
+    cached_tokens: int
+    ttft_s: float
+    total_s: float

@@ -35,9 +35,10 @@ def loopback_env() -> None:
 class KernelActor(KernelService):
     """The kernel process: owns the SQLite file and the Chroma path of ``settings.home``."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], model_actor: Any = None) -> None:
         # Ray pins OMP threads to the actor's num_cpus; the embedder should use the machine (torch is imported later).
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+        from memos.hosting.model_actor import RayModelPort
         from memos.kernel.factory import open_kernel
         from memos.logging import configure_logging
 
@@ -45,7 +46,8 @@ class KernelActor(KernelService):
         log_dir = cfg.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         configure_logging(stream=open(log_dir / "kernel.jsonl", "a", buffering=1))  # noqa: SIM115 (lives with the actor)
-        super().__init__(open_kernel(cfg))
+        model = RayModelPort(model_actor) if model_actor is not None else None
+        super().__init__(open_kernel(cfg, model=model))
         from memos.hosting.metrics import RayMetricsObserver
 
         self.metrics = RayMetricsObserver()
@@ -67,7 +69,27 @@ class KernelActor(KernelService):
 def _remote_class() -> Any:
     import ray
 
-    return ray.remote(num_cpus=0, max_restarts=0)(KernelActor)
+    # Threaded: a long syscall (generate, migrate) releases the kernel while the model host works.
+    return ray.remote(num_cpus=0, max_restarts=0, max_concurrency=16)(KernelActor)
+
+
+def _start_actors(settings: Settings, *, detached: bool) -> dict[str, Any]:
+    """The model host (if configured) and the kernel actor that uses it."""
+    from memos.hosting.model_actor import model_actor_class
+
+    options: dict[str, Any] = {"lifetime": "detached", "get_if_exists": True} if detached else {}
+    actors: dict[str, Any] = {}
+    model = None
+    if settings.model is not None:
+        cpus = max(1, (os.cpu_count() or 1))
+        model = model_actor_class(cpus).options(name=settings.model_actor, **options).remote(
+            settings.model_dump(mode="json"), cpus
+        )
+        actors["model"] = model
+    actors["kernel"] = _remote_class().options(name=settings.kernel_actor, **options).remote(
+        settings.model_dump(mode="json"), model
+    )
+    return actors
 
 
 class RayTransport:
@@ -142,12 +164,11 @@ def start_embedded(settings: Settings, *, dashboard: bool = True, num_cpus: int 
         log_to_driver=False,
         _metrics_export_port=settings.metrics_export_port,
     )
-    actor = _remote_class().options(name=settings.kernel_actor).remote(settings.model_dump(mode="json"))
-    transport = RayTransport(actor)
+    actors = _start_actors(settings, detached=False)
+    transport = RayTransport(actors["kernel"])
     transport.ping()  # surfaces a failed start here, with the actor's error
     return RayHost(
-        transport, _dashboard_url(context), f"http://127.0.0.1:{settings.metrics_export_port}/metrics", True,
-        {"kernel": actor},
+        transport, _dashboard_url(context), f"http://127.0.0.1:{settings.metrics_export_port}/metrics", True, actors
     )
 
 
@@ -172,12 +193,8 @@ def up(settings: Settings) -> dict[str, Any]:
     import ray
 
     context = ray.init(address="auto", namespace=settings.ray_namespace, log_to_driver=False)
-    actor = (
-        _remote_class()
-        .options(name=settings.kernel_actor, lifetime="detached", get_if_exists=True)
-        .remote(settings.model_dump(mode="json"))
-    )
-    RayTransport(actor).ping()
+    actors = _start_actors(settings, detached=True)
+    RayTransport(actors["kernel"]).ping()
     info = {
         "address": context.address_info.get("address") or context.address_info.get("gcs_address"),
         "session_dir": context.address_info.get("session_dir"),
@@ -185,6 +202,7 @@ def up(settings: Settings) -> dict[str, Any]:
         "metrics_url": f"http://127.0.0.1:{settings.metrics_export_port}/metrics",
         "namespace": settings.ray_namespace,
         "kernel_actor": settings.kernel_actor,
+        "model_actor": settings.model_actor if settings.model is not None else None,
         # `ray start` turns token auth on by default; clients of an existing cluster must be told to send the token.
         "auth_mode": os.environ.get("RAY_AUTH_MODE", "token"),
         "started_at": time.time(),
@@ -213,11 +231,13 @@ def connect(settings: Settings) -> RayHost:
 
     try:
         ray.init(address=info["address"], namespace=info["namespace"], log_to_driver=False)
-        actor = ray.get_actor(info["kernel_actor"], namespace=info["namespace"])
+        actors = {"kernel": ray.get_actor(info["kernel_actor"], namespace=info["namespace"])}
+        if info.get("model_actor"):
+            actors["model"] = ray.get_actor(info["model_actor"], namespace=info["namespace"])
     except Exception as exc:  # ray raises ConnectionError, ValueError, RuntimeError here
         ray.shutdown()
         raise BackendError(f"memos cluster at {info.get('address')} is not reachable: {exc}") from exc
-    return RayHost(RayTransport(actor), info.get("dashboard_url"), info.get("metrics_url"), False, {"kernel": actor})
+    return RayHost(RayTransport(actors["kernel"]), info.get("dashboard_url"), info.get("metrics_url"), False, actors)
 
 
 def down(settings: Settings) -> bool:

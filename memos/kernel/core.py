@@ -16,10 +16,12 @@ Time comes from the injected clock and ids from the injected factory, so tests a
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -38,10 +40,13 @@ from memos.errors import (
     VersionConflict,
 )
 from memos.kernel.acl import allows, effective_right
+from memos.kernel.context import ContextOps
 from memos.kernel.indexer import Indexer
 from memos.kernel.observe import KernelObserver
-from memos.kernel.retrieval import reciprocal_rank_fusion
+from memos.kernel.retrieval import Fused, reciprocal_rank_fusion
+from memos.kernel.tiering import ActivationBudget, TieringOps
 from memos.logging import get_logger
+from memos.models.port import ModelPort
 from memos.storage.sqlite import SqliteStore, VersionRow
 from memos.storage.vector import Embedder, IndexQuery, VectorIndex, parse_entry_id
 from memos.types import (
@@ -90,8 +95,8 @@ def weakest(trusts: Iterable[Trust | str]) -> Trust:
     return Trust.UNTRUSTED if any(Trust(t) == Trust.UNTRUSTED for t in trusts) else Trust.TRUSTED
 
 
-class Kernel:
-    """Owns the store, the vector index and the embedder; executes syscalls against them."""
+class Kernel(TieringOps, ContextOps):
+    """Owns the store, the vector index, the embedder and (optionally) a model host port; executes syscalls."""
 
     def __init__(
         self,
@@ -102,8 +107,14 @@ class Kernel:
         clock: Clock | None = None,
         new_id: Callable[[], str] = new_memory_id,
         superusers: Iterable[str] = DEFAULT_SUPERUSERS,
+        model: ModelPort | None = None,
+        blob_dir: str | Path | None = None,
+        budgets: ActivationBudget | None = None,
     ) -> None:
         self.store = store
+        self.model = model
+        self.blob_dir = Path(blob_dir) if blob_dir is not None else store.path.parent / "blobs"
+        self.budgets = budgets or ActivationBudget()
         self.index = index
         self.embedder = embedder
         self.clock = clock or SystemClock()
@@ -112,12 +123,15 @@ class Kernel:
         self.indexer = Indexer(store, index, embedder)
         self.syscall_counts: Counter[str] = Counter()
         self.observers: list[KernelObserver] = []
-        self._committed_events: list[tuple[str, str | None, dict[str, Any]]] = []
         self.log = get_logger("memos.kernel")
+        # One syscall at a time holds the kernel; long operations (model work) release it between their phases.
+        self._lock = threading.RLock()
+        self._tls = threading.local()
         self._handlers: dict[str, Callable[[str, Any], BaseModel]] = {
-            op: getattr(self, f"_op_{op}") for op in sc.SYSCALL_TYPES
+            op: getattr(self, f"_op_{op}") for op in sc.SYSCALL_TYPES if op not in self.LONG_OPS
         }
         self._start()
+        self._recover_migrations()
 
     def _start(self) -> None:
         """Start-up check: the index must have been built by the same embedder; then replay and reconcile."""
@@ -153,24 +167,54 @@ class Kernel:
             call = sc.parse_syscall(syscall)
             op = call.op
             cube = getattr(call, "cube", None) or getattr(call, "name", None)
-            self._committed_events.clear()
-            with self.store.transaction():
-                result = self._handlers[op](principal, call)
+            if op in self.LONG_OPS:
+                result = self._run_long(principal, call)
+            else:
+                result = self.in_transaction(lambda: self._handlers[op](principal, call))
         except MemosError as exc:
-            self._committed_events.clear()
-            self._record_failure(principal, str(op), cube, exc)
+            with self._lock:
+                self._record_failure(principal, str(op), cube, exc)
             self._log(trace_id, principal, op, cube, started, exc.code, exc.message)
             self._notify(str(op), exc.code, started)
             raise
         self.syscall_counts[op] += 1
-        self._flush_index()
         self._log(trace_id, principal, op, cube, started, "ok")
         self._notify(op, "ok", started)
         return result
 
+    def in_transaction(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` holding the kernel, in one SQLite transaction; then run its after-commit work (files to
+        delete, index updates). On an exception nothing is committed and the after-commit work is dropped."""
+        with self._lock:
+            self._tls.after_commit = []
+            try:
+                with self.store.transaction():
+                    result = fn()
+            except BaseException:
+                self._tls.after_commit = []
+                self._pending_events().clear()
+                raise
+            for action in self._tls.after_commit:
+                action()
+            self._tls.after_commit = []
+            self._flush_index()
+            return result
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Queue work that must happen only once the current transaction committed (e.g. deleting a blob)."""
+        self._tls.after_commit.append(action)
+
+    def _pending_events(self) -> list[tuple[str, str | None, dict[str, Any]]]:
+        events = getattr(self._tls, "events", None)
+        if events is None:
+            events = self._tls.events = []
+        return events
+
     def _notify(self, op: str, outcome: str, started: float) -> None:
         """Tell observers what committed. An observer's failure never fails the syscall."""
-        events, self._committed_events[:] = list(self._committed_events), []
+        pending = self._pending_events()
+        events = list(pending)
+        pending.clear()
         if not self.observers:
             return
         duration = time.perf_counter() - started
@@ -305,7 +349,7 @@ class Kernel:
     def _emit(self, type_: str, cube: str | None, memory_id: str | None, principal: str | None, **data: Any) -> None:
         """Write an event to the outbox (same transaction as the change); observers get it after the commit."""
         self.store.emit(self.clock.now(), type_, cube, memory_id, principal, data)
-        self._committed_events.append((type_, cube, {"memory_id": memory_id, "principal": principal, **data}))
+        self._pending_events().append((type_, cube, {"memory_id": memory_id, "principal": principal, **data}))
 
     def _append(
         self, row: VersionRow | None, *, memory_id: str, cube: str, kind: str, state: State | str, content: str,
@@ -313,6 +357,15 @@ class Kernel:
         fingerprint: dict[str, Any] | None = None, payload: dict[str, Any] | None = None,
     ) -> VersionRow:
         version = 1 if row is None else row.current_version + 1
+        kind, payload, demoted = self._settle_kind(row, kind, str(state), content, payload)
+        old = row.payload if row is not None else None
+        if old is not None and (payload is None or payload["path"] != old["path"]):
+            # The current version no longer references this payload: delete the file once the change commits.
+            self.after_commit(lambda p=Path(old["path"]): self._delete_blob(p))
+        if demoted:
+            fingerprint = None
+            self._emit("evicted", cube, memory_id, provenance.author, tier="disk", reason=provenance.operation,
+                       version=version)
         self.store.append_version(
             memory_id=memory_id, version=version, cube=cube, kind=kind, state=str(state), content=content,
             metadata=metadata, tags=tags, provenance=provenance.model_dump(mode="json"),
@@ -331,6 +384,33 @@ class Kernel:
                 self.store.set_stale(child_id, True)
                 self._emit("stale", self.store.memory_cube(child_id), child_id, None,
                            source=memory_id, source_version=new_version)
+
+    def _policy_rule(self, principal: str, call: Any) -> str | None:
+        """The rule a change is attributed to. Only superusers (the policy scheduler) may attribute changes."""
+        rule = getattr(call, "policy_rule", None)
+        if rule is not None and principal not in self.superusers:
+            raise PermissionDenied(f"{principal} may not attribute a change to policy rule {rule!r}; only the "
+                                   "policy scheduler (a system principal) may", right="system")
+        return rule
+
+    def _run_long(self, principal: str, call: Any) -> BaseModel:
+        """plan (transaction) -> work (model host, kernel released) -> commit (transaction); abort undoes the plan."""
+        op = call.op
+        plan = self.in_transaction(lambda: getattr(self, f"_plan_{op}")(principal, call))
+        abort = getattr(self, f"_abort_{op}")
+        try:
+            outcome = getattr(self, f"_work_{op}")(call, plan)
+        except MemosError:
+            self.in_transaction(lambda: abort(principal, plan))
+            raise
+        except Exception as exc:  # the model host is a backend: translate its failures once, here
+            self.in_transaction(lambda: abort(principal, plan))
+            raise BackendError(f"model host failed during {op}: {exc}", op=op) from exc
+        try:
+            return self.in_transaction(lambda: getattr(self, f"_commit_{op}")(principal, call, plan, outcome))
+        except MemosError:
+            self.in_transaction(lambda: abort(principal, plan))
+            raise
 
     def _check_expected(self, row: VersionRow, expected: int | None) -> None:
         if expected is not None and expected != row.current_version:
@@ -460,7 +540,8 @@ class Kernel:
         tags = tuple(dict.fromkeys(call.tags)) if call.tags is not None else row.tags
         prev = Provenance.model_validate(row.provenance)
         provenance = prev.model_copy(update={
-            "author": principal, "source_refs": call.source_refs, "operation": "update", "policy_rule": None,
+            "author": principal, "source_refs": call.source_refs, "operation": "update",
+            "policy_rule": self._policy_rule(principal, call),
         })
         new = self._append(
             row, memory_id=row.memory_id, cube=row.cube, kind=row.kind, state=row.state, content=content,
@@ -480,14 +561,16 @@ class Kernel:
                 memory_id=row.memory_id, state=row.state,
             )
         prev = Provenance.model_validate(row.provenance)
-        provenance = prev.model_copy(update={"author": principal, "operation": call.op, "source_refs": (), "policy_rule": None})
+        provenance = prev.model_copy(update={
+            "author": principal, "operation": call.op, "source_refs": (), "policy_rule": self._policy_rule(principal, call),
+        })
         new = self._append(
             row, memory_id=row.memory_id, cube=row.cube, kind=row.kind, state=to, content=row.content,
             metadata=row.metadata, tags=row.tags, provenance=provenance, now=self.clock.now(),
             fingerprint=row.fingerprint, payload=row.payload,
         )
         self._audit_ok(principal, call.op, row.cube, row.memory_id, detail=f"v{new.version}")
-        self._emit(event, row.cube, row.memory_id, principal, version=new.version)
+        self._emit(event, row.cube, row.memory_id, principal, version=new.version, rule=provenance.policy_rule)
         return self.to_memory(new)
 
     def _op_delete(self, principal: str, call: sc.Delete) -> Memory:
@@ -551,8 +634,9 @@ class Kernel:
                 raise InvalidState(f"memory {s.memory_id} is {s.state}; only active memories can be fused", memory_id=s.memory_id)
         now = self.clock.now()
         refs = tuple(MemoryRef(id=s.memory_id, version=s.version) for s in sources)
+        rule = self._policy_rule(principal, call)
         provenance = Provenance(
-            author=principal, source=Source.DERIVED, derived_from=refs, operation="fuse",
+            author=principal, source=Source.DERIVED, derived_from=refs, operation="fuse", policy_rule=rule,
             trust=weakest(s.provenance.get("trust", "trusted") for s in sources),
         )
         memory_id = self.new_id()
@@ -564,7 +648,7 @@ class Kernel:
         if not call.keep_sources:
             for s in sources:
                 prov = Provenance.model_validate(s.provenance).model_copy(
-                    update={"author": principal, "operation": "fuse:retired", "source_refs": (memory_id,), "policy_rule": None}
+                    update={"author": principal, "operation": "fuse:retired", "source_refs": (memory_id,), "policy_rule": rule}
                 )
                 self._append(
                     s, memory_id=s.memory_id, cube=s.cube, kind=s.kind, state=State.ARCHIVED, content=s.content,
@@ -576,9 +660,10 @@ class Kernel:
 
     def _set_pin(self, principal: str, call: Any, pinned: bool) -> Memory:
         row = self._require_memory(principal, call.id, Right.WRITE)
+        rule = self._policy_rule(principal, call)
         self.store.set_pinned(row.memory_id, pinned)
         self._audit_ok(principal, call.op, row.cube, row.memory_id)
-        self._emit("pinned" if pinned else "unpinned", row.cube, row.memory_id, principal)
+        self._emit("pinned" if pinned else "unpinned", row.cube, row.memory_id, principal, rule=rule)
         return self.to_memory(self.store.get_version(row.memory_id))  # type: ignore[arg-type]
 
     def _op_pin(self, principal: str, call: sc.Pin) -> Memory:
@@ -591,52 +676,57 @@ class Kernel:
 
     def _op_search(self, principal: str, call: sc.Search) -> SearchResult:
         cubes = tuple(dict.fromkeys(call.cubes))
-        for cube in cubes:
-            self._require_cube(principal, cube, Right.READ)
         at = to_epoch(call.as_of) if call.as_of is not None else None
-        f = call.filters
-        limit = max(_CANDIDATES, call.k * 5)
-        dense: list[tuple[str, int]] = []
-        if call.mode in ("hybrid", "dense"):
-            equals = {"trust": f.trust.value} if f.trust else {}
-            one_of: dict[str, tuple[str, ...]] = {}
-            if f.kinds:
-                one_of["kind"] = tuple(k.value for k in f.kinds)
-            if f.authors:
-                one_of["author"] = tuple(f.authors)
-            if f.sources:
-                one_of["source"] = tuple(s.value for s in f.sources)
-            query = IndexQuery(
-                embedding=self.embedder.embed([call.query])[0], cubes=cubes, limit=limit, at=at, equals=equals, one_of=one_of
-            )
-            dense = [parse_entry_id(eid) for eid, _ in self.index.query(query)]
-        lexical: list[int] = []
-        if call.mode in ("hybrid", "lexical"):
-            lexical = [rowid for rowid, _ in self.store.lexical(call.query, cubes, at, limit)]
-        dense_rows = {}
-        for mid, version in dense:
-            r = self.store.get_version(mid, version)
-            if r is not None:
-                dense_rows[r.rowid] = r
-        rows = {**dense_rows, **self.store.versions_by_rowid(r for r in lexical if r not in dense_rows)}
-        fused = reciprocal_rank_fusion([r for r in dense_rows], lexical)
-        hits = []
-        for item in fused:
-            row = rows.get(item.key)
-            if row is None or not self._passes(row, f):
-                continue
-            hits.append((row, item))
-            if len(hits) == call.k:
-                break
-        now = self.clock.now()
-        self.store.record_reads([row.memory_id for row, _ in hits], principal, now)
-        self._audit_ok(principal, call.op, cubes[0] if len(cubes) == 1 else None, detail=f"{len(hits)} hits in {','.join(cubes)}"[:1000])
+        hits = self._search_hits(principal, call.query, cubes, call.k, call.filters, at=at, mode=call.mode)
+        self.store.record_reads([row.memory_id for row, _ in hits], principal, self.clock.now())
+        self._audit_ok(principal, call.op, cubes[0] if len(cubes) == 1 else None,
+                       detail=f"{len(hits)} hits in {','.join(cubes)}"[:1000])
         fresh = self.store.versions_by_rowid(row.rowid for row, _ in hits)
         return SearchResult(hits=tuple(
             SearchHit(memory=self.to_memory(fresh.get(row.rowid, row)), score=item.score,
                       dense_rank=item.dense_rank, lexical_rank=item.lexical_rank)
             for row, item in hits
         ))
+
+    def _search_hits(
+        self, principal: str, query: str, cubes: tuple[str, ...], k: int, f: sc.SearchFilters, *,
+        at: float | None = None, mode: str = "hybrid",
+    ) -> list[tuple[VersionRow, Fused]]:
+        """Hybrid retrieval with ACL checks and filters; best first. Does not count reads (callers decide)."""
+        for cube in cubes:
+            self._require_cube(principal, cube, Right.READ)
+        limit = max(_CANDIDATES, k * 5)
+        dense: list[tuple[str, int]] = []
+        if mode in ("hybrid", "dense"):
+            equals = {"trust": f.trust.value} if f.trust else {}
+            one_of: dict[str, tuple[str, ...]] = {}
+            if f.kinds:
+                one_of["kind"] = tuple(x.value for x in f.kinds)
+            if f.authors:
+                one_of["author"] = tuple(f.authors)
+            if f.sources:
+                one_of["source"] = tuple(x.value for x in f.sources)
+            q = IndexQuery(embedding=self.embedder.embed([query])[0], cubes=cubes, limit=limit, at=at, equals=equals,
+                           one_of=one_of)
+            dense = [parse_entry_id(eid) for eid, _ in self.index.query(q)]
+        lexical: list[int] = []
+        if mode in ("hybrid", "lexical"):
+            lexical = [rowid for rowid, _ in self.store.lexical(query, cubes, at, limit)]
+        dense_rows = {}
+        for mid, version in dense:
+            r = self.store.get_version(mid, version)
+            if r is not None:
+                dense_rows[r.rowid] = r
+        rows = {**dense_rows, **self.store.versions_by_rowid(r for r in lexical if r not in dense_rows)}
+        hits = []
+        for item in reciprocal_rank_fusion(list(dense_rows), lexical):
+            row = rows.get(item.key)
+            if row is None or not self._passes(row, f):
+                continue
+            hits.append((row, item))
+            if len(hits) == k:
+                break
+        return hits
 
     @staticmethod
     def _passes(row: VersionRow, f: sc.SearchFilters) -> bool:

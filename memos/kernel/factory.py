@@ -7,6 +7,8 @@ from pathlib import Path
 from memos.clock import Clock
 from memos.config import Settings
 from memos.kernel.core import Kernel
+from memos.kernel.tiering import ActivationBudget
+from memos.models.port import ModelPort
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import Embedder
 
@@ -19,11 +21,21 @@ def open_embedder(settings: Settings) -> Embedder:
     return MiniLMEmbedder(Path(settings.embedder))
 
 
-def open_kernel(settings: Settings, *, embedder: Embedder | None = None, clock: Clock | None = None) -> Kernel:
-    """The kernel that owns ``settings.home``. Only one process may hold it open (Chroma's rule)."""
+def open_kernel(
+    settings: Settings, *, embedder: Embedder | None = None, clock: Clock | None = None, model: ModelPort | None = None
+) -> Kernel:
+    """The kernel that owns ``settings.home``. Only one process may hold it open (Chroma's rule).
+
+    ``model`` is the model host (in-process ``ModelService`` or the Ray actor's proxy); without one, activation
+    memory and ``generate`` raise ``ModelUnavailable``.
+    """
     from memos.storage.chroma import ChromaIndex
 
     settings.home.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
     index = ChromaIndex(url=settings.chroma_url) if settings.chroma_url else ChromaIndex(settings.chroma_path)
-    return Kernel(store, index, embedder or open_embedder(settings), clock=clock, superusers=settings.superusers)
+    budgets = ActivationBudget(disk_bytes=settings.activation_disk_bytes, max_memories=settings.activation_max_memories)
+    return Kernel(
+        store, index, embedder or open_embedder(settings), clock=clock, superusers=settings.superusers, model=model,
+        blob_dir=settings.blob_dir, budgets=budgets,
+    )

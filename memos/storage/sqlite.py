@@ -83,6 +83,12 @@ CREATE TABLE IF NOT EXISTS derivations (
     PRIMARY KEY (child_id, child_version, parent_id)
 );
 CREATE INDEX IF NOT EXISTS derivations_by_parent ON derivations(parent_id);
+CREATE TABLE IF NOT EXISTS migrations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, memory_id TEXT NOT NULL, from_version INTEGER NOT NULL,
+    to_kind TEXT NOT NULL, path TEXT, state TEXT NOT NULL, rule TEXT, principal TEXT NOT NULL,
+    started_at REAL NOT NULL, ended_at REAL, detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS migrations_open ON migrations(state);
 """
 
 
@@ -449,6 +455,49 @@ class SqliteStore:
     def indexable_entries(self) -> dict[str, int]:
         """Entry id -> rowid of every version that belongs in the vector index (all but tombstones)."""
         return {f"{r[1]}@{r[2]}": r[0] for r in self._all("SELECT rowid, memory_id, version FROM versions WHERE state != 'deleted'")}
+
+    # ------------------------------------------------------------------------------------------------ migrations
+
+    def journal_start(self, memory_id: str, from_version: int, to_kind: str, path: str | None, rule: str | None,
+                      principal: str, at: float) -> int:
+        """Record a migration about to run (committed before any payload is built). Returns its journal id."""
+        cur = self._exec(
+            "INSERT INTO migrations(memory_id, from_version, to_kind, path, state, rule, principal, started_at) "
+            "VALUES (?,?,?,?,'started',?,?,?)",
+            (memory_id, from_version, to_kind, path, rule, principal, at),
+        )
+        return int(cur.lastrowid or 0)
+
+    def journal_end(self, seq: int, state: str, at: float, detail: str = "") -> None:
+        self._exec("UPDATE migrations SET state = ?, ended_at = ?, detail = ? WHERE seq = ?", (state, at, detail[:1000], seq))
+
+    def open_migrations(self) -> list[tuple[int, str, int, str, str | None]]:
+        """(seq, memory id, from version, to kind, payload path) of migrations that started and never ended."""
+        return [tuple(r) for r in self._all(
+            "SELECT seq, memory_id, from_version, to_kind, path FROM migrations WHERE state = 'started' ORDER BY seq"
+        )]  # type: ignore[misc]
+
+    def migrations_of(self, memory_id: str) -> list[tuple[Any, ...]]:
+        return self._all(
+            "SELECT seq, from_version, to_kind, state, rule, principal, started_at, ended_at, detail FROM migrations "
+            "WHERE memory_id = ? ORDER BY seq",
+            (memory_id,),
+        )
+
+    def current_of_kind(self, kind: str) -> list[VersionRow]:
+        """Current versions of every memory of ``kind`` (all cubes): what the activation budget counts."""
+        rows = self._all(f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.version = m.current_version AND m.kind = ?", (kind,))
+        return [_row_to_version(r) for r in rows]
+
+    def referenced_payload_paths(self) -> set[str]:
+        """Payload paths of current versions (a blob not in here and not in an open migration is garbage)."""
+        paths = set()
+        for (payload,) in self._all(
+            "SELECT v.payload FROM versions v JOIN memories m ON m.id = v.memory_id AND v.version = m.current_version "
+            "WHERE v.payload IS NOT NULL"
+        ):
+            paths.add(json.loads(payload)["path"])
+        return paths
 
     # ------------------------------------------------------------------------------------------------ links
 

@@ -1,0 +1,242 @@
+"""Moving memories between kinds: migration, its journal, the activation budget and eviction.
+
+A memory keeps its identity across kinds: ``migrate(to="activation")`` writes version n+1 of the *same* memory with
+kind ``activation``, the KV-cache payload, the model fingerprint, and ``derived_from`` the plaintext version the
+cache was built from; the text stays in the header, so the memory stays searchable and demotion loses nothing.
+
+**Invariant.** A current version of kind ``activation`` is active, has a payload, and encodes exactly its content.
+Any new version that changes the content or leaves the active state (update, delete, archive, rollback, fuse)
+drops the payload and is of kind ``plaintext`` (``_settle_kind``): a cache is never served for text it does not hold.
+
+**Migrations are long operations** (``Kernel._run_long``): *plan* (a transaction: checks, journal row ``started``),
+*work* (the model host builds the payload file; the kernel is not held), *commit* (a transaction: the version and
+the journal row ``done``, or nothing). A failure rolls the journal row back and deletes the file. At start-up,
+journal rows still ``started`` (a crash mid-migration) are rolled back and their files deleted, and payload files
+that no current version references are removed: every memory is either fully migrated or not at all.
+
+**Activation budget** (disk tier): total payload bytes of current activation versions and their count. When a
+migration would exceed it, activation memories are demoted to plaintext in this order: unpinned only; least
+recently used first (last read, else last change); then fewest reads; never the ones being migrated. Pinned
+memories are never evicted. If the budget still cannot be met, the migration fails with ``CapacityExceeded``.
+The RAM tier (loaded payloads) is the model host's LRU (``memos.models.service``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memos.errors import CapacityExceeded, InvalidState, InvalidSyscall, ModelUnavailable, VersionConflict
+from memos.types import Kind, MemoryList, MemoryRef, Provenance, Right, State
+
+if TYPE_CHECKING:
+    from memos.kernel.core import Kernel
+    from memos.models.port import ActivationBuilt, ModelPort
+    from memos.storage.sqlite import VersionRow
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class ActivationBudget:
+    """Limits of the activation disk tier (None: unlimited)."""
+
+    disk_bytes: int | None = 2 * GIB
+    max_memories: int | None = None
+
+
+@dataclass
+class _Planned:
+    row: VersionRow
+    journal: int
+    path: Path | None
+
+
+@dataclass
+class _MigratePlan:
+    to: Kind
+    rule: str | None
+    todo: list[_Planned] = field(default_factory=list)
+    unchanged: list[VersionRow] = field(default_factory=list)
+
+
+class TieringOps:
+    """Kernel mixin: the ``migrate`` syscall, demotion, the budget and crash recovery of migrations."""
+
+    LONG_OPS = frozenset({"migrate", "generate"})
+
+    def _require_model(self: Kernel, what: str) -> ModelPort:
+        if self.model is None:
+            raise ModelUnavailable(
+                f"{what} needs a model host and none is configured (start memos with a model, e.g. Runtime.start() "
+                "with Settings(model='smollm2'))"
+            )
+        return self.model
+
+    # -------------------------------------------------------------------------------------------- migrate: plan
+
+    def _plan_migrate(self: Kernel, principal: str, call: Any) -> _MigratePlan:
+        rule = self._policy_rule(principal, call)
+        plan = _MigratePlan(to=Kind(call.to), rule=rule)
+        now = self.clock.now()
+        for memory_id in dict.fromkeys(call.ids):
+            row = self._require_memory(principal, memory_id, Right.WRITE)
+            if row.kind == plan.to:
+                plan.unchanged.append(row)
+                continue
+            if plan.to == Kind.PARAMETRIC:
+                raise InvalidSyscall("parametric memory is not available in this version of memos")
+            if row.state != State.ACTIVE:
+                raise InvalidState(f"memory {row.memory_id} is {row.state}; only active memories migrate",
+                                   memory_id=row.memory_id)
+            path = None
+            if plan.to == Kind.ACTIVATION:
+                self._require_model("migrate(to='activation')")
+                if row.kind != Kind.PLAINTEXT:
+                    raise InvalidState(f"memory {row.memory_id} is {row.kind}; only plaintext becomes activation",
+                                       memory_id=row.memory_id)
+                path = self.blob_dir / "activation" / f"{row.memory_id}-v{row.current_version + 1}.kv.safetensors"
+            journal = self.store.journal_start(
+                row.memory_id, row.current_version, plan.to.value, str(path) if path else None, rule, principal, now
+            )
+            plan.todo.append(_Planned(row, journal, path))
+        return plan
+
+    # -------------------------------------------------------------------------------------------- migrate: work
+
+    def _work_migrate(self: Kernel, call: Any, plan: _MigratePlan) -> dict[int, ActivationBuilt]:
+        built: dict[int, ActivationBuilt] = {}
+        for item in plan.todo:
+            if item.path is not None:
+                built[item.journal] = self.model.build_activation(item.row.content, str(item.path))  # type: ignore[union-attr]
+        return built
+
+    # -------------------------------------------------------------------------------------------- migrate: commit
+
+    def _commit_migrate(self: Kernel, principal: str, call: Any, plan: _MigratePlan, built: dict[int, Any]) -> MemoryList:
+        now = self.clock.now()
+        out = []
+        for item in plan.todo:
+            row = self.store.get_version(item.row.memory_id)
+            if row is None or row.current_version != item.row.current_version:
+                raise VersionConflict(
+                    f"memory {item.row.memory_id} changed while it was migrating; nothing was migrated",
+                    memory_id=item.row.memory_id, expected=item.row.current_version,
+                    current=None if row is None else row.current_version,
+                )
+            prov = Provenance.model_validate(row.provenance).model_copy(update={
+                "author": principal, "operation": f"migrate:{plan.to.value}", "policy_rule": plan.rule,
+                "derived_from": (MemoryRef(id=row.memory_id, version=row.version),), "source_refs": (),
+            })
+            if plan.to == Kind.ACTIVATION:
+                result = built[item.journal]
+                new = self._append(
+                    row, memory_id=row.memory_id, cube=row.cube, kind=Kind.ACTIVATION.value, state=row.state,
+                    content=row.content, metadata=row.metadata, tags=row.tags, provenance=prov, now=now,
+                    fingerprint=result.fingerprint.model_dump(), payload=result.payload.model_dump(),
+                )
+                detail = {"tokens": result.tokens, "bytes": result.payload.size_bytes}
+            else:
+                new = self._append(
+                    row, memory_id=row.memory_id, cube=row.cube, kind=plan.to.value, state=row.state,
+                    content=row.content, metadata=row.metadata, tags=row.tags, provenance=prov, now=now,
+                )
+                detail = {}
+            self.store.journal_end(item.journal, "done", now)
+            self._audit_ok(principal, "migrate", row.cube, row.memory_id, detail=f"{row.kind}->{plan.to.value} v{new.version}")
+            self._emit("migrated", row.cube, row.memory_id, principal, frm=row.kind, to=plan.to.value,
+                       rule=plan.rule, version=new.version, **detail)
+            out.append(new)
+        if plan.to == Kind.ACTIVATION and plan.todo:
+            self._enforce_activation_budget(keep={i.row.memory_id for i in plan.todo})
+        return MemoryList(memories=tuple(self.to_memory(r) for r in [*out, *plan.unchanged]))
+
+    def _abort_migrate(self: Kernel, principal: str, plan: _MigratePlan) -> None:
+        now = self.clock.now()
+        for item in plan.todo:
+            self.store.journal_end(item.journal, "rolled_back", now, "failed before commit")
+            if item.path is not None:
+                self.after_commit(lambda p=item.path: self._delete_blob(p))
+
+    # -------------------------------------------------------------------------------------------- demotion
+
+    def _settle_kind(self: Kernel, row: VersionRow | None, kind: str, state: str, content: str,
+                     payload: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None, bool]:
+        """Enforce the activation invariant for a new version: returns (kind, payload, demoted)."""
+        if kind != Kind.ACTIVATION or row is None or payload is None:
+            return kind, payload, False
+        if state == State.ACTIVE and content == row.content:
+            return kind, payload, False
+        return Kind.PLAINTEXT.value, None, True
+
+    def _demote(self: Kernel, row: VersionRow, *, principal: str, reason: str, rule: str | None = None) -> VersionRow:
+        prov = Provenance.model_validate(row.provenance).model_copy(update={
+            "author": principal, "operation": "migrate:plaintext", "policy_rule": rule,
+            "derived_from": (MemoryRef(id=row.memory_id, version=row.version),), "source_refs": (),
+        })
+        new = self._append(
+            row, memory_id=row.memory_id, cube=row.cube, kind=Kind.PLAINTEXT.value, state=row.state,
+            content=row.content, metadata=row.metadata, tags=row.tags, provenance=prov, now=self.clock.now(),
+        )
+        self._emit("evicted", row.cube, row.memory_id, principal, tier="disk", reason=reason, version=new.version)
+        return new
+
+    def _delete_blob(self: Kernel, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        if self.model is not None:
+            self.model.forget([str(path)])
+
+    def _enforce_activation_budget(self: Kernel, keep: set[str]) -> None:
+        budget = self.budgets
+        rows = self.store.current_of_kind(Kind.ACTIVATION.value)
+        total = sum(r.payload["size_bytes"] for r in rows if r.payload)
+        count = len(rows)
+
+        def over() -> bool:
+            return (budget.disk_bytes is not None and total > budget.disk_bytes) or (
+                budget.max_memories is not None and count > budget.max_memories
+            )
+
+        # Eviction order: unpinned only, least recently used first, then fewest reads (see the module docstring).
+        candidates = sorted(
+            (r for r in rows if not r.pinned and r.memory_id not in keep),
+            key=lambda r: (r.last_read_at if r.last_read_at is not None else r.valid_from, r.reads),
+        )
+        for row in candidates:
+            if not over():
+                return
+            self._demote(row, principal="system", reason="activation disk budget")
+            total -= row.payload["size_bytes"] if row.payload else 0
+            count -= 1
+        if over():
+            raise CapacityExceeded(
+                f"the activation budget ({budget.disk_bytes} bytes, {budget.max_memories} memories) cannot hold "
+                f"{count} caches of {total} bytes without evicting pinned memories or the ones being migrated",
+                bytes=total, memories=count,
+            )
+
+    # -------------------------------------------------------------------------------------------- recovery
+
+    def _recover_migrations(self: Kernel) -> None:
+        """Roll back migrations a crash interrupted and delete payload files nothing references."""
+
+        def recover() -> list[str]:
+            rolled = []
+            now = self.clock.now()
+            for seq, memory_id, _from_version, _to_kind, path in self.store.open_migrations():
+                self.store.journal_end(seq, "rolled_back", now, "interrupted (process ended mid-migration)")
+                if path:
+                    self.after_commit(lambda p=Path(path): p.unlink(missing_ok=True))
+                cube = self.store.memory_cube(memory_id)
+                self._emit("migration_rolled_back", cube, memory_id, "system", journal=seq)
+                rolled.append(memory_id)
+            return rolled
+
+        rolled = self.in_transaction(recover)
+        referenced = self.store.referenced_payload_paths()
+        orphans = [p for p in (self.blob_dir / "activation").glob("*") if str(p) not in referenced]
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        if rolled or orphans:
+            self.log.warning("recovered interrupted migrations", rolled_back=rolled, orphan_blobs=len(orphans))

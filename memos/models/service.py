@@ -1,0 +1,121 @@
+"""The model host as the kernel sees it (``memos.models.port.ModelPort``): a ``ModelHost`` plus the RAM tier
+of activation memory.
+
+**RAM tier.** Loaded KV payloads are kept in an LRU keyed by file path and sha256, bounded by ``ram_budget_bytes``
+(counted with ``payload_nbytes``). A payload not in RAM is loaded from disk, which checks its size, sha256 and the
+model fingerprint every time. When the budget is exceeded the least recently used payloads are dropped from RAM
+(they stay on disk; the kernel's disk budget and demotion are separate). Payloads are immutable: generation works
+on a fresh cache built from them.
+
+**Several activation memories** are joined with ``ModelHost.compose`` (``compose_method``, default ``"rotate"``:
+RoPE re-rotation, approximate but cheap; ``"recompute"`` is exact). A single one is injected exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from memos.config import Settings
+from memos.models.host import ComposeMethod, ModelHost, memory_messages
+from memos.models.loader import ModelSpec
+from memos.models.port import ActivationBuilt, Generation, KVBlock
+from memos.types import Fingerprint
+
+DEFAULT_RAM_BUDGET = 256 * 1024 * 1024
+
+
+def open_model_service(settings: Settings, *, num_threads: int | None = None) -> ModelService:
+    """The model service ``settings`` describe (its model must not be None).
+
+    Raises:
+        ModelUnavailable: the model cannot be loaded.
+    """
+    assert settings.model is not None, "open_model_service needs Settings.model"
+    spec = ModelSpec(model=settings.model, dtype=settings.model_dtype, cache_dir=settings.model_cache_dir,
+                     num_threads=num_threads)
+    return ModelService(spec, ram_budget_bytes=settings.activation_ram_bytes, compose_method=settings.compose_method)
+
+
+class ModelService:
+    """Thread-safe: one lock serialises tensor work (one model, one CPU pool)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec | None = None,
+        *,
+        host: ModelHost | None = None,
+        ram_budget_bytes: int = DEFAULT_RAM_BUDGET,
+        compose_method: ComposeMethod = "rotate",
+    ) -> None:
+        self.host = host or ModelHost(spec)
+        self.ram_budget_bytes = ram_budget_bytes
+        self.compose_method = compose_method
+        self._ram: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
+        self._ram_bytes = 0
+        self._lock = threading.RLock()
+
+    def fingerprint(self) -> Fingerprint:
+        return self.host.fingerprint
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        with self._lock:
+            return [self.host.memory_tokens([t]) for t in texts]
+
+    def build_activation(self, text: str, path: str) -> ActivationBuilt:
+        from memos.cubes.activation import save_kv
+
+        with self._lock:
+            payload = self.host.build_kv(text)
+            ref = save_kv(payload, Path(path))
+            return ActivationBuilt(payload=ref, fingerprint=payload.fingerprint, tokens=payload.num_tokens)
+
+    def ram_usage(self) -> dict[str, int]:
+        with self._lock:
+            return {"payloads": len(self._ram), "bytes": self._ram_bytes, "budget": self.ram_budget_bytes}
+
+    def forget(self, paths: list[str]) -> None:
+        with self._lock:
+            drop = set(paths)
+            for key in [k for k in self._ram if k[0] in drop]:
+                _, nbytes = self._ram.pop(key)
+                self._ram_bytes -= nbytes
+
+    def _load(self, block: KVBlock, from_disk: list[str], evicted: list[str]) -> Any:
+        from memos.cubes.activation import payload_nbytes
+
+        key = (block.payload.path, block.payload.sha256)
+        hit = self._ram.get(key)
+        if hit is not None:
+            self._ram.move_to_end(key)
+            return hit[0]
+        payload = self.host.load_kv(block.payload)
+        from_disk.append(block.memory_id)
+        nbytes = payload_nbytes(payload)
+        self._ram[key] = (payload, nbytes)
+        self._ram_bytes += nbytes
+        while self._ram_bytes > self.ram_budget_bytes and len(self._ram) > 1:
+            old_key, (_, old_bytes) = self._ram.popitem(last=False)
+            self._ram_bytes -= old_bytes
+            evicted.append(old_key[0])
+        return payload
+
+    def generate(
+        self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int
+    ) -> Generation:
+        with self._lock:
+            from_disk: list[str] = []
+            evicted: list[str] = []
+            payloads = [self._load(b, from_disk, evicted) for b in kv]
+            prefix = None
+            if payloads:
+                prefix = payloads[0] if len(payloads) == 1 else self.host.compose(payloads, method=self.compose_method)
+            result = self.host.generate([*memory_messages(texts), *messages], kv=prefix, max_new_tokens=max_new_tokens)
+            by_path = {b.payload.path: b.memory_id for b in kv}
+            return Generation(
+                text=result.text, finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
+                cached_tokens=result.cached_tokens, ttft_s=result.ttft_s, total_s=result.total_s,
+                kv_loaded_from_disk=tuple(from_disk), ram_evicted=tuple(by_path.get(p, p) for p in evicted),
+            )

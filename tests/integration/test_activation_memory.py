@@ -1,0 +1,198 @@
+"""Activation memory through the kernel, on the real model: migrate, inject, budget and eviction, refusal of
+damaged or foreign payloads, demotion, and crash recovery of a migration."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from memos.client import Memos
+from memos.config import Settings
+from memos.errors import CorruptPayload, FingerprintMismatch
+from memos.kernel.factory import open_kernel
+from memos.transports import InProcessTransport, KernelService
+from memos.types import Kind
+
+pytestmark = pytest.mark.integration
+
+FACT = "Mara Quill keeps the brass key in the lighthouse. Tomas Reyk keeps the red notebook in the cellar."
+QUESTION = "Where does Tomas Reyk keep the red notebook?"
+
+
+def client(tmp_path: Path, model_service, **settings) -> Memos:
+    cfg = Settings(home=tmp_path / "home", sqlite_synchronous="NORMAL", **settings)
+    kernel = open_kernel(cfg, model=model_service)
+    return Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
+
+
+@pytest.fixture
+def mem(tmp_path, model_service):
+    m = client(tmp_path, model_service)
+    m.create_cube("team/kv")
+    yield m
+    m.close()
+
+
+def sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_migrate_to_activation_keeps_identity_text_and_provenance(mem, model_service):
+    m = mem.write("team/kv", FACT)
+    (a,) = mem.migrate(m.id, "activation")
+    assert (a.id, a.version, a.kind) == (m.id, 2, Kind.ACTIVATION)
+    assert a.content == FACT and a.payload is not None and Path(a.payload.path).exists()
+    assert a.fingerprint == model_service.fingerprint()
+    assert [(r.id, r.version) for r in a.provenance.derived_from] == [(m.id, 1)]
+    assert a.provenance.operation == "migrate:activation"
+    assert [v.kind for v in mem.history(m.id)] == [Kind.PLAINTEXT, Kind.ACTIVATION]
+    assert mem.search("red notebook", "team/kv")[0].memory.id == m.id  # still searchable
+    assert any(e.type == "migrated" for e in mem.events().events)
+
+
+def test_injected_cache_gives_the_same_tokens_as_the_text_and_is_never_mutated(mem):
+    kv_memory = mem.write("team/kv", FACT)
+    text_memory = mem.write("team/kv", FACT)
+    (a,) = mem.migrate(kv_memory.id, "activation")
+    before = (sha(a.payload.path), Path(a.payload.path).stat().st_size)
+    with_kv = [mem.generate(QUESTION, memory=[kv_memory.id], max_new_tokens=16) for _ in range(2)]
+    with_text = mem.generate(QUESTION, memory=[text_memory.id], max_new_tokens=16)
+    assert with_kv[0].plan.items[0].use == "kv" and with_text.plan.items[0].use == "text"
+    assert with_kv[0].cached_tokens > 0 and with_text.cached_tokens == 0
+    assert {r.text for r in with_kv} == {with_text.text}
+    assert (sha(a.payload.path), Path(a.payload.path).stat().st_size) == before
+    assert mem.read(kv_memory.id).payload.sha256 == before[0]
+
+
+def test_assemble_context_prefers_the_cache_and_explains(mem):
+    a = mem.write("team/kv", FACT)
+    mem.migrate(a.id, "activation")
+    mem.write("team/kv", "The cafeteria serves soup on Mondays.")
+    plan = mem.assemble_context(QUESTION, "team/kv", token_budget=64, k=2)
+    first = plan.items[0]
+    assert (first.memory_id, first.use, first.tokens) == (a.id, "kv", 0) and first.cached_tokens > 0
+    assert "activation cache" in first.reason and not plan.estimated
+
+
+def test_corrupted_or_foreign_payloads_are_refused(mem, model_service, tmp_path):
+    m = mem.write("team/kv", FACT)
+    (a,) = mem.migrate(m.id, "activation")
+    path = Path(a.payload.path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # flip one bit of the tensors
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptPayload) as err:
+        mem.generate(QUESTION, memory=[m.id])
+    assert str(path) in str(err.value)
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CorruptPayload, match="truncated"):
+        mem.generate(QUESTION, memory=[m.id])
+
+    # A sound file built for another model: its own header says so, whatever the database says.
+    from memos.cubes.activation import KVPayload, save_kv
+
+    payload = model_service.host.build_kv(FACT)
+    fp = payload.fingerprint.model_copy(update={"model_id": "another-model"})
+    foreign = KVPayload(fingerprint=fp, memory_messages=payload.memory_messages, token_ids=payload.token_ids,
+                        keys=payload.keys, values=payload.values)
+    ref = save_kv(foreign, path)
+    db = sqlite3.connect(tmp_path / "home" / "memos.sqlite3")
+    db.execute("UPDATE versions SET payload = json_set(payload, '$.sha256', ?, '$.size_bytes', ?) WHERE memory_id = ? "
+               "AND version = 2", (ref.sha256, ref.size_bytes, m.id))
+    db.commit()
+    db.close()
+    model_service.forget([str(path)])
+    with pytest.raises(FingerprintMismatch, match="model_id"):
+        mem.generate(QUESTION, memory=[m.id])
+
+
+def test_budget_of_two_caches_evicts_the_least_recently_used_unpinned(tmp_path, model_service):
+    mem = client(tmp_path, model_service, activation_max_memories=2)
+    try:
+        mem.create_cube("team/kv")
+        ids = [mem.write("team/kv", f"Fact {i}: the vault code of branch {i} is {1000 + i}.").id for i in range(4)]
+        mem.pin(ids[0])
+        mem.migrate(ids[0], "activation")
+        mem.migrate(ids[1], "activation")
+        mem.read(ids[0])
+        mem.migrate(ids[2], "activation")  # over budget: ids[1] is the LRU unpinned one
+        kinds = {i: mem.read(i).kind for i in ids[:3]}
+        assert kinds == {ids[0]: Kind.ACTIVATION, ids[1]: Kind.PLAINTEXT, ids[2]: Kind.ACTIVATION}
+        evicted = [e for e in mem.events(limit=1000).events if e.type == "evicted"]
+        assert [(e.memory_id, e.data["tier"]) for e in evicted] == [(ids[1], "disk")]
+        assert mem.search("vault code of branch 1", "team/kv", k=1)[0].memory.id == ids[1]
+        mem.migrate(ids[3], "activation")  # ids[2] goes; the pinned ids[0] never does
+        assert mem.read(ids[0]).kind == Kind.ACTIVATION and mem.read(ids[2]).kind == Kind.PLAINTEXT
+        assert len(list((tmp_path / "home" / "blobs" / "activation").iterdir())) == 2
+    finally:
+        mem.close()
+
+
+def test_changing_the_text_demotes_and_deletes_the_cache(mem):
+    m = mem.write("team/kv", FACT)
+    (a,) = mem.migrate(m.id, "activation")
+    u = mem.update(m.id, content=FACT + " Both moved to Oslo.")
+    assert u.kind == Kind.PLAINTEXT and u.payload is None and not Path(a.payload.path).exists()
+    assert mem.update(m.id, tags=["x"]).kind == Kind.PLAINTEXT
+    (b,) = mem.migrate(m.id, "activation")
+    assert mem.update(m.id, tags=["y"]).kind == Kind.ACTIVATION  # tags do not change the cached text
+    (back,) = mem.migrate(m.id, "plaintext")
+    assert back.kind == Kind.PLAINTEXT and not Path(b.payload.path).exists()
+
+
+CRASH_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from memos.config import Settings
+    from memos.kernel.factory import open_kernel
+    from memos.models.loader import ModelSpec
+    from memos.models.service import ModelService
+
+    home, cache, memory_id = sys.argv[1], sys.argv[2], sys.argv[3]
+    service = ModelService(ModelSpec(cache_dir=cache))
+    real_build = service.build_activation
+
+    def build_then_hang(text, path):
+        built = real_build(text, path)      # the payload file is on disk, the version is not written yet
+        print("BUILT", path, flush=True)
+        time.sleep(600)
+        return built
+
+    service.build_activation = build_then_hang
+    kernel = open_kernel(Settings(home=home, sqlite_synchronous="NORMAL"), model=service)
+    kernel.execute("agent:alice", {"op": "migrate", "ids": [memory_id], "to": "activation"})
+    """
+)
+
+
+def test_killed_mid_migration_leaves_the_memory_unmigrated_and_no_orphan(tmp_path, model_service, model_cache_dir):
+    mem = client(tmp_path, model_service)
+    mem.create_cube("team/kv")
+    m = mem.write("team/kv", FACT)
+    mem.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_CHILD, str(tmp_path / "home"), str(model_cache_dir), m.id],
+        stdout=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline().split()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert line[0] == "BUILT" and Path(line[1]).exists()
+
+    mem = client(tmp_path, model_service)
+    try:
+        assert mem.read(m.id).kind == Kind.PLAINTEXT and [v.version for v in mem.history(m.id)] == [1]
+        assert not Path(line[1]).exists()
+        assert any(e.type == "migration_rolled_back" and e.memory_id == m.id for e in mem.events().events)
+        (a,) = mem.migrate(m.id, "activation")  # and it can be migrated again
+        assert a.version == 2
+    finally:
+        mem.close()
