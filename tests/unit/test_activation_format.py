@@ -1,0 +1,159 @@
+"""The activation payload file format, with tiny random tensors (no model): round trip, integrity, no pickle."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from memos.cubes.activation import FORMAT, KVPayload, load_kv, payload_nbytes, save_kv
+
+from memos.errors import CorruptPayload, FingerprintMismatch
+from memos.types import Fingerprint, PayloadRef
+
+
+def fingerprint(dtype: str = "float32", **changes: str) -> Fingerprint:
+    fields = {"model_id": "tiny@0123", "config_hash": "c" * 64, "tokenizer_hash": "t" * 64, "dtype": dtype}
+    return Fingerprint(**{**fields, **changes})
+
+
+def payload(dtype: str = "float32", layers: int = 3, tokens: int = 5) -> KVPayload:
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, tokens, 4)
+    torch_dtype = getattr(torch, dtype)
+    return KVPayload(
+        fingerprint=fingerprint(dtype),
+        memory_messages=("Relevant memory:\nthe kettle is blue ✓",),
+        token_ids=tuple(range(100, 100 + tokens)),
+        keys=tuple(torch.randn(shape, generator=gen).to(torch_dtype) for _ in range(layers)),
+        values=tuple(torch.randn(shape, generator=gen).to(torch_dtype) for _ in range(layers)),
+    )
+
+
+@pytest.fixture
+def stored(tmp_path: Path) -> tuple[KVPayload, PayloadRef]:
+    p = payload()
+    return p, save_kv(p, tmp_path / "kv" / "m_1-v1.safetensors")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_round_trip_preserves_tensors_token_ids_and_messages(tmp_path: Path, dtype: str) -> None:
+    original = payload(dtype)
+    loaded = load_kv(save_kv(original, tmp_path / "kv.safetensors"), original.fingerprint)
+    assert loaded.token_ids == original.token_ids
+    assert loaded.memory_messages == original.memory_messages
+    assert loaded.fingerprint == original.fingerprint
+    assert loaded.exact is True
+    for a, b in zip(loaded.keys + loaded.values, original.keys + original.values, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_reference_names_the_file_its_sha256_and_size(stored: tuple[KVPayload, PayloadRef]) -> None:
+    _, ref = stored
+    data = Path(ref.path).read_bytes()
+    assert ref.size_bytes == len(data)
+    assert ref.sha256 == hashlib.sha256(data).hexdigest()
+    assert ref.format == "safetensors"
+
+
+def test_header_is_plain_json_with_the_fingerprint_and_format(stored: tuple[KVPayload, PayloadRef]) -> None:
+    p, ref = stored
+    data = Path(ref.path).read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(data[8 : 8 + length])["__metadata__"]
+    assert meta["format"] == FORMAT and meta["format_version"] == "1"
+    assert {k: meta[k] for k in ("model_id", "config_hash", "tokenizer_hash", "dtype")} == p.fingerprint.model_dump()
+    assert meta["num_tokens"] == "5" and meta["num_layers"] == "3"
+
+
+def test_save_leaves_no_temporary_file_and_replaces_an_older_file(tmp_path: Path) -> None:
+    target = tmp_path / "kv.safetensors"
+    first = save_kv(payload(tokens=5), target)
+    second = save_kv(payload(tokens=7), target)
+    assert [f.name for f in tmp_path.iterdir()] == ["kv.safetensors"]
+    assert second.sha256 != first.sha256
+    assert load_kv(second, fingerprint()).num_tokens == 7
+
+
+def test_truncated_file_is_refused_naming_the_file(stored: tuple[KVPayload, PayloadRef]) -> None:
+    _, ref = stored
+    path = Path(ref.path)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CorruptPayload, match="m_1-v1.safetensors") as err:
+        load_kv(ref, fingerprint())
+    assert err.value.details["path"] == ref.path
+
+
+def test_bit_flip_is_refused_naming_the_file(stored: tuple[KVPayload, PayloadRef]) -> None:
+    _, ref = stored
+    path = Path(ref.path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # inside the last tensor: the file still parses, only the hash can tell
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptPayload, match=r"m_1-v1\.safetensors is altered"):
+        load_kv(ref, fingerprint())
+
+
+def test_missing_file_is_refused_naming_the_file(stored: tuple[KVPayload, PayloadRef]) -> None:
+    _, ref = stored
+    Path(ref.path).unlink()
+    with pytest.raises(CorruptPayload, match="m_1-v1.safetensors is missing"):
+        load_kv(ref, fingerprint())
+
+
+def test_sound_file_of_another_format_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save
+
+    data = save({"x": torch.zeros(2)}, metadata={"format": "pt"})
+    path = tmp_path / "other.safetensors"
+    path.write_bytes(data)
+    ref = PayloadRef(path=str(path), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+    with pytest.raises(CorruptPayload, match="other.safetensors has format 'pt'"):
+        load_kv(ref, fingerprint())
+
+
+@pytest.mark.parametrize("field", ["model_id", "config_hash", "tokenizer_hash", "dtype"])
+def test_payload_for_another_model_is_refused_naming_the_field(
+    stored: tuple[KVPayload, PayloadRef], field: str
+) -> None:
+    _, ref = stored
+    other = fingerprint(**{field: "bfloat16" if field == "dtype" else "other"})
+    with pytest.raises(FingerprintMismatch, match=field) as err:
+        load_kv(ref, other)
+    assert err.value.details["fields"] == [field]
+
+
+def test_loading_never_unpickles(stored: tuple[KVPayload, PayloadRef], monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pickle/torch.load used while loading a payload")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    p, ref = stored
+    assert load_kv(ref, fingerprint()).token_ids == p.token_ids
+
+
+def test_payload_is_frozen() -> None:
+    p = payload()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.token_ids = (1,)  # type: ignore[misc]
+    assert isinstance(p.keys, tuple) and isinstance(p.token_ids, tuple)
+
+
+def test_inconsistent_payload_cannot_be_built() -> None:
+    p = payload()
+    with pytest.raises(ValueError, match="do not hold 4 tokens"):
+        dataclasses.replace(p, token_ids=p.token_ids[:4])
+    with pytest.raises(ValueError, match="fingerprint says bfloat16"):
+        dataclasses.replace(p, fingerprint=fingerprint("bfloat16"))
+
+
+def test_payload_nbytes_counts_tensors_and_token_ids() -> None:
+    p = payload(layers=3, tokens=5)
+    assert payload_nbytes(p) == 3 * 2 * (2 * 5 * 4 * 4) + 5 * 8
