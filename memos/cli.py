@@ -3,6 +3,7 @@
     memos up | status | down           a local Ray head with the dashboard and the kernel actor
     memos run FILE                     run a workflow (a module with ``run(runtime)``), print its summary
     memos cubes | search | read | history | write | stats | events | audit    one syscall each
+    memos migrate | context | generate                                       activation memory and the model
     memos doctor [--repair]            check SQLite and the vector index; rebuild the index from SQLite
     memos bench retrieval ...          benchmarks (see docs/)
 
@@ -43,7 +44,12 @@ def _open(args: argparse.Namespace, *, mode: str = "local") -> Any:
     settings = _settings(args)
     if cluster_info(settings) is not None:
         return Runtime.start(settings, mode="cluster")
+    if args.command not in _MODEL_COMMANDS:  # loading the model takes seconds; most commands never touch it
+        settings = settings.model_copy(update={"model": None})
     return Runtime.start(settings, mode="inprocess" if mode == "local" else mode)  # type: ignore[arg-type]
+
+
+_MODEL_COMMANDS = frozenset({"migrate", "context", "generate"})
 
 
 # ------------------------------------------------------------------------------------------------------ cluster
@@ -142,6 +148,13 @@ def cmd_syscall(args: argparse.Namespace) -> int:
             _print(mem.audit(args.cube, limit=args.limit))
         elif args.command == "events":
             _print(mem.events(args.since, limit=args.limit))
+        elif args.command == "migrate":
+            _print(mem.migrate(args.ids, args.to))
+        elif args.command == "context":
+            _print(mem.assemble_context(args.query, args.cube, token_budget=args.budget))
+        elif args.command == "generate":
+            _print(mem.generate(args.prompt, cubes=args.cube or (), memory=args.memory or (),
+                                max_new_tokens=args.max_new_tokens))
     return 0
 
 
@@ -206,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = syscall_parser("events", "kernel events")
     p.add_argument("--since", type=int, default=0)
     p.add_argument("--limit", type=int, default=50)
+
+    p = syscall_parser("migrate", "move memories to another kind (activation builds their KV cache)")
+    p.add_argument("ids", nargs="+")
+    p.add_argument("--to", required=True, choices=["plaintext", "activation"])
+    p = syscall_parser("context", "which memories a query would get within a token budget, and why")
+    p.add_argument("cube")
+    p.add_argument("query")
+    p.add_argument("--budget", type=int, default=512)
+    p = syscall_parser("generate", "run the model with memory injected")
+    p.add_argument("prompt")
+    p.add_argument("--cube", action="append", help="choose memory from this cube (repeatable)")
+    p.add_argument("--memory", action="append", help="inject exactly this memory id (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
 
     p = sub.add_parser("doctor", help="check SQLite and the vector index")
     p.add_argument("--repair", action="store_true", help="rebuild missing index entries from SQLite")
