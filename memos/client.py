@@ -161,7 +161,12 @@ class Memos:
         )
 
     def delete(self, memory_id: str, *, expected_version: int | None = None) -> Memory:
+        """Tombstone (a new version in state deleted; history stays). See ``purge`` for a hard delete."""
         return self._do(sc.Delete, id=memory_id, expected_version=expected_version)
+
+    def purge(self, memory_id: str) -> Ack:
+        """Hard delete: erase every version, index entry and payload file of the memory."""
+        return self._do(sc.Purge, id=memory_id)
 
     def archive(self, memory_id: str, *, expected_version: int | None = None) -> Memory:
         return self._do(sc.Archive, id=memory_id, expected_version=expected_version)

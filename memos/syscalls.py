@@ -196,6 +196,16 @@ class Delete(_Syscall):
     right: ClassVar[Right] = Right.WRITE
 
 
+class Purge(_Syscall):
+    """Hard delete: every version of the memory, its index entries and its payload files are erased; memories
+    derived from it are marked stale. Only the audit log and event log keep that it existed (ids, no content)."""
+
+    op: Literal["purge"] = "purge"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
+    id: MemoryId
+    right: ClassVar[Right] = Right.WRITE
+
+
 class Archive(_Syscall):
     """A new version in state ``archived``: kept and readable, out of default search."""
 
@@ -387,6 +397,7 @@ Syscall = Annotated[
     | Search
     | Update
     | Delete
+    | Purge
     | Archive
     | Restore
     | History
@@ -409,7 +420,7 @@ Syscall = Annotated[
 SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     cls.model_fields["op"].default: cls
     for cls in (
-        CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Archive, Restore, History,
+        CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Purge, Archive, Restore, History,
         Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Migrate,
         AssembleContext, Generate,
     )

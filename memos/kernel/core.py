@@ -576,6 +576,22 @@ class Kernel(TieringOps, ContextOps):
     def _op_delete(self, principal: str, call: sc.Delete) -> Memory:
         return self._transition(principal, call, to=State.DELETED, allowed_from=(State.ACTIVE, State.ARCHIVED), event="deleted")
 
+    def _op_purge(self, principal: str, call: sc.Purge) -> Ack:
+        row = self._require_memory(principal, call.id, Right.WRITE)
+        rule = self._policy_rule(principal, call)
+        history = self.store.history(call.id)
+        children = [c for c, _ in self.store.children_of(call.id) if c != call.id]
+        self.store.purge_memory(call.id)
+        for path in {v.payload["path"] for v in history if v.payload}:
+            self.after_commit(lambda p=Path(path): self._delete_blob(p))
+        now = self.clock.now()
+        for child in children:
+            self.store.set_stale(child, True)
+            self._emit("stale", self.store.memory_cube(child), child, principal, source=call.id, purged=True)
+        self._audit_ok(principal, call.op, row.cube, call.id, detail=f"purged {len(history)} versions")
+        self._emit("purged", row.cube, call.id, principal, versions=len(history), rule=rule, at=now)
+        return Ack(detail=f"purged {call.id}: {len(history)} versions; {len(children)} derived memories marked stale")
+
     def _op_archive(self, principal: str, call: sc.Archive) -> Memory:
         return self._transition(principal, call, to=State.ARCHIVED, allowed_from=(State.ACTIVE,), event="archived")
 

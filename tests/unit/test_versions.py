@@ -151,3 +151,23 @@ def test_list_returns_current_versions_of_a_cube(mem, clock):
     assert [(m.id, m.version) for m in mem.list("team/x")] == [(a.id, 2)]
     assert [m.id for m in mem.list("team/x", states=["active", "deleted"])] == [a.id, b.id]
     assert [m.id for m in mem.list("team/x", tags=["t"])] == [a.id]
+
+
+def test_purge_erases_every_version_and_marks_derived_memories_stale(mem, kernel):
+    mem.create_cube("team/x")
+    secret = mem.write("team/x", "the vault password is swordfish")
+    mem.update(secret.id, content="the vault password is marlin")
+    summary = mem.write("team/x", "summary of the vault", derived_from=[(secret.id, 2)])
+    ack = mem.purge(secret.id)
+    assert "2 versions" in ack.detail
+    with pytest.raises(Exception):
+        mem.read(secret.id)
+    assert mem.search("vault password", "team/x", k=5) == () or all(
+        h.memory.id != secret.id for h in mem.search("vault password", "team/x", k=5)
+    )
+    rows = kernel.store._all("SELECT COUNT(*) FROM versions WHERE memory_id = ?", (secret.id,))
+    assert rows[0][0] == 0
+    assert not any(i.startswith(secret.id) for i in kernel.index.ids())
+    assert kernel.store._all("SELECT COUNT(*) FROM versions_fts WHERE versions_fts MATCH 'swordfish OR marlin'")[0][0] == 0
+    assert mem.read(summary.id).stale
+    assert [r.op for r in mem.audit("team/x") if r.memory_id == secret.id][-1] == "purge"
