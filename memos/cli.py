@@ -5,6 +5,9 @@
     memos cubes | search | read | history | write | stats | events | audit    one syscall each
     memos migrate | context | generate                                       activation memory and the model
     memos doctor [--repair]            check SQLite and the vector index; rebuild the index from SQLite
+    memos serve [--mcp] [--tls-cert C --tls-key K]   the HTTP API (and MCP over HTTP) for API keys
+    memos mcp                          an MCP server on stdio, acting as the key in $MEMOS_API_KEY
+    memos keys add|revoke PRINCIPAL    API keys, stored as hashes in <home>/keys.yaml
     memos bench retrieval ...          benchmarks (see docs/)
 
 Commands that touch memory go through the running cluster if ``memos up`` started one, else open the data dir in
@@ -49,7 +52,7 @@ def _open(args: argparse.Namespace, *, mode: str = "local") -> Any:
     return Runtime.start(settings, mode="inprocess" if mode == "local" else mode)  # type: ignore[arg-type]
 
 
-_MODEL_COMMANDS = frozenset({"migrate", "context", "generate"})
+_MODEL_COMMANDS = frozenset({"migrate", "context", "generate", "serve"})  # serve exposes them all
 
 
 # ------------------------------------------------------------------------------------------------------ cluster
@@ -166,6 +169,64 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report["sqlite_integrity"] == "ok" else 1
 
 
+# ------------------------------------------------------------------------------------------------------ service
+
+
+def _keys_path(args: argparse.Namespace) -> Path:
+    return Path(args.keys).expanduser() if args.keys else _settings(args).home / "keys.yaml"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from memos.server.http import check_binding, serve
+    from memos.server.keys import KeyFile
+
+    try:
+        check_binding(args.host, tls_cert=args.tls_cert, tls_key=args.tls_key, allow_insecure=args.insecure)
+        keys = KeyFile(_keys_path(args))
+        with _open(args) as runtime:
+            serve(
+                runtime.transport, keys, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                allow_insecure=args.insecure, max_body_bytes=args.max_body, mcp=args.mcp, mcp_default_cube=args.cube,
+            )
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    import os
+
+    from memos.server.keys import load_keys
+    from memos.server.mcp import run_stdio, stdio_principal
+
+    try:
+        principal = stdio_principal(load_keys(_keys_path(args)), os.environ.get("MEMOS_API_KEY"))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with _open(args) as runtime:
+        run_stdio(runtime.transport, principal, default_cube=args.cube)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from memos.server.keys import add_key, hash_key, revoke_keys
+
+    path = _keys_path(args)
+    try:
+        if args.keys_command == "add":
+            key = add_key(path, args.principal)
+            print(key)
+            print(f"a key for {args.principal}, shown once; {path} keeps only its sha256 {hash_key(key)}", file=sys.stderr)
+        else:
+            print(f"revoked {revoke_keys(path, args.principal)} key(s) of {args.principal} in {path}")
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------ bench
 
 
@@ -236,6 +297,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check SQLite and the vector index")
     p.add_argument("--repair", action="store_true", help="rebuild missing index entries from SQLite")
     p.set_defaults(fn=cmd_doctor)
+
+    p = sub.add_parser("serve", help="the HTTP API (and MCP at /mcp with --mcp), for the principals of API keys")
+    p.add_argument("--keys", help="keys file, sha256(key) -> principal (default: <home>/keys.yaml)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--tls-cert", help="PEM certificate (chain) for HTTPS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without TLS (TLS proxy in front)")
+    p.add_argument("--max-body", type=int, default=1024 * 1024, help="largest request body in bytes (default 1 MiB)")
+    p.add_argument("--mcp", action="store_true", help="also serve MCP (streamable HTTP) at /mcp")
+    p.add_argument("--cube", help="the MCP tools' default cube")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("mcp", help="an MCP server on stdin/stdout, acting as the principal of $MEMOS_API_KEY")
+    p.add_argument("--keys", help="keys file (default: <home>/keys.yaml)")
+    p.add_argument("--cube", help="the tools' default cube")
+    p.set_defaults(fn=cmd_mcp)
+
+    keys = sub.add_parser("keys", help="API keys for 'memos serve' and 'memos mcp'")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    for name, help_ in [("add", "make a key for a principal and print it (once)"),
+                        ("revoke", "remove every key of a principal (a running server stops accepting them)")]:
+        p = keys_sub.add_parser(name, help=help_)
+        p.add_argument("principal")
+        p.add_argument("--keys", help="keys file (default: <home>/keys.yaml)")
+        p.set_defaults(fn=cmd_keys)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("retrieval", help="LoCoMo recall@k: memos hybrid vs a dense baseline")

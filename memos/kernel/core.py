@@ -11,6 +11,9 @@ Contract of ``execute``:
 - errors are ``MemosError`` subclasses; the kernel keeps serving after any of them.
 
 Time comes from the injected clock and ids from the injected factory, so tests are reproducible.
+
+The kernel is thread-safe: a syscall holds the kernel lock for its transaction(s); long operations (``migrate``,
+``generate``) release it while the model host works, so other syscalls proceed meanwhile.
 """
 
 from __future__ import annotations
@@ -177,7 +180,8 @@ class Kernel(TieringOps, ContextOps):
             self._log(trace_id, principal, op, cube, started, exc.code, exc.message)
             self._notify(str(op), exc.code, started)
             raise
-        self.syscall_counts[op] += 1
+        with self._lock:
+            self.syscall_counts[op] += 1
         self._log(trace_id, principal, op, cube, started, "ok")
         self._notify(op, "ok", started)
         return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from memos import syscalls as sc
-from memos.errors import AlreadyExists, InvalidSyscall, NotFound, PayloadTooLarge
+from memos.errors import AlreadyExists, InvalidSyscall, NotFound, PayloadTooLarge, VersionConflict
 
 
 def test_empty_and_oversize_content(mem):
@@ -79,7 +79,7 @@ def test_failed_syscalls_are_audited_with_their_code(mem):
     mem.create_cube("team/x")
     m = mem.write("team/x", "x")
     mem.update(m.id, content="y")
-    with pytest.raises(Exception):
+    with pytest.raises(VersionConflict):
         mem.update(m.id, content="z", expected_version=1)
     assert mem.audit("team/x")[-1].outcome == "conflict"
 
