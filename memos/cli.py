@@ -4,6 +4,7 @@
     memos run FILE                     run a workflow (a module with ``run(runtime)``), print its summary
     memos cubes | search | read | history | write | stats | events | audit    one syscall each
     memos migrate | context | generate                                       activation memory and the model
+    memos policy check | explain | run                                       lifecycle policies
     memos doctor [--repair]            check SQLite and the vector index; rebuild the index from SQLite
     memos serve [--mcp] [--tls-cert C --tls-key K]   the HTTP API (and MCP over HTTP) for API keys
     memos mcp                          an MCP server on stdio, acting as the key in $MEMOS_API_KEY
@@ -20,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +152,7 @@ def cmd_syscall(args: argparse.Namespace) -> int:
         elif args.command == "audit":
             _print(mem.audit(args.cube, limit=args.limit))
         elif args.command == "events":
-            _print(mem.events(args.since, limit=args.limit))
+            return _events(mem, args)
         elif args.command == "migrate":
             _print(mem.migrate(args.ids, args.to))
         elif args.command == "context":
@@ -159,6 +161,52 @@ def cmd_syscall(args: argparse.Namespace) -> int:
             _print(mem.generate(args.prompt, cubes=args.cube or (), memory=args.memory or (),
                                 max_new_tokens=args.max_new_tokens))
     return 0
+
+
+def _events(mem: Any, args: argparse.Namespace) -> int:
+    """Print events as JSON lines; with --follow, keep polling for new ones until interrupted."""
+    since = args.since
+    while True:
+        batch = mem.events(since, limit=args.limit)
+        for event in batch.events:
+            print(json.dumps(event.model_dump(mode="json"), ensure_ascii=False), flush=True)
+        since = batch.next_seq
+        if not args.follow:
+            return 0
+        if not batch.events:
+            try:
+                time.sleep(args.interval)
+            except KeyboardInterrupt:
+                return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from memos.schedulers.commands import main_check, main_explain
+    from memos.schedulers.snapshot import KernelSnapshot
+    from memos.syscalls import Snapshot
+
+    if args.policy_command == "check":
+        return main_check(args.files)
+    if args.policy_command == "run":
+        with _open(args) as runtime:
+            reports = runtime.run_policy(args.name)
+        if not reports:
+            print("no policies are loaded (Settings.policies / MEMOS_POLICIES)", file=sys.stderr)
+            return 1
+        _print(reports)
+        return 0
+    # explain: a dry run on the kernel's current state (read through the snapshot syscall, as the scheduler does)
+    with _open(args) as runtime:
+        state = runtime.client("system").execute(Snapshot(read_window_s=400 * 86400))
+    snapshot = KernelSnapshot(memories=state.memories, read_times=state.read_times, loaded_adapters=state.loaded_adapters)
+    now = state.at.timestamp() + (_duration(args.after) if args.after else 0.0)
+    return main_explain(args.files, snapshot, now)
+
+
+def _duration(text: str) -> float:
+    from memos.schedulers.units import parse_duration
+
+    return parse_duration(text)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -277,9 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = syscall_parser("audit", "the audit log of a cube (admin)")
     p.add_argument("cube", nargs="?")
     p.add_argument("--limit", type=int, default=50)
-    p = syscall_parser("events", "kernel events")
+    p = syscall_parser("events", "kernel events as JSON lines")
     p.add_argument("--since", type=int, default=0)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events (Ctrl-C to stop)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
+
+    policy = sub.add_parser("policy", help="lifecycle policies: check, explain (dry run), run now")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    p = policy_sub.add_parser("check", help="validate policy files (exit 1 on any problem, with file:line key)")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(fn=cmd_policy)
+    p = policy_sub.add_parser("explain", help="what the policies would do now on the kernel's data, and why")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--after", help="evaluate as if this much time had passed, e.g. 30d")
+    p.set_defaults(fn=cmd_policy)
+    p = policy_sub.add_parser("run", help="evaluate the kernel's loaded policies now and execute their actions")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(fn=cmd_policy)
 
     p = syscall_parser("migrate", "move memories to another kind (activation builds their KV cache)")
     p.add_argument("ids", nargs="+")

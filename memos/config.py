@@ -7,6 +7,7 @@
 | MEMOS_SQLITE_SYNC | FULL | SQLite synchronous mode (FULL survives power loss; NORMAL survives process crashes) |
 | MEMOS_LOG_LEVEL | WARNING | structlog level |
 | MEMOS_MODEL | smollm2 | the model host's model (``none`` disables it: plaintext memory only) |
+| MEMOS_POLICIES | (none) | policy files for the scheduler, separated by ``:`` |
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Settings(BaseModel):
     activation_max_memories: int | None = None
     activation_ram_bytes: int = 256 * 1024**2
     compose_method: Literal["rotate", "recompute"] = "rotate"
+    # Lifecycle policy files the kernel's scheduler runs on their schedules (see docs/policies.md).
+    policies: tuple[Path, ...] = ()
     ray_namespace: str = "memos"
     kernel_actor: str = "memos-kernel"
     model_actor: str = "memos-model"
@@ -52,6 +55,8 @@ class Settings(BaseModel):
         if os.environ.get("MEMOS_MODEL"):
             value = os.environ["MEMOS_MODEL"]
             env["model"] = None if value.lower() == "none" else value
+        if os.environ.get("MEMOS_POLICIES"):
+            env["policies"] = tuple(Path(p) for p in os.environ["MEMOS_POLICIES"].split(":") if p)
         if os.environ.get("MEMOS_SQLITE_SYNC"):
             env["sqlite_synchronous"] = os.environ["MEMOS_SQLITE_SYNC"].upper()
         env.update({k: v for k, v in overrides.items() if v is not None or k == "model"})

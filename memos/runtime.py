@@ -38,7 +38,8 @@ class Runtime:
 
                 model = open_model_service(settings)
             kernel = open_kernel(settings, model=model)
-            return cls(settings, InProcessTransport(KernelService(kernel)), mode="inprocess")
+            return cls(settings, InProcessTransport(KernelService.with_policies(kernel, settings.policies)),
+                       mode="inprocess")
         from memos.hosting import ray_host
 
         if mode in ("auto", "cluster") and ray_host.cluster_info(settings) is not None:
@@ -60,6 +61,10 @@ class Runtime:
     @property
     def metrics_url(self) -> str | None:
         return getattr(self._host, "metrics_url", None)
+
+    def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Evaluate the kernel's policies (or one) now, as their schedule would; returns the run reports."""
+        return self.transport.run_policy(name)  # type: ignore[attr-defined]
 
     def client(self, principal: str) -> Memos:
         return Memos(self.transport, principal)

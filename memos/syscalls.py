@@ -28,6 +28,7 @@ from memos.types import (
     CubeName,
     EventList,
     GenerateResult,
+    KernelState,
     Kind,
     Memory,
     MemoryId,
@@ -342,6 +343,17 @@ class GetAudit(_Syscall):
     right: ClassVar[Right] = Right.ADMIN
 
 
+class Snapshot(_Syscall):
+    """The current header of every memory in ``cubes`` (all cubes when empty) with read times in the last
+    ``read_window_s`` seconds: what the policy engine evaluates. Needs admin on every cube (superusers: all)."""
+
+    op: Literal["snapshot"] = "snapshot"
+    cubes: tuple[CubeName, ...] = Field(default=(), max_length=1024)
+    read_window_s: float = Field(default=7 * 86400, ge=0, le=400 * 86400)
+    result_type: ClassVar[type[BaseModel]] = KernelState
+    right: ClassVar[Right] = Right.ADMIN
+
+
 class Migrate(_Syscall):
     """Move memories to another kind, each on its own.
 
@@ -411,6 +423,7 @@ Syscall = Annotated[
     | GetStats
     | GetEvents
     | GetAudit
+    | Snapshot
     | Migrate
     | AssembleContext
     | Generate,
@@ -421,7 +434,7 @@ SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     cls.model_fields["op"].default: cls
     for cls in (
         CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Purge, Archive, Restore, History,
-        Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Migrate,
+        Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Snapshot, Migrate,
         AssembleContext, Generate,
     )
 }

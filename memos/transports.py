@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from memos.errors import MemosError, error_from_wire
+from memos.errors import MemosError, NotFound, error_from_wire
 
 
 class Transport(Protocol):
@@ -41,10 +41,38 @@ def unwrap(answer: dict[str, Any]) -> Any:
 
 
 class KernelService:
-    """A kernel behind the envelope. Plain class: the Ray actor and the in-process transport both wrap it."""
+    """A kernel behind the envelope, with its policy scheduler. Plain class: the Ray actor and the in-process
+    transport both wrap it."""
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Any, policies: Any = None) -> None:
         self.kernel = kernel
+        self.policies = policies  # a memos.schedulers.runner.PolicyRunner, or None
+
+    @classmethod
+    def with_policies(cls, kernel: Any, paths: Any, *, start: bool = True) -> KernelService:
+        """The service with a scheduler for the policy files ``paths`` (started on their schedules if ``start``).
+
+        Raises:
+            PolicyError: a policy file is invalid (file, line, key).
+        """
+        from memos.schedulers.runner import PolicyRunner
+
+        runner = PolicyRunner.from_files(kernel.execute, [str(p) for p in paths]) if paths else None
+        if runner is not None and start:
+            runner.start()
+        return cls(kernel, runner)
+
+    def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Evaluate one policy (or all) now and execute its actions; returns the run reports as dicts."""
+        from dataclasses import asdict
+
+        if self.policies is None:
+            return []
+        names = [name] if name else list(self.policies.policies)
+        try:
+            return [asdict(self.policies.run_once(n)) for n in names]
+        except KeyError as exc:
+            raise NotFound(f"no policy named {name!r}; loaded: {sorted(self.policies.policies)}") from exc
 
     def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
         return envelope(self.kernel.execute, principal, syscall, trace_id)
@@ -67,6 +95,8 @@ class KernelService:
         }
 
     def close(self) -> None:
+        if self.policies is not None:
+            self.policies.stop()
         self.kernel.close()
 
 
@@ -81,6 +111,9 @@ class InProcessTransport:
 
     def call_batch(self, principal: str, syscalls: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.service.call_batch(principal, syscalls)
+
+    def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
+        return self.service.run_policy(name)
 
     def close(self) -> None:
         self.service.close()

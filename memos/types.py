@@ -326,3 +326,13 @@ class GenerateResult(_Frozen):
     cached_tokens: int
     ttft_s: float
     total_s: float
+
+
+class KernelState(_Frozen):
+    """A read-only picture of the kernel for the policy engine: current headers, recent read times, tier usage."""
+
+    at: datetime
+    memories: tuple[Memory, ...]
+    read_times: dict[str, tuple[float, ...]]  # memory id -> epoch seconds of its reads within the window
+    activation_bytes: int = 0
+    loaded_adapters: int = 0

@@ -1,1 +1,1 @@
-"""Benchmarks behind `memos bench ...`: each writes JSON, a markdown table and (where useful) a PNG plot."""
+"""Benchmarks that measure memos on public data sets (``memos bench ...``). Not tests: they report numbers."""

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from memos.config import Settings
-from memos.errors import BackendError, ModelUnavailable
-from memos.transports import KernelService
+from memos.errors import BackendError, MemosError, ModelUnavailable
+from memos.transports import KernelService, unwrap
 
 GAUGE_PERIOD_S = 5.0
 
@@ -47,13 +47,20 @@ class KernelActor(KernelService):
         log_dir.mkdir(parents=True, exist_ok=True)
         configure_logging(stream=open(log_dir / "kernel.jsonl", "a", buffering=1))  # noqa: SIM115 (lives with the actor)
         model = RayModelPort(model_actor) if model_actor is not None else None
-        super().__init__(open_kernel(cfg, model=model))
+        service = KernelService.with_policies(open_kernel(cfg, model=model), cfg.policies)
+        super().__init__(service.kernel, service.policies)
         from memos.hosting.metrics import RayMetricsObserver
 
         self.metrics = RayMetricsObserver()
         self.kernel.observers.append(self.metrics)
         self._stop = threading.Event()
         threading.Thread(target=self._refresh_gauges, name="memos-gauges", daemon=True).start()
+
+    def run_policy_envelope(self, name: str | None) -> dict[str, Any]:
+        try:
+            return {"ok": self.run_policy(name)}
+        except MemosError as exc:
+            return {"error": exc.to_wire()}
 
     def _refresh_gauges(self) -> None:
         """Memory counts by cube/kind/state for the dashboard, every GAUGE_PERIOD_S (reads only; SQLite is locked)."""
@@ -114,6 +121,10 @@ class RayTransport:
 
     def ping(self) -> dict[str, Any]:
         return self._get(self.actor.ping.remote())
+
+    def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
+        answer = self._get(self.actor.run_policy_envelope.remote(name))
+        return unwrap(answer)
 
     def doctor(self, repair: bool = False) -> dict[str, Any]:
         return self._get(self.actor.doctor.remote(repair))

@@ -62,6 +62,7 @@ from memos.types import (
     Event,
     EventList,
     Grant,
+    KernelState,
     Memory,
     MemoryList,
     MemoryRef,
@@ -795,6 +796,19 @@ class Kernel(TieringOps, ContextOps):
         )
         next_seq = events[-1].seq if events else max(call.since, 0)
         return EventList(events=events, next_seq=next_seq)
+
+    def _op_snapshot(self, principal: str, call: sc.Snapshot) -> KernelState:
+        cubes = list(dict.fromkeys(call.cubes)) or [c[0] for c in self.store.list_cubes()]
+        for cube in cubes:
+            self._require_cube(principal, cube, Right.ADMIN)
+        now = self.clock.now()
+        rows = [r for r in self.store.current_memories(cubes) if r.state != State.DELETED]
+        activation = sum(r.payload["size_bytes"] for r in self.store.current_of_kind("activation") if r.payload)
+        return KernelState(
+            at=from_epoch(now), memories=tuple(self.to_memory(r) for r in rows),
+            read_times={k: tuple(v) for k, v in self.store.read_times(cubes, now - call.read_window_s).items()},
+            activation_bytes=activation,
+        )
 
     def _op_audit(self, principal: str, call: sc.GetAudit) -> AuditList:
         if call.cube is None:

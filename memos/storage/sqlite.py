@@ -389,6 +389,20 @@ class SqliteStore:
             self._exec("UPDATE memories SET reads = reads + 1, last_read_at = ? WHERE id = ?", (at, memory_id))
             self._exec("INSERT INTO access_log(memory_id, at, principal) VALUES (?,?,?)", (memory_id, at, principal))
 
+    def read_times(self, cubes: list[str], since: float) -> dict[str, list[float]]:
+        """memory id -> read instants since ``since`` for the memories of ``cubes``."""
+        if not cubes:
+            return {}
+        marks = ",".join("?" * len(cubes))
+        out: dict[str, list[float]] = {}
+        for memory_id, at in self._all(
+            f"SELECT a.memory_id, a.at FROM access_log a JOIN memories m ON m.id = a.memory_id "
+            f"WHERE m.cube IN ({marks}) AND a.at >= ? ORDER BY a.at",
+            (*cubes, since),
+        ):
+            out.setdefault(memory_id, []).append(at)
+        return out
+
     def reads_since(self, memory_id: str, since: float) -> int:
         row = self._one("SELECT COUNT(*) FROM access_log WHERE memory_id = ? AND at >= ?", (memory_id, since))
         return int(row[0]) if row else 0

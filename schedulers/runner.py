@@ -1,0 +1,173 @@
+"""Runs lifecycle policies: snapshot -> pure evaluation -> syscalls, on each policy's schedule (APScheduler).
+
+One evaluation (``PolicyRunner.run_once``):
+1. the ``snapshot`` syscall (as the scheduler's system principal) gives the current headers and read times of the
+   cubes the policy governs;
+2. ``engine.plan`` decides, purely, what should happen and why;
+3. each planned action is executed as an ordinary syscall through the kernel, with ``policy_rule`` set to
+   ``<policy>/<rule>`` so the provenance of every version it writes names the rule; actions on one memory carry
+   the version the engine saw (``expected_version``), so a memory edited meanwhile is refused with
+   ``VersionConflict`` rather than acted on. A failed action is reported and the others still run.
+
+The scheduler calls the kernel through ``execute(principal, syscall) -> result`` (a ``Kernel`` or anything with
+that method), in the process that owns the kernel. Only this module imports apscheduler.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from memos.schedulers.actions import CompressIntent, DistillIntent, MigrateIntent, Plan, PlannedAction
+from memos.schedulers.engine import CompiledPolicy, plan
+from memos.schedulers.loader import load_policy
+from memos.schedulers.snapshot import KernelSnapshot
+
+from memos.errors import MemosError
+from memos.logging import get_logger
+from memos.syscalls import Migrate, Snapshot
+
+SCHEDULER_PRINCIPAL = "system"
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    rule: str
+    op: str
+    memories: tuple[str, ...]
+    outcome: str  # "ok", "not_executed" or an error code
+    detail: str
+
+
+@dataclass(frozen=True)
+class RunReport:
+    policy: str
+    at: float
+    duration_s: float
+    planned: int
+    outcomes: tuple[ActionOutcome, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> int:
+        return sum(o.outcome == "ok" for o in self.outcomes)
+
+
+def to_syscall(action: PlannedAction) -> Any:
+    """The kernel syscall for a planned action, attributed to its rule (call ``executable`` first)."""
+    call = action.syscall
+    if isinstance(call, MigrateIntent):
+        return Migrate(ids=(call.id,), to=call.to, policy_rule=action.policy_rule)
+    return call.model_copy(update={"policy_rule": action.policy_rule})
+
+
+def executable(action: PlannedAction) -> str | None:
+    """None if this kernel can execute the action, else why not."""
+    if isinstance(action.syscall, DistillIntent):
+        return "distillation into parametric memory is not available in this kernel"
+    if isinstance(action.syscall, CompressIntent):
+        return "compression needs a summariser, which this kernel does not have"
+    return None
+
+
+class PolicyRunner:
+    """Evaluates policies against a kernel, now or on their schedules. Thread-safe; one evaluation at a time."""
+
+    def __init__(
+        self,
+        execute: Callable[[str, Any], Any],
+        policies: Iterable[CompiledPolicy],
+        *,
+        clock: Callable[[], float] = time.time,
+        on_report: Callable[[RunReport], None] | None = None,
+    ) -> None:
+        self.execute = execute
+        self.policies = {p.name: p for p in policies}
+        self.clock = clock
+        self.on_report = on_report
+        self.reports: list[RunReport] = []
+        self._lock = threading.Lock()
+        self._scheduler: Any = None
+        self.log = get_logger("memos.scheduler")
+
+    @classmethod
+    def from_files(cls, execute: Callable[[str, Any], Any], paths: Iterable[str], **kwargs: Any) -> PolicyRunner:
+        """Raises PolicyError naming file, line and key for an invalid policy."""
+        return cls(execute, [load_policy(p) for p in paths], **kwargs)
+
+    def snapshot(self, policy: CompiledPolicy) -> KernelSnapshot:
+        state = self.execute(SCHEDULER_PRINCIPAL, Snapshot(read_window_s=max(policy.read_window_s, 0.0)))
+        memories = [m for m in state.memories if policy.governs(m.cube)]
+        ids = {m.id for m in memories}
+        return KernelSnapshot(
+            memories=memories,
+            read_times={k: v for k, v in state.read_times.items() if k in ids},
+            loaded_adapters=state.loaded_adapters,
+        )
+
+    def plan(self, name: str, now: float | None = None) -> Plan:
+        policy = self.policies[name]
+        return plan(policy, self.snapshot(policy), self.clock() if now is None else now)
+
+    def run_once(self, name: str, now: float | None = None) -> RunReport:
+        """Evaluate policy ``name`` and execute its actions. Raises MemosError only if the snapshot fails."""
+        with self._lock:
+            started = time.perf_counter()
+            at = self.clock() if now is None else now
+            result = self.plan(name, at)
+            outcomes = [self._run_action(a) for a in result.actions]
+            report = RunReport(name, at, time.perf_counter() - started, len(result.actions), tuple(outcomes))
+            self.reports.append(report)
+            del self.reports[:-100]
+        self.log.info("policy evaluated", policy=name, planned=report.planned, ok=report.ok,
+                      duration_ms=round(report.duration_s * 1000, 1))
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
+
+    def _run_action(self, action: PlannedAction) -> ActionOutcome:
+        ids = tuple(r.id for r in action.memories)
+        why_not = executable(action)
+        if why_not is not None:
+            return ActionOutcome(action.policy_rule, action.syscall.op, ids, "not_executed", why_not)
+        call = to_syscall(action)
+        try:
+            self.execute(SCHEDULER_PRINCIPAL, call)
+        except MemosError as exc:
+            self.log.warning("policy action failed", rule=action.policy_rule, op=call.op, code=exc.code, error=exc.message)
+            return ActionOutcome(action.policy_rule, call.op, ids, exc.code, exc.message)
+        return ActionOutcome(action.policy_rule, call.op, ids, "ok", action.reason)
+
+    # -------------------------------------------------------------------------------------------- schedule
+
+    def start(self) -> None:
+        """Run every policy on its ``schedule`` in a background thread until ``stop``."""
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        scheduler = BackgroundScheduler(daemon=True)
+        for name, policy in self.policies.items():
+            trigger = (
+                IntervalTrigger(seconds=policy.interval_s) if policy.interval_s else CronTrigger.from_crontab(policy.cron)
+            )
+            # One run at a time per policy; a run that is late by more than a period is skipped, not piled up.
+            scheduler.add_job(self._scheduled, trigger, args=[name], id=name, max_instances=1, coalesce=True)
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def _scheduled(self, name: str) -> None:
+        try:
+            self.run_once(name)
+        except MemosError as exc:  # a failed evaluation must not kill the schedule; it is logged and retried
+            self.log.error("policy evaluation failed", policy=name, code=exc.code, error=exc.message)
+
+    def pending_jobs(self) -> int:
+        return len(self._scheduler.get_jobs()) if self._scheduler is not None else 0
+
+    def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
