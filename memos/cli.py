@@ -118,6 +118,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"cannot load workflow {path}", file=sys.stderr)
         return 2
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as a normal import would be: typing (e.g. LangGraph state TypedDicts under
+    # `from __future__ import annotations`) resolves names through sys.modules.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     if not hasattr(module, "run"):
         print(f"{path} defines no run(runtime) function", file=sys.stderr)

@@ -10,6 +10,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+RESEARCHERS = {"agent:researcher-a", "agent:researcher-b"}
+AGENTS = {"agent:planner", "agent:writer", *RESEARCHERS}
 
 
 def load(name: str):
@@ -21,11 +23,61 @@ def load(name: str):
 
 def test_research_team_workflow(ray_runtime):
     summary = load("research_team").run(ray_runtime)
-    authors = {a for a, _, _ in summary["recalled_by_writer"]}
-    assert authors & {"agent:researcher-a", "agent:researcher-b"}
+    thread, team = summary["thread"], summary["team_cube"]
+    assert summary["rounds"] == 2
+
+    # One agent's findings are recalled by another: each researcher by the other, both by the writer.
+    across = {(by, author) for by, author, _ in summary["recalled_across_agents"]}
+    assert {("agent:researcher-a", "agent:researcher-b"), ("agent:researcher-b", "agent:researcher-a")} <= across
+    assert {author for by, author in across if by == "agent:writer"} >= RESEARCHERS
+    assert ("agent:planner", "agent:writer") in across
+
     versions = summary["corrected"]["versions"]
-    assert [v[0] for v in versions] == [1, 2] and versions[1][1] == "agent:writer" and "175" in versions[1][2]
-    assert len(summary["denials"]) == 2
-    assert summary["memories_by_kind"]["plaintext"]["active"] >= 7
-    assert any("v2 update by agent:writer" in line for line in summary["team_cube_history"])
-    assert sum("by agent:researcher-a" in line for line in summary["team_cube_history"]) == 3
+    assert [(v, author) for v, author, _ in versions] == [(1, "agent:researcher-b"), (2, "agent:writer")]
+    assert "175" in versions[1][2]
+
+    # The private note is refused through the tools, and researcher-a's audit log holds both attempts.
+    assert [(d["tool"], d["status"], d["error"].split(":")[0]) for d in summary["denials"]] == [
+        ("recall", "error", "denied"), ("memory_history", "error", "not_found")]
+    assert summary["audited_denials"] == [
+        "agent:writer search on agent/researcher-a/notes: denied",
+        "agent:writer history on agent/researcher-a/notes: denied",
+    ]
+
+    assert [(v, author, ref) for v, author, ref in summary["plan_versions"]] == [
+        (1, "agent:planner", f"thread/{thread}"), (2, "agent:planner", f"thread/{thread}")]
+
+    # The most-read finding is promoted to activation memory and reaches the model as a KV cache in round 2.
+    (migration,) = summary["migrations"]
+    assert migration["kind"] == "activation" and migration["reads"] >= 1
+    assert summary["memories_by_kind"]["activation"] == {"active": 1}
+    assert summary["memories_by_kind"]["plaintext"]["active"] >= 9
+    first, second = summary["generations"]
+    assert first["memory"]["text"] >= 1 and first["prompt_tokens"] > 0 and first["ttft_s"] > 0
+    assert second["memory"]["kv"] == 1 and second["cached_tokens"] > 0
+
+    # The team cube's history shows who wrote what.
+    history = summary["team_cube_history"]
+    assert sum("write by agent:researcher-a" in line for line in history) == 4
+    assert sum("write by agent:researcher-b" in line for line in history) == 4
+    assert any("update by agent:writer" in line for line in history)
+    assert any("migrate:activation by agent:planner" in line for line in history)
+    assert summary["latency_ms"]["syscalls"] > 50 and len(summary["latency_ms"]["generate"]) == 2
+
+    # Every memory an agent wrote or changed names the agent and the thread (and the message, for tools and
+    # the memory-aware graph); the kernel's migrate takes no references, so only its author is checked.
+    system = ray_runtime.client("system")
+    changes = 0
+    for cube in (team, f"{team}/plan", "agent/researcher-a/notes", "agent/researcher-b/notes"):
+        for memory in system.list(cube, limit=1000):
+            if cube.startswith("agent/") and memory.metadata.get("thread") != thread:
+                continue  # private notes of earlier runs
+            for version in system.history(memory.id):
+                prov = version.provenance
+                assert prov.author in AGENTS, (cube, prov)
+                if prov.operation.startswith("migrate"):
+                    continue
+                changes += 1
+                assert prov.source_refs and all(r.startswith(f"thread/{thread}") for r in prov.source_refs), prov
+                assert cube.endswith("/plan") or all(r.startswith(f"thread/{thread}/msg/") for r in prov.source_refs)
+    assert changes >= 15
