@@ -5,6 +5,7 @@
     memos cubes | search | read | history | write | stats | events | audit    one syscall each
     memos migrate | context | generate                                       activation memory and the model
     memos policy check | explain | run                                       lifecycle policies
+    memos top | events --follow                                              live views
     memos doctor [--repair]            check SQLite and the vector index; rebuild the index from SQLite
     memos serve [--mcp] [--tls-cert C --tls-key K]   the HTTP API (and MCP over HTTP) for API keys
     memos mcp                          an MCP server on stdio, acting as the key in $MEMOS_API_KEY
@@ -183,6 +184,54 @@ def _events(mem: Any, args: argparse.Namespace) -> int:
                 return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    """A refreshing terminal summary: memories by kind and state, bytes by tier, syscall rate and latency, recent
+    migrations and evictions. Ctrl-C to stop; --once prints one frame."""
+    with _open(args) as runtime:
+        mem = runtime.client(args.principal)
+        since, last_counts, last_at, recent = 0, None, None, []
+        while True:
+            stats = mem.stats()
+            batch = mem.events(since, limit=1000)
+            since = batch.next_seq
+            recent.extend(e for e in batch.events if e.type in ("migrated", "evicted", "purged", "migration_rolled_back"))
+            recent = recent[-8:]
+            now = time.monotonic()
+            total = sum(stats.syscalls.values())
+            rate = (total - last_counts) / (now - last_at) if last_counts is not None and now > last_at else 0.0
+            last_counts, last_at = total, now
+            print(_top_frame(stats, rate, recent), end="" if args.once else "\n", flush=True)
+            if args.once:
+                return 0
+            try:
+                time.sleep(args.interval)
+            except KeyboardInterrupt:
+                return 0
+            print("\x1b[2J\x1b[H", end="")
+
+
+def _top_frame(stats: Any, rate: float, recent: list[Any]) -> str:
+    lines = [f"memos top   cubes {stats.cubes}   versions {stats.versions}   syscalls {sum(stats.syscalls.values())}"
+             f" ({rate:.1f}/s)", "", f"{'kind':<12}{'state':<10}{'memories':>10}{'bytes':>14}"]
+    for kind, states in sorted(stats.memories.items()):
+        for state, count in sorted(states.items()):
+            lines.append(f"{kind:<12}{state:<10}{count:>10}{'':>14}")
+        lines.append(f"{kind:<12}{'(all)':<10}{sum(states.values()):>10}{stats.bytes.get(kind, 0):>14}")
+    lines += ["", f"{'syscall':<18}{'count':>8}{'p50 ms':>10}{'p95 ms':>10}"]
+    for op, count in sorted(stats.syscalls.items(), key=lambda kv: -kv[1])[:12]:
+        lat = stats.latency_ms.get(op, {})
+        lines.append(f"{op:<18}{count:>8}{lat.get('p50', 0):>10.2f}{lat.get('p95', 0):>10.2f}")
+    lines += ["", "recent migrations and evictions:"]
+    for e in recent or []:
+        data = e.data
+        rule = f" rule={data['rule']}" if data.get("rule") else ""
+        what = f"{data.get('frm', '')}->{data.get('to', '')}" if e.type == "migrated" else data.get("reason", "")
+        lines.append(f"  {e.at:%H:%M:%S} {e.type:<10} {e.memory_id} {what}{rule}")
+    if not recent:
+        lines.append("  (none yet)")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     from memos.schedulers.commands import main_check, main_explain
     from memos.schedulers.snapshot import KernelSnapshot
@@ -333,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events (Ctrl-C to stop)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
+
+    p = syscall_parser("top", "a refreshing summary: memories, bytes, syscall rate and latency, migrations")
+    p.add_argument("--interval", type=float, default=2.0)
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.set_defaults(fn=cmd_top)
 
     policy = sub.add_parser("policy", help="lifecycle policies: check, explain (dry run), run now")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)

@@ -280,6 +280,7 @@ class Stats(_Frozen):
     versions: int
     bytes: dict[str, int]  # kind -> bytes of current versions
     syscalls: dict[str, int] = Field(default_factory=dict)  # op -> count since start (this kernel process)
+    latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)  # op -> {p50, p95} of its last 256 calls
 
 
 # ---------------------------------------------------------------------------------------------------------- context

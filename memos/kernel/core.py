@@ -22,7 +22,7 @@ import json
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,7 @@ class Kernel(TieringOps, ContextOps):
         self.superusers = frozenset(superusers)
         self.indexer = Indexer(store, index, embedder)
         self.syscall_counts: Counter[str] = Counter()
+        self._latencies: dict[str, deque[float]] = {}
         self.observers: list[KernelObserver] = []
         self.log = get_logger("memos.kernel")
         # One syscall at a time holds the kernel; long operations (model work) release it between their phases.
@@ -183,6 +184,7 @@ class Kernel(TieringOps, ContextOps):
             raise
         with self._lock:
             self.syscall_counts[op] += 1
+            self._latencies.setdefault(op, deque(maxlen=256)).append(time.perf_counter() - started)
         self._log(trace_id, principal, op, cube, started, "ok")
         self._notify(op, "ok", started)
         return result
@@ -778,8 +780,19 @@ class Kernel(TieringOps, ContextOps):
             size[kind] += b
         return Stats(
             cubes=len(cubes), memories=memories, versions=self.store.version_count(cubes), bytes=dict(size),
-            syscalls=dict(self.syscall_counts),
+            syscalls=dict(self.syscall_counts), latency_ms=self._latency_summary(),
         )
+
+    def _latency_summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for op, window in list(self._latencies.items()):
+            values = sorted(window)
+            if values:
+                out[op] = {
+                    "p50": round(values[len(values) // 2] * 1000, 3),
+                    "p95": round(values[min(len(values) - 1, int(len(values) * 0.95))] * 1000, 3),
+                }
+        return out
 
     def _op_events(self, principal: str, call: sc.GetEvents) -> EventList:
         if principal in self.superusers and not call.cubes:
