@@ -30,9 +30,9 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemM
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+
 from memos.agents.chat import MemosChatModel
 from memos.agents.provenance import message_ref, require_thread
-
 from memos.client import Memos
 from memos.syscalls import MAX_QUERY_CHARS
 from memos.types import ContextPlan, Source

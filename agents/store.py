@@ -55,9 +55,9 @@ from langgraph.store.base import (
     SearchOp,
     validate_op_namespace,
 )
+
 from memos.agents.namespaces import NamespaceMap
 from memos.agents.provenance import message_ref, thread_of
-
 from memos.client import Memos
 from memos.errors import NotFound
 from memos.syscalls import MAX_K

@@ -29,8 +29,8 @@ from typing import Annotated, Any, Literal
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, InjectedToolCallId, StructuredTool, ToolException
-from memos.agents.provenance import message_ref, require_thread
 
+from memos.agents.provenance import message_ref, require_thread
 from memos.client import Memos
 from memos.errors import MemosError
 from memos.types import Memory, Source

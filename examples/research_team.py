@@ -37,9 +37,9 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.store.base import BaseStore
-from memos.agents import MemoryAgent, MemoryTools, MemosChatModel, MemosStore, call_tool
 from typing_extensions import TypedDict
 
+from memos.agents import MemoryAgent, MemoryTools, MemosChatModel, MemosStore, call_tool
 from memos.client import Memos
 from memos.runtime import Runtime
 from memos.types import Kind

@@ -367,6 +367,7 @@ class Migrate(_Syscall):
     policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     ids: tuple[MemoryId, ...] = Field(min_length=1, max_length=64)
     to: Kind
+    expected_version: int | None = Field(default=None, ge=1)  # only with a single id
     result_type: ClassVar[type[BaseModel]] = MemoryList
     right: ClassVar[Right] = Right.WRITE
 

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TextIO
 
+from memos.errors import PolicyError
 from memos.schedulers.explain import explain
 from memos.schedulers.loader import check_files, load_policy
 from memos.schedulers.snapshot import KernelSnapshot
-
-from memos.errors import PolicyError
 
 
 def main_check(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from memos.schedulers.facts import Facts, Ledger
 from memos.schedulers.spec import BudgetPressure, Reads, Score, SizeRange, TagMatch, When
 from memos.schedulers.units import format_age, format_duration, format_size
-
 from memos.types import Trust
 
 Check = Callable[[Facts, Ledger], bool]

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from memos.errors import PolicyError
 from memos.schedulers.actions import (
     Action,
     BudgetUsage,
@@ -44,8 +45,6 @@ from memos.schedulers.similarity import star_groups, words
 from memos.schedulers.snapshot import KernelSnapshot
 from memos.schedulers.spec import PolicySpec, Rule, Then, format_loc, semantic_problems
 from memos.schedulers.units import format_size
-
-from memos.errors import PolicyError
 from memos.syscalls import MAX_TAGS, Archive, Delete, Fuse, Pin
 from memos.types import Kind, Memory, MemoryRef, State, Trust, to_epoch
 

@@ -19,7 +19,6 @@ from memos.schedulers.actions import (
 from memos.schedulers.engine import CompiledPolicy, plan
 from memos.schedulers.snapshot import KernelSnapshot
 from memos.schedulers.units import format_size
-
 from memos.syscalls import Archive, Delete, Fuse, Pin
 from memos.types import from_epoch
 

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 
 from memos.schedulers.retention import RetentionScore, last_use, score
 from memos.schedulers.spec import BudgetName, Budgets, Retention
-
 from memos.types import Kind, Memory, MemoryRef, State, to_epoch
 
 

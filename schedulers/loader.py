@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from memos.schedulers.engine import CompiledPolicy, compile_policy
-from memos.schedulers.spec import Loc, PolicySpec, format_loc, semantic_problems
 from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from memos.errors import PolicyError
+from memos.schedulers.engine import CompiledPolicy, compile_policy
+from memos.schedulers.spec import Loc, PolicySpec, format_loc, semantic_problems
+from memos.schedulers.units import quote
 
 _QUOTED = re.compile(r"'([^']*)'")
 # Nouns for "unknown <noun> 'x'" by the key whose value is wrong.
@@ -121,21 +122,30 @@ def _error(filename: str, problems: list[Problem]) -> PolicyError:
     return PolicyError("\n".join(lines), problems=lines, file=filename)
 
 
-def _parse(text: str, filename: str) -> tuple[PolicySpec | None, Node | None, list[Problem]]:
-    """The spec (None if invalid), the YAML root node (None if not YAML) and every problem, in line order."""
+def _compose(text: str) -> tuple[Node | None, Any]:
+    """The YAML root node (with line marks) and the data constructed from that same node."""
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    except yaml.YAMLError as exc:
-        return None, None, [_yaml_problem(exc, filename)]
+        return root, (loader.construct_document(root) if root is not None else None)
     finally:
         loader.dispose()
+
+
+def _parse(text: str, filename: str) -> tuple[PolicySpec | None, Node | None, list[Problem]]:
+    """The spec (None if invalid), the YAML root node (None if not YAML) and every problem, in line order."""
+    try:
+        root, data = _compose(text)
+    except yaml.YAMLError as exc:
+        return None, None, [_yaml_problem(exc, text, filename)]
+    except RecursionError:
+        # PyYAML composes recursively: thousands of nested brackets exhaust the stack.
+        return None, None, [Problem(filename, 1, "<yaml>", "invalid YAML: nested too deeply")]
     if root is None or not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else 1
         found = "an empty file" if root is None else f"a {type(data).__name__}"
         return None, root, [Problem(filename, line, "<root>", f"expected a policy mapping (name, applies_to, rules, ...), got {found}")]
-    problems = _duplicate_keys(root, (), filename)
+    problems = _duplicate_keys(root, filename)
     try:
         spec = PolicySpec.model_validate(data)
     except ValidationError as exc:
@@ -149,7 +159,11 @@ def _parse(text: str, filename: str) -> tuple[PolicySpec | None, Node | None, li
     return (spec if not problems else None), root, problems
 
 
-def _yaml_problem(exc: yaml.YAMLError, filename: str) -> Problem:
+def _yaml_problem(exc: yaml.YAMLError, text: str, filename: str) -> Problem:
+    if isinstance(exc, yaml.reader.ReaderError):
+        # Raised before any mark exists: a character YAML does not allow (NUL, a lone surrogate, ...).
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        return Problem(filename, line, "<yaml>", f"invalid YAML: character U+{exc.character:04X} is not allowed")
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line = mark.line + 1 if mark is not None else 1
     problem = getattr(exc, "problem", None) or str(exc)
@@ -157,26 +171,35 @@ def _yaml_problem(exc: yaml.YAMLError, filename: str) -> Problem:
     context_mark = getattr(exc, "context_mark", None)
     if context and context_mark is not None and context_mark.line + 1 != line:
         context += f" started at line {context_mark.line + 1}"
-    return Problem(filename, line, "<yaml>", f"invalid YAML: {problem}" + (f" ({context})" if context else ""))
+    message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+    return Problem(filename, line, "<yaml>", " ".join(message.split()))
 
 
-def _duplicate_keys(node: Node, loc: Loc, filename: str) -> list[Problem]:
+def _duplicate_keys(root: Node, filename: str) -> list[Problem]:
+    """Keys given twice in one mapping. Each node is visited once: YAML aliases share nodes, and following every
+    alias again would make a small "billion laughs" file take hours."""
     problems: list[Problem] = []
-    if isinstance(node, MappingNode):
-        first: dict[str, int] = {}
-        for key, value in node.value:
-            name = key.value if isinstance(key, ScalarNode) else None
-            if name is not None and name in first:
-                problems.append(
-                    Problem(filename, key.start_mark.line + 1, format_loc((*loc, name)),
-                            f"duplicate key (first at line {first[name]})")
-                )
-            if name is not None:
-                first.setdefault(name, key.start_mark.line + 1)
-            problems.extend(_duplicate_keys(value, (*loc, name) if name is not None else loc, filename))
-    elif isinstance(node, SequenceNode):
-        for index, item in enumerate(node.value):
-            problems.extend(_duplicate_keys(item, (*loc, index), filename))
+    seen: set[int] = set()
+    stack: list[tuple[Node, Loc]] = [(root, ())]
+    while stack:
+        node, loc = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                name = key.value if isinstance(key, ScalarNode) else None
+                if name is not None and name in first:
+                    problems.append(
+                        Problem(filename, key.start_mark.line + 1, format_loc((*loc, name)),
+                                f"duplicate key (first at line {first[name]})")
+                    )
+                if name is not None:
+                    first.setdefault(name, key.start_mark.line + 1)
+                stack.append((value, (*loc, name) if name is not None else loc))
+        elif isinstance(node, SequenceNode):
+            stack.extend((item, (*loc, index)) for index, item in enumerate(node.value))
     return problems
 
 
@@ -228,7 +251,7 @@ def _message(err: Any, loc: Loc) -> str:
     if kind in ("enum", "literal_error"):
         noun = next((_NOUNS.get(p, "value") for p in reversed(loc) if isinstance(p, str)), "value")
         expected = ", ".join(_QUOTED.findall(ctx.get("expected", ""))) or ctx.get("expected", "")
-        return f"unknown {noun} {err['input']!r}; expected one of {expected}"
+        return f"unknown {noun} {quote(err['input'])}; expected one of {expected}"
     if kind == "too_short" and loc == ("rules",):
         return "a policy needs at least one rule"
     messages = {
@@ -247,11 +270,11 @@ def _message(err: Any, loc: Loc) -> str:
         "model_attributes_type": "expected a mapping",
     }
     if kind in messages:
-        return f"{messages[kind]}, got {err['input']!r}"
+        return f"{messages[kind]}, got {quote(err['input'])}"
     bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
     if kind in bounds:
         limit = next(iter(ctx.values()))
-        return f"must be {bounds[kind]} {limit}, got {err['input']!r}"
+        return f"must be {bounds[kind]} {limit}, got {quote(err['input'])}"
     if kind == "too_short":
         return f"needs at least {ctx.get('min_length')} item(s)"
     if kind == "too_long":
@@ -263,7 +286,7 @@ def _message(err: Any, loc: Loc) -> str:
 def _unknown_key(loc: Loc) -> str:
     key = str(loc[-1])
     allowed = _fields_at(loc[:-1])
-    message = f"unknown key {key!r}"
+    message = f"unknown key {quote(key)}"
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     if close:
         message += f" (did you mean {close[0]!r}?)"

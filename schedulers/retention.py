@@ -23,7 +23,6 @@ import math
 from dataclasses import dataclass
 
 from memos.schedulers.spec import Retention
-
 from memos.types import Memory, Trust, to_epoch
 
 

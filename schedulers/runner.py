@@ -21,13 +21,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from memos.errors import MemosError
+from memos.logging import get_logger
 from memos.schedulers.actions import CompressIntent, DistillIntent, MigrateIntent, Plan, PlannedAction
 from memos.schedulers.engine import CompiledPolicy, plan
 from memos.schedulers.loader import load_policy
 from memos.schedulers.snapshot import KernelSnapshot
-
-from memos.errors import MemosError
-from memos.logging import get_logger
 from memos.syscalls import Migrate, Snapshot
 
 SCHEDULER_PRINCIPAL = "system"
@@ -59,7 +58,7 @@ def to_syscall(action: PlannedAction) -> Any:
     """The kernel syscall for a planned action, attributed to its rule (call ``executable`` first)."""
     call = action.syscall
     if isinstance(call, MigrateIntent):
-        return Migrate(ids=(call.id,), to=call.to, policy_rule=action.policy_rule)
+        return Migrate(ids=(call.id,), to=call.to, expected_version=call.expected_version, policy_rule=action.policy_rule)
     return call.model_copy(update={"policy_rule": action.policy_rule})
 
 

@@ -26,13 +26,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from memos.schedulers.units import (
-    DURATION_PATTERN,
-    SIZE_PATTERN,
-    format_duration,
-    parse_duration,
-    parse_size,
-)
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -45,6 +38,14 @@ from pydantic import (
     model_validator,
 )
 
+from memos.schedulers.units import (
+    DURATION_PATTERN,
+    SIZE_PATTERN,
+    format_duration,
+    parse_duration,
+    parse_size,
+    quote,
+)
 from memos.types import Kind, Tag, Trust
 
 Loc = tuple[str | int, ...]
@@ -56,8 +57,8 @@ def format_loc(loc: Loc) -> str:
     is not a plain word is quoted (``tag_weights['my tag']``)."""
     text = ""
     for part in loc:
-        if isinstance(part, int) or not _PLAIN_KEY.match(part):
-            text += f"[{part!r}]"
+        if isinstance(part, int) or not _PLAIN_KEY.fullmatch(part):
+            text += f"[{quote(part)}]"
         else:
             text += f".{part}" if text else part
     return text or "<root>"
@@ -80,16 +81,16 @@ _CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
 
 
 def _check_name(value: str) -> str:
-    if not NAME_RE.match(value):
-        raise ValueError(f"expected a name of lowercase letters, digits, '-' and '_' like 'promote-hot', got {value!r}")
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(f"expected a name of lowercase letters, digits, '-' and '_' like 'promote-hot', got {quote(value)}")
     return value
 
 
 def _check_cube_pattern(value: str) -> str:
-    if not all(_SEGMENT_RE.match(segment) for segment in value.split("/")):
+    if not all(_SEGMENT_RE.fullmatch(segment) for segment in value.split("/")):
         raise ValueError(
             f"expected a cube pattern like 'team/*' or 'agent/**' (lowercase segments of [a-z0-9_-], "
-            f"'*' and '?' within a segment, '**' for any number of segments), got {value!r}"
+            f"'*' and '?' within a segment, '**' for any number of segments), got {quote(value)}"
         )
     return value
 
@@ -99,21 +100,21 @@ def _check_cron_value(token: str, field: str, low: int, high: int, names: tuple[
         return
     if field == "day of week":
         # APScheduler 3 counts weekdays from Monday=0, crontab from Sunday=0: a number would fire on the wrong day.
-        raise ValueError(f"use day names (mon..sun) in the day-of-week field of a cron expression, got {token!r}")
-    if not token.isdigit() or not low <= int(token) <= high:
+        raise ValueError(f"use day names (mon..sun) in the day-of-week field of a cron expression, got {quote(token)}")
+    if not (token.isascii() and token.isdigit()) or not low <= int(token) <= high:
         hint = f" or {names[0]}..{names[-1]}" if names else ""
-        raise ValueError(f"cron {field} must be {low}..{high}{hint}, got {token!r}")
+        raise ValueError(f"cron {field} must be {low}..{high}{hint}, got {quote(token)}")
 
 
 def _check_cron(value: str) -> str:
     fields = value.split()
     if len(fields) != 5:
-        raise ValueError(f"expected a cron expression of 5 fields like '*/5 * * * *', got {value!r}")
+        raise ValueError(f"expected a cron expression of 5 fields like '*/5 * * * *', got {quote(value)}")
     for text, (field, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
         for part in text.split(","):
             body, _, step = part.partition("/")
-            if step and (not step.isdigit() or int(step) == 0):
-                raise ValueError(f"cron {field} step must be a positive integer, got {part!r}")
+            if step and (not (step.isascii() and step.isdigit()) or int(step) == 0):
+                raise ValueError(f"cron {field} step must be a positive integer, got {quote(part)}")
             if body == "*":
                 continue
             for token in body.split("-", 1):
@@ -147,8 +148,9 @@ Size = Annotated[
     ),
 ]
 Count = Annotated[int, Field(strict=True, ge=0)]
-Fraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
-Weight = Annotated[float, Field(strict=True, gt=0.0)]
+Fraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]
+Weight = Annotated[float, Field(strict=True, gt=0.0, allow_inf_nan=False)]
+Ratio = Annotated[float, Field(strict=True, ge=0.0, allow_inf_nan=False)]
 MemoryState = Literal["active", "archived"]
 KindSet = Annotated[
     tuple[Kind, ...], BeforeValidator(_listify, json_schema_input_type=Kind | list[Kind]), Field(min_length=1)
@@ -276,8 +278,8 @@ class BudgetPressure(_Strict):
     """Used / limit of a budget, projected over the actions planned so far in this evaluation (strict bounds)."""
 
     budget: BudgetName
-    above: Annotated[float, Field(strict=True, ge=0.0)] | None = None
-    below: Annotated[float, Field(strict=True, ge=0.0)] | None = None
+    above: Ratio | None = None
+    below: Ratio | None = None
 
     @model_validator(mode="after")
     def _bounded(self) -> BudgetPressure:
@@ -335,7 +337,7 @@ class DistillArgs(_Strict):
 class FuseArgs(_Strict):
     """Merge near-duplicate plaintext memories (word-set Jaccard similarity at least ``similarity``)."""
 
-    similarity: Annotated[float, Field(strict=True, gt=0.0, le=1.0)] = 0.9
+    similarity: Annotated[float, Field(strict=True, gt=0.0, le=1.0, allow_inf_nan=False)] = 0.9
     max_group: Annotated[int, Field(strict=True, ge=2, le=64)] = 16
     keep_sources: StrictBool = False
 
@@ -363,7 +365,7 @@ def _then_from_shorthand(value: Any) -> Any:
     if isinstance(value, str):
         if value not in _BARE_ACTIONS:
             raise ValueError(
-                f"unknown action {value!r}; write one of {', '.join(_BARE_ACTIONS)} or a mapping with one of "
+                f"unknown action {quote(value)}; write one of {', '.join(_BARE_ACTIONS)} or a mapping with one of "
                 "migrate, distill, fuse, compress, archive, delete, pin"
             )
         return {value: _BARE_ACTIONS[value]}

@@ -12,7 +12,9 @@ minutes. Sizes: a non-negative integer (bytes) or ``<number><unit>`` with binary
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 
 DURATION_UNITS: dict[str, int] = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
 # Printed durations stop at days: "30d" and "61d" read better than "4w2d" and "8w5d".
@@ -38,6 +40,17 @@ _SIZE_FULL = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?b|b)\s*$", re.IGN
 DURATION_HINT = "expected a duration like '1h'"
 SIZE_HINT = "expected a size like '256MiB'"
 
+# Messages quote the offending value; a YAML alias can make it a structure with billions of leaves, and a string
+# can be megabytes long, so quotes are bounded.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxstring, _QUOTE.maxother = 2, 60, 60
+_QUOTE.maxtuple = _QUOTE.maxlist = _QUOTE.maxdict = _QUOTE.maxset = 4
+
+
+def quote(value: object) -> str:
+    """``repr(value)``, cut short for messages."""
+    return _QUOTE.repr(value)
+
 
 def parse_duration(value: object) -> float:
     """Seconds in a duration string.
@@ -45,11 +58,11 @@ def parse_duration(value: object) -> float:
     Raises:
         ValueError: ``value`` is not a string of ``<number><unit>`` groups, or it is zero.
     """
-    if isinstance(value, bool) or not isinstance(value, str) or not _DURATION_FULL.match(value):
-        raise ValueError(f"{DURATION_HINT} (units s, m, h, d, w), got {value!r}")
+    if not isinstance(value, str) or not _DURATION_FULL.fullmatch(value):
+        raise ValueError(f"{DURATION_HINT} (units s, m, h, d, w), got {quote(value)}")
     seconds = sum(float(number) * DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(value))
-    if seconds <= 0:
-        raise ValueError(f"{DURATION_HINT}, greater than zero, got {value!r}")
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{DURATION_HINT}, greater than zero and finite, got {quote(value)}")
     return seconds
 
 
@@ -61,12 +74,15 @@ def parse_size(value: object) -> int:
     """
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
-            raise ValueError(f"{SIZE_HINT}, not negative, got {value!r}")
+            raise ValueError(f"{SIZE_HINT}, not negative, got {quote(value)}")
         return value
-    match = _SIZE_FULL.match(value) if isinstance(value, str) else None
+    match = _SIZE_FULL.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        raise ValueError(f"{SIZE_HINT} (units B, KiB, MiB, GiB, TiB, KB, MB, GB, TB), got {value!r}")
-    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
+        raise ValueError(f"{SIZE_HINT} (units B, KiB, MiB, GiB, TiB, KB, MB, GB, TB), got {quote(value)}")
+    size = float(match.group(1)) * SIZE_UNITS[match.group(2).lower()]
+    if not math.isfinite(size):
+        raise ValueError(f"{SIZE_HINT}, finite, got {quote(value)}")
+    return int(size)
 
 
 def format_duration(seconds: float) -> str:

@@ -34,7 +34,7 @@ def main() -> int:
     from memos.hosting import ray_host
 
     home = Path(tempfile.mkdtemp(prefix="memos-screenshot-"))
-    cache = Path.home() / ".memos" / "models"
+    cache = Path(os.environ.get("MEMOS_MODEL_CACHE") or Path.home() / ".memos" / "models")
     if cache.is_dir():  # reuse the converted model if the user has one
         (home / "models").symlink_to(cache, target_is_directory=True)
     settings = Settings(home=home, dashboard_port=DASHBOARD_PORT, metrics_export_port=METRICS_PORT)
@@ -46,6 +46,7 @@ def main() -> int:
         for text in ("The launch is on Friday.", "The demo room is B-204.", "Coffee is on the third floor."):
             mem.write("team/demo", text)
         mem.search("when is the launch?", "team/demo")
+        mem.assemble_context("when is the launch?", "team/demo")  # returns once the model actor is up
         url = f"{info['dashboard_url']}/#/actors"
         profile = tempfile.mkdtemp(prefix="chromium-")
         subprocess.run(

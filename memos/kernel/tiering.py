@@ -79,9 +79,12 @@ class TieringOps:
     def _plan_migrate(self: Kernel, principal: str, call: Any) -> _MigratePlan:
         rule = self._policy_rule(principal, call)
         plan = _MigratePlan(to=Kind(call.to), rule=rule)
+        if call.expected_version is not None and len(call.ids) != 1:
+            raise InvalidSyscall("expected_version needs exactly one id")
         now = self.clock.now()
         for memory_id in dict.fromkeys(call.ids):
             row = self._require_memory(principal, memory_id, Right.WRITE)
+            self._check_expected(row, call.expected_version)
             if row.kind == plan.to:
                 plan.unchanged.append(row)
                 continue

@@ -189,7 +189,13 @@ def _load_gguf(gguf: Path, spec: ModelSpec) -> tuple[Any, Any, Path, str]:
         model, tokenizer = _convert_gguf(gguf)
         _save_converted(model, tokenizer, converted)
         return model.to(_torch_dtype(spec.dtype)), tokenizer, gguf, model_id
-    model, tokenizer = _load_hf_dir(converted, spec.dtype)
+    try:
+        model, tokenizer = _load_hf_dir(converted, spec.dtype)
+    except ModelUnavailable as exc:
+        raise ModelUnavailable(
+            f"{exc}; the converted copy of {gguf.name} is damaged: delete {converted} and it is converted again",
+            model=str(gguf),
+        ) from exc
     return model, tokenizer, converted, model_id
 
 
@@ -231,6 +237,7 @@ def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
 
 
 def _load_hf_dir(path: Path, dtype: str) -> tuple[Any, Any]:
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
@@ -240,9 +247,10 @@ def _load_hf_dir(path: Path, dtype: str) -> tuple[Any, Any]:
             model=str(path),
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # Weights first: missing weights, the likeliest fault, then fail fast with transformers' clear message.
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_torch_dtype(dtype), local_files_only=True)
-    except (OSError, ValueError) as exc:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, SafetensorError) as exc:
         raise ModelUnavailable(f"cannot load the model in {path}: {exc}", model=str(path)) from exc
     return model, tokenizer
 

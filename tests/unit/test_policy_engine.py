@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import random
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from memos.clock import ManualClock
 from memos.schedulers import (
     CompiledPolicy,
     CompressIntent,
@@ -25,9 +28,8 @@ from memos.schedulers import (
     plan,
     score,
 )
+from memos.schedulers.similarity import jaccard, similar_sets, star_groups
 from memos.schedulers.spec import Retention
-
-from memos.clock import ManualClock
 from memos.syscalls import Archive, Delete, Fuse, Pin
 from memos.types import Kind, Memory, MemoryRef, PayloadRef, Provenance, State, Trust, from_epoch
 
@@ -378,6 +380,28 @@ def test_near_duplicates_are_fused_into_the_most_read_one() -> None:
     action = only(evaluate(policy(rules), KernelSnapshot([a, b, c, untrusted_copy]), T0))
     assert action.syscall == Fuse(ids=(a.id, b.id), cube="team/research", content=text, tags=("bench", "search"))
     assert action.memories == (a.ref, b.ref)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sets=st.lists(st.frozensets(st.sampled_from([f"w{i}" for i in range(12)]), max_size=9), max_size=30),
+    threshold=st.sampled_from([0.1, 0.3, 0.5, 0.6, 0.75, 0.8, 0.85, 0.9, 1.0]),
+)
+def test_the_near_duplicate_join_finds_exactly_the_pairs_brute_force_finds(
+    sets: list[frozenset[str]], threshold: float
+) -> None:
+    distinct = [s for s in dict.fromkeys(sets) if s]
+    found = {(min(i, j), max(i, j)) for i, near in enumerate(similar_sets(distinct, threshold)) for j, _ in near}
+    expected = {
+        (i, j) for i, j in itertools.combinations(range(len(distinct)), 2) if jaccard(distinct[i], distinct[j]) >= threshold
+    }
+    assert found == expected
+
+
+def test_fuse_groups_are_stars_around_the_hottest_seed() -> None:
+    a, b, c = frozenset("abcdefghij"), frozenset("abcdefghik"), frozenset("abcdefghkl")
+    # a~b and b~c are near-duplicates at 0.8, a and c are not: c must not join a's group.
+    assert star_groups([a, b, c, a], threshold=0.8, max_group=16) == [[0, 3, 1]]
 
 
 def test_distillation_forms_balanced_groups_and_skips_what_an_adapter_already_holds() -> None:

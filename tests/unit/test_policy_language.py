@@ -9,6 +9,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+
+from memos.errors import PolicyError
 from memos.schedulers import (
     PolicySpec,
     check_files,
@@ -19,8 +21,6 @@ from memos.schedulers import (
 )
 from memos.schedulers.schema import render_schema
 from memos.schedulers.units import format_duration, format_size, parse_duration, parse_size
-
-from memos.errors import PolicyError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "policies").glob("*.yaml"))
@@ -131,6 +131,31 @@ def test_two_files_may_not_define_the_same_policy_name(tmp_path: Path) -> None:
     first.write_text(MINIMAL, encoding="utf-8")
     second.write_text(MINIMAL, encoding="utf-8")
     assert check_files([first, second]) == [f"{second}:1 name: policy 'team' is also defined in {first}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: ok\nrules: a\x00b\n", "x.yaml:2 <yaml>: invalid YAML: character U+0000 is not allowed"),
+        ("name: x\nrules: " + "[" * 1200 + "]" * 1200 + "\n", "x.yaml:1 <yaml>: invalid YAML: nested too deeply"),
+        (MINIMAL.replace("{retention: {below: 0.1}}", "{idle_for: " + "9" * 400 + "s}"),
+         "x.yaml:5 rules[0].when.idle_for: expected a duration like '1h', greater than zero and finite, got '99999"),
+    ],
+    ids=["nul", "deep", "overflow"],
+)
+def test_hostile_text_is_a_located_policy_error(text: str, expected: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_spec(text, "x.yaml")
+    assert str(caught.value).startswith(expected)
+
+
+def test_yaml_aliases_are_not_expanded_when_checking_keys() -> None:
+    lines = [MINIMAL, "l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    with pytest.raises(PolicyError) as caught:
+        parse_spec("\n".join(lines) + "\n", "x.yaml")
+    assert len(caught.value.details["problems"]) == 9
+    assert all(len(problem) < 300 for problem in caught.value.details["problems"])
 
 
 def test_shorthands_and_defaults() -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from fakes import FakeModelPort, HashingEmbedder
-from memos.schedulers.loader import load_policy
-from memos.schedulers.runner import PolicyRunner
 
 from memos.client import Memos
 from memos.kernel import Kernel
+from memos.schedulers.loader import load_policy
+from memos.schedulers.runner import PolicyRunner
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import InMemoryVectorIndex
 from memos.transports import InProcessTransport, KernelService
