@@ -7,8 +7,9 @@ model fingerprint every time. When the budget is exceeded the least recently use
 (they stay on disk; the kernel's disk budget and demotion are separate). Payloads are immutable: generation works
 on a fresh cache built from them.
 
-**Several activation memories** are joined with ``ModelHost.compose`` (``compose_method``, default ``"rotate"``:
-RoPE re-rotation, approximate but cheap; ``"recompute"`` is exact). A single one is injected exactly.
+**Several activation memories** are joined with ``ModelHost.compose`` (``compose_method``, default
+``"recompute"``: exact, it prefills the blocks after the first; ``"rotate"``: RoPE re-rotation, cheap but approximate,
+measured in docs/activation.md). A single one is injected exactly.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ModelService:
         *,
         host: ModelHost | None = None,
         ram_budget_bytes: int = DEFAULT_RAM_BUDGET,
-        compose_method: ComposeMethod = "rotate",
+        compose_method: ComposeMethod = "recompute",
     ) -> None:
         self.host = host or ModelHost(spec)
         self.ram_budget_bytes = ram_budget_bytes
