@@ -450,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results/retrieval", help="directory for JSON, table and plot")
     p.add_argument("--limit", type=int, help="only the first N conversations")
     p.set_defaults(fn=cmd_bench_retrieval)
+    p = bench.add_parser("activation", help="time to first token: cold prefill vs injected KV cache, 256-2048 tokens")
+    from memos.bench import activation as activation_bench
+
+    activation_bench.add_arguments(p)
+    p.set_defaults(fn=activation_bench.main)
     return parser
 
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from memos.cubes.activation import KVPayload, check_fingerprint, load_kv
 from memos.errors import CorruptPayload, InvalidSyscall, PayloadTooLarge
-from memos.models.loader import LoadedModel, ModelSpec, load_model
+from memos.models.loader import LoadedModel, ModelSpec, configure_threads, load_model
 from memos.types import Fingerprint, PayloadRef
 
 if TYPE_CHECKING:
@@ -89,6 +89,8 @@ class ModelHost:
         self._torch = torch
         self._dynamic_cache = DynamicCache
         self.spec = spec or ModelSpec()
+        # Threads are a process-wide setting: the host owns its process's compute, so it sets them.
+        self.num_threads = configure_threads(self.spec.num_threads)
         self.loaded: LoadedModel = load_model(self.spec)
         self._model = self.loaded.model
         self._tokenizer = self.loaded.tokenizer
@@ -96,6 +98,11 @@ class ModelHost:
         stop = self._model.generation_config.eos_token_id
         stop = [stop] if isinstance(stop, int) else list(stop or [])
         self._stop_ids = frozenset([*stop, self._tokenizer.eos_token_id]) - {None}
+        added = getattr(self._tokenizer, "added_tokens_decoder", {}) or {}
+        self._special_strings = tuple(sorted(
+            {str(t) for t in self._tokenizer.all_special_tokens} | {str(t) for t in added.values() if getattr(t, "special", False)},
+            key=len, reverse=True,
+        ))
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -129,7 +136,7 @@ class ModelHost:
         """
         return load_kv(ref, self.fingerprint)
 
-    def compose(self, payloads: Sequence[KVPayload], *, method: ComposeMethod = "rotate") -> KVPayload:
+    def compose(self, payloads: Sequence[KVPayload], *, method: ComposeMethod = "recompute") -> KVPayload:
         """One payload holding ``payloads``' memory blocks in order (see the module docstring for the methods).
 
         Raises:
@@ -229,9 +236,17 @@ class ModelHost:
         return self._tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _render(self, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool) -> str:
-        return self._tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=generation_prompt
-        )
+        safe = [{**m, "content": self._defang(m["content"])} for m in messages]
+        return self._tokenizer.apply_chat_template(safe, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _defang(self, text: str) -> str:
+        """Special-token strings inside a message (a memory, a tool result) must not become control tokens: text
+        holding ``<|im_end|>`` would otherwise close its message and inject a new turn. A zero-width joiner after the
+        first character keeps the text readable and makes the tokenizer see ordinary characters."""
+        for token in self._special_strings:
+            if token in text:
+                text = text.replace(token, token[0] + "\u2060" + token[1:])
+        return text
 
     def _check_fits(self, tokens: int, what: str) -> None:
         if tokens > self._max_positions:

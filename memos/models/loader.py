@@ -71,8 +71,9 @@ class ModelSpec:
         cache_dir: where converted GGUF models are kept (the kernel passes ``<data dir>/models``); ``None`` converts
             on every load.
         model_id: overrides the fingerprint's model id (see the module docstring).
-        num_threads: torch intra-op threads; ``None`` uses every core this process may run on. Ray sets
-            ``OMP_NUM_THREADS`` to an actor's ``num_cpus``, so a host inside Ray should pass its ``num_cpus``.
+        num_threads: torch intra-op threads, set by the model host for its whole process; ``None`` uses every core
+            this process may run on. Ray sets ``OMP_NUM_THREADS`` to an actor's ``num_cpus``, so a host inside Ray
+            should pass its ``num_cpus``.
     """
 
     model: str = DEFAULT_MODEL
@@ -130,7 +131,6 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     if spec.dtype not in _DTYPES:
         raise ModelUnavailable(f"unsupported dtype {spec.dtype!r}; use one of {', '.join(_DTYPES)}", dtype=spec.dtype)
     started = time.perf_counter()
-    configure_threads(spec.num_threads)
     if spec.model == DEFAULT_MODEL:
         model, tokenizer, source, model_id = _load_gguf(bundled_smollm2_gguf(), spec)
     elif spec.model.endswith(".gguf"):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from memos.cubes.activation import FORMAT, KVPayload, load_kv, payload_nbytes, save_kv
 
+from memos.cubes.activation import FORMAT, KVPayload, load_kv, payload_nbytes, save_kv
 from memos.errors import CorruptPayload, FingerprintMismatch
 from memos.types import Fingerprint, PayloadRef
 

@@ -100,6 +100,8 @@ def test_import_memos_is_light():
         "heavy = [m for m in ('ray', 'torch', 'transformers', 'peft', 'chromadb', 'langgraph') if m in sys.modules]; "
         "print(dt, heavy)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(" ", 1)
-    assert out[1].strip() == "[]"
-    assert float(out[0]) < 1.0
+    # Best of three runs: the limit is about what the import does, not about a busy machine's scheduling.
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(" ", 1)
+            for _ in range(3)]
+    assert all(out[1].strip() == "[]" for out in runs)
+    assert min(float(out[0]) for out in runs) < 1.0
