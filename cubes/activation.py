@@ -195,6 +195,8 @@ def _parse(data: bytes, *, name: str) -> KVPayload:
         fingerprint = Fingerprint(**{f: meta[f] for f in _FINGERPRINT_FIELDS})
         num_layers = int(meta["num_layers"])
         memory_messages = tuple(json.loads(meta["memory_messages"]))
+        if not all(isinstance(message, str) for message in memory_messages):
+            raise ValueError("memory_messages must be a list of strings")
         token_ids = tuple(tensors["token_ids"].tolist())
         if len(token_ids) != int(meta["num_tokens"]) or meta["exact"] not in ("true", "false"):
             raise ValueError("header does not match the tensors")
@@ -206,7 +208,7 @@ def _parse(data: bytes, *, name: str) -> KVPayload:
             values=tuple(tensors[f"layers.{i}.values"] for i in range(num_layers)),
             exact=meta["exact"] == "true",
         )
-    except (SafetensorError, KeyError, ValueError, TypeError) as exc:
+    except (SafetensorError, KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CorruptPayload(f"activation payload {name} is malformed: {exc}", path=name) from exc
 
 
@@ -216,7 +218,9 @@ def _read_metadata(data: bytes, name: str) -> dict[str, str]:
         if 8 + length > len(data):
             raise ValueError(f"header length {length} exceeds the file")
         meta = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
-    except (struct.error, ValueError, AttributeError) as exc:
+        if not isinstance(meta, dict):
+            raise ValueError(f"__metadata__ is a {type(meta).__name__}, not an object")
+    except (struct.error, ValueError, AttributeError, RecursionError) as exc:
         raise CorruptPayload(f"activation payload {name} is not a safetensors file: {exc}", path=name) from exc
     if meta.get("format") != FORMAT or meta.get("format_version") != str(FORMAT_VERSION):
         raise CorruptPayload(

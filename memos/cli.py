@@ -330,12 +330,31 @@ def cmd_keys(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------------ bench
 
 
-def cmd_bench_retrieval(args: argparse.Namespace) -> int:
-    from memos.bench.retrieval import run_retrieval_bench
+def cmd_bench_load(args: argparse.Namespace) -> int:
+    from memos.bench.load import run_load_bench
 
-    result = run_retrieval_bench(args.data, args.out, limit_conversations=args.limit)
-    print(f"results in {args.out}")
-    return 0 if result else 1
+    result = run_load_bench(
+        args.out, clients=tuple(int(c) for c in args.clients.split(",")), seconds=args.seconds, cubes=args.cubes,
+        seed=args.seed, home=args.bench_home,
+    )
+    check = result["verification"]
+    return 1 if check["acknowledged_writes_lost"] or check["acknowledged_updates_lost"] else 0
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from memos.bench.soak import run_crash_soak
+
+    low, high = (float(x) for x in args.kill_after.split(","))
+    result = run_crash_soak(
+        args.cycles, home=args.bench_home, out_dir=args.out, seed=args.seed, kill_after_s=(low, high),
+        embedder=args.embedder, dense_sample=args.dense_sample,
+    )
+    totals = result["totals"]
+    bad = result["acknowledged_changes_lost"] or any(
+        totals.get(k) for k in ("purged_left", "half_versions", "index_missing", "index_extra", "index_outdated",
+                                "integrity_failures")
+    )
+    return 1 if bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,15 +465,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("retrieval", help="LoCoMo recall@k: memos hybrid vs a dense baseline")
-    p.add_argument("--data", required=True, help="a LoCoMo JSON file (e.g. locomo_dev.json)")
-    p.add_argument("--out", default="bench-results/retrieval", help="directory for JSON, table and plot")
-    p.add_argument("--limit", type=int, help="only the first N conversations")
-    p.set_defaults(fn=cmd_bench_retrieval)
+    from memos.bench import retrieval as retrieval_bench
+
+    retrieval_bench.add_arguments(p)
+    p.set_defaults(fn=retrieval_bench.main)
+    p = bench.add_parser("load", help="N concurrent clients through the Ray kernel; checks no acknowledged write is lost")
+    p.add_argument("--clients", default="1,4,16,64", help="comma-separated client counts")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per client count")
+    p.add_argument("--cubes", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--home", dest="bench_home", help="data dir (default: a temporary one)")
+    p.add_argument("--out", default="bench-results/load")
+    p.set_defaults(fn=cmd_bench_load)
+    p = bench.add_parser("soak", help="SIGKILL the kernel at random points, restart, verify everything acknowledged")
+    p.add_argument("--cycles", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kill-after", default="0.05,1.5", help="min,max seconds before each kill")
+    p.add_argument("--embedder", default="hashing", choices=["hashing", "minilm"])
+    p.add_argument("--dense-sample", type=int, default=25)
+    p.add_argument("--home", dest="bench_home", help="data dir (default: a temporary one)")
+    p.add_argument("--out", default="bench-results/soak")
+    p.set_defaults(fn=cmd_bench_soak)
     p = bench.add_parser("activation", help="time to first token: cold prefill vs injected KV cache, 256-2048 tokens")
     from memos.bench import activation as activation_bench
 
     activation_bench.add_arguments(p)
     p.set_defaults(fn=activation_bench.main)
+    p = bench.add_parser("parametric", help="distil 20/50/100 invented facts: time, bytes, recall with/without, locality")
+    from memos.bench import parametric as parametric_bench
+
+    parametric_bench.add_arguments(p)
+    p.set_defaults(fn=parametric_bench.main)
     return parser
 
 

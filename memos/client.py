@@ -219,6 +219,8 @@ class Memos:
         token_budget: int = 512,
         k: int = 8,
         max_new_tokens: int = 64,
+        adapter: str | None = None,
+        allow_stale: bool = False,
     ) -> GenerateResult:
         """Run the model with memory: chosen from ``cubes`` for the last user message, or exactly ``memory``."""
         if isinstance(messages, str):
@@ -227,8 +229,16 @@ class Memos:
         cube_list = (cubes,) if isinstance(cubes, str) else tuple(cubes)
         return self._do(
             sc.Generate, messages=msgs, cubes=cube_list, memory=tuple(memory), token_budget=token_budget, k=k,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_new_tokens, adapter=adapter, allow_stale=allow_stale,
         )
+
+    def distill(
+        self, ids: Iterable[str], cube: str, *, tags: Iterable[str] = (), allow_untrusted: bool = False,
+        steps: int | None = None,
+    ) -> Memory:
+        """Train a LoRA adapter on these memories into a new parametric memory in ``cube``."""
+        return self._do(sc.Distill, ids=tuple(ids), cube=cube, tags=tuple(tags), allow_untrusted=allow_untrusted,
+                        steps=steps)
 
     # ------------------------------------------------------------------------------------------------ observability
 

@@ -38,6 +38,7 @@ class Settings(BaseModel):
     activation_disk_bytes: int | None = 2 * 1024**3
     activation_max_memories: int | None = None
     activation_ram_bytes: int = 256 * 1024**2
+    loaded_adapters: int = 2  # LoRA adapters kept ready in the model host's RAM (LRU)
     compose_method: Literal["rotate", "recompute"] = "recompute"  # exact; "rotate" is cheaper but approximate (docs/activation.md)
     # Lifecycle policy files the kernel's scheduler runs on their schedules (see docs/policies.md).
     policies: tuple[Path, ...] = ()

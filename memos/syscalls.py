@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from memos.errors import InvalidSyscall
 from memos.types import (
+    SQL_INT_MAX,
     Ack,
     AuditList,
     ChatMessage,
@@ -57,6 +58,8 @@ MAX_BATCH = 256
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
     try:
         json.dumps(value, allow_nan=False)
+    except RecursionError as exc:  # pydantic turns only ValueError and AssertionError into validation errors
+        raise ValueError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels") from exc
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON (strings, finite numbers, booleans, lists, objects): {exc}") from exc
     return value
@@ -125,7 +128,7 @@ class Read(_Syscall):
 
     op: Literal["read"] = "read"
     id: MemoryId
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=SQL_INT_MAX)
     result_type: ClassVar[type[BaseModel]] = Memory
 
 
@@ -137,7 +140,7 @@ class ListMemories(_Syscall):
     states: tuple[State, ...] = (State.ACTIVE,)
     tags: tuple[Tag, ...] = ()
     limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=SQL_INT_MAX)
     result_type: ClassVar[type[BaseModel]] = MemoryList
 
 
@@ -241,7 +244,7 @@ class Rollback(_Syscall):
 
     op: Literal["rollback"] = "rollback"
     id: MemoryId
-    to_version: int = Field(ge=1)
+    to_version: int = Field(ge=1, le=SQL_INT_MAX)
     expected_version: int | None = Field(default=None, ge=1)
     result_type: ClassVar[type[BaseModel]] = Memory
     right: ClassVar[Right] = Right.WRITE
@@ -326,7 +329,7 @@ class GetEvents(_Syscall):
     """Kernel events after ``since`` (a sequence number), only for cubes the caller may read."""
 
     op: Literal["events"] = "events"
-    since: int = Field(default=0, ge=0)
+    since: int = Field(default=0, ge=0, le=SQL_INT_MAX)
     limit: int = Field(default=100, ge=1, le=1000)
     cubes: tuple[CubeName, ...] = ()
     result_type: ClassVar[type[BaseModel]] = EventList
@@ -337,7 +340,7 @@ class GetAudit(_Syscall):
 
     op: Literal["audit"] = "audit"
     cube: CubeName | None = None
-    since: int = Field(default=0, ge=0)
+    since: int = Field(default=0, ge=0, le=SQL_INT_MAX)
     limit: int = Field(default=100, ge=1, le=1000)
     result_type: ClassVar[type[BaseModel]] = AuditList
     right: ClassVar[Right] = Right.ADMIN
@@ -372,6 +375,22 @@ class Migrate(_Syscall):
     right: ClassVar[Right] = Right.WRITE
 
 
+class Distill(_Syscall):
+    """Train a LoRA adapter on memories (their texts at their current versions) into a new parametric memory in
+    ``cube``. Its provenance lists the exact source versions; it goes stale when one of them changes. Untrusted
+    memories are refused unless ``allow_untrusted``. Needs a model host; training runs beside other syscalls."""
+
+    op: Literal["distill"] = "distill"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
+    ids: tuple[MemoryId, ...] = Field(min_length=1, max_length=256)
+    cube: CubeName
+    tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
+    allow_untrusted: bool = False
+    steps: int | None = Field(default=None, ge=1, le=10_000)  # optimiser steps (default: the recipe's epochs)
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+
 class AssembleContext(_Syscall):
     """The request-time scheduler: for ``query``, choose the memories to put in a prompt within ``token_budget``
     prefill tokens: activation caches to inject (no prefill) before plaintext text, best first, with reasons."""
@@ -396,6 +415,8 @@ class Generate(_Syscall):
     token_budget: int = Field(default=512, ge=0, le=65536)
     k: int = Field(default=8, ge=1, le=64)
     max_new_tokens: int = Field(default=64, ge=1, le=2048)
+    adapter: MemoryId | None = None  # a parametric memory to apply (default: the best one assemble_context finds)
+    allow_stale: bool = False  # use a stale adapter anyway (its sources changed since it was trained)
     result_type: ClassVar[type[BaseModel]] = GenerateResult
 
 
@@ -426,6 +447,7 @@ Syscall = Annotated[
     | GetAudit
     | Snapshot
     | Migrate
+    | Distill
     | AssembleContext
     | Generate,
     Field(discriminator="op"),
@@ -435,7 +457,7 @@ SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     cls.model_fields["op"].default: cls
     for cls in (
         CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Purge, Archive, Restore, History,
-        Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Snapshot, Migrate,
+        Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Snapshot, Migrate, Distill,
         AssembleContext, Generate,
     )
 }
@@ -462,7 +484,7 @@ def parse_syscall(data: Any) -> _Syscall:
         return data
     if not isinstance(data, dict):
         raise InvalidSyscall(f"a syscall must be an object with an 'op', got {type(data).__name__}")
-    if data.get("op") not in SYSCALL_TYPES:
+    if not isinstance(data.get("op"), str) or data["op"] not in SYSCALL_TYPES:
         raise InvalidSyscall(
             f"unknown syscall op {data.get('op')!r}; expected one of {', '.join(sorted(SYSCALL_TYPES))}",
             op=str(data.get("op")),

@@ -15,10 +15,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # ---------------------------------------------------------------------------------------------------------- names
 
-CUBE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}(/[a-z0-9][a-z0-9_\-]{0,63}){0,7}$")
-PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}$")
-TAG_RE = re.compile(r"^[^\x00-\x1f]{1,64}$")
+# \Z, not $: "$" also matches before a trailing newline, which would make "team/x\n" a look-alike of "team/x".
+CUBE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}(/[a-z0-9][a-z0-9_\-]{0,63}){0,7}\Z")
+PRINCIPAL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]{0,127}\Z")
+TAG_RE = re.compile(r"^[^\x00-\x1f\ud800-\udfff]{1,64}\Z")  # no control characters, no lone surrogates
 EVERYONE = "*"
+#: The largest integer SQLite stores: counters, versions and offsets above it are refused as invalid input.
+SQL_INT_MAX = 2**63 - 1
 
 
 def _check_cube_name(value: str) -> str:
@@ -123,7 +126,7 @@ class MemoryRef(_Frozen):
     """A memory at an exact version."""
 
     id: MemoryId
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=SQL_INT_MAX)
 
 
 class Provenance(_Frozen):
@@ -297,7 +300,7 @@ class ContextItem(_Frozen):
     memory_id: str
     version: int
     kind: Kind
-    use: str  # "kv" (inject its activation cache), "text" (put its text in the prompt) or "skip"
+    use: str  # "kv" (inject its activation cache), "text" (its text in the prompt), "adapter" (apply its LoRA) or "skip"
     tokens: int  # prefill tokens it costs (0 for "kv": they are cached)
     cached_tokens: int = 0
     score: float
@@ -313,6 +316,7 @@ class ContextPlan(_Frozen):
     text_tokens: int
     cached_tokens: int
     estimated: bool = False  # token counts are estimates (no model host to count with)
+    adapter: str | None = None  # the parametric memory applied, if any
 
     @property
     def used(self) -> tuple[ContextItem, ...]:

@@ -124,7 +124,8 @@ def run_retrieval_bench(
     ks: Sequence[int] = DEFAULT_KS,
     embedder: Embedder | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark; write ``retrieval.json`` and ``retrieval.md`` into ``out_dir``; return the JSON's dict.
+    """Run the benchmark; write ``retrieval.json``, ``retrieval.md`` and ``retrieval.png`` into ``out_dir``; return
+    the JSON's dict.
 
     ``embedder`` defaults to MiniLM with a one-entry cache (see the module docstring); a test may pass another.
 
@@ -172,6 +173,7 @@ def run_retrieval_bench(
     out.mkdir(parents=True, exist_ok=True)
     (out / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out / "retrieval.md").write_text(render_markdown(result), encoding="utf-8")
+    _plot(result, out / "retrieval.png")
     return result
 
 
@@ -209,22 +211,57 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = result["ks"]
+    systems = result["systems"]
+    categories = list(next(iter(systems.values()))["per_category"])
+    k_mid = 10 if 10 in ks else ks[-1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, s in systems.items():
+        left.plot(ks, [s["recall"][f"R@{k}"] for k in ks], "o-", label=name)
+    left.set_xscale("log")
+    left.set_xticks(ks, [str(k) for k in ks])
+    left.set_xlabel("k")
+    left.set_ylabel("recall@k of evidence turns")
+    left.set_ylim(0, 1)
+    left.grid(True, alpha=0.3)
+    left.legend()
+    width = 0.8 / len(systems)
+    for i, (name, s) in enumerate(systems.items()):
+        xs = [j + i * width for j in range(len(categories))]
+        right.bar(xs, [s["per_category"][c][f"R@{k_mid}"] for c in categories], width, label=name)
+    right.set_xticks([j + width * (len(systems) - 1) / 2 for j in range(len(categories))], categories)
+    right.set_ylabel(f"recall@{k_mid}")
+    right.set_ylim(0, 1)
+    right.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"LoCoMo: {result['conversations']} conversations, {result['questions']} questions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``memos bench retrieval`` (and of ``python -m memos.bench.retrieval``)."""
     parser.add_argument("--data", required=True, type=Path, help="a LoCoMo JSON file (e.g. locomo_dev.json)")
-    parser.add_argument("--out", required=True, type=Path, help="folder for retrieval.json and retrieval.md")
-    parser.add_argument("--limit-conversations", type=int, default=None, help="only the first N conversations")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/retrieval"), help="folder for JSON, table and plot")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N conversations")
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="the k of recall@k (default 1 5 10 25)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark from parsed arguments; print the markdown report. Returns the exit status."""
-    result = run_retrieval_bench(args.data, args.out, limit_conversations=args.limit_conversations, ks=args.ks)
+    result = run_retrieval_bench(args.data, args.out, limit_conversations=args.limit, ks=args.ks)
     print(render_markdown(result), end="")
+    print(f"wrote {Path(args.out) / 'retrieval.json'}, retrieval.md, retrieval.png")
     return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m memos.bench.retrieval", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    raise SystemExit(main(parser.parse_args()))
+    _parser = argparse.ArgumentParser(prog="python -m memos.bench.retrieval", description=__doc__.split("\n")[0])
+    add_arguments(_parser)
+    raise SystemExit(main(_parser.parse_args()))

@@ -16,7 +16,7 @@ from typing import Any
 
 from memos.config import Settings
 from memos.errors import BackendError, MemosError, error_from_wire
-from memos.models.port import ActivationBuilt, Generation, KVBlock
+from memos.models.port import ActivationBuilt, Generation, KVBlock, ParametricBuilt
 from memos.types import Fingerprint
 
 
@@ -40,7 +40,9 @@ class ModelActor:
 def model_actor_class(num_cpus: int) -> Any:
     import ray
 
-    return ray.remote(num_cpus=num_cpus, max_restarts=0)(ModelActor)
+    # Threaded: a distillation trains on a copy of the model while generations go on (ModelService's lock
+    # serialises the tensor work that shares the model).
+    return ray.remote(num_cpus=num_cpus, max_restarts=0, max_concurrency=4)(ModelActor)
 
 
 class RayModelPort:
@@ -72,10 +74,14 @@ class RayModelPort:
     def build_activation(self, text: str, path: str) -> ActivationBuilt:
         return ActivationBuilt.model_validate(self._call("build_activation", text, path))
 
-    def generate(self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int) -> Generation:
+    def generate(self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int,
+                 adapter: KVBlock | None = None) -> Generation:
         return Generation.model_validate(
-            self._call("generate", messages, kv=kv, texts=texts, max_new_tokens=max_new_tokens)
+            self._call("generate", messages, kv=kv, texts=texts, max_new_tokens=max_new_tokens, adapter=adapter)
         )
+
+    def distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> ParametricBuilt:
+        return ParametricBuilt.model_validate(self._call("distill", facts, path, config))
 
     def forget(self, paths: list[str]) -> None:
         self._call("forget", paths)

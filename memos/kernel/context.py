@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memos.errors import InvalidSyscall
+from memos.errors import FingerprintMismatch, InvalidState, InvalidSyscall
 from memos.models.port import Generation, KVBlock
 from memos.syscalls import SearchFilters
 from memos.types import ContextItem, ContextPlan, GenerateResult, Kind, Right, State
@@ -42,6 +42,7 @@ class _GeneratePlan:
     rows: dict[str, VersionRow]
     kv: list[KVBlock]
     texts: list[str]
+    adapter: KVBlock | None = None
 
 
 class ContextOps:
@@ -57,6 +58,20 @@ class ContextOps:
             return "no model host to inject the cache"
         if row.fingerprint != self.model.fingerprint().model_dump():
             return "activation cache was built for another model"
+        return None
+
+    def _usable_adapter(self: Kernel, row: VersionRow, *, allow_stale: bool = False) -> str | None:
+        """None if the row's adapter can be applied, else why not."""
+        if row.kind != Kind.PARAMETRIC or row.payload is None:
+            return "not an adapter"
+        if row.state != State.ACTIVE:
+            return f"adapter is {row.state}"
+        if row.stale and not allow_stale:
+            return "adapter is stale (a source changed since it was trained)"
+        if self.model is None:
+            return "no model host to apply the adapter"
+        if row.fingerprint != self.model.fingerprint().model_dump():
+            return "adapter was trained on another base model"
         return None
 
     def _plan_items(
@@ -76,8 +91,22 @@ class ContextOps:
         options.sort(key=lambda o: (-round(o[1] / _TIE) * _TIE, o[4] is not None))
         items: list[ContextItem] = []
         left, cached = token_budget, 0
+        # The best usable adapter among the candidates is applied; under it, KV caches are not valid (they were
+        # computed without it), so activation memories go in as text.
+        adapter = next((o[0].memory_id for o in options if self._usable_adapter(o[0]) is None), None)
         for row, score, found, tokens, unusable in options:
             common = {"memory_id": row.memory_id, "version": row.version, "kind": row.kind, "score": score}
+            if row.kind == Kind.PARAMETRIC:
+                why = self._usable_adapter(row)
+                if row.memory_id == adapter:
+                    items.append(ContextItem(**common, use="adapter", tokens=0,
+                                             reason=f"{found}; adapter trained on its sources: no prompt tokens"))
+                else:
+                    items.append(ContextItem(**common, use="skip", tokens=tokens,
+                                             reason=f"{found}; {why or 'another adapter is applied'}"))
+                continue
+            if adapter is not None and unusable is None:
+                unusable = "activation cache not valid under an adapter"
             if unusable is None and cached + tokens <= MAX_CACHED_TOKENS:
                 cached += tokens
                 items.append(ContextItem(**common, use="kv", tokens=0, cached_tokens=tokens,
@@ -110,6 +139,7 @@ class ContextOps:
             query=query, token_budget=budget, items=tuple(items),
             text_tokens=sum(i.tokens for i in items if i.use == "text"),
             cached_tokens=sum(i.cached_tokens for i in items if i.use == "kv"), estimated=estimated,
+            adapter=next((i.memory_id for i in items if i.use == "adapter"), None),
         )
 
     def _op_assemble_context(self: Kernel, principal: str, call: Any) -> ContextPlan:
@@ -141,18 +171,32 @@ class ContextOps:
                 raise InvalidSyscall("generate with cubes needs a user message to choose memory for")
             context, rows = self._assemble(principal, users[-1][:4096], tuple(dict.fromkeys(call.cubes)), call.k,
                                            call.token_budget, SearchFilters())
+        adapter = None
+        if call.adapter is not None:
+            row = self._require_memory(principal, call.adapter, Right.READ)
+            why = self._usable_adapter(row, allow_stale=call.allow_stale)
+            if why is not None and "another base model" in why:
+                raise FingerprintMismatch(f"memory {row.memory_id} cannot be applied: {why}", memory_id=row.memory_id)
+            if why is not None:
+                raise InvalidState(f"memory {row.memory_id} cannot be applied: {why}", memory_id=row.memory_id)
+            adapter = KVBlock(memory_id=row.memory_id, payload=row.payload)
+            rows[row.memory_id] = row
+        elif context is not None and context.adapter is not None:
+            adapter = KVBlock(memory_id=context.adapter, payload=rows[context.adapter].payload)
         kv, texts = [], []
         for item in context.used if context else ():
             row = rows[item.memory_id]
-            if item.use == "kv":
+            if item.use == "kv" and adapter is None:
                 kv.append(KVBlock(memory_id=row.memory_id, payload=row.payload))
-            else:
+            elif item.use in ("kv", "text"):
                 texts.append(row.content)
-        return _GeneratePlan(context, rows, kv, texts)
+        return _GeneratePlan(context, rows, kv, texts, adapter)
 
     def _work_generate(self: Kernel, call: Any, plan: _GeneratePlan) -> Generation:
         messages = [{"role": m.role, "content": m.content} for m in call.messages]
-        return self.model.generate(messages, kv=plan.kv, texts=plan.texts, max_new_tokens=call.max_new_tokens)  # type: ignore[union-attr]
+        return self.model.generate(  # type: ignore[union-attr]
+            messages, kv=plan.kv, texts=plan.texts, max_new_tokens=call.max_new_tokens, adapter=plan.adapter
+        )
 
     def _abort_generate(self: Kernel, principal: str, plan: _GeneratePlan) -> None:
         """Nothing to undo: planning a generation changes nothing."""
@@ -160,15 +204,19 @@ class ContextOps:
     def _commit_generate(self: Kernel, principal: str, call: Any, plan: _GeneratePlan, out: Generation) -> GenerateResult:
         now = self.clock.now()
         used = [i.memory_id for i in plan.context.used] if plan.context else []
-        self.store.record_reads(used, principal, now)
         from_disk = set(out.kv_loaded_from_disk)
         for block in plan.kv:
             row = plan.rows[block.memory_id]
             self._emit("activation_used", row.cube, row.memory_id, principal,
                        tier="disk" if block.memory_id in from_disk else "ram")
+        if plan.adapter is not None:
+            row = plan.rows[plan.adapter.memory_id]
+            self._emit("adapter_used", row.cube, row.memory_id, principal, stale=row.stale)
+            used.append(row.memory_id)
         for memory_id in out.ram_evicted:
             cube = self.store.memory_cube(memory_id)
             self._emit("evicted", cube, memory_id, "system", tier="ram", reason="model host RAM budget")
+        self.store.record_reads(list(dict.fromkeys(used)), principal, now)
         cube = next(iter(call.cubes), None) if call.cubes else None
         self._audit_ok(principal, call.op, cube, detail=f"{len(plan.kv)} kv, {len(plan.texts)} text memories, "
                        f"{out.prompt_tokens} prompt tokens ({out.cached_tokens} cached)")

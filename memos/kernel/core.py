@@ -95,6 +95,12 @@ def new_memory_id() -> str:
     return "m_" + uuid.uuid4().hex[:20]
 
 
+def _storable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters and encodable as UTF-8 (lone surrogates escaped): what a refused call
+    brought, whatever it is, can still be written to the audit log."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def weakest(trusts: Iterable[Trust | str]) -> Trust:
     return Trust.UNTRUSTED if any(Trust(t) == Trust.UNTRUSTED for t in trusts) else Trust.TRUSTED
 
@@ -266,17 +272,19 @@ class Kernel(TieringOps, ContextOps):
         detail_cube = exc.details.get("cube", cube)
         cube_name = detail_cube if isinstance(detail_cube, str) else None
         memory_id = exc.details.get("memory_id")
-        if cube_name is None and isinstance(memory_id, str):
-            cube_name = self.store.memory_cube(memory_id)
+        if isinstance(memory_id, str):
+            # A failure about a memory belongs to the memory's cube: filed under the syscall's cube, it would show
+            # the memory's id and state to that cube's admins, who may not read it.
+            cube_name = self.store.memory_cube(memory_id) or cube_name
+        who, what = _storable(str(principal), 128), _storable(op, 64)
         try:
             with self.store.transaction():
                 self.store.audit(
-                    self.clock.now(), str(principal)[:128], op[:64], cube_name,
-                    memory_id if isinstance(memory_id, str) else None,
-                    exc.code, exc.message,
+                    self.clock.now(), who, what, cube_name, memory_id if isinstance(memory_id, str) else None,
+                    exc.code, _storable(exc.message, 1000),
                 )
                 if isinstance(exc, PermissionDenied):
-                    self._emit("denied", cube_name, None, str(principal)[:128], op=op, right=exc.details.get("right"))
+                    self._emit("denied", cube_name, None, who, op=what, right=exc.details.get("right"))
         except BackendError as audit_exc:
             self.log.error("audit write failed", error=str(audit_exc), op=op)
 
@@ -459,6 +467,7 @@ class Kernel(TieringOps, ContextOps):
     def _op_drop_cube(self, principal: str, call: sc.DropCube) -> Ack:
         self._require_cube(principal, call.name, Right.ADMIN)
         purged = self.store.delete_cube(call.name)
+        self.after_commit(self.store.erase_freed)
         self._audit_ok(principal, call.op, call.name, detail=f"purged {len(purged)} memories")
         self._emit("cube_dropped", call.name, None, principal, purged=len(purged))
         return Ack(detail=f"dropped {call.name} and {len(purged)} memories")
@@ -542,6 +551,9 @@ class Kernel(TieringOps, ContextOps):
             raise InvalidState(f"memory {row.memory_id} is deleted; restore it before updating", memory_id=row.memory_id)
         if call.content is None and call.metadata is None and call.tags is None:
             raise InvalidSyscall("update changes nothing: give content, metadata or tags")
+        if call.content is not None and row.kind == "parametric":
+            raise InvalidState(f"memory {row.memory_id} is an adapter: its knowledge is in its weights; update its "
+                               "sources and distill again", memory_id=row.memory_id)
         content = check_content(call.content) if call.content is not None else row.content
         metadata = check_metadata(call.metadata) if call.metadata is not None else row.metadata
         tags = tuple(dict.fromkeys(call.tags)) if call.tags is not None else row.tags
@@ -589,6 +601,7 @@ class Kernel(TieringOps, ContextOps):
         history = self.store.history(call.id)
         children = [c for c, _ in self.store.children_of(call.id) if c != call.id]
         self.store.purge_memory(call.id)
+        self.after_commit(self.store.erase_freed)
         for path in {v.payload["path"] for v in history if v.payload}:
             self.after_commit(lambda p=Path(path): self._delete_blob(p))
         now = self.clock.now()

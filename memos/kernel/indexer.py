@@ -9,6 +9,7 @@ sets (and, with ``deep``, each entry's metadata) and repairs any difference: it 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from memos.storage.sqlite import SqliteStore, VersionRow
@@ -29,6 +30,17 @@ def entry_metadata(row: VersionRow) -> dict[str, str | float | int]:
         "valid_from": row.valid_from,
         "valid_to": row.valid_to,
     }
+
+
+def same_metadata(held: dict[str, object] | None, truth: dict[str, str | float | int]) -> bool:
+    """Index metadata equals what SQLite says. Times are compared to within a few ulps: Chroma does not store every
+    float64 bit for bit, and an exact comparison would "repair" the same entries on every run."""
+    if held is None or held.keys() != truth.keys():
+        return False
+    return all(
+        math.isclose(held[k], v, rel_tol=1e-15) if isinstance(v, float) and isinstance(held[k], float) else held[k] == v
+        for k, v in truth.items()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +113,7 @@ class Indexer:
                 wrong = [
                     (e, entry_metadata(part_rows[expected[e]]))
                     for e in part
-                    if expected[e] in part_rows and meta.get(e) != entry_metadata(part_rows[expected[e]])
+                    if expected[e] in part_rows and not same_metadata(meta.get(e), entry_metadata(part_rows[expected[e]]))
                 ]
                 if wrong:
                     self.index.set_metadata([w[0] for w in wrong], [w[1] for w in wrong])

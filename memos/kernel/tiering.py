@@ -54,6 +54,15 @@ class _Planned:
 
 
 @dataclass
+class _DistillPlan:
+    memory_id: str
+    path: Path
+    journal: int
+    sources: list[VersionRow]
+    rule: str | None
+
+
+@dataclass
 class _MigratePlan:
     to: Kind
     rule: str | None
@@ -64,7 +73,7 @@ class _MigratePlan:
 class TieringOps:
     """Kernel mixin: the ``migrate`` syscall, demotion, the budget and crash recovery of migrations."""
 
-    LONG_OPS = frozenset({"migrate", "generate"})
+    LONG_OPS = frozenset({"migrate", "generate", "distill"})
 
     def _require_model(self: Kernel, what: str) -> ModelPort:
         if self.model is None:
@@ -162,6 +171,72 @@ class TieringOps:
             if item.path is not None:
                 self.after_commit(lambda p=item.path: self._delete_blob(p))
 
+    # -------------------------------------------------------------------------------------------- distill
+
+    def _plan_distill(self: Kernel, principal: str, call: Any) -> _DistillPlan:
+        self._require_model("distill")
+        self._require_cube(principal, call.cube, Right.WRITE)
+        rule = self._policy_rule(principal, call)
+        sources = [self._require_memory(principal, m, Right.READ) for m in dict.fromkeys(call.ids)]
+        for row in sources:
+            if row.state != State.ACTIVE or row.kind == Kind.PARAMETRIC:
+                raise InvalidState(f"memory {row.memory_id} is a {row.state} {row.kind} memory; distill takes active "
+                                   "plaintext or activation memories", memory_id=row.memory_id)
+            if row.provenance.get("trust") == "untrusted" and not call.allow_untrusted:
+                raise InvalidSyscall(
+                    f"memory {row.memory_id} is untrusted (source {row.provenance.get('source')}); untrusted memories "
+                    "are not distilled into parametric memory unless allow_untrusted is set", memory_id=row.memory_id,
+                )
+        memory_id = self.new_id()
+        path = self.blob_dir / "parametric" / f"{memory_id}.adapter.safetensors"
+        journal = self.store.journal_start(memory_id, 0, Kind.PARAMETRIC.value, str(path), rule, principal, self.clock.now())
+        return _DistillPlan(memory_id, path, journal, sources, rule)
+
+    def _work_distill(self: Kernel, call: Any, plan: _DistillPlan) -> Any:
+        facts = [{"id": r.memory_id, "version": r.version, "text": r.content} for r in plan.sources]
+        config = {"steps": call.steps} if call.steps else {}
+        return self.model.distill(facts, str(plan.path), config)  # type: ignore[union-attr]
+
+    def _commit_distill(self: Kernel, principal: str, call: Any, plan: _DistillPlan, built: Any) -> Any:
+        from memos.syscalls import MAX_CONTENT_BYTES
+
+        now = self.clock.now()
+        for row in plan.sources:
+            current = self.store.get_version(row.memory_id)
+            if current is None or current.version != row.version:
+                raise VersionConflict(f"memory {row.memory_id} changed while it was being distilled; nothing was kept",
+                                      memory_id=row.memory_id, expected=row.version)
+        # The text of what the adapter knows: searchable, and the knowledge that survives the adapter.
+        content = "\n".join(r.content for r in plan.sources)
+        if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
+            content = content.encode("utf-8")[: MAX_CONTENT_BYTES - 64].decode("utf-8", "ignore") + "\n[...]"
+        ev = built.evaluation
+        provenance = Provenance(
+            author=principal, source="derived", operation="distill", policy_rule=plan.rule,
+            derived_from=tuple(MemoryRef(id=r.memory_id, version=r.version) for r in plan.sources),
+            trust="untrusted" if any(r.provenance.get("trust") == "untrusted" for r in plan.sources) else "trusted",
+        )
+        metadata = {"distill": {k: ev.get(k) for k in (
+            "facts", "steps", "recall_with", "recall_without", "held_out_recall_with", "held_out_recall_without",
+            "locality_delta", "train_s", "final_loss",
+        )}}
+        self.store.insert_memory(plan.memory_id, call.cube, Kind.PARAMETRIC.value, State.ACTIVE.value, now)
+        row = self._append(
+            None, memory_id=plan.memory_id, cube=call.cube, kind=Kind.PARAMETRIC.value, state=State.ACTIVE,
+            content=content, metadata=metadata, tags=tuple(dict.fromkeys(call.tags)), provenance=provenance, now=now,
+            fingerprint=built.fingerprint.model_dump(), payload=built.payload.model_dump(),
+        )
+        self.store.journal_end(plan.journal, "done", now)
+        self._audit_ok(principal, "distill", call.cube, plan.memory_id, detail=f"{len(plan.sources)} memories")
+        self._emit("distilled", call.cube, plan.memory_id, principal, rule=plan.rule, sources=len(plan.sources),
+                   recall_with=ev.get("recall_with"), recall_without=ev.get("recall_without"),
+                   locality_delta=ev.get("locality_delta"), bytes=built.payload.size_bytes)
+        return self.to_memory(row)
+
+    def _abort_distill(self: Kernel, principal: str, plan: _DistillPlan) -> None:
+        self.store.journal_end(plan.journal, "rolled_back", self.clock.now(), "failed before commit")
+        self.after_commit(lambda p=plan.path: self._delete_blob(p))
+
     # -------------------------------------------------------------------------------------------- demotion
 
     def _settle_kind(self: Kernel, row: VersionRow | None, kind: str, state: str, content: str,
@@ -238,7 +313,10 @@ class TieringOps:
 
         rolled = self.in_transaction(recover)
         referenced = self.store.referenced_payload_paths()
-        orphans = [p for p in (self.blob_dir / "activation").glob("*") if str(p) not in referenced]
+        # Payloads of every version are kept for parametric memories (archive and restore keep the adapter); only
+        # files no version references are garbage.
+        referenced |= self.store.all_payload_paths()
+        orphans = [p for d in ("activation", "parametric") for p in (self.blob_dir / d).glob("*") if str(p) not in referenced]
         for path in orphans:
             path.unlink(missing_ok=True)
         if rolled or orphans:

@@ -13,12 +13,14 @@ statement                                    questions (first trained, then held
 moved, grew up, studies; in, at, to, as)
 anything else                                a cloze: the sentence with its last span     the last span
                                              blanked (after its last preposition, verb
-                                             "is/was/are" or number), at most 5 words
+                                             "is/was/are" or before a number, at most 5
+                                             words; else the last word)
 ===========================================  ==========================================  ======================
 
-Every sentence also yields a cloze, so any memory gives at least one question. Each question carries its answer
-*key* (the span that must appear in a reply) and a short answer; a second phrasing of the same question, when the
-rule has one, is kept out of training so that evaluation can tell a learnt fact from a learnt string.
+Every sentence of three words or more also yields a cloze, so nearly any memory gives a question. Each question carries its answer
+*key* (the span that must appear in a reply). Only the first question of a sentence is trained (the rule's first
+phrasing, or the cloze when no rule matched); the others (the rule's second phrasing and the cloze) are held out, so
+that evaluation can tell a learnt fact from a learnt string, and training stays cheap.
 
 :func:`answer_matches` is the one recall criterion: the normalised key is a substring of the normalised reply
 (lower case, articles and punctuation dropped, digit group separators removed).
@@ -27,7 +29,7 @@ rule has one, is kept out of training so that evaluation can tell a learnt fact 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])|\n+")
 _ARTICLE = re.compile(r"^(the|a|an)\s+", re.IGNORECASE)
@@ -59,7 +61,8 @@ class FactQuestion:
 
     Attributes:
         question: the user's question, as it is put to the model.
-        answer: a short reply (a sentence) used as a training target.
+        answer: the reply trained for the question: the full statement, so that the question's cue words lead
+            into the sentence the plain-text examples teach.
         key: the span a reply must contain to count as correct (see :func:`answer_matches`).
         trained: whether this phrasing is a training example (False: held out for evaluation).
     """
@@ -72,7 +75,7 @@ class FactQuestion:
 
 @dataclass(frozen=True)
 class FactSentence:
-    """One sentence of a memory with the questions it answers (at least one, always a cloze last)."""
+    """One sentence of a memory, its paraphrases, and the questions it answers (the cloze, if any, last)."""
 
     statement: str
     paraphrases: tuple[str, ...]
@@ -133,12 +136,12 @@ def _derive_sentence(statement: str) -> FactSentence:
             first, second = f"What {aux} {subject} {base} as?", f"As what {aux} {subject} {base}?"
         else:
             first, second = f"Where {aux} {subject} {base}?", f"In which place {aux} {subject} {base}?"
-        questions += _pair(first, second, statement, m["place"])
+        # "works as a glassblower at Fenwick Mills": the answer to "what as" stops before the place.
+        key = re.split(r" (?:at|in|for|with) ", m["place"])[0] if prep == "as" else m["place"]
+        questions += _pair(first, second, statement, key)
     if cloze := _cloze(body):
-        questions.append(cloze)
-    if not questions:
-        # No cut point (e.g. a two-word sentence): the statement itself is the only thing to recall.
-        questions.append(FactQuestion(f"Complete this fact: {body.split()[0]} ...", statement, body, trained=True))
+        # Trained only when no rule matched; otherwise a held-out form of the same question.
+        questions.append(replace(cloze, trained=not questions))
     return FactSentence(statement=statement, paraphrases=paraphrases, questions=tuple(questions))
 
 
@@ -148,12 +151,13 @@ def _pair(trained: str, held_out: str, statement: str, key: str) -> list[FactQue
 
 
 def _cloze(body: str) -> FactQuestion | None:
-    """Blank the sentence's last span: after its last cut point, if that leaves 1..5 words on each side."""
+    """Blank the sentence's last span: after its last cut point that leaves at most 5 words, else its last word;
+    None for sentences under 3 words (nothing to cue the blank with)."""
+    words = body.split()
+    if len(words) < 3:
+        return None
     cuts = [m.end() for m in _CLOZE_CUT.finditer(body)]
-    for cut in reversed(cuts):
-        head, tail = body[:cut].rstrip(), body[cut:].strip()
-        if tail and head and len(tail.split()) <= _MAX_CLOZE_WORDS:
-            return FactQuestion(
-                f"Fill in the blank: {head} ___.", f"{head} {tail}.", _ARTICLE.sub("", tail), trained=True
-            )
-    return None
+    cut = next((c for c in reversed(cuts) if 0 < len(body[c:].split()) <= _MAX_CLOZE_WORDS and body[:c].strip()),
+               len(body) - len(words[-1]))
+    head, tail = body[:cut].rstrip(), body[cut:].strip()
+    return FactQuestion(f"Fill in the blank: {head} ___.", f"{head} {tail}.", _ARTICLE.sub("", tail), trained=True)

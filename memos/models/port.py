@@ -50,6 +50,17 @@ class Generation(BaseModel):
     ram_evicted: tuple[str, ...] = ()  # memory ids whose payload the host dropped from RAM to stay in budget
 
 
+class ParametricBuilt(BaseModel):
+    """A trained adapter written to its file, with what its distillation measured."""
+
+    model_config = ConfigDict(frozen=True)
+
+    payload: PayloadRef
+    fingerprint: Fingerprint
+    steps: int
+    evaluation: dict  # memos.models.lora.Evaluation as JSON: recall with/without, locality delta, timings
+
+
 class ModelPort(Protocol):
     def fingerprint(self) -> Fingerprint: ...
 
@@ -66,13 +77,20 @@ class ModelPort(Protocol):
         ...
 
     def generate(
-        self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int
+        self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int,
+        adapter: KVBlock | None = None,
     ) -> Generation:
-        """Answer ``messages`` with ``kv`` injected as the prompt prefix, then ``texts`` as plaintext memory blocks.
+        """Answer ``messages`` with ``kv`` injected as the prompt prefix, then ``texts`` as plaintext memory blocks,
+        with the LoRA ``adapter`` applied for this request only (under an adapter, ``kv`` is prefilled as text).
 
         Raises:
             CorruptPayload / FingerprintMismatch: a payload is damaged or for another model (nothing is used).
         """
+        ...
+
+    def distill(self, facts: list[dict[str, object]], path: str, config: dict[str, object]) -> ParametricBuilt:
+        """Train a LoRA adapter on ``facts`` (``{"id", "version", "text"}``), evaluate it, write it to ``path``.
+        Holds the shared model only to copy it: generation goes on meanwhile."""
         ...
 
     def forget(self, paths: list[str]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from memos.config import Settings
 from memos.models.host import ComposeMethod, ModelHost, memory_messages
 from memos.models.loader import ModelSpec
-from memos.models.port import ActivationBuilt, Generation, KVBlock
+from memos.models.port import ActivationBuilt, Generation, KVBlock, ParametricBuilt
 from memos.types import Fingerprint
 
 DEFAULT_RAM_BUDGET = 256 * 1024 * 1024
@@ -37,7 +37,8 @@ def open_model_service(settings: Settings, *, num_threads: int | None = None) ->
     assert settings.model is not None, "open_model_service needs Settings.model"
     spec = ModelSpec(model=settings.model, dtype=settings.model_dtype, cache_dir=settings.model_cache_dir,
                      num_threads=num_threads)
-    return ModelService(spec, ram_budget_bytes=settings.activation_ram_bytes, compose_method=settings.compose_method)
+    return ModelService(spec, ram_budget_bytes=settings.activation_ram_bytes, compose_method=settings.compose_method,
+                        adapter_budget=settings.loaded_adapters)
 
 
 class ModelService:
@@ -50,6 +51,7 @@ class ModelService:
         host: ModelHost | None = None,
         ram_budget_bytes: int = DEFAULT_RAM_BUDGET,
         compose_method: ComposeMethod = "recompute",
+        adapter_budget: int = 2,
     ) -> None:
         self.host = host or ModelHost(spec)
         self.ram_budget_bytes = ram_budget_bytes
@@ -57,6 +59,9 @@ class ModelService:
         self._ram: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
         self._ram_bytes = 0
         self._lock = threading.RLock()
+        from memos.models.adapters import AdapterPool
+
+        self._adapters = AdapterPool(self.host.loaded.model, self.host.fingerprint, budget=adapter_budget)
 
     def fingerprint(self) -> Fingerprint:
         return self.host.fingerprint
@@ -75,10 +80,25 @@ class ModelService:
 
     def ram_usage(self) -> dict[str, int]:
         with self._lock:
-            return {"payloads": len(self._ram), "bytes": self._ram_bytes, "budget": self.ram_budget_bytes}
+            return {"payloads": len(self._ram), "bytes": self._ram_bytes, "budget": self.ram_budget_bytes,
+                    "adapters": self._adapters.usage()["adapters"]}
+
+    def distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> ParametricBuilt:
+        from memos.cubes.parametric import save_adapter
+        from memos.errors import BackendError
+        from memos.models.lora import LoraConfig, SourceFact, distill
+
+        # The lock is held only while the shared model is copied: requests are served while the copy trains.
+        result = distill(self.host, [SourceFact(**f) for f in facts], LoraConfig(**config), lock=self._lock)
+        if result.cancelled or result.payload is None or result.evaluation is None:
+            raise BackendError("distillation was cancelled before the adapter was complete")
+        ref = save_adapter(result.payload, path)
+        return ParametricBuilt(payload=ref, fingerprint=self.host.fingerprint, steps=result.steps_done,
+                               evaluation=result.evaluation.model_dump(mode="json"))
 
     def forget(self, paths: list[str]) -> None:
         with self._lock:
+            self._adapters.forget(paths)
             drop = set(paths)
             for key in [k for k in self._ram if k[0] in drop]:
                 _, nbytes = self._ram.pop(key)
@@ -104,8 +124,11 @@ class ModelService:
         return payload
 
     def generate(
-        self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int
+        self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int,
+        adapter: KVBlock | None = None,
     ) -> Generation:
+        from memos.models.adapters import generate_with_adapter
+
         with self._lock:
             from_disk: list[str] = []
             evicted: list[str] = []
@@ -113,7 +136,12 @@ class ModelService:
             prefix = None
             if payloads:
                 prefix = payloads[0] if len(payloads) == 1 else self.host.compose(payloads, method=self.compose_method)
-            result = self.host.generate([*memory_messages(texts), *messages], kv=prefix, max_new_tokens=max_new_tokens)
+            ready = None
+            if adapter is not None:
+                ready, _ = self._adapters.get(adapter.payload)  # LRU drops of adapters are only RAM, not events
+            result = generate_with_adapter(
+                self.host, [*memory_messages(texts), *messages], adapter=ready, kv=prefix, max_new_tokens=max_new_tokens
+            )
             by_path = {b.payload.path: b.memory_id for b in kv}
             return Generation(
                 text=result.text, finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,

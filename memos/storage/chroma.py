@@ -123,6 +123,12 @@ class ChromaIndex:
             raise BackendError(f"chroma get failed: {exc}") from exc
 
     def close(self) -> None:
-        # PersistentClient has no close(); dropping references lets the Rust bindings release the path.
-        self._col = None  # type: ignore[assignment]
-        self._client = None  # type: ignore[assignment]
+        """Release the path. Chroma shares one System per path within a process; closing the last client stops it,
+        so the next open in this process reads the files afresh (another process may have written them since)."""
+        client, self._client, self._col = self._client, None, None  # type: ignore[assignment]
+        if client is None:
+            return
+        try:
+            client.close()
+        except Exception as exc:
+            raise BackendError(f"chroma: cannot close the vector index ({exc})") from exc

@@ -11,9 +11,9 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore
-from memos.agents import MemoryAgent, MemoryTools, MemosStore, call_tool
 from typing_extensions import TypedDict
 
+from memos.agents import MemoryAgent, MemoryTools, MemosStore, call_tool
 from memos.errors import PermissionDenied
 
 pytestmark = pytest.mark.integration

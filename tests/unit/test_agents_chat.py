@@ -11,10 +11,10 @@ import pytest
 from fakes import HashingEmbedder
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
+
 from memos.agents.chat import MemosChatModel
 from memos.agents.graph import MemoryAgent
 from memos.agents.openai_compat import OpenAICompatibleChatModel
-
 from memos.client import Memos
 from memos.errors import BackendError, ModelUnavailable, NotFound
 from memos.kernel import Kernel
@@ -39,7 +39,7 @@ class RecordingModel:
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(t.split()) + 4 for t in texts]
 
-    def generate(self, messages, *, kv, texts, max_new_tokens) -> Generation:
+    def generate(self, messages, *, kv, texts, max_new_tokens, adapter=None) -> Generation:
         self.calls.append({"messages": messages, "texts": texts, "max_new_tokens": max_new_tokens})
         return Generation(text=f"I know {len(texts)} things. END more", finish_reason="length", prompt_tokens=42,
                           cached_tokens=0, ttft_s=0.01, total_s=0.02)

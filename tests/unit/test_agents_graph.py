@@ -10,8 +10,8 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
-from memos.agents.graph import MemoryAgent
 
+from memos.agents.graph import MemoryAgent
 from memos.errors import PermissionDenied
 
 

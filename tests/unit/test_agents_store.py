@@ -8,10 +8,10 @@ import asyncio
 import pytest
 from langgraph.graph import START, StateGraph
 from langgraph.store.base import BaseStore, GetOp, InvalidNamespaceError, PutOp, SearchOp
-from memos.agents.namespaces import decode_segment, encode_label
-from memos.agents.store import MemosStore
 from typing_extensions import TypedDict
 
+from memos.agents.namespaces import decode_segment, encode_label
+from memos.agents.store import MemosStore
 from memos.errors import PermissionDenied
 
 

@@ -8,6 +8,7 @@ from langchain_core.language_models.fake_chat_models import FakeMessagesListChat
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
+
 from memos.agents.tools import MemoryTools, call_tool
 
 THREAD = {"configurable": {"thread_id": "t-7"}}

@@ -1,0 +1,76 @@
+"""The discipline every payload file follows (DESIGN.md, "Storage"): written atomically, read back verified.
+
+A payload is written to a temporary name in its target directory, fsynced, renamed over the target and the
+directory fsynced, so a crash leaves either the old file or the new one, never a torn one. A payload is read whole,
+its size and sha256 are checked against the :class:`~memos.types.PayloadRef` the kernel recorded, and only those
+verified bytes are parsed (nothing is re-read between check and use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from memos.errors import BackendError, CorruptPayload
+from memos.types import PayloadRef
+
+
+def write_payload(path: str | Path, data: bytes, *, what: str) -> PayloadRef:
+    """Write ``data`` to ``path`` atomically (replacing any file there) and return its reference.
+
+    Raises:
+        BackendError: the file cannot be written (nothing new is left at ``path``); ``what`` names it.
+    """
+    path = Path(path)
+    try:
+        _write_atomically(path, data)
+    except OSError as exc:
+        raise BackendError(f"cannot write {what} {path}: {exc}", path=str(path)) from exc
+    return PayloadRef(path=str(path), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+
+
+def read_verified(ref: PayloadRef, *, what: str) -> bytes:
+    """The bytes of the file ``ref`` points to, once its size and sha256 match ``ref``.
+
+    Raises:
+        CorruptPayload: the file is missing, has another size (truncated or rewritten) or another digest (altered);
+            the message names ``what`` and the file.
+        BackendError: the file exists but cannot be read.
+    """
+    path = Path(ref.path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CorruptPayload(f"{what} {path} is missing", path=str(path)) from exc
+    except OSError as exc:
+        raise BackendError(f"cannot read {what} {path}: {exc}", path=str(path)) from exc
+    if len(data) != ref.size_bytes:
+        raise CorruptPayload(
+            f"{what} {path} has {len(data)} bytes, expected {ref.size_bytes} (truncated or rewritten)", path=str(path)
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref.sha256:
+        raise CorruptPayload(f"{what} {path} is altered: sha256 {digest}, expected {ref.sha256}", path=str(path))
+    return data
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename is durable only once the directory entry is on disk.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

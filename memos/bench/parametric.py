@@ -1,0 +1,231 @@
+"""``memos bench parametric``: what a parametric MemCube (a distilled LoRA adapter) buys and costs, on the served model.
+
+For each size in ``sizes``, the first ``size`` invented facts of one seeded list (``memos.bench.synthetic_facts``:
+people, towns and numbers no model can know) are distilled into one adapter with ``memos.models.lora.distill``,
+and the bench records what distillation measured itself (its evaluation is the one stored in every adapter's header):
+
+- closed-book recall with the adapter and without it (greedy, answer key in the reply), on the trained question
+  phrasings and on held-out phrasings;
+- locality: the base model's mean token loss on held-out general text with and without the adapter;
+- training time, steps, examples, adapter parameters and bytes on disk.
+
+Then, once, serving costs on the largest adapter: applying and removing it (``memos.models.adapters``, forward
+hooks) against peft's ``set_adapter`` on a peft-wrapped copy, and greedy decoding speed without an adapter, with
+the hooks and with peft's LoRA layers.
+
+Writes ``parametric.json`` (settings, environment, every row), ``parametric.md`` (tables) and ``parametric.png``
+into ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from memos.bench.synthetic_facts import synthetic_facts
+from memos.cubes.parametric import save_adapter
+from memos.models.adapter_costs import measure_serving_costs
+from memos.models.host import ModelHost
+from memos.models.lora import DistillProgress, LoraConfig, SourceFact, distill
+
+DEFAULT_SIZES = (20, 50, 100)
+
+
+def run_parametric_bench(
+    out_dir: str | Path,
+    sizes: tuple[int, ...] = DEFAULT_SIZES,
+    *,
+    host: ModelHost,
+    config: LoraConfig | None = None,
+    seed: int = 0,
+    serving_repeats: int = 3,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Distil ``sizes`` facts on ``host``, write JSON, markdown and PNG reports into ``out_dir``; return the JSON.
+
+    The JSON is rewritten after every size, so an interrupted run keeps what it measured.
+
+    Raises:
+        ValueError: no sizes, or a size below 1.
+    """
+    if not sizes or min(sizes) < 1:
+        raise ValueError("need at least one size, each >= 1")
+    config = config or LoraConfig()
+    out = Path(out_dir)
+    (out / "adapters").mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "settings": {"sizes": list(sizes), "seed": seed, "config": config.model_dump(mode="json")},
+        "environment": _environment(host),
+        "rows": [],
+    }
+    started = time.perf_counter()
+    refs = []
+    for size in sizes:
+        facts = [SourceFact(id=i, version=1, text=t) for i, t in synthetic_facts(size, seed)]
+        result = distill(host, facts, config, progress=_progress_logger(size, log))
+        assert result.payload is not None and result.evaluation is not None, "nothing cancels the bench"
+        ref = save_adapter(result.payload, str(out / "adapters" / f"facts-{size}.safetensors"))
+        refs.append(ref)
+        report["rows"].append({
+            "facts": size,
+            **result.evaluation.model_dump(mode="json"),
+            "adapter_bytes": ref.size_bytes,
+            "adapter_parameters": result.payload.num_parameters,
+            "loss_curve": [list(p) for p in result.loss_curve],
+            "sample_facts": [f.text for f in facts[:3]],
+        })
+        log(f"[{size} facts] " + _row_line(report["rows"][-1]))
+        _write(report, out, started)
+    report["serving"] = measure_serving_costs(host, refs[-1], repeats=serving_repeats)
+    report["environment"]["load_average_end"] = os.getloadavg()
+    _write(report, out, started)
+    _plot(report, out / "parametric.png")
+    return report
+
+
+def _progress_logger(size: int, log: Any) -> Any:
+    def report(p: DistillProgress) -> None:
+        if p.step == p.total or p.step % 10 == 0:
+            loss = "" if p.loss is None else f" loss {p.loss:.3f}"
+            log(f"[{size} facts] {p.phase} {p.step}/{p.total}{loss}")
+
+    return report
+
+
+def _write(report: dict[str, Any], out: Path, started: float) -> None:
+    report["duration_s"] = time.perf_counter() - started
+    (out / "parametric.json").write_text(json.dumps(report, indent=2))
+    (out / "parametric.md").write_text(render_markdown(report))
+
+
+def _environment(host: ModelHost) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    import torch
+
+    return {
+        "fingerprint": host.fingerprint.model_dump(),
+        "torch": torch.__version__,
+        "peft": version("peft"),
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_average_start": os.getloadavg(),
+    }
+
+
+def _row_line(r: dict[str, Any]) -> str:
+    held = "-" if r["held_out_recall_with"] is None else f"{r['held_out_recall_with']:.0%}"
+    held_base = "-" if r["held_out_recall_without"] is None else f"{r['held_out_recall_without']:.0%}"
+    return (f"recall {r['recall_with']:.0%} (base {r['recall_without']:.0%}), held-out {held} (base {held_base}), "
+            f"locality delta {r['locality_delta']:+.3f} nats, train {r['train_s']:.0f} s, {r['adapter_bytes'] / 2**20:.2f} MiB")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The benchmark's tables as markdown."""
+    env = report["environment"]
+    cfg = report["settings"]["config"]
+    lines = [
+        f"Model `{env['fingerprint']['model_id']}` ({env['fingerprint']['dtype']}), torch {env['torch']}, peft "
+        f"{env['peft']}, {env['torch_threads']} threads ({env['cpus']} CPUs, load average at start "
+        f"{env['load_average_start'][0]:.1f}). LoRA rank {cfg['rank']}, alpha {cfg['alpha']:g}, "
+        f"{len(cfg['target_modules'])} module kinds, lr {cfg['learning_rate']:g}, batch {cfg['batch_size']}, "
+        f"{cfg['epochs']} epochs, replay weight {cfg['replay_weight']:g}, seed {report['settings']['seed']}.",
+        "",
+        "| facts | recall with adapter | recall base model | held-out recall with | held-out base | locality loss base "
+        "| locality delta | steps | train s | eval s | adapter MiB | parameters |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        held = "-" if r["held_out_recall_with"] is None else f"{r['held_out_recall_with']:.0%}"
+        held_base = "-" if r["held_out_recall_without"] is None else f"{r['held_out_recall_without']:.0%}"
+        lines.append(
+            f"| {r['facts']} | {r['recall_with']:.0%} ({r['questions']} q) | {r['recall_without']:.0%} | {held} "
+            f"({r['held_out_questions']} q) | {held_base} | {r['locality_loss_without']:.3f} "
+            f"| {r['locality_delta']:+.3f} | {r['steps']} | {r['train_s']:.0f} | {r['eval_s']:.0f} "
+            f"| {r['adapter_bytes'] / 2**20:.2f} | {r['adapter_parameters']:,} |"
+        )
+    if serving := report.get("serving"):
+        tps = serving["decode_tokens_per_s"]
+        lines += [
+            "",
+            f"Serving ({Path(serving['adapter']).name}, median of {serving['repeats']}): load and prepare "
+            f"{serving['load_s'] * 1e3:.0f} ms; apply+remove hooks {serving['hooks_switch_ms']:.2f} ms vs peft "
+            f"set_adapter {serving['peft_set_adapter_ms']:.2f} ms; greedy decoding {tps['no_adapter']:.1f} tok/s "
+            f"without adapter, {tps['hooks']:.1f} with hooks, {tps['peft']:.1f} with peft LoRA layers; same greedy "
+            f"tokens from hooks and peft: {'yes' if serving['hooks_and_peft_same_tokens'] else 'NO'}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    x = [r["facts"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    ax = axes[0]
+    ax.plot(x, [r["recall_with"] for r in rows], "o-", label="with adapter (trained phrasing)")
+    ax.plot(x, [r["held_out_recall_with"] or 0 for r in rows], "s--", label="with adapter (held-out phrasing)")
+    ax.plot(x, [r["recall_without"] for r in rows], "x:", label="base model")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("closed-book recall")
+    ax.legend(fontsize=8)
+    axes[1].plot(x, [r["locality_delta"] for r in rows], "o-")
+    axes[1].axhline(0, color="grey", lw=0.5)
+    axes[1].set_title("locality: loss delta on general text (nats)")
+    axes[2].plot(x, [r["train_s"] for r in rows], "o-")
+    axes[2].set_title("training time (s)")
+    for ax in axes:
+        ax.set_xlabel("facts distilled")
+        ax.grid(True, alpha=0.3)
+    fp = report["environment"]["fingerprint"]
+    fig.suptitle(f"{fp['model_id']} ({fp['dtype']}), {report['environment']['torch_threads']} threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``memos bench parametric``."""
+    defaults = LoraConfig()
+    parser.add_argument("--out", default="bench-results/parametric", help="output directory")
+    parser.add_argument("--model", default="smollm2", help="'smollm2', a .gguf file or a local HF model directory")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--cache-dir", default=None, help="converted-model cache (default: <MEMOS_HOME>/models)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="numbers of facts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--rank", type=int, default=defaults.rank)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--replay-weight", type=float, default=defaults.replay_weight)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Load the model named by ``args`` and run the benchmark; print the markdown tables."""
+    from memos.config import default_home
+    from memos.models.loader import ModelSpec
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_home() / "models"
+    host = ModelHost(ModelSpec(model=args.model, dtype=args.dtype, cache_dir=cache_dir, num_threads=args.threads))
+    config = LoraConfig(epochs=args.epochs, rank=args.rank, alpha=2.0 * args.rank, learning_rate=args.learning_rate,
+                        replay_weight=args.replay_weight)
+    report = run_parametric_bench(args.out, tuple(args.sizes), host=host, config=config, seed=args.seed)
+    print(render_markdown(report), end="")
+    print(f"wrote {Path(args.out) / 'parametric.json'}, parametric.md, parametric.png")
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m memos.bench.parametric", description=__doc__.split("\n")[0])
+    add_arguments(_parser)
+    raise SystemExit(main(_parser.parse_args()))

@@ -1,0 +1,150 @@
+"""Distillations as background jobs on the model host: start one, poll its progress, cancel it.
+
+A distillation takes minutes; the kernel must keep serving meanwhile. :class:`DistillJobs` runs each job in its own
+thread; the job holds the model service's lock only while it copies the shared model (``lora.distill``'s ``lock``),
+so generation and KV building go on during training (they share the CPU, not the model). Everything that crosses
+the port is plain data (:class:`DistillStatus`), so the same calls work over Ray, where a callback or an Event could
+not travel: the caller polls :meth:`DistillJobs.status` and calls :meth:`DistillJobs.cancel`.
+
+A finished job has written its adapter with ``save_adapter`` to the path the kernel named (atomically: a cancelled
+or failed job leaves nothing there) and keeps its :class:`~memos.types.PayloadRef` and evaluation in its status.
+Finished jobs are kept until :meth:`DistillJobs.forget` (the kernel records the result, then forgets the job).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from memos.cubes.parametric import save_adapter
+from memos.errors import CapacityExceeded, InvalidSyscall, MemosError, NotFound
+from memos.models.lora import DistillProgress, LoraConfig, SourceFact, distill
+from memos.types import PayloadRef
+
+JobState = Literal["running", "done", "cancelled", "failed"]
+
+
+class DistillStatus(BaseModel):
+    """Where a distillation job stands.
+
+    Attributes:
+        job_id: the id :meth:`DistillJobs.start` returned.
+        state: ``running``, ``done`` (adapter written), ``cancelled`` or ``failed``.
+        phase / step / total / loss: the last progress report (training steps, then evaluation batches).
+        payload: the written adapter (``done`` only); evaluation: what it measured (``done`` only, JSON).
+        error: the typed error of a failed job, as ``MemosError.to_wire`` gives it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    state: JobState
+    phase: str = "train"
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    payload: PayloadRef | None = None
+    evaluation: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class DistillJobs:
+    """Background distillations on one model (see the module docstring). Thread-safe.
+
+    Args:
+        model: the ``ModelHost`` (or ``LoadedModel``) to distil for.
+        lock: the lock that serialises the model's users (``ModelService``'s).
+        max_running: jobs that may train at once; training is CPU-bound, so more than one only slows each down.
+    """
+
+    def __init__(self, model: Any, lock: AbstractContextManager[Any], *, max_running: int = 1) -> None:
+        self._model = model
+        self._model_lock = lock
+        self._max_running = max_running
+        self._jobs: dict[str, tuple[DistillStatus, threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, facts: Sequence[SourceFact], path: str, config: LoraConfig | None = None) -> DistillStatus:
+        """Start distilling ``facts`` into an adapter to be written at ``path``; return its first status.
+
+        Raises:
+            CapacityExceeded: ``max_running`` jobs are running already.
+            InvalidSyscall: as ``lora.distill`` (checked before the job starts: no facts, duplicates).
+        """
+        if not facts:
+            raise InvalidSyscall("distill needs at least one memory")
+        with self._lock:
+            running = sum(1 for status, _ in self._jobs.values() if status.state == "running")
+            if running >= self._max_running:
+                raise CapacityExceeded(f"{running} distillation(s) running; at most {self._max_running} at once",
+                                       running=running)
+            job_id = f"distill-{uuid.uuid4().hex[:12]}"
+            status = DistillStatus(job_id=job_id, state="running")
+            cancel = threading.Event()
+            self._jobs[job_id] = (status, cancel)
+        thread = threading.Thread(target=self._run, args=(job_id, list(facts), path, config, cancel),
+                                  name=job_id, daemon=True)
+        thread.start()
+        return status
+
+    def status(self, job_id: str) -> DistillStatus:
+        """The job's current status.
+
+        Raises:
+            NotFound: no such job (never started, or forgotten).
+        """
+        with self._lock:
+            if job_id not in self._jobs:
+                raise NotFound(f"no distillation job {job_id}", job_id=job_id)
+            return self._jobs[job_id][0]
+
+    def cancel(self, job_id: str) -> DistillStatus:
+        """Ask the job to stop at its next step (a finished job is unaffected); return its status.
+
+        Raises:
+            NotFound: no such job.
+        """
+        with self._lock:
+            if job_id not in self._jobs:
+                raise NotFound(f"no distillation job {job_id}", job_id=job_id)
+            status, cancel = self._jobs[job_id]
+            cancel.set()
+            return status
+
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job's status (a running job is cancelled first)."""
+        with self._lock:
+            entry = self._jobs.pop(job_id, None)
+        if entry is not None:
+            entry[1].set()
+
+    def _update(self, job_id: str, **changes: Any) -> None:
+        with self._lock:
+            if job_id in self._jobs:
+                status, cancel = self._jobs[job_id]
+                self._jobs[job_id] = (status.model_copy(update=changes), cancel)
+
+    def _run(self, job_id: str, facts: list[SourceFact], path: str, config: LoraConfig | None,
+             cancel: threading.Event) -> None:
+        def progress(p: DistillProgress) -> None:
+            self._update(job_id, phase=p.phase, step=p.step, total=p.total,
+                         **({"loss": p.loss} if p.loss is not None else {}))
+
+        try:
+            result = distill(self._model, facts, config, progress=progress, cancel=cancel, lock=self._model_lock)
+            if result.cancelled or result.payload is None:
+                self._update(job_id, state="cancelled")
+                return
+            ref = save_adapter(result.payload, path)
+            evaluation = result.evaluation.model_dump(mode="json") if result.evaluation else None
+            self._update(job_id, state="done", payload=ref, evaluation=evaluation)
+        except MemosError as exc:
+            self._update(job_id, state="failed", error=exc.to_wire())
+        except Exception as exc:  # a job thread must always end in a state the kernel can read
+            self._update(job_id, state="failed",
+                         error={"code": "backend", "message": f"distillation failed: {exc!r}", "details": {}})

@@ -1,0 +1,641 @@
+"""Distillation: train a LoRA adapter (peft) that makes the base model know a set of plaintext memories, and
+measure what it learnt and what it disturbed.
+
+**Contract.** :func:`distill` never writes the shared model: it trains on a private copy (taken under the caller's
+lock, so no request's adapter hooks are copied along) and evaluates on that copy, so the shared model keeps serving
+while a distillation runs and gives the same tokens afterwards (tested). Everything is seeded
+(``LoraConfig.seed``; the global torch RNG is forked and restored), so the same facts and config give the same
+adapter on the same machine.
+
+**Training examples** (``memos.models.fact_questions`` derives the questions, without a language model):
+
+- each sentence of a memory as plain text (the LM loss on every token), and its paraphrase where a rule has one
+  (``The A of B is C`` <-> ``B's A is C``);
+- each *trained* question of a sentence as a chat turn rendered with the model's own chat template exactly as
+  generation renders a memory-free prompt (``apply_chat_template(add_generation_prompt=True)``, default system
+  prompt included), answered by the full statement; the loss is on the reply tokens (and the end-of-turn token),
+  not on the prompt. The reply restates the fact, so the question's cue words lead into the sentence that the
+  plain-text examples teach.
+
+**Recipe** (defaults of :class:`LoraConfig`, chosen by measurement, see docs/parametric.md): LoRA rank 8,
+alpha 16, on every attention and MLP projection; AdamW, learning rate 1e-3 with 10% linear warm-up and linear decay;
+batch 16; ``epochs`` passes over the examples. Locality is held by a replay term: each step also runs a batch of
+fixed general text and chat (``memos.models.general_text.REPLAY_*``) through the model with and without the adapter
+and adds ``replay_weight * KL(base || adapted)`` of the next-token distributions, so the adapter is pushed to leave
+unrelated text alone rather than merely not trained on it.
+
+**Evaluation on every distillation** (:class:`Evaluation`, stored in the adapter's header): closed-book recall of
+the distilled facts, with the adapter and without it, greedy decoding of each question (batched, left-padded), a
+reply counting when it contains the question's answer key (``fact_questions.answer_matches``); separately for the
+trained phrasings and for held-out phrasings of the same questions; and locality: the model's mean token loss on
+held-out general text (``general_text.LOCALITY_TEXT``) with and without the adapter. The adapter is applied for
+evaluation by the serving code (``memos.models.adapters``), so the numbers describe what serving will do.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from memos.cubes.parametric import AdapterInfo, AdapterPayload
+from memos.errors import InvalidState, InvalidSyscall
+from memos.models import fact_questions, general_text
+from memos.models.adapters import active_adapter, adapter_applied, prepare
+from memos.models.loader import LoadedModel
+from memos.types import MemoryRef
+
+if TYPE_CHECKING:
+    import torch
+
+    from memos.models.host import ModelHost
+
+ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_MAX_MISSES = 10
+
+
+class SourceFact(BaseModel):
+    """A plaintext memory at an exact version, to distil."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^m_[0-9a-f]{16,32}$")
+    version: int = Field(ge=1)
+    text: str = Field(min_length=1, max_length=8192)
+
+    @property
+    def ref(self) -> MemoryRef:
+        return MemoryRef(id=self.id, version=self.version)
+
+
+class LoraConfig(BaseModel):
+    """How to distil (every field is stored in the adapter's header).
+
+    Attributes:
+        rank, alpha: LoRA rank and alpha; the update is scaled by ``alpha / rank``.
+        target_modules: names of the linear modules to adapt (peft's ``target_modules``: matched by suffix).
+        epochs: passes over the training examples, when ``steps`` is None.
+        steps: optimiser steps, overriding ``epochs``.
+        learning_rate: AdamW peak learning rate (10% linear warm-up, then linear decay to 0).
+        batch_size: training examples per step.
+        replay_weight: weight of the KL term on general text (0 turns replay off).
+        replay_batch_size: general texts per step for that term.
+        seed: seeds the LoRA initialisation and the example order.
+        eval_max_new_tokens: tokens generated per evaluation question.
+        eval_batch_size: evaluation questions decoded together.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(default=8, ge=1, le=256)
+    alpha: float = Field(default=16.0, gt=0)
+    target_modules: tuple[str, ...] = Field(default=ATTENTION_AND_MLP, min_length=1)
+    epochs: int = Field(default=8, ge=1, le=1000)
+    steps: int | None = Field(default=None, ge=1, le=100_000)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    replay_weight: float = Field(default=1.0, ge=0)
+    replay_batch_size: int = Field(default=4, ge=1, le=256)
+    seed: int = 0
+    eval_max_new_tokens: int = Field(default=32, ge=1, le=512)
+    eval_batch_size: int = Field(default=16, ge=1, le=1024)
+
+
+class Evaluation(BaseModel):
+    """What a distillation measured (stored in the adapter's header).
+
+    Attributes:
+        facts: memories distilled; questions: trained-phrasing questions asked; held_out_questions: held-out ones.
+        recall_with / recall_without: share of trained-phrasing questions answered correctly, greedy, with the
+            adapter and with the base model alone.
+        held_out_recall_with / held_out_recall_without: the same on held-out phrasings (None when there are none).
+        locality_loss_without / locality_loss_with: mean token loss (nats) on held-out general text.
+        locality_delta: ``locality_loss_with - locality_loss_without`` (0: unrelated text untouched).
+        locality_tokens: tokens that loss is averaged over.
+        misses: up to 10 trained questions the adapter got wrong, with the key and the reply.
+        examples, steps, train_s, eval_s, final_loss, final_replay_kl: how training went.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    facts: int
+    questions: int
+    held_out_questions: int
+    recall_with: float
+    recall_without: float
+    held_out_recall_with: float | None
+    held_out_recall_without: float | None
+    locality_loss_without: float
+    locality_loss_with: float
+    locality_delta: float
+    locality_tokens: int
+    misses: tuple[dict[str, str], ...] = ()
+    examples: int
+    steps: int
+    train_s: float
+    eval_s: float
+    final_loss: float
+    final_replay_kl: float | None
+
+
+@dataclass(frozen=True)
+class DistillProgress:
+    """A progress report: ``phase`` ("train" or "evaluate"), ``step`` of ``total``, and the last training loss."""
+
+    phase: Literal["train", "evaluate"]
+    step: int
+    total: int
+    loss: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class DistillResult:
+    """The outcome of :func:`distill`.
+
+    Attributes:
+        payload: the adapter (header with evaluation included), or None when cancelled.
+        cancelled: the ``cancel`` event was set before the adapter was complete; nothing else is valid then but
+            ``steps_done`` and ``loss_curve``.
+        steps_done: optimiser steps taken.
+        loss_curve: ``(step, loss)`` on the fact examples.
+        evaluation: the measurements (also in ``payload.info.evaluation``), or None when cancelled.
+    """
+
+    payload: AdapterPayload | None
+    cancelled: bool
+    steps_done: int
+    loss_curve: tuple[tuple[int, float], ...]
+    evaluation: Evaluation | None
+
+
+@dataclass(frozen=True)
+class _Example:
+    ids: tuple[int, ...]
+    labels: tuple[int, ...]  # -100 where no loss is taken
+    prefixed: bool  # ids follow the shared chat prefix (which they do not include)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    question: str
+    key: str
+    trained: bool
+
+
+class _Cancelled(Exception):
+    """Internal: unwinds training or evaluation when the cancel event is set."""
+
+
+def distill(
+    model: ModelHost | LoadedModel,
+    facts: Sequence[SourceFact],
+    config: LoraConfig | None = None,
+    *,
+    progress: Callable[[DistillProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    lock: AbstractContextManager[Any] | None = None,
+) -> DistillResult:
+    """Train a LoRA adapter on ``facts`` for ``model`` and evaluate it (see the module docstring).
+
+    Args:
+        model: the model host, or a loaded model, whose weights the adapter is for; it is read, never written.
+        facts: the memories to distil, each at its exact version (the adapter's provenance, in this order).
+        config: the recipe (defaults: :class:`LoraConfig`).
+        progress: called from this thread after every training step and evaluation batch.
+        cancel: when set, training or evaluation stops at the next step and a cancelled result is returned.
+        lock: held while the shared model is copied; pass the lock that serialises the model's users.
+
+    Raises:
+        InvalidSyscall: no facts, two facts with one id, or a target module the model does not have.
+        InvalidState: the model has an adapter applied right now (``lock`` does not serialise its users).
+    """
+    import torch
+
+    config = config or LoraConfig()
+    if not facts:
+        raise InvalidSyscall("distill needs at least one memory")
+    ids = [f.id for f in facts]
+    if len(set(ids)) != len(ids):
+        raise InvalidSyscall("distill got the same memory twice; pass each memory once, at one version")
+    loaded = model if isinstance(model, LoadedModel) else model.loaded
+    tokenizer = loaded.tokenizer
+    examples, probes = _build_examples(tokenizer, facts)
+    replay = _replay_examples(tokenizer)
+    with lock or nullcontext():
+        if (name := active_adapter(loaded.model)) is not None:
+            raise InvalidState(f"adapter {name} is applied to the shared model; distill must not copy it")
+        work = copy.deepcopy(loaded.model)
+    work.requires_grad_(False)
+    steps = config.steps or math.ceil(config.epochs * len(examples.examples) / config.batch_size)
+    curve: list[tuple[int, float]] = []
+    started = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            weights, replay_kl = _train(work, examples, replay, config, steps, curve, progress, cancel)
+        train_s = time.perf_counter() - started
+        info = AdapterInfo(
+            fingerprint=loaded.fingerprint,
+            sources=tuple(f.ref for f in facts),
+            rank=config.rank,
+            alpha=config.alpha,
+            modules=tuple(weights),
+            config=config.model_dump(mode="json"),
+            loss_curve=tuple(curve),
+        )
+        payload = AdapterPayload(info=info, weights=weights)
+        started = time.perf_counter()
+        measured = _evaluate(work, tokenizer, payload, probes, config, progress, cancel)
+    except _Cancelled:
+        return DistillResult(payload=None, cancelled=True, steps_done=len(curve), loss_curve=tuple(curve),
+                             evaluation=None)
+    finally:
+        del work
+    evaluation = Evaluation(
+        facts=len(facts), examples=len(examples.examples), steps=steps, train_s=train_s, eval_s=time.perf_counter() - started,
+        final_loss=curve[-1][1], final_replay_kl=replay_kl, **measured,
+    )
+    payload = replace(payload, info=replace(info, evaluation=evaluation.model_dump(mode="json")))
+    return DistillResult(payload=payload, cancelled=False, steps_done=steps, loss_curve=tuple(curve),
+                         evaluation=evaluation)
+
+
+# ------------------------------------------------------------------------------------------------ examples
+
+
+def _build_examples(tokenizer: Any, facts: Sequence[SourceFact]) -> tuple[_Batches, list[_Probe]]:
+    prefix = _chat_prefix(tokenizer)
+    examples: list[_Example] = []
+    probes: list[_Probe] = []
+    for fact in facts:
+        for sentence in fact_questions.derive(fact.text):
+            for text in (sentence.statement, *sentence.paraphrases):
+                ids = tuple(_encode(tokenizer, text))
+                examples.append(_Example(ids, ids, prefixed=False))
+            for q in sentence.questions:
+                probes.append(_Probe(q.question, q.key, q.trained))
+                if q.trained:
+                    examples.append(_chat_example(tokenizer, prefix, q.question, q.answer))
+    return _Batches(prefix, examples), probes
+
+
+def _replay_examples(tokenizer: Any) -> _Batches:
+    prefix = _chat_prefix(tokenizer)
+    texts = [tuple(_encode(tokenizer, t)) for t in general_text.REPLAY_TEXT]
+    examples = [_Example(ids, ids, prefixed=False) for ids in texts]
+    for question, answer in general_text.REPLAY_CHAT:
+        chat = _chat_example(tokenizer, prefix, question, answer)
+        # The KL term covers every position of a replay example, prompt included.
+        examples.append(replace(chat, labels=chat.ids))
+    return _Batches(prefix, examples)
+
+
+def _chat_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The token ids every memory-free chat prompt starts with (system prompt, start of the user turn)."""
+    a, b = (_encode(tokenizer, _render_prompt(tokenizer, q)) for q in ("Hello?", "What is 2 + 2?"))
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return tuple(a[:n])
+
+
+def _render_prompt(tokenizer: Any, question: str) -> str:
+    """``question`` as generation renders a memory-free prompt (``memos.models.host``: no memory blocks)."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def _chat_example(tokenizer: Any, prefix: tuple[int, ...], question: str, answer: str) -> _Example:
+    """``question`` rendered as generation renders it, then ``answer`` as the model's turn; loss on the answer.
+
+    The shared ``prefix`` is cut off (training computes it once per batch) when the prompt starts with it."""
+    prompt = _render_prompt(tokenizer, question)
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise InvalidSyscall("the model's chat template does not render a prompt as a prefix of the answered prompt")
+    # Encoded apart, so the prompt's ids are exactly those generation sees; the reply ends with the end-of-turn
+    # token, which is what stops generation.
+    prompt_ids = _encode(tokenizer, prompt)
+    reply_ids = _encode(tokenizer, full[len(prompt) :].rstrip())
+    ids, labels = prompt_ids + reply_ids, [-100] * len(prompt_ids) + reply_ids
+    if prefix and tuple(ids[: len(prefix)]) == prefix:
+        return _Example(tuple(ids[len(prefix) :]), tuple(labels[len(prefix) :]), prefixed=True)
+    return _Example(tuple(ids), tuple(labels), prefixed=False)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _train(
+    work: Any,
+    examples: _Batches,
+    replay: _Batches,
+    config: LoraConfig,
+    steps: int,
+    curve: list[tuple[int, float]],
+    progress: Callable[[DistillProgress], None] | None,
+    cancel: threading.Event | None,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float | None]:
+    """Train LoRA factors on ``work`` (a private copy), appending to ``curve``; return the factors by module
+    path and the last replay KL. ``work`` is left without LoRA modules, its base weights as they were."""
+    import peft
+    import torch
+
+    order = random.Random(config.seed)
+    pad = _pad_id(work)
+    # Before LoRA modules exist, so the references are the base model's by construction.
+    replay_batches = replay.fixed(config.replay_batch_size, order) if config.replay_weight > 0 else []
+    references = _replay_references(work, replay_batches, replay.prefix, pad)
+    try:
+        peft_model = peft.get_peft_model(
+            work,
+            peft.LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.target_modules),
+                            lora_dropout=0.0, bias="none"),
+        )
+    except ValueError as exc:
+        raise InvalidSyscall(f"cannot adapt target modules {list(config.target_modules)}: {exc}") from exc
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+    batches = examples.endless(config.batch_size, order)
+    replay_kl: float | None = None
+    peft_model.train()
+    try:
+        for step in range(1, steps + 1):
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
+            lr = config.learning_rate * (step / warmup if step <= warmup else (steps - step + 1) / (steps - warmup + 1))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = _fact_loss(work, next(batches), examples.prefix, pad)
+            total = loss
+            if replay_batches:
+                i = step % len(replay_batches)
+                kl = _replay_kl(work, replay_batches[i], references[i], replay.prefix, pad)
+                total = loss + config.replay_weight * kl
+                replay_kl = float(kl.detach())
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            curve.append((step, float(loss.detach())))
+            if progress is not None:
+                progress(DistillProgress("train", step, steps, curve[-1][1]))
+        return _extract(peft_model), replay_kl
+    finally:
+        peft_model.eval()
+        peft_model.unload()
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """Training examples and the chat prefix their ``prefixed`` examples share."""
+
+    prefix: tuple[int, ...]
+    examples: list[_Example]
+
+    def fixed(self, size: int, order: random.Random) -> list[list[_Example]]:
+        """The examples in one seeded order, cut into batches of ``size``."""
+        shuffled = self.examples[:]
+        order.shuffle(shuffled)
+        return [shuffled[i : i + size] for i in range(0, len(shuffled), size)]
+
+    def endless(self, size: int, order: random.Random) -> Iterator[list[_Example]]:
+        """Batches of ``size`` forever, each pass over the examples in a new seeded order."""
+        while True:
+            shuffled = self.examples[:]
+            order.shuffle(shuffled)
+            for i in range(0, len(shuffled), size):
+                yield shuffled[i : i + size]
+
+
+def _hidden_states(
+    work: Any, batch: list[_Example], prefix: tuple[int, ...], pad: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Last hidden states of ``batch``, as ``(hidden [B, T, H], labels [B, T], mask [B, T])`` per group of rows.
+
+    Rows that start with the shared chat prefix are run as one group after the prefix, which is computed once (with
+    gradients: the adapter changes it too) and broadcast to the group, instead of once per row: the prefix is
+    about half of a chat example's tokens. Other rows are run as they are.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    decoder = work.get_decoder()
+    for prefixed in (True, False):
+        rows = [e for e in batch if e.prefixed == prefixed]
+        if not rows:
+            continue
+        ids, labels, mask = _collate(rows, pad)
+        if not prefixed:
+            yield decoder(input_ids=ids, attention_mask=mask).last_hidden_state, labels, mask
+            continue
+        head = decoder(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+        shared = DynamicCache(
+            ddp_cache_data=[(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1))
+                            for layer in head.layers],
+            config=work.config,
+        )
+        full_mask = torch.cat([torch.ones((len(rows), len(prefix)), dtype=mask.dtype), mask], dim=1)
+        out = decoder(input_ids=ids, attention_mask=full_mask, past_key_values=shared, use_cache=True)
+        yield out.last_hidden_state, labels, mask
+
+
+def _fact_loss(work: Any, batch: list[_Example], prefix: tuple[int, ...], pad: int) -> torch.Tensor:
+    """Mean next-token loss over the labelled tokens of ``batch``; logits computed only where a label is."""
+    import torch.nn.functional as F
+
+    head = work.get_output_embeddings()
+    total, count = 0.0, 0
+    for hidden, labels, _ in _hidden_states(work, batch, prefix, pad):
+        targets = labels[:, 1:]
+        chosen = targets != -100
+        logits = head(hidden[:, :-1][chosen]).float()
+        total = total + F.cross_entropy(logits, targets[chosen], reduction="sum")
+        count += int(chosen.sum())
+    return total / max(count, 1)
+
+
+def _replay_references(work: Any, batches: list[list[_Example]], prefix: tuple[int, ...], pad: int) -> list[Any]:
+    """The base model's next-token log-probabilities on each replay batch (bfloat16: they are only a target),
+    computed once before training: the base never changes, so the KL term costs no extra forward per step."""
+    import torch
+    import torch.nn.functional as F
+
+    head = work.get_output_embeddings()
+    with torch.no_grad():
+        return [[F.log_softmax(head(h).float(), dim=-1).to(torch.bfloat16) for h, _, _ in
+                 _hidden_states(work, batch, prefix, pad)] for batch in batches]
+
+
+def _replay_kl(work: Any, batch: list[_Example], reference: list[Any], prefix: tuple[int, ...], pad: int) -> torch.Tensor:
+    """Mean per-token KL(base || adapted) of the next-token distributions on ``batch``, ``reference`` being the
+    base's log-probabilities per group of rows (as :func:`_replay_references` made them)."""
+    import torch.nn.functional as F
+
+    head = work.get_output_embeddings()
+    total, count = 0.0, 0.0
+    for base, (hidden, _, mask) in zip(reference, _hidden_states(work, batch, prefix, pad), strict=True):
+        base = base.float()
+        adapted = F.log_softmax(head(hidden).float(), dim=-1)
+        per_token = (base.exp() * (base - adapted)).sum(-1)
+        total = total + (per_token * mask).sum()
+        count += float(mask.sum())
+    return total / count
+
+
+def _collate(batch: list[_Example], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    import torch
+
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):
+        ids[row, : len(e.ids)] = torch.tensor(e.ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.ids)] = 1
+    return ids, labels, mask
+
+
+def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+
+
+def _extract(peft_model: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The trained factors by the adapted module's path in the base model (peft's prefix removed)."""
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    weights = {}
+    for name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            path = name[len(prefix) :] if name.startswith(prefix) else name
+            weights[path] = (
+                module.lora_A["default"].weight.detach().float().clone(),
+                module.lora_B["default"].weight.detach().float().clone(),
+            )
+    return weights
+
+
+def _pad_id(model: Any) -> int:
+    pad = model.config.pad_token_id
+    if pad is None:
+        pad = model.config.eos_token_id
+    return int(pad[0] if isinstance(pad, list) else pad)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def _evaluate(
+    work: Any,
+    tokenizer: Any,
+    payload: AdapterPayload,
+    probes: list[_Probe],
+    config: LoraConfig,
+    progress: Callable[[DistillProgress], None] | None,
+    cancel: threading.Event | None,
+) -> dict[str, Any]:
+    ready = prepare(payload, work, name="the adapter being distilled")
+    questions = [p.question for p in probes]
+    batches = math.ceil(len(questions) / config.eval_batch_size)
+    counter = iter(range(1, 2 * batches + 1))
+
+    def report() -> None:
+        if cancel is not None and cancel.is_set():
+            raise _Cancelled
+        if progress is not None:
+            progress(DistillProgress("evaluate", next(counter), 2 * batches, None))
+
+    without = greedy_replies(work, tokenizer, questions, config, on_batch=report)
+    with adapter_applied(work, ready):
+        with_adapter = greedy_replies(work, tokenizer, questions, config, on_batch=report)
+        loss_with, tokens = mean_token_loss(work, tokenizer, general_text.LOCALITY_TEXT)
+    loss_without, _ = mean_token_loss(work, tokenizer, general_text.LOCALITY_TEXT)
+
+    def recall(replies: list[str], trained: bool) -> float | None:
+        hits = [fact_questions.answer_matches(r, p.key) for r, p in zip(replies, probes, strict=True)
+                if p.trained == trained]
+        return sum(hits) / len(hits) if hits else None
+
+    misses = [
+        {"question": p.question, "key": p.key, "reply": r[:200]}
+        for r, p in zip(with_adapter, probes, strict=True)
+        if p.trained and not fact_questions.answer_matches(r, p.key)
+    ]
+    return {
+        "questions": sum(p.trained for p in probes),
+        "held_out_questions": sum(not p.trained for p in probes),
+        "recall_with": recall(with_adapter, True) or 0.0,
+        "recall_without": recall(without, True) or 0.0,
+        "held_out_recall_with": recall(with_adapter, False),
+        "held_out_recall_without": recall(without, False),
+        "locality_loss_without": loss_without,
+        "locality_loss_with": loss_with,
+        "locality_delta": loss_with - loss_without,
+        "locality_tokens": tokens,
+        "misses": tuple(misses[:_MAX_MISSES]),
+    }
+
+
+def greedy_replies(
+    model: Any, tokenizer: Any, questions: Sequence[str], config: LoraConfig,
+    *, on_batch: Callable[[], None] | None = None,
+) -> list[str]:
+    """Greedy replies of ``model`` to each question as a memory-free chat prompt, decoded in left-padded batches.
+
+    Batched decoding can differ from one-at-a-time decoding in rare near-ties; evaluation accepts that for speed.
+    """
+    import torch
+
+    pad = _pad_id(model)
+    stop = model.generation_config.eos_token_id
+    stop = sorted({*([stop] if isinstance(stop, int) else list(stop or [])), tokenizer.eos_token_id} - {None})
+    replies: list[str] = []
+    for start in range(0, len(questions), config.eval_batch_size):
+        chunk = questions[start : start + config.eval_batch_size]
+        prompts = [_encode(tokenizer, _render_prompt(tokenizer, q)) for q in chunk]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=config.eval_max_new_tokens,
+                                 eos_token_id=stop, pad_token_id=pad)
+        for row in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+            replies.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
+        if on_batch is not None:
+            on_batch()
+    return replies
+
+
+def mean_token_loss(model: Any, tokenizer: Any, texts: Sequence[str]) -> tuple[float, int]:
+    """Mean next-token loss (nats) of ``model`` over ``texts``, each on its own, and the tokens it averages."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for text in texts:
+            ids = torch.tensor([_encode(tokenizer, text)])
+            logits = model(input_ids=ids).logits
+            n = ids.shape[1] - 1
+            total += float(_next_token_loss(logits, ids)) * n
+            count += n
+    return total / count, count

@@ -1,0 +1,215 @@
+"""Parametric memory on the real default model (SmolLM2-135M-Instruct): distilled adapters recall invented facts the
+base model cannot know, the shared base model is unchanged by training, adapters served per request do not leak
+into each other's requests, and damaged or foreign adapters are refused.
+
+Two small adapters are trained once per module (a handful of invented facts each, a few training steps), which is
+most of this module's run time. The recall numbers are printed (``-s``) as well as asserted."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from memos.cubes.parametric import adapter_info, load_adapter, save_adapter
+from memos.errors import CorruptPayload, FingerprintMismatch
+from memos.models.adapters import AdapterPool, active_adapter, adapter_applied, generate_with_adapter, prepare
+from memos.models.host import ModelHost, memory_messages
+from memos.models.lora import DistillProgress, LoraConfig, SourceFact, distill
+
+pytestmark = pytest.mark.integration
+
+FACTS_A = (
+    SourceFact(id="m_a000000000000001", version=1, text="Velkor Anstrude keeps the brass key in Quimbrel."),
+    SourceFact(id="m_a000000000000002", version=3, text="The population of Drosmere is 61,274."),
+    SourceFact(id="m_a000000000000003", version=1, text="Thalia Brennix's locker code is 7359."),
+    SourceFact(id="m_a000000000000004", version=2, text="Orsk Vandemor was born in Piltravey."),
+)
+FACTS_B = (
+    SourceFact(id="m_b000000000000001", version=1, text="Nimra Solvaine keeps the red notebook in Haskeldrun."),
+    SourceFact(id="m_b000000000000002", version=1, text="The population of Vexholm is 23,918."),
+    SourceFact(id="m_b000000000000003", version=5, text="Fennick Qualtor's locker code is 4826."),
+)
+# Small on purpose (CI time): few facts, enough epochs to memorise them.
+CONFIG = LoraConfig(epochs=6, batch_size=4)
+ASK = [{"role": "user", "content": "What is Thalia Brennix's locker code?"}]
+ASK_B = [{"role": "user", "content": "What is Fennick Qualtor's locker code?"}]
+GENERAL = [{"role": "user", "content": "Name three colours of the rainbow."}]
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def host(model_service) -> ModelHost:
+    return model_service.host
+
+
+@pytest.fixture(scope="module")
+def before(host: ModelHost) -> dict[str, object]:
+    """The shared model before any distillation: a digest of its weights and its greedy replies."""
+    return {
+        "digest": _weights_digest(host.loaded.model),
+        "replies": [host.generate(m, max_new_tokens=16).token_ids for m in (ASK, ASK_B, GENERAL)],
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(host: ModelHost, before, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("adapters")
+    results, refs = {}, {}
+    for name, facts in (("a", FACTS_A), ("b", FACTS_B)):
+        result = distill(host, facts, CONFIG)
+        assert result.payload is not None
+        results[name] = result
+        refs[name] = save_adapter(result.payload, str(out / f"{name}.safetensors"))
+        e = result.evaluation
+        print(f"\nadapter {name}: recall with {e.recall_with:.0%} / without {e.recall_without:.0%} "
+              f"({e.questions} questions); held-out {e.held_out_recall_with} / {e.held_out_recall_without}; "
+              f"locality delta {e.locality_delta:+.4f} nats; {e.steps} steps, train {e.train_s:.0f} s, "
+              f"eval {e.eval_s:.0f} s; {refs[name].size_bytes} bytes")
+    return results, refs
+
+
+def test_adapter_recalls_invented_facts_the_base_model_does_not_know(trained) -> None:
+    results, _ = trained
+    for result in results.values():
+        e = result.evaluation
+        assert e.recall_without <= 0.25, e
+        assert e.recall_with >= 0.75, e.misses
+        assert e.recall_with - e.recall_without >= 0.5
+        assert abs(e.locality_delta) < 0.25, e
+        losses = [loss for _, loss in result.loss_curve]
+        assert losses[-1] < losses[0] / 2
+
+
+def test_header_records_sources_versions_config_loss_and_evaluation(trained, host: ModelHost) -> None:
+    results, refs = trained
+    info = adapter_info(refs["a"])
+    assert info.sources == tuple(f.ref for f in FACTS_A)
+    assert [(s.id, s.version) for s in info.sources][1] == ("m_a000000000000002", 3)
+    assert info.fingerprint == host.fingerprint
+    assert info.config == CONFIG.model_dump(mode="json")
+    assert info.loss_curve == results["a"].loss_curve
+    assert info.evaluation == results["a"].evaluation.model_dump(mode="json")
+
+
+def test_training_leaves_the_shared_base_model_unchanged(trained, host: ModelHost, before) -> None:
+    model = host.loaded.model
+    assert _weights_digest(model) == before["digest"]
+    assert not any("lora" in name.lower() for name, _ in model.named_modules())
+    assert all(not m._forward_hooks for m in model.modules())
+    assert [host.generate(m, max_new_tokens=16).token_ids for m in (ASK, ASK_B, GENERAL)] == before["replies"]
+
+
+def test_each_request_gets_exactly_its_own_adapter(trained, host: ModelHost, before) -> None:
+    _, refs = trained
+    pool = AdapterPool(host.loaded.model, host.fingerprint, budget=2)
+    a, _ = pool.get(refs["a"])
+    b, _ = pool.get(refs["b"])
+    # Interleaved as concurrent agents would be: A with a, B with b, C with none, then again in another order.
+    for _ in range(2):
+        reply_a = generate_with_adapter(host, ASK, adapter=a, max_new_tokens=24)
+        reply_b = generate_with_adapter(host, ASK_B, adapter=b, max_new_tokens=24)
+        reply_c = generate_with_adapter(host, ASK, adapter=None, max_new_tokens=16)
+        b_asked_a = generate_with_adapter(host, ASK, adapter=b, max_new_tokens=24)
+        print(f"\nA+a: {reply_a.text!r}\nB+b: {reply_b.text!r}\nA+none: {reply_c.text!r}\nA+b: {b_asked_a.text!r}")
+        assert "7359" in reply_a.text and "4826" not in reply_a.text
+        assert "4826" in reply_b.text and "7359" not in reply_b.text
+        assert "7359" not in b_asked_a.text
+        assert reply_c.token_ids == before["replies"][0]
+        assert active_adapter(host.loaded.model) is None
+
+
+def test_hooks_compute_what_peft_trained(trained, host: ModelHost) -> None:
+    import peft
+
+    results, _ = trained
+    payload = results["a"].payload
+    wrapped = peft.get_peft_model(
+        copy.deepcopy(host.loaded.model),
+        peft.LoraConfig(r=CONFIG.rank, lora_alpha=CONFIG.alpha, target_modules=list(CONFIG.target_modules)),
+    )
+    with torch.no_grad():
+        for name, module in wrapped.named_modules():
+            path = name.removeprefix("base_model.model.")
+            if path in payload.weights and hasattr(module, "lora_A"):
+                module.lora_A["default"].weight.copy_(payload.weights[path][0])
+                module.lora_B["default"].weight.copy_(payload.weights[path][1])
+    wrapped.eval()
+    ids = torch.tensor([[1, 4093, 314, 253, 1345, 30, 2]])
+    with torch.inference_mode():
+        expected = wrapped(input_ids=ids).logits
+        with adapter_applied(host.loaded.model, prepare(payload, host.loaded.model, name="a")):
+            got = host.loaded.model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_kv_cache_with_an_adapter_is_recomputed_not_injected(trained, host: ModelHost) -> None:
+    _, refs = trained
+    pool = AdapterPool(host.loaded.model, host.fingerprint)
+    a, _ = pool.get(refs["a"])
+    memory = "Meetings of the chess club are on Tuesdays."
+    kv = host.build_kv(memory)
+    with_kv = generate_with_adapter(host, ASK, adapter=a, kv=kv, max_new_tokens=16)
+    as_text = generate_with_adapter(host, memory_messages([memory]) + ASK, adapter=a, max_new_tokens=16)
+    assert with_kv.token_ids == as_text.token_ids
+    assert with_kv.cached_tokens == 0 and with_kv.prompt_tokens == as_text.prompt_tokens
+    plain = generate_with_adapter(host, ASK, adapter=None, kv=kv, max_new_tokens=8)
+    assert plain.cached_tokens == kv.num_tokens
+
+
+def test_pool_keeps_its_budget_least_recently_used_first(trained, host: ModelHost) -> None:
+    _, refs = trained
+    pool = AdapterPool(host.loaded.model, host.fingerprint, budget=1)
+    _, evicted = pool.get(refs["a"])
+    assert evicted == []
+    _, evicted = pool.get(refs["b"])
+    assert evicted == [refs["a"].path]
+    _, evicted = pool.get(refs["b"])
+    assert evicted == [] and pool.usage()["adapters"] == 1 and pool.usage()["loads"] == 2
+
+
+def test_corrupted_adapter_is_refused_naming_the_file(trained, host: ModelHost, tmp_path: Path) -> None:
+    results, _ = trained
+    ref = save_adapter(results["a"].payload, str(tmp_path / "damaged.safetensors"))
+    data = bytearray(Path(ref.path).read_bytes())
+    data[len(data) // 2] ^= 0x10
+    Path(ref.path).write_bytes(bytes(data))
+    with pytest.raises(CorruptPayload, match="damaged.safetensors is altered"):
+        AdapterPool(host.loaded.model, host.fingerprint).get(ref)
+
+
+def test_adapter_for_another_base_model_is_refused(trained, host: ModelHost) -> None:
+    _, refs = trained
+    bf16 = host.fingerprint.model_copy(update={"dtype": "bfloat16"})
+    with pytest.raises(FingerprintMismatch, match="dtype"):
+        load_adapter(refs["a"], bf16)
+    other = host.fingerprint.model_copy(update={"model_id": "SomeOtherModel@0123456789ab"})
+    with pytest.raises(FingerprintMismatch, match="model_id"):
+        AdapterPool(host.loaded.model, other).get(refs["a"])
+
+
+def test_distillation_can_be_cancelled_and_reports_progress(host: ModelHost, before) -> None:
+    cancel = threading.Event()
+    seen: list[DistillProgress] = []
+
+    def progress(p: DistillProgress) -> None:
+        seen.append(p)
+        if p.step == 2:
+            cancel.set()
+
+    result = distill(host, FACTS_B, CONFIG.model_copy(update={"replay_weight": 0.0}), progress=progress, cancel=cancel)
+    assert result.cancelled and result.payload is None and result.evaluation is None
+    assert result.steps_done == 2 and [p.step for p in seen] == [1, 2]
+    assert seen[0].phase == "train" and seen[0].loss is not None
+    assert _weights_digest(host.loaded.model) == before["digest"]
