@@ -8,6 +8,7 @@
 | MEMOS_LOG_LEVEL | WARNING | structlog level |
 | MEMOS_MODEL | smollm2 | the model host's model (``none`` disables it: plaintext memory only) |
 | MEMOS_POLICIES | (none) | policy files for the scheduler, separated by ``:`` |
+| MEMOS_DASHBOARD_PORT, MEMOS_METRICS_PORT | 8265, 8081 | ports of the Ray dashboard and metrics export (``memos up``) |
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class Settings(BaseModel):
         if os.environ.get("MEMOS_MODEL"):
             value = os.environ["MEMOS_MODEL"]
             env["model"] = None if value.lower() == "none" else value
+        if os.environ.get("MEMOS_DASHBOARD_PORT"):
+            env["dashboard_port"] = int(os.environ["MEMOS_DASHBOARD_PORT"])
+        if os.environ.get("MEMOS_METRICS_PORT"):
+            env["metrics_export_port"] = int(os.environ["MEMOS_METRICS_PORT"])
         if os.environ.get("MEMOS_POLICIES"):
             env["policies"] = tuple(Path(p) for p in os.environ["MEMOS_POLICIES"].split(":") if p)
         if os.environ.get("MEMOS_SQLITE_SYNC"):

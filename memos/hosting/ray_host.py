@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -193,6 +194,9 @@ def _ray_cli() -> str:
 def up(settings: Settings) -> dict[str, Any]:
     """``memos up``: a local Ray head with the dashboard and a detached kernel actor. Returns the cluster info."""
     loopback_env()
+    # `ray start` enables token auth unless RAY_AUTH_MODE says otherwise; this driver must send the token too, and
+    # Ray reads the mode when it is imported.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     cmd = [
         _ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={settings.dashboard_port}", f"--metrics-export-port={settings.metrics_export_port}",
@@ -203,21 +207,28 @@ def up(settings: Settings) -> dict[str, Any]:
         raise BackendError(f"ray start failed: {proc.stderr.strip()[-2000:]}")
     import ray
 
-    context = ray.init(address="auto", namespace=settings.ray_namespace, log_to_driver=False)
-    actors = _start_actors(settings, detached=True)
-    RayTransport(actors["kernel"]).ping()
-    info = {
-        "address": context.address_info.get("address") or context.address_info.get("gcs_address"),
-        "session_dir": context.address_info.get("session_dir"),
-        "dashboard_url": _dashboard_url(context),
-        "metrics_url": f"http://127.0.0.1:{settings.metrics_export_port}/metrics",
-        "namespace": settings.ray_namespace,
-        "kernel_actor": settings.kernel_actor,
-        "model_actor": settings.model_actor if settings.model is not None else None,
-        # `ray start` turns token auth on by default; clients of an existing cluster must be told to send the token.
-        "auth_mode": os.environ.get("RAY_AUTH_MODE", "token"),
-        "started_at": time.time(),
-    }
+    # The session `ray start` just made; stopped again if anything below fails, so a failed `up` leaves nothing.
+    session_dir = str(Path(tempfile.gettempdir(), "ray", "session_latest").resolve())
+    try:
+        context = ray.init(address="auto", namespace=settings.ray_namespace, log_to_driver=False)
+        actors = _start_actors(settings, detached=True)
+        RayTransport(actors["kernel"]).ping()
+        info = {
+            "address": context.address_info.get("address") or context.address_info.get("gcs_address"),
+            "session_dir": context.address_info.get("session_dir"),
+            "dashboard_url": _dashboard_url(context),
+            "metrics_url": f"http://127.0.0.1:{settings.metrics_export_port}/metrics",
+            "namespace": settings.ray_namespace,
+            "kernel_actor": settings.kernel_actor,
+            "model_actor": settings.model_actor if settings.model is not None else None,
+            # `ray start` turns token auth on by default; clients of an existing cluster must be told to send the token.
+            "auth_mode": os.environ.get("RAY_AUTH_MODE", "token"),
+            "started_at": time.time(),
+        }
+    except Exception:
+        ray.shutdown()
+        _stop_session(session_dir)
+        raise
     settings.cluster_file.parent.mkdir(parents=True, exist_ok=True)
     settings.cluster_file.write_text(json.dumps(info, indent=2))
     ray.shutdown()

@@ -18,11 +18,13 @@ adapter on the same machine.
   plain-text examples teach.
 
 **Recipe** (defaults of :class:`LoraConfig`, chosen by measurement, see docs/parametric.md): LoRA rank 8,
-alpha 16, on every attention and MLP projection; AdamW, learning rate 1e-3 with 10% linear warm-up and linear decay;
-batch 16; ``epochs`` passes over the examples. Locality is held by a replay term: each step also runs a batch of
-fixed general text and chat (``memos.models.general_text.REPLAY_*``) through the model with and without the adapter
-and adds ``replay_weight * KL(base || adapted)`` of the next-token distributions, so the adapter is pushed to leave
-unrelated text alone rather than merely not trained on it.
+alpha 16, on every attention and MLP projection; AdamW, learning rate 3e-3 with 10% linear warm-up and linear decay;
+batch 4 (small batches: more updates for the same tokens); 10 passes over the examples. Chat examples share their
+first tokens (system prompt, start of the user turn): that prefix is computed once per batch and broadcast, which
+gives the same loss as running each example whole with fewer tokens. Locality is held by a replay term: each step
+also runs a batch of fixed general text and chat (``memos.models.general_text.REPLAY_*``) through the adapted model
+and adds ``replay_weight * KL(base || adapted)`` of the next-token distributions (the base's are computed once,
+before training), so the adapter is pushed to leave unrelated text alone rather than merely not trained on it.
 
 **Evaluation on every distillation** (:class:`Evaluation`, stored in the adapter's header): closed-book recall of
 the distilled facts, with the adapter and without it, greedy decoding of each question (batched, left-padded), a
@@ -98,15 +100,15 @@ class LoraConfig(BaseModel):
     rank: int = Field(default=8, ge=1, le=256)
     alpha: float = Field(default=16.0, gt=0)
     target_modules: tuple[str, ...] = Field(default=ATTENTION_AND_MLP, min_length=1)
-    epochs: int = Field(default=8, ge=1, le=1000)
+    epochs: int = Field(default=10, ge=1, le=1000)
     steps: int | None = Field(default=None, ge=1, le=100_000)
-    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
-    batch_size: int = Field(default=16, ge=1, le=1024)
-    replay_weight: float = Field(default=1.0, ge=0)
-    replay_batch_size: int = Field(default=4, ge=1, le=256)
+    learning_rate: float = Field(default=3e-3, gt=0, le=1.0)
+    batch_size: int = Field(default=4, ge=1, le=1024)
+    replay_weight: float = Field(default=4.0, ge=0)
+    replay_batch_size: int = Field(default=2, ge=1, le=256)
     seed: int = 0
-    eval_max_new_tokens: int = Field(default=32, ge=1, le=512)
-    eval_batch_size: int = Field(default=16, ge=1, le=1024)
+    eval_max_new_tokens: int = Field(default=24, ge=1, le=512)
+    eval_batch_size: int = Field(default=4, ge=1, le=1024)
 
 
 class Evaluation(BaseModel):

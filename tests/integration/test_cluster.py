@@ -15,8 +15,9 @@ pytestmark = pytest.mark.integration
 DASHBOARD_PORT, METRICS_PORT = 28465, 28466
 
 
-def memos(home, *args, timeout=180):
-    env = {**os.environ, "MEMOS_HOME": str(home)}
+def memos(home, *args, timeout=300):
+    env = {**os.environ, "MEMOS_HOME": str(home), "MEMOS_DASHBOARD_PORT": str(DASHBOARD_PORT),
+           "MEMOS_METRICS_PORT": str(METRICS_PORT), "MEMOS_MODEL": "none"}
     return subprocess.run([sys.executable, "-m", "memos.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -30,16 +31,15 @@ def metric_values(text: str, name: str) -> dict[str, float]:
     return out
 
 
-def test_up_status_down_and_metrics_on_the_ray_export(tmp_path, monkeypatch):
+def test_up_status_down_and_metrics_on_the_ray_export(tmp_path):
+    import json
+
     home = tmp_path / "home"
-    monkeypatch.setenv("MEMOS_HOME", str(home))
-    from memos.config import Settings
-
-    settings = Settings(home=home, dashboard_port=DASHBOARD_PORT, metrics_export_port=METRICS_PORT)
-    from memos.hosting import ray_host
-
-    # `memos up` with non-default ports (the CLI's defaults may be taken on a developer machine).
-    info = ray_host.up(settings)
+    # `memos up` as a user runs it, in its own process (this test process may already be attached to another Ray),
+    # with non-default ports (the defaults may be taken on a developer machine) and no model (not the point here).
+    up = memos(home, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    info = json.loads((home / "cluster.json").read_text())
     try:
         assert info["dashboard_url"] == f"http://127.0.0.1:{DASHBOARD_PORT}"
         status = memos(home, "status")
@@ -48,13 +48,15 @@ def test_up_status_down_and_metrics_on_the_ray_export(tmp_path, monkeypatch):
 
         assert memos(home, "write", "--as", "agent:ops", "ops/notes", "x").returncode == 2  # no such cube: typed error
         code = (
+            "import os\n"
             "from memos.runtime import Runtime\n"
             "with Runtime.start(mode='cluster') as rt:\n"
             "    c = rt.client('agent:ops'); c.create_cube('ops/notes', exist_ok=True)\n"
             "    for i in range(3): c.write('ops/notes', f'metric note {i}')\n"
             "    c.search('metric note', 'ops/notes')\n"
         )
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+        env = {**os.environ, "MEMOS_HOME": str(home), "MEMOS_MODEL": "none"}
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=180, env=env)
 
         deadline, text = time.time() + 60, ""
         while time.time() < deadline:
