@@ -191,14 +191,23 @@ def _ray_cli() -> str:
     return exe
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def up(settings: Settings) -> dict[str, Any]:
     """``memos up``: a local Ray head with the dashboard and a detached kernel actor. Returns the cluster info."""
     loopback_env()
     # `ray start` enables token auth unless RAY_AUTH_MODE says otherwise; this driver must send the token too, and
     # Ray reads the mode when it is imported.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # A free GCS port, not Ray's default 6379, which another Ray on this machine (e.g. an embedded one) may hold.
     cmd = [
-        _ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+        _ray_cli(), "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={settings.dashboard_port}", f"--metrics-export-port={settings.metrics_export_port}",
         "--include-dashboard=true", "--disable-usage-stats",
     ]
