@@ -31,8 +31,8 @@ def metric_values(text: str, name: str) -> dict[str, float]:
     return out
 
 
-@pytest.mark.xfail(strict=False, reason="known gap (issue 7 open): passes on its own, fails inside the full suite "
-                   "after the session's embedded Ray has started; not yet diagnosed")
+@pytest.mark.xfail(strict=False, reason="issue 7 open: failed once inside the full suite (a gauge read before its "
+                   "refresh, fixed by waiting for the value); kept non-strict until a full run confirms")
 def test_up_status_down_and_metrics_on_the_ray_export(tmp_path):
     import json
 
@@ -65,7 +65,8 @@ def test_up_status_down_and_metrics_on_the_ray_export(tmp_path):
             text = urllib.request.urlopen(info["metrics_url"], timeout=10).read().decode()
             writes = {k: v for k, v in metric_values(text, "ray_memos_syscalls_total").items() if 'op="write"' in k}
             memories = metric_values(text, "ray_memos_memories")
-            if writes and memories:
+            # The gauges refresh every few seconds: wait for a refresh after the last write, not just any value.
+            if writes and any('cube="ops/notes"' in k and v == 3 for k, v in memories.items()):
                 break
             time.sleep(2)
         assert any('outcome="ok"' in k and v >= 3 for k, v in writes.items()), writes
