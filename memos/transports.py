@@ -7,6 +7,8 @@ actor, HTTP) speaks this envelope, so the client is the same over all of them an
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -42,11 +44,14 @@ def unwrap(answer: dict[str, Any]) -> Any:
 
 class KernelService:
     """A kernel behind the envelope, with its policy scheduler. Plain class: the Ray actor and the in-process
-    transport both wrap it."""
+    transport both wrap it. What each policy evaluation did reaches the kernel's observers and event outbox through
+    ``record_policy_run`` (the scheduler itself knows nothing of the kernel)."""
 
     def __init__(self, kernel: Any, policies: Any = None) -> None:
         self.kernel = kernel
         self.policies = policies  # a memos.schedulers.runner.PolicyRunner, or None
+        if policies is not None and policies.on_report is None:
+            policies.on_report = self.record_policy_run
 
     @classmethod
     def with_policies(cls, kernel: Any, paths: Any, *, start: bool = True) -> KernelService:
@@ -74,6 +79,44 @@ class KernelService:
         except KeyError as exc:
             raise NotFound(f"no policy named {name!r}; loaded: {sorted(self.policies.policies)}") from exc
 
+    def record_policy_run(self, report: Any) -> None:
+        """Report one policy evaluation (a ``RunReport``): to every observer (``policy_run``), and, if it planned
+        any action, to the event outbox as a ``policy_fired`` event plus a ``job_failed`` event per failed action.
+
+        An event lands in the cube its actions touched (None, superusers only, when they span several cubes). The
+        actions already ran: a failure to record them is logged, not raised.
+        """
+        from memos.schedulers.runner import SCHEDULER_PRINCIPAL
+
+        outcomes = dict(Counter(o.outcome for o in report.outcomes))
+        for observer in list(self.kernel.observers):
+            try:
+                observer.policy_run(report.policy, report.duration_s, outcomes)
+            except Exception as exc:  # an observer is outside the kernel's contract: report, never propagate
+                self.kernel.log.error("kernel observer failed", observer=type(observer).__name__, error=repr(exc))
+        if not report.planned:
+            return
+        cubes = {o.cube for o in report.outcomes if o.cube}
+        fired = {
+            "policy": report.policy, "planned": report.planned, "ok": report.ok, "failed": report.failed,
+            "not_executed": report.not_executed, "duration_ms": round(report.duration_s * 1000, 1),
+            "rules": dict(Counter(o.rule for o in report.outcomes)),
+        }
+        try:
+            self.kernel.record_event("policy_fired", cubes.pop() if len(cubes) == 1 else None, None,
+                                     SCHEDULER_PRINCIPAL, fired)
+            for o in report.outcomes:
+                if o.failed:
+                    self.kernel.record_event(
+                        "job_failed", o.cube or None, o.memories[0] if len(o.memories) == 1 else None,
+                        SCHEDULER_PRINCIPAL,
+                        {"policy": report.policy, "op": o.op, "rule": o.rule, "code": o.outcome, "message": o.detail,
+                         "memories": list(o.memories)},
+                    )
+        except MemosError as exc:
+            self.kernel.log.error("policy run not recorded as events", policy=report.policy, code=exc.code,
+                                  error=exc.message)
+
     def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
         return envelope(self.kernel.execute, principal, syscall, trace_id)
 
@@ -83,8 +126,10 @@ class KernelService:
     def ping(self) -> dict[str, Any]:
         return {"ok": True, "pid": __import__("os").getpid(), "pending_index": self.kernel.store.pending_index_count()}
 
-    def doctor(self, repair: bool = False) -> dict[str, Any]:
-        report = self.kernel.indexer.reconcile(deep=True) if repair else None
+    def doctor(self, repair: bool = False, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+        """SQLite's integrity check and the index outbox; with ``repair``, a deep reconcile of the vector index
+        (``progress(phase, done, total)`` is called as it goes; in-process only, a callback does not cross Ray)."""
+        report = self.kernel.indexer.reconcile(deep=True, progress=progress) if repair else None
         return {
             "sqlite_integrity": self.kernel.store.integrity_check(),
             "pending_index": self.kernel.store.pending_index_count(),

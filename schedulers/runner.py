@@ -30,6 +30,7 @@ from memos.schedulers.snapshot import KernelSnapshot
 from memos.syscalls import Migrate, Snapshot
 
 SCHEDULER_PRINCIPAL = "system"
+NOT_FAILED = frozenset({"ok", "not_executed"})  # every other action outcome is an error code
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class ActionOutcome:
     memories: tuple[str, ...]
     outcome: str  # "ok", "not_executed" or an error code
     detail: str
+    cube: str = ""  # the cube the action acts in
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome not in NOT_FAILED
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,14 @@ class RunReport:
     @property
     def ok(self) -> int:
         return sum(o.outcome == "ok" for o in self.outcomes)
+
+    @property
+    def failed(self) -> int:
+        return sum(o.failed for o in self.outcomes)
+
+    @property
+    def not_executed(self) -> int:
+        return sum(o.outcome == "not_executed" for o in self.outcomes)
 
 
 def to_syscall(action: PlannedAction) -> Any:
@@ -130,14 +144,14 @@ class PolicyRunner:
         ids = tuple(r.id for r in action.memories)
         why_not = executable(action)
         if why_not is not None:
-            return ActionOutcome(action.policy_rule, action.syscall.op, ids, "not_executed", why_not)
+            return ActionOutcome(action.policy_rule, action.syscall.op, ids, "not_executed", why_not, action.cube)
         call = to_syscall(action)
         try:
             self.execute(SCHEDULER_PRINCIPAL, call)
         except MemosError as exc:
             self.log.warning("policy action failed", rule=action.policy_rule, op=call.op, code=exc.code, error=exc.message)
-            return ActionOutcome(action.policy_rule, call.op, ids, exc.code, exc.message)
-        return ActionOutcome(action.policy_rule, call.op, ids, "ok", action.reason)
+            return ActionOutcome(action.policy_rule, call.op, ids, exc.code, exc.message, action.cube)
+        return ActionOutcome(action.policy_rule, call.op, ids, "ok", action.reason, action.cube)
 
     # -------------------------------------------------------------------------------------------- schedule
 

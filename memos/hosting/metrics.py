@@ -1,22 +1,33 @@
 """Kernel metrics on Ray's metrics export (Prometheus text; names get Ray's ``ray_`` prefix).
 
-| metric | type | tags |
-|---|---|---|
-| memos_syscalls_total | counter | op, outcome (ok or an error code) |
-| memos_syscall_latency_seconds | histogram | op |
-| memos_events_total | counter | type (written, updated, migrated, evicted, denied, policy_fired, ...) |
-| memos_memories | gauge | cube, kind, state (current versions) |
-| memos_bytes | gauge | cube, kind |
+| metric | type | tags | from |
+|---|---|---|---|
+| memos_syscalls_total | counter | op, outcome (ok or an error code) | every syscall |
+| memos_syscall_latency_seconds | histogram | op | every syscall |
+| memos_events_total | counter | type (written, updated, migrated, evicted, denied, policy_fired, ...) | every event |
+| memos_migrations_total | counter | frm, to, rule (``policy/rule``, "" for a direct migrate) | ``migrated`` events |
+| memos_evictions_total | counter | tier (disk: payload dropped; ram: unloaded from the model host), reason | ``evicted`` |
+| memos_activation_loads_total | counter | tier (ram: the cache was in the model host's RAM; disk: loaded from disk) | ``activation_used`` |
+| memos_adapter_uses_total | counter | stale (true, false) | ``adapter_used`` |
+| memos_distillations_total | counter | | ``distilled`` |
+| memos_policy_runs_total | counter | policy | every policy evaluation |
+| memos_policy_run_seconds | histogram | policy | every policy evaluation |
+| memos_policy_actions_total | counter | policy, outcome (ok, not_executed or an error code) | every policy action |
+| memos_memories | gauge | cube, kind, state (current versions) | ``refresh_gauges`` |
+| memos_bytes | gauge | cube, kind | ``refresh_gauges`` |
 
-Counters are updated by ``RayMetricsObserver`` on every syscall; gauges by ``refresh_gauges`` (the kernel actor calls
-it on a timer). Only this module and the rest of memos.hosting import ray.
+Counters are updated by ``RayMetricsObserver`` from the kernel's observer calls (the kernel stays Ray-free: what a
+counter means is read from the event's data here); gauges by ``refresh_gauges`` (the kernel actor calls it on a
+timer). Only this module and the rest of memos.hosting import ray.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 LATENCY_BOUNDARIES = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+POLICY_RUN_BOUNDARIES = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0]
 
 
 class RayMetricsObserver:
@@ -33,6 +44,36 @@ class RayMetricsObserver:
             boundaries=LATENCY_BOUNDARIES, tag_keys=("op",),
         )
         self._events = metrics.Counter("memos_events_total", description="Kernel events by type.", tag_keys=("type",))
+        self._migrations = metrics.Counter(
+            "memos_migrations_total", description="Memories migrated between kinds, by the policy rule that did it.",
+            tag_keys=("frm", "to", "rule"),
+        )
+        self._evictions = metrics.Counter(
+            "memos_evictions_total", description="Derived payloads dropped (disk) or unloaded from the model host (ram).",
+            tag_keys=("tier", "reason"),
+        )
+        self._activation_loads = metrics.Counter(
+            "memos_activation_loads_total",
+            description="KV caches used by generate: tier ram is a hit in the model host's RAM, disk a load from disk.",
+            tag_keys=("tier",),
+        )
+        self._adapter_uses = metrics.Counter(
+            "memos_adapter_uses_total", description="LoRA adapters applied to a generation.", tag_keys=("stale",)
+        )
+        self._distillations = metrics.Counter(
+            "memos_distillations_total", description="Parametric memories (LoRA adapters) distilled."
+        )
+        self._policy_runs = metrics.Counter(
+            "memos_policy_runs_total", description="Lifecycle policy evaluations.", tag_keys=("policy",)
+        )
+        self._policy_seconds = metrics.Histogram(
+            "memos_policy_run_seconds", description="Duration of a policy evaluation, its actions included.",
+            boundaries=POLICY_RUN_BOUNDARIES, tag_keys=("policy",),
+        )
+        self._policy_actions = metrics.Counter(
+            "memos_policy_actions_total", description="Actions planned by policies, by outcome.",
+            tag_keys=("policy", "outcome"),
+        )
         self._memories = metrics.Gauge(
             "memos_memories", description="Memories (current versions) by cube, kind and state.",
             tag_keys=("cube", "kind", "state"),
@@ -47,6 +88,24 @@ class RayMetricsObserver:
 
     def event(self, type_: str, cube: str | None, data: dict[str, Any]) -> None:
         self._events.inc(1, {"type": type_})
+        if type_ == "migrated":
+            self._migrations.inc(1, {"frm": str(data.get("frm", "")), "to": str(data.get("to", "")),
+                                     "rule": str(data.get("rule") or "")})
+        elif type_ == "evicted":
+            self._evictions.inc(1, {"tier": str(data.get("tier", "")), "reason": str(data.get("reason") or "")})
+        elif type_ == "activation_used":
+            self._activation_loads.inc(1, {"tier": str(data.get("tier", ""))})
+        elif type_ == "adapter_used":
+            self._adapter_uses.inc(1, {"stale": "true" if data.get("stale") else "false"})
+        elif type_ == "distilled":
+            self._distillations.inc(1)
+
+    def policy_run(self, policy: str, duration_s: float, outcomes: Mapping[str, int]) -> None:
+        self._policy_runs.inc(1, {"policy": policy})
+        self._policy_seconds.observe(duration_s, {"policy": policy})
+        for outcome, count in outcomes.items():
+            if count:
+                self._policy_actions.inc(count, {"policy": policy, "outcome": outcome})
 
     def refresh_gauges(self, counts: list[tuple[str, str, str, int, int]]) -> None:
         """Set the gauges from ``SqliteStore.counts`` rows; series that vanished are set to 0."""

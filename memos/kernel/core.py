@@ -848,3 +848,24 @@ class Kernel(TieringOps, ContextOps):
             AuditRecord(seq=r[0], at=from_epoch(r[1]), principal=r[2], op=r[3], cube=r[4], memory_id=r[5], outcome=r[6], detail=r[7])
             for r in rows
         ))
+
+    def record_event(
+        self, type_: str, cube: str | None, memory_id: str | None, principal: str | None, data: dict[str, Any]
+    ) -> None:
+        """Record an event that no syscall made (a policy evaluation, a failed policy action) in the outbox, in its
+        own transaction, and tell the observers once it committed. ``cube`` decides who sees it: the readers of that
+        cube, or superusers only when it is None.
+
+        Raises:
+            BackendError: the event could not be written (nothing was recorded).
+        """
+        self.in_transaction(lambda: self._emit(type_, cube, memory_id, principal, **data))
+        pending = self._pending_events()
+        events = list(pending)
+        pending.clear()
+        for observer in self.observers:
+            try:
+                for event_type, event_cube, event_data in events:
+                    observer.event(event_type, event_cube, event_data)
+            except Exception as exc:  # an observer is outside the kernel's contract: report, never propagate
+                self.log.error("kernel observer failed", observer=type(observer).__name__, error=repr(exc))

@@ -10,6 +10,7 @@ sets (and, with ``deep``, each entry's metadata) and repairs any difference: it 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from memos.storage.sqlite import SqliteStore, VersionRow
@@ -90,8 +91,13 @@ class Indexer:
             self.store.ack_index_ops(ops[-1][0])
             applied += len(ops)
 
-    def reconcile(self, *, deep: bool = False) -> ReconcileReport:
-        """Make the index hold exactly the indexable versions, with the right metadata when ``deep``."""
+    def reconcile(self, *, deep: bool = False, progress: Callable[[str, int, int], None] | None = None) -> ReconcileReport:
+        """Make the index hold exactly the indexable versions, with the right metadata when ``deep``.
+
+        ``progress(phase, done, total)``, if given, is called at the start of each phase (``add`` embeds and indexes
+        the missing entries, ``check`` compares the metadata of the others when ``deep``) and after each batch.
+        """
+        tick = progress or (lambda phase, done, total: None)
         self.flush()
         expected = self.store.indexable_entries()
         present = self.index.ids()
@@ -100,12 +106,15 @@ class Indexer:
         if extra:
             self.index.delete(extra)
         rows = self.store.versions_by_rowid(missing)
+        tick("add", 0, len(missing))
         for start in range(0, len(missing), 256):
             part = [rows[r] for r in missing[start : start + 256] if r in rows]
             self.index.upsert(self._entries(part))
+            tick("add", min(start + 256, len(missing)), len(missing))
         fixed = 0
         if deep:
             checked = [eid for eid in expected if eid in present]
+            tick("check", 0, len(checked))
             for start in range(0, len(checked), 1000):
                 part = checked[start : start + 1000]
                 meta = self.index.get_metadata(part)
@@ -118,4 +127,5 @@ class Indexer:
                 if wrong:
                     self.index.set_metadata([w[0] for w in wrong], [w[1] for w in wrong])
                     fixed += len(wrong)
+                tick("check", min(start + 1000, len(checked)), len(checked))
         return ReconcileReport(len(expected), len(present), len(missing), len(extra), fixed)

@@ -1,0 +1,291 @@
+"""Monitoring: what a policy evaluation leaves in the event outbox (``policy_fired``, ``job_failed``) and who may
+see it, what observers are told, the Ray metrics derived from events (with a fake ``ray.util.metrics``), and the
+progress of an index rebuild."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from fakes import FakeModelPort, HashingEmbedder
+
+from memos.client import Memos
+from memos.kernel import Kernel
+from memos.schedulers.loader import load_policy
+from memos.schedulers.runner import PolicyRunner
+from memos.storage.sqlite import SqliteStore
+from memos.storage.vector import InMemoryVectorIndex
+from memos.transports import InProcessTransport, KernelService
+from memos.types import Right
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+DAY = 86400.0
+
+
+class Recorder:
+    """A KernelObserver that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str | None, dict]] = []
+        self.runs: list[tuple[str, float, dict]] = []
+
+    def syscall(self, op, outcome, duration_s):
+        pass
+
+    def event(self, type_, cube, data):
+        self.events.append((type_, cube, data))
+
+    def policy_run(self, policy, duration_s, outcomes):
+        self.runs.append((policy, duration_s, dict(outcomes)))
+
+
+@pytest.fixture
+def kernel(tmp_path, clock):
+    k = Kernel(SqliteStore(tmp_path / "db.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(),
+               clock=clock, model=FakeModelPort(), blob_dir=tmp_path / "blobs")
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def recorder(kernel):
+    r = Recorder()
+    kernel.observers.append(r)
+    return r
+
+
+def service_with_default_policy(kernel, clock, execute=None) -> KernelService:
+    runner = PolicyRunner(execute or kernel.execute, [load_policy(POLICIES / "default.yaml")], clock=clock.now)
+    return KernelService(kernel, runner)
+
+
+def events_of(mem: Memos, type_: str):
+    return [e for e in mem.events(limit=1000).events if e.type == type_]
+
+
+def test_a_policy_run_that_acted_is_a_policy_fired_event_in_its_cube(kernel, clock, recorder):
+    service = service_with_default_policy(kernel, clock)
+    alice = Memos(InProcessTransport(service), "agent:alice")
+    alice.create_cube("team/x")
+    forgotten = alice.write("team/x", "a trivia fact nobody reads")
+    clock.advance(120 * DAY)
+
+    [report] = service.run_policy("default")
+
+    assert report["planned"] == 1
+    [fired] = events_of(alice, "policy_fired")
+    assert fired.cube == "team/x" and fired.principal == "system" and fired.memory_id is None
+    assert {k: fired.data[k] for k in ("policy", "planned", "ok", "failed", "not_executed")} == {
+        "policy": "default", "planned": 1, "ok": 1, "failed": 0, "not_executed": 0}
+    assert fired.data["rules"] == {"default/archive-forgotten": 1} and fired.data["duration_ms"] >= 0
+    archived = events_of(alice, "archived")
+    assert archived[-1].memory_id == forgotten.id and archived[-1].data["rule"] == "default/archive-forgotten"
+    assert not events_of(alice, "job_failed")
+    # The observers were told too: the event after it committed, and the run itself.
+    assert ("policy_fired", "team/x") in [(t, c) for t, c, _ in recorder.events]
+    assert recorder.runs[-1][0] == "default" and recorder.runs[-1][2] == {"ok": 1}
+    # Someone who may not read team/x does not see it.
+    bob = alice.as_principal("agent:bob")
+    assert not events_of(bob, "policy_fired")
+    alice.grant("team/x", "agent:bob", Right.READ)
+    assert [e.seq for e in events_of(bob, "policy_fired")] == [fired.seq]
+
+
+def test_a_run_that_planned_nothing_is_no_event_but_observers_count_it(kernel, clock, recorder):
+    service = service_with_default_policy(kernel, clock)
+    mem = Memos(InProcessTransport(service), "system")
+    mem.create_cube("team/x")
+    mem.write("team/x", "fresh")
+
+    service.run_policy("default")
+
+    assert not events_of(mem, "policy_fired")
+    assert recorder.runs == [("default", recorder.runs[0][1], {})]
+
+
+def test_a_run_across_cubes_is_for_superusers_only(kernel, clock):
+    service = service_with_default_policy(kernel, clock)
+    alice = Memos(InProcessTransport(service), "agent:alice")
+    for cube in ("team/a", "team/b"):
+        alice.create_cube(cube)
+        alice.write(cube, f"old news in {cube}")
+    clock.advance(120 * DAY)
+
+    service.run_policy("default")
+
+    [fired] = events_of(alice.as_principal("system"), "policy_fired")
+    assert fired.cube is None and fired.data["ok"] == 2 and fired.data["rules"] == {"default/archive-forgotten": 2}
+    assert not events_of(alice, "policy_fired")  # alice administers both cubes, but the event is in neither
+
+
+def test_a_failed_policy_action_is_a_job_failed_event(kernel, clock, recorder):
+    alice = Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
+    alice.create_cube("team/x")
+    m = alice.write("team/x", "old fact")
+    clock.advance(120 * DAY)
+
+    def edit_after_snapshot(principal, call):
+        result = kernel.execute(principal, call)
+        if call.op == "snapshot":
+            alice.update(m.id, content="fresh fact")
+        return result
+
+    service = service_with_default_policy(kernel, clock, execute=edit_after_snapshot)
+    [report] = service.run_policy("default")
+
+    assert [o["outcome"] for o in report["outcomes"]] == ["conflict"]
+    [failed] = events_of(alice, "job_failed")
+    assert failed.cube == "team/x" and failed.memory_id == m.id
+    assert failed.data["policy"] == "default" and failed.data["rule"] == "default/archive-forgotten"
+    assert failed.data["op"] == "archive" and failed.data["code"] == "conflict" and failed.data["memories"] == [m.id]
+    assert "version" in failed.data["message"]
+    [fired] = events_of(alice, "policy_fired")
+    assert (fired.data["planned"], fired.data["ok"], fired.data["failed"]) == (1, 0, 1)
+    assert fired.seq < failed.seq
+    assert recorder.runs[-1][2] == {"conflict": 1}
+
+
+def test_record_event_commits_and_notifies(kernel, recorder):
+    kernel.record_event("policy_fired", None, None, "system", {"policy": "p", "planned": 2})
+
+    [event] = Memos(InProcessTransport(KernelService(kernel)), "system").events().events
+    assert (event.type, event.cube, event.principal, event.data) == ("policy_fired", None, "system",
+                                                                    {"policy": "p", "planned": 2})
+    assert recorder.events == [("policy_fired", None, {"memory_id": None, "principal": "system", "policy": "p",
+                                                        "planned": 2})]
+
+
+def test_an_observer_that_raises_does_not_fail_the_run(kernel, clock):
+    class Broken(Recorder):
+        def policy_run(self, policy, duration_s, outcomes):
+            raise RuntimeError("metrics backend down")
+
+        def event(self, type_, cube, data):
+            raise RuntimeError("metrics backend down")
+
+    kernel.observers.append(Broken())
+    service = service_with_default_policy(kernel, clock)
+    mem = Memos(InProcessTransport(service), "system")
+    mem.create_cube("team/x")
+    mem.write("team/x", "old")
+    clock.advance(120 * DAY)
+    [report] = service.run_policy("default")
+    assert report["outcomes"][0]["outcome"] == "ok"
+    assert events_of(mem, "policy_fired")
+
+
+# --------------------------------------------------------------------------------------------------- Ray metrics
+
+
+class FakeMetric:
+    def __init__(self, name, description="", tag_keys=(), boundaries=None):
+        self.name, self.tag_keys, self.boundaries = name, tuple(tag_keys), boundaries
+        self.values: dict[tuple, float] = {}
+
+    def _key(self, tags):
+        tags = tags or {}
+        assert set(tags) == set(self.tag_keys), (self.name, tags)
+        assert all(isinstance(v, str) for v in tags.values()), (self.name, tags)
+        return tuple(sorted(tags.items()))
+
+    def inc(self, value=1.0, tags=None):
+        assert value > 0
+        key = self._key(tags)
+        self.values[key] = self.values.get(key, 0) + value
+
+    def observe(self, value, tags=None):
+        self.values.setdefault(self._key(tags), []).append(value)
+
+    def set(self, value, tags=None):
+        self.values[self._key(tags)] = value
+
+
+@pytest.fixture
+def metrics(monkeypatch):
+    """RayMetricsObserver on a fake ``ray.util.metrics``; returns (observer, metrics by name)."""
+    made: dict[str, FakeMetric] = {}
+
+    def factory(*args, **kwargs):
+        metric = FakeMetric(*args, **kwargs)
+        made[metric.name] = metric
+        return metric
+
+    fake = types.ModuleType("ray.util.metrics")
+    fake.Counter = fake.Gauge = fake.Histogram = factory
+    util = types.ModuleType("ray.util")
+    util.metrics = fake
+    ray = types.ModuleType("ray")
+    ray.util = util
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.util", util)
+    monkeypatch.setitem(sys.modules, "ray.util.metrics", fake)
+    from memos.hosting.metrics import RayMetricsObserver
+
+    return RayMetricsObserver(), made
+
+
+def tags(**kw):
+    return tuple(sorted(kw.items()))
+
+
+def test_events_become_the_tiering_metrics(metrics):
+    observer, m = metrics
+    observer.event("migrated", "c", {"frm": "plaintext", "to": "activation", "rule": "default/promote-hot"})
+    observer.event("migrated", "c", {"frm": "plaintext", "to": "activation", "rule": "default/promote-hot"})
+    observer.event("migrated", "c", {"frm": "activation", "to": "plaintext", "rule": None})
+    observer.event("evicted", "c", {"tier": "disk", "reason": "activation disk budget"})
+    observer.event("evicted", "c", {"tier": "ram", "reason": "model host RAM budget"})
+    observer.event("activation_used", "c", {"tier": "ram"})
+    observer.event("activation_used", "c", {"tier": "disk"})
+    observer.event("activation_used", "c", {"tier": "ram"})
+    observer.event("adapter_used", "c", {"stale": True})
+    observer.event("adapter_used", "c", {"stale": False})
+    observer.event("distilled", "c", {"rule": None, "sources": 8})
+    observer.event("written", "c", {"version": 1})
+
+    assert m["memos_migrations_total"].values == {
+        tags(frm="plaintext", to="activation", rule="default/promote-hot"): 2,
+        tags(frm="activation", to="plaintext", rule=""): 1,
+    }
+    assert m["memos_evictions_total"].values == {
+        tags(tier="disk", reason="activation disk budget"): 1, tags(tier="ram", reason="model host RAM budget"): 1}
+    assert m["memos_activation_loads_total"].values == {tags(tier="ram"): 2, tags(tier="disk"): 1}
+    assert m["memos_adapter_uses_total"].values == {tags(stale="true"): 1, tags(stale="false"): 1}
+    assert m["memos_distillations_total"].values == {(): 1}
+    assert sum(m["memos_events_total"].values.values()) == 12
+    assert m["memos_events_total"].values[tags(type="migrated")] == 3
+
+
+def test_policy_runs_become_run_and_action_metrics(metrics):
+    observer, m = metrics
+    observer.policy_run("default", 0.25, {"ok": 3, "conflict": 1})
+    observer.policy_run("default", 0.5, {})
+    observer.policy_run("team", 1.5, {"not_executed": 2})
+
+    assert m["memos_policy_runs_total"].values == {tags(policy="default"): 2, tags(policy="team"): 1}
+    assert m["memos_policy_run_seconds"].values == {tags(policy="default"): [0.25, 0.5], tags(policy="team"): [1.5]}
+    assert m["memos_policy_actions_total"].values == {
+        tags(policy="default", outcome="ok"): 3, tags(policy="default", outcome="conflict"): 1,
+        tags(policy="team", outcome="not_executed"): 2,
+    }
+
+
+# --------------------------------------------------------------------------------------------------- index rebuild
+
+
+def test_reconcile_reports_its_progress(kernel):
+    mem = Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
+    mem.create_cube("team/x")
+    for i in range(300):
+        mem.write("team/x", f"note {i}")
+    kernel.index.delete(sorted(kernel.index.ids())[:260])  # as if chroma/ had lost most of its entries
+    seen: list[tuple[str, int, int]] = []
+
+    report = kernel.indexer.reconcile(deep=True, progress=lambda *p: seen.append(p))
+
+    assert report.added == 260
+    assert seen == [("add", 0, 260), ("add", 256, 260), ("add", 260, 260), ("check", 0, 40), ("check", 40, 40)]
+    assert KernelService(kernel).doctor(repair=True, progress=lambda *p: seen.append(p))["reconcile"]["added"] == 0
+    assert seen[-2:] == [("check", 0, 300), ("check", 300, 300)]
