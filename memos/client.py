@@ -30,6 +30,7 @@ from memos.types import (
     Event,
     EventList,
     GenerateResult,
+    Job,
     Kind,
     Memory,
     MemoryRef,
@@ -234,11 +235,20 @@ class Memos:
 
     def distill(
         self, ids: Iterable[str], cube: str, *, tags: Iterable[str] = (), allow_untrusted: bool = False,
-        steps: int | None = None,
+        steps: int | None = None, expected_versions: Iterable[int] | None = None,
     ) -> Memory:
-        """Train a LoRA adapter on these memories into a new parametric memory in ``cube``."""
+        """Train a LoRA adapter on these memories into a new parametric memory in ``cube``. Blocks until it is
+        trained (minutes); meanwhile ``jobs()`` shows its progress and ``cancel(job_id)`` stops it."""
         return self._do(sc.Distill, ids=tuple(ids), cube=cube, tags=tuple(tags), allow_untrusted=allow_untrusted,
-                        steps=steps)
+                        steps=steps, expected_versions=None if expected_versions is None else tuple(expected_versions))
+
+    def jobs(self, *, running_only: bool = False) -> tuple[Job, ...]:
+        """Long operations (migrations to activation, distillations) running or recently ended that you may see."""
+        return self._do(sc.ListJobs, running_only=running_only).jobs
+
+    def cancel(self, job_id: str) -> Job:
+        """Stop a running job at its next step: it fails with ``Cancelled`` and commits nothing."""
+        return self._do(sc.CancelJob, job_id=job_id)
 
     # ------------------------------------------------------------------------------------------------ observability
 

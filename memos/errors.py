@@ -17,6 +17,7 @@ for callers that do not know memos::
     ├── CorruptPayload (ValueError)        code "corrupt"        blob missing, truncated or altered
     ├── PolicyError (ValueError)           code "policy"         a policy file is invalid (file, line, key)
     ├── ModelUnavailable (RuntimeError)    code "model"          weights missing or model host not running
+    ├── Cancelled (RuntimeError)           code "cancelled"      a long operation was cancelled (``cancel``)
     └── BackendError (RuntimeError)        code "backend"        a storage/index/transport failure (translated)
 
 Third-party exceptions are translated once, at the backend edge, with ``raise ... from exc``. ``error_from_wire``
@@ -96,6 +97,10 @@ class ModelUnavailable(MemosError, RuntimeError):
     code = "model"
 
 
+class Cancelled(MemosError, RuntimeError):
+    code = "cancelled"
+
+
 class BackendError(MemosError, RuntimeError):
     code = "backend"
 
@@ -116,6 +121,7 @@ _BY_CODE: dict[str, type[MemosError]] = {
         CorruptPayload,
         PolicyError,
         ModelUnavailable,
+        Cancelled,
         BackendError,
     )
 }

@@ -15,7 +15,15 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from memos.errors import InvalidSyscall
 from memos.types import (
@@ -29,6 +37,8 @@ from memos.types import (
     CubeName,
     EventList,
     GenerateResult,
+    Job,
+    JobList,
     KernelState,
     Kind,
     Memory,
@@ -387,8 +397,34 @@ class Distill(_Syscall):
     tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
     allow_untrusted: bool = False
     steps: int | None = Field(default=None, ge=1, le=10_000)  # optimiser steps (default: the recipe's epochs)
+    # The version of each of ``ids`` the caller saw (same order); a source edited since is refused (VersionConflict).
+    expected_versions: tuple[Annotated[int, Field(ge=1, le=SQL_INT_MAX)], ...] | None = None
     result_type: ClassVar[type[BaseModel]] = Memory
     right: ClassVar[Right] = Right.WRITE
+
+    @model_validator(mode="after")
+    def _versions_match_ids(self) -> Distill:
+        if self.expected_versions is not None and len(self.expected_versions) != len(self.ids):
+            raise ValueError(f"expected_versions has {len(self.expected_versions)} entries for {len(self.ids)} ids")
+        return self
+
+
+class ListJobs(_Syscall):
+    """Long operations (migrations to activation, distillations) running or recently ended, in cubes the caller
+    may read: what they work on, their phase and progress, who started them."""
+
+    op: Literal["jobs"] = "jobs"
+    running_only: bool = False
+    result_type: ClassVar[type[BaseModel]] = JobList
+
+
+class CancelJob(_Syscall):
+    """Stop a running job at its next step; it then fails with ``Cancelled`` and commits nothing. Allowed to the
+    principal that started it and to principals with ``write`` on every cube it touches."""
+
+    op: Literal["cancel"] = "cancel"
+    job_id: str = Field(min_length=1, max_length=64, pattern=r"^job_[0-9a-f]{8,32}$")
+    result_type: ClassVar[type[BaseModel]] = Job
 
 
 class AssembleContext(_Syscall):
@@ -448,6 +484,8 @@ Syscall = Annotated[
     | Snapshot
     | Migrate
     | Distill
+    | ListJobs
+    | CancelJob
     | AssembleContext
     | Generate,
     Field(discriminator="op"),
@@ -458,7 +496,7 @@ SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     for cls in (
         CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Purge, Archive, Restore, History,
         Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Snapshot, Migrate, Distill,
-        AssembleContext, Generate,
+        ListJobs, CancelJob, AssembleContext, Generate,
     )
 }
 

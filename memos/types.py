@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -284,6 +284,37 @@ class Stats(_Frozen):
     bytes: dict[str, int]  # kind -> bytes of current versions
     syscalls: dict[str, int] = Field(default_factory=dict)  # op -> count since start (this kernel process)
     latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)  # op -> {p50, p95} of its last 256 calls
+
+
+class Job(_Frozen):
+    """A long operation (``migrate`` to activation, ``distill``) while it runs and for a while after it ended.
+
+    Jobs live in the kernel process (``jobs`` lists them, ``cancel`` stops one); what survives a restart is the
+    migration journal, not the job. ``step``/``total`` count memories for a migration and optimiser steps, then
+    evaluation batches, for a distillation (``phase`` says which).
+    """
+
+    id: str
+    op: str
+    principal: str
+    cubes: tuple[str, ...]
+    memory_ids: tuple[str, ...]  # the memories it works on (a distillation: its sources)
+    target: str | None = None  # the memory it will create or change (a distillation: the new parametric memory)
+    rule: str | None = None  # the policy rule that started it, if any
+    state: Literal["running", "done", "cancelled", "failed"] = "running"
+    phase: str = ""
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    started_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None = None
+    cancel_requested_by: str | None = None
+    error: str | None = None  # "code: message" of a failed or cancelled job
+
+
+class JobList(_Frozen):
+    jobs: tuple[Job, ...]
 
 
 # ---------------------------------------------------------------------------------------------------------- context

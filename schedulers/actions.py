@@ -1,8 +1,8 @@
 """What an evaluation returns: planned actions, each a syscall (or an intent) tagged with its rule and reason.
 
 Archive, delete, pin and fuse are kernel syscalls (``memos.syscalls``) and are planned as such. Migration,
-distillation and compression have no syscall yet; the engine plans them as the small frozen intents below, which
-the kernel turns into its own syscalls. Every action that changes one memory carries the version the engine saw
+distillation and compression are planned as the small frozen intents below, which the runner turns into kernel
+syscalls (``runner.to_syscall``: ``migrate``, ``distill``; compression has no syscall yet). Every action that changes one memory carries the version the engine saw
 (``expected_version``), so a memory edited between the snapshot and the execution is refused with
 ``VersionConflict`` instead of being acted on by a decision made about its older self.
 """
@@ -42,6 +42,7 @@ class DistillIntent:
     cube: str
     sources: tuple[MemoryRef, ...]
     into: Kind = Kind.PARAMETRIC
+    allow_untrusted: bool = False  # the rule allows untrusted sources (allow_untrusted or trust: untrusted)
 
 
 @dataclass(frozen=True)

@@ -351,7 +351,8 @@ class _Evaluation:
     def _plan_group(self, rule: CompiledRule, cube: str, members: list[Facts], reason: str) -> None:
         if rule.then.distill is not None:
             sources = tuple(sorted((f.ref for f in members), key=lambda ref: ref.id))
-            self._plan(rule, DistillIntent(cube, sources), cube, tuple(members), reason)
+            intent = DistillIntent(cube, sources, allow_untrusted=not rule.spec.trust_guarded)
+            self._plan(rule, intent, cube, tuple(members), reason)
             return
         args = rule.then.fuse
         assert args is not None

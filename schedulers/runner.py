@@ -27,7 +27,7 @@ from memos.schedulers.actions import CompressIntent, DistillIntent, MigrateInten
 from memos.schedulers.engine import CompiledPolicy, plan
 from memos.schedulers.loader import load_policy
 from memos.schedulers.snapshot import KernelSnapshot
-from memos.syscalls import Migrate, Snapshot
+from memos.syscalls import Distill, Migrate, Snapshot
 
 SCHEDULER_PRINCIPAL = "system"
 NOT_FAILED = frozenset({"ok", "not_executed"})  # every other action outcome is an error code
@@ -73,13 +73,22 @@ def to_syscall(action: PlannedAction) -> Any:
     call = action.syscall
     if isinstance(call, MigrateIntent):
         return Migrate(ids=(call.id,), to=call.to, expected_version=call.expected_version, policy_rule=action.policy_rule)
+    if isinstance(call, DistillIntent):
+        rule = action.policy_rule
+        return Distill(
+            ids=tuple(ref.id for ref in call.sources), expected_versions=tuple(ref.version for ref in call.sources),
+            cube=call.cube, allow_untrusted=call.allow_untrusted, tags=("distilled", _tag(rule)), policy_rule=rule,
+        )
     return call.model_copy(update={"policy_rule": action.policy_rule})
+
+
+def _tag(rule: str) -> str:
+    """The rule as a tag of what it distilled (a tag has at most 64 characters)."""
+    return f"rule:{rule}"[:64]
 
 
 def executable(action: PlannedAction) -> str | None:
     """None if this kernel can execute the action, else why not."""
-    if isinstance(action.syscall, DistillIntent):
-        return "distillation into parametric memory is not available in this kernel"
     if isinstance(action.syscall, CompressIntent):
         return "compression needs a summariser, which this kernel does not have"
     return None

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
+import threading
+import time
 
 _WORD = re.compile(r"\w+")
 
@@ -56,3 +59,62 @@ class FakeModelPort:
 
     def forget(self, paths: list[str]) -> None:
         self.forgotten.extend(paths)
+
+    # Distillation as the real host runs it (a background job the kernel polls), with scripted "training" of
+    # ``distill_steps`` steps; while ``hold`` is an Event not yet set, each step waits for it (or for a cancel).
+
+    distill_steps = 3
+    hold: threading.Event | None = None
+
+    def start_distill(self, facts, path, config):
+        from memos.models.port import DistillStatus
+
+        if not hasattr(self, "_distills"):
+            self._distills: dict[str, tuple[DistillStatus, threading.Event]] = {}
+        job_id = f"fake-{len(self._distills)}"
+        status = DistillStatus(job_id=job_id, state="running", total=self.distill_steps)
+        cancel = threading.Event()
+        self._distills[job_id] = (status, cancel)
+        threading.Thread(target=self._train, args=(job_id, list(facts), path, cancel), daemon=True).start()
+        return status
+
+    def _train(self, job_id, facts, path, cancel):
+        from pathlib import Path
+
+        from memos.types import PayloadRef
+
+        def update(**changes):
+            status, _ = self._distills[job_id]
+            self._distills[job_id] = (status.model_copy(update=changes), cancel)
+
+        for step in range(1, self.distill_steps + 1):
+            update(step=step, loss=1.0 / step)
+            while self.hold is not None and not self.hold.is_set() and not cancel.is_set():
+                time.sleep(0.01)
+            if cancel.is_set():
+                update(state="cancelled", steps=step)
+                return
+        data = json.dumps(facts, sort_keys=True).encode()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+        ref = PayloadRef(path=path, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+        evaluation = {"facts": len(facts), "steps": self.distill_steps, "recall_with": 1.0, "recall_without": 0.0,
+                      "locality_delta": 0.01, "final_loss": 0.1}
+        update(state="done", steps=self.distill_steps, payload=ref, fingerprint=self._fingerprint, evaluation=evaluation)
+
+    def distill_status(self, job_id):
+        from memos.errors import NotFound
+
+        if job_id not in getattr(self, "_distills", {}):
+            raise NotFound(f"no distillation job {job_id}")
+        return self._distills[job_id][0]
+
+    def cancel_distill(self, job_id):
+        status, cancel = self._distills[job_id]
+        cancel.set()
+        return status
+
+    def forget_distill(self, job_id):
+        entry = self._distills.pop(job_id, None)
+        if entry is not None:
+            entry[1].set()

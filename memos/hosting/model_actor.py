@@ -16,7 +16,7 @@ from typing import Any
 
 from memos.config import Settings
 from memos.errors import BackendError, MemosError, error_from_wire
-from memos.models.port import ActivationBuilt, Generation, KVBlock, ParametricBuilt
+from memos.models.port import ActivationBuilt, DistillStatus, Generation, KVBlock
 from memos.types import Fingerprint
 
 
@@ -80,8 +80,17 @@ class RayModelPort:
             self._call("generate", messages, kv=kv, texts=texts, max_new_tokens=max_new_tokens, adapter=adapter)
         )
 
-    def distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> ParametricBuilt:
-        return ParametricBuilt.model_validate(self._call("distill", facts, path, config))
+    def start_distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> DistillStatus:
+        return DistillStatus.model_validate(self._call("start_distill", facts, path, config))
+
+    def distill_status(self, job_id: str) -> DistillStatus:
+        return DistillStatus.model_validate(self._call("distill_status", job_id))
+
+    def cancel_distill(self, job_id: str) -> DistillStatus:
+        return DistillStatus.model_validate(self._call("cancel_distill", job_id))
+
+    def forget_distill(self, job_id: str) -> None:
+        self._call("forget_distill", job_id)
 
     def forget(self, paths: list[str]) -> None:
         self._call("forget", paths)

@@ -192,7 +192,7 @@ class ContextOps:
                 texts.append(row.content)
         return _GeneratePlan(context, rows, kv, texts, adapter)
 
-    def _work_generate(self: Kernel, call: Any, plan: _GeneratePlan) -> Generation:
+    def _work_generate(self: Kernel, call: Any, plan: _GeneratePlan, job: Any = None) -> Generation:
         messages = [{"role": m.role, "content": m.content} for m in call.messages]
         return self.model.generate(  # type: ignore[union-attr]
             messages, kv=plan.kv, texts=plan.texts, max_new_tokens=call.max_new_tokens, adapter=plan.adapter

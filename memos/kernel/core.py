@@ -35,6 +35,7 @@ from memos.cubes.plaintext import check_content, check_metadata, content_hash
 from memos.errors import (
     AlreadyExists,
     BackendError,
+    Cancelled,
     InvalidState,
     InvalidSyscall,
     MemosError,
@@ -45,6 +46,7 @@ from memos.errors import (
 from memos.kernel.acl import allows, effective_right
 from memos.kernel.context import ContextOps
 from memos.kernel.indexer import Indexer
+from memos.kernel.jobs import JobTable
 from memos.kernel.observe import KernelObserver
 from memos.kernel.retrieval import Fused, reciprocal_rank_fusion
 from memos.kernel.tiering import ActivationBudget, TieringOps
@@ -62,6 +64,8 @@ from memos.types import (
     Event,
     EventList,
     Grant,
+    Job,
+    JobList,
     KernelState,
     Memory,
     MemoryList,
@@ -138,6 +142,8 @@ class Kernel(TieringOps, ContextOps):
         # One syscall at a time holds the kernel; long operations (model work) release it between their phases.
         self._lock = threading.RLock()
         self._tls = threading.local()
+        self.jobs = JobTable(self.clock.now)
+        self.job_poll_s = 0.25  # how often a long operation polls the model host for progress
         self._handlers: dict[str, Callable[[str, Any], BaseModel]] = {
             op: getattr(self, f"_op_{op}") for op in sc.SYSCALL_TYPES if op not in self.LONG_OPS
         }
@@ -409,23 +415,36 @@ class Kernel(TieringOps, ContextOps):
         return rule
 
     def _run_long(self, principal: str, call: Any) -> BaseModel:
-        """plan (transaction) -> work (model host, kernel released) -> commit (transaction); abort undoes the plan."""
+        """plan (transaction) -> work (model host, kernel released) -> commit (transaction); abort undoes the plan.
+
+        Work worth following (a plan whose ``job_args`` says so) runs as a job: ``jobs`` shows its progress and
+        ``cancel`` stops it (``memos.kernel.jobs``)."""
         op = call.op
         plan = self.in_transaction(lambda: getattr(self, f"_plan_{op}")(principal, call))
         abort = getattr(self, f"_abort_{op}")
+        job_args = plan.job_args() if hasattr(plan, "job_args") else None
+        job = self.jobs.start(op, principal, **job_args) if job_args is not None else None
         try:
-            outcome = getattr(self, f"_work_{op}")(call, plan)
-        except MemosError:
-            self.in_transaction(lambda: abort(principal, plan))
+            try:
+                outcome = getattr(self, f"_work_{op}")(call, plan, job)
+            except MemosError:
+                self.in_transaction(lambda: abort(principal, plan))
+                raise
+            except Exception as exc:  # the model host is a backend: translate its failures once, here
+                self.in_transaction(lambda: abort(principal, plan))
+                raise BackendError(f"model host failed during {op}: {exc}", op=op) from exc
+            try:
+                result = self.in_transaction(lambda: getattr(self, f"_commit_{op}")(principal, call, plan, outcome))
+            except MemosError:
+                self.in_transaction(lambda: abort(principal, plan))
+                raise
+        except MemosError as exc:
+            if job is not None:
+                job.end("cancelled" if isinstance(exc, Cancelled) else "failed", f"{exc.code}: {exc.message}")
             raise
-        except Exception as exc:  # the model host is a backend: translate its failures once, here
-            self.in_transaction(lambda: abort(principal, plan))
-            raise BackendError(f"model host failed during {op}: {exc}", op=op) from exc
-        try:
-            return self.in_transaction(lambda: getattr(self, f"_commit_{op}")(principal, call, plan, outcome))
-        except MemosError:
-            self.in_transaction(lambda: abort(principal, plan))
-            raise
+        if job is not None:
+            job.end("done")
+        return result
 
     def _check_expected(self, row: VersionRow, expected: int | None) -> None:
         if expected is not None and expected != row.current_version:
@@ -822,6 +841,33 @@ class Kernel(TieringOps, ContextOps):
         )
         next_seq = events[-1].seq if events else max(call.since, 0)
         return EventList(events=events, next_seq=next_seq)
+
+    def _visible_job(self, principal: str, job: Job) -> bool:
+        if principal in self.superusers or principal == job.principal:
+            return True
+        readable = set(self._readable_cubes(principal))
+        return all(cube in readable for cube in job.cubes)
+
+    def _op_jobs(self, principal: str, call: sc.ListJobs) -> JobList:
+        jobs = [j for j in self.jobs.all() if self._visible_job(principal, j)]
+        if call.running_only:
+            jobs = [j for j in jobs if j.state == "running"]
+        return JobList(jobs=tuple(jobs))
+
+    def _op_cancel(self, principal: str, call: sc.CancelJob) -> Job:
+        handle = self.jobs.get(call.job_id)
+        job = handle.snapshot()
+        if not self._visible_job(principal, job):
+            raise NotFound(f"no job {call.job_id}", job_id=call.job_id)  # existence concealed, as for memories
+        if principal != job.principal and principal not in self.superusers:
+            for cube in job.cubes:
+                self._require_cube(principal, cube, Right.WRITE)
+        if job.state != "running":
+            raise InvalidState(f"job {job.id} has already ended ({job.state})", job_id=job.id, state=job.state)
+        handle.request_cancel(principal)
+        self._audit_ok(principal, "cancel", job.cubes[0] if job.cubes else None, job.target,
+                       detail=f"{job.id} ({job.op}, started by {job.principal})")
+        return handle.snapshot()
 
     def _op_snapshot(self, principal: str, call: sc.Snapshot) -> KernelState:
         cubes = list(dict.fromkeys(call.cubes)) or [c[0] for c in self.store.list_cubes()]

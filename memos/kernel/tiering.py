@@ -23,16 +23,27 @@ The RAM tier (loaded payloads) is the model host's LRU (``memos.models.service``
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memos.errors import CapacityExceeded, InvalidState, InvalidSyscall, ModelUnavailable, VersionConflict
+from memos.errors import (
+    Cancelled,
+    CapacityExceeded,
+    InvalidState,
+    InvalidSyscall,
+    MemosError,
+    ModelUnavailable,
+    VersionConflict,
+    error_from_wire,
+)
 from memos.types import Kind, MemoryList, MemoryRef, Provenance, Right, State
 
 if TYPE_CHECKING:
     from memos.kernel.core import Kernel
-    from memos.models.port import ActivationBuilt, ModelPort
+    from memos.kernel.jobs import RunningJob
+    from memos.models.port import ActivationBuilt, DistillStatus, ModelPort
     from memos.storage.sqlite import VersionRow
 
 GIB = 1024**3
@@ -56,10 +67,15 @@ class _Planned:
 @dataclass
 class _DistillPlan:
     memory_id: str
+    cube: str
     path: Path
     journal: int
     sources: list[VersionRow]
     rule: str | None
+
+    def job_args(self) -> dict[str, Any]:
+        return {"cubes": [self.cube, *(r.cube for r in self.sources)], "memory_ids": [r.memory_id for r in self.sources],
+                "target": self.memory_id, "rule": self.rule, "phase": "train"}
 
 
 @dataclass
@@ -68,6 +84,14 @@ class _MigratePlan:
     rule: str | None
     todo: list[_Planned] = field(default_factory=list)
     unchanged: list[VersionRow] = field(default_factory=list)
+
+    def job_args(self) -> dict[str, Any] | None:
+        """A job only when the model host has payloads to build (a demotion is one quick transaction)."""
+        building = [item.row for item in self.todo if item.path is not None]
+        if not building:
+            return None
+        return {"cubes": [r.cube for r in building], "memory_ids": [r.memory_id for r in building],
+                "total": len(building), "rule": self.rule, "phase": f"build {self.to.value}"}
 
 
 class TieringOps:
@@ -98,7 +122,10 @@ class TieringOps:
                 plan.unchanged.append(row)
                 continue
             if plan.to == Kind.PARAMETRIC:
-                raise InvalidSyscall("parametric memory is not available in this version of memos")
+                raise InvalidSyscall(
+                    "migrate keeps each memory's identity and parametric memory is learnt from a set of memories: use "
+                    "distill(ids, cube), which trains one adapter on them into a new parametric memory"
+                )
             if row.state != State.ACTIVE:
                 raise InvalidState(f"memory {row.memory_id} is {row.state}; only active memories migrate",
                                    memory_id=row.memory_id)
@@ -117,11 +144,15 @@ class TieringOps:
 
     # -------------------------------------------------------------------------------------------- migrate: work
 
-    def _work_migrate(self: Kernel, call: Any, plan: _MigratePlan) -> dict[int, ActivationBuilt]:
+    def _work_migrate(self: Kernel, call: Any, plan: _MigratePlan, job: RunningJob | None) -> dict[int, ActivationBuilt]:
         built: dict[int, ActivationBuilt] = {}
-        for item in plan.todo:
-            if item.path is not None:
-                built[item.journal] = self.model.build_activation(item.row.content, str(item.path))  # type: ignore[union-attr]
+        todo = [item for item in plan.todo if item.path is not None]
+        for done, item in enumerate(todo):
+            if job is not None:
+                job.raise_if_cancelled()  # between memories: what was built is deleted by the abort
+            built[item.journal] = self.model.build_activation(item.row.content, str(item.path))  # type: ignore[union-attr]
+            if job is not None:
+                job.progress(done + 1, len(todo))
         return built
 
     # -------------------------------------------------------------------------------------------- migrate: commit
@@ -178,6 +209,9 @@ class TieringOps:
         self._require_cube(principal, call.cube, Right.WRITE)
         rule = self._policy_rule(principal, call)
         sources = [self._require_memory(principal, m, Right.READ) for m in dict.fromkeys(call.ids)]
+        if call.expected_versions is not None:
+            for memory_id, expected in zip(call.ids, call.expected_versions, strict=True):
+                self._check_expected(next(r for r in sources if r.memory_id == memory_id), expected)
         for row in sources:
             if row.state != State.ACTIVE or row.kind == Kind.PARAMETRIC:
                 raise InvalidState(f"memory {row.memory_id} is a {row.state} {row.kind} memory; distill takes active "
@@ -190,12 +224,39 @@ class TieringOps:
         memory_id = self.new_id()
         path = self.blob_dir / "parametric" / f"{memory_id}.adapter.safetensors"
         journal = self.store.journal_start(memory_id, 0, Kind.PARAMETRIC.value, str(path), rule, principal, self.clock.now())
-        return _DistillPlan(memory_id, path, journal, sources, rule)
+        return _DistillPlan(memory_id, call.cube, path, journal, sources, rule)
 
-    def _work_distill(self: Kernel, call: Any, plan: _DistillPlan) -> Any:
+    def _work_distill(self: Kernel, call: Any, plan: _DistillPlan, job: RunningJob | None) -> DistillStatus:
+        """Start the training on the model host, follow it (progress into the job), forward a cancellation."""
+        model = self._require_model("distill")
         facts = [{"id": r.memory_id, "version": r.version, "text": r.content} for r in plan.sources]
         config = {"steps": call.steps} if call.steps else {}
-        return self.model.distill(facts, str(plan.path), config)  # type: ignore[union-attr]
+        status = model.start_distill(facts, str(plan.path), config)
+        cancel_sent = False
+        try:
+            while status.state == "running":
+                if job is None or cancel_sent:
+                    time.sleep(self.job_poll_s)
+                elif job.wait_cancel(self.job_poll_s):
+                    model.cancel_distill(status.job_id)
+                    cancel_sent = True
+                status = model.distill_status(status.job_id)
+                if job is not None:
+                    job.progress(status.step, status.total, phase=status.phase, loss=status.loss)
+        finally:
+            try:
+                model.forget_distill(status.job_id)  # cancels it if this kernel thread is leaving early
+            except MemosError as exc:
+                self.log.warning("could not forget a distillation job", job=status.job_id, error=exc.message)
+        if status.state == "done" and status.payload is not None:
+            return status
+        if status.state == "cancelled":
+            if job is not None:
+                job.raise_if_cancelled()
+            raise Cancelled(f"the model host cancelled distillation {status.job_id}")
+        if status.error:
+            raise error_from_wire(status.error)
+        raise InvalidState(f"distillation {status.job_id} ended {status.state} without an adapter")
 
     def _commit_distill(self: Kernel, principal: str, call: Any, plan: _DistillPlan, built: Any) -> Any:
         from memos.syscalls import MAX_CONTENT_BYTES
@@ -210,7 +271,7 @@ class TieringOps:
         content = "\n".join(r.content for r in plan.sources)
         if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
             content = content.encode("utf-8")[: MAX_CONTENT_BYTES - 64].decode("utf-8", "ignore") + "\n[...]"
-        ev = built.evaluation
+        ev = built.evaluation or {}
         provenance = Provenance(
             author=principal, source="derived", operation="distill", policy_rule=plan.rule,
             derived_from=tuple(MemoryRef(id=r.memory_id, version=r.version) for r in plan.sources),
@@ -224,7 +285,8 @@ class TieringOps:
         row = self._append(
             None, memory_id=plan.memory_id, cube=call.cube, kind=Kind.PARAMETRIC.value, state=State.ACTIVE,
             content=content, metadata=metadata, tags=tuple(dict.fromkeys(call.tags)), provenance=provenance, now=now,
-            fingerprint=built.fingerprint.model_dump(), payload=built.payload.model_dump(),
+            fingerprint=(built.fingerprint or self.model.fingerprint()).model_dump(),  # type: ignore[union-attr]
+            payload=built.payload.model_dump(),
         )
         self.store.journal_end(plan.journal, "done", now)
         self._audit_ok(principal, "distill", call.cube, plan.memory_id, detail=f"{len(plan.sources)} memories")

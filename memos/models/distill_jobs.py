@@ -17,41 +17,14 @@ import threading
 import uuid
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict
+from typing import Any
 
 from memos.cubes.parametric import save_adapter
 from memos.errors import CapacityExceeded, InvalidSyscall, MemosError, NotFound
 from memos.models.lora import DistillProgress, LoraConfig, SourceFact, distill
-from memos.types import PayloadRef
+from memos.models.port import DistillStatus
 
-JobState = Literal["running", "done", "cancelled", "failed"]
-
-
-class DistillStatus(BaseModel):
-    """Where a distillation job stands.
-
-    Attributes:
-        job_id: the id :meth:`DistillJobs.start` returned.
-        state: ``running``, ``done`` (adapter written), ``cancelled`` or ``failed``.
-        phase / step / total / loss: the last progress report (training steps, then evaluation batches).
-        payload: the written adapter (``done`` only); evaluation: what it measured (``done`` only, JSON).
-        error: the typed error of a failed job, as ``MemosError.to_wire`` gives it.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    job_id: str
-    state: JobState
-    phase: str = "train"
-    step: int = 0
-    total: int = 0
-    loss: float | None = None
-    payload: PayloadRef | None = None
-    evaluation: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-
+__all__ = ["DistillJobs", "DistillStatus"]
 
 class DistillJobs:
     """Background distillations on one model (see the module docstring). Thread-safe.
@@ -138,11 +111,12 @@ class DistillJobs:
         try:
             result = distill(self._model, facts, config, progress=progress, cancel=cancel, lock=self._model_lock)
             if result.cancelled or result.payload is None:
-                self._update(job_id, state="cancelled")
+                self._update(job_id, state="cancelled", steps=result.steps_done)
                 return
             ref = save_adapter(result.payload, path)
             evaluation = result.evaluation.model_dump(mode="json") if result.evaluation else None
-            self._update(job_id, state="done", payload=ref, evaluation=evaluation)
+            self._update(job_id, state="done", payload=ref, fingerprint=result.payload.info.fingerprint,
+                         evaluation=evaluation, steps=result.steps_done)
         except MemosError as exc:
             self._update(job_id, state="failed", error=exc.to_wire())
         except Exception as exc:  # a job thread must always end in a state the kernel can read

@@ -13,7 +13,7 @@ model fingerprint before it uses one.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -50,15 +50,35 @@ class Generation(BaseModel):
     ram_evicted: tuple[str, ...] = ()  # memory ids whose payload the host dropped from RAM to stay in budget
 
 
-class ParametricBuilt(BaseModel):
-    """A trained adapter written to its file, with what its distillation measured."""
+DistillState = Literal["running", "done", "cancelled", "failed"]
+
+
+class DistillStatus(BaseModel):
+    """Where a distillation job on the model host stands (``memos.models.distill_jobs``).
+
+    Attributes:
+        job_id: the host's id for the job.
+        state: ``running``, ``done`` (adapter written), ``cancelled`` or ``failed``.
+        phase / step / total / loss: the last progress report (``train`` steps, then ``evaluate`` batches).
+        steps: optimiser steps done (set when the job ends).
+        payload / fingerprint / evaluation: the written adapter, the model it is for, and what its distillation
+            measured (``done`` only; the evaluation is ``memos.models.lora.Evaluation`` as JSON).
+        error: the typed error of a failed job, as ``MemosError.to_wire`` gives it.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    payload: PayloadRef
-    fingerprint: Fingerprint
-    steps: int
-    evaluation: dict  # memos.models.lora.Evaluation as JSON: recall with/without, locality delta, timings
+    job_id: str
+    state: DistillState
+    phase: str = "train"
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    steps: int = 0
+    payload: PayloadRef | None = None
+    fingerprint: Fingerprint | None = None
+    evaluation: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
 
 
 class ModelPort(Protocol):
@@ -88,9 +108,25 @@ class ModelPort(Protocol):
         """
         ...
 
-    def distill(self, facts: list[dict[str, object]], path: str, config: dict[str, object]) -> ParametricBuilt:
-        """Train a LoRA adapter on ``facts`` (``{"id", "version", "text"}``), evaluate it, write it to ``path``.
-        Holds the shared model only to copy it: generation goes on meanwhile."""
+    def start_distill(self, facts: list[dict[str, object]], path: str, config: dict[str, object]) -> DistillStatus:
+        """Start training a LoRA adapter on ``facts`` (``{"id", "version", "text"}``) in the background; it is
+        evaluated and written to ``path`` when done. Holds the shared model only to copy it: generation goes on.
+
+        Raises:
+            CapacityExceeded: the host trains as many adapters as it may at once. InvalidSyscall: no facts.
+        """
+        ...
+
+    def distill_status(self, job_id: str) -> DistillStatus:
+        """Progress of a job. Raises NotFound for an unknown (or forgotten) job."""
+        ...
+
+    def cancel_distill(self, job_id: str) -> DistillStatus:
+        """Ask a job to stop at its next step; a cancelled job writes nothing."""
+        ...
+
+    def forget_distill(self, job_id: str) -> None:
+        """Drop a job's status (a running job is cancelled first)."""
         ...
 
     def forget(self, paths: list[str]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from memos.config import Settings
 from memos.models.host import ComposeMethod, ModelHost, memory_messages
 from memos.models.loader import ModelSpec
-from memos.models.port import ActivationBuilt, Generation, KVBlock, ParametricBuilt
+from memos.models.port import ActivationBuilt, DistillStatus, Generation, KVBlock
 from memos.types import Fingerprint
 
 DEFAULT_RAM_BUDGET = 256 * 1024 * 1024
@@ -60,8 +60,11 @@ class ModelService:
         self._ram_bytes = 0
         self._lock = threading.RLock()
         from memos.models.adapters import AdapterPool
+        from memos.models.distill_jobs import DistillJobs
 
         self._adapters = AdapterPool(self.host.loaded.model, self.host.fingerprint, budget=adapter_budget)
+        # Distillations train in their own threads; they hold ``_lock`` only while they copy the shared model.
+        self._distills = DistillJobs(self.host, self._lock)
 
     def fingerprint(self) -> Fingerprint:
         return self.host.fingerprint
@@ -83,18 +86,19 @@ class ModelService:
             return {"payloads": len(self._ram), "bytes": self._ram_bytes, "budget": self.ram_budget_bytes,
                     "adapters": self._adapters.usage()["adapters"]}
 
-    def distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> ParametricBuilt:
-        from memos.cubes.parametric import save_adapter
-        from memos.errors import BackendError
-        from memos.models.lora import LoraConfig, SourceFact, distill
+    def start_distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> DistillStatus:
+        from memos.models.lora import LoraConfig, SourceFact
 
-        # The lock is held only while the shared model is copied: requests are served while the copy trains.
-        result = distill(self.host, [SourceFact(**f) for f in facts], LoraConfig(**config), lock=self._lock)
-        if result.cancelled or result.payload is None or result.evaluation is None:
-            raise BackendError("distillation was cancelled before the adapter was complete")
-        ref = save_adapter(result.payload, path)
-        return ParametricBuilt(payload=ref, fingerprint=self.host.fingerprint, steps=result.steps_done,
-                               evaluation=result.evaluation.model_dump(mode="json"))
+        return self._distills.start([SourceFact(**f) for f in facts], path, LoraConfig(**config))
+
+    def distill_status(self, job_id: str) -> DistillStatus:
+        return self._distills.status(job_id)
+
+    def cancel_distill(self, job_id: str) -> DistillStatus:
+        return self._distills.cancel(job_id)
+
+    def forget_distill(self, job_id: str) -> None:
+        self._distills.forget(job_id)
 
     def forget(self, paths: list[str]) -> None:
         with self._lock:

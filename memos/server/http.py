@@ -58,6 +58,7 @@ HTTP_STATUS: dict[str, int] = {
     "not_found": 404,
     "exists": 409,
     "conflict": 409,
+    "cancelled": 409,  # the operation was cancelled (by its caller or an admin) before it committed
     "fingerprint": 409,  # the request is fine; the stored payload was built for another model
     "too_large": 413,
     "invalid": 422,

@@ -1,0 +1,194 @@
+"""Long operations as jobs (``memos.kernel.jobs``): a distillation's progress is visible while it trains, it can be
+cancelled (nothing committed, no file left), who may see and cancel a job, migrations report per-memory progress,
+and a policy's distill rule trains an adapter through the kernel. The model host is the scripted FakeModelPort."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fakes import FakeModelPort, HashingEmbedder
+
+from memos.client import Memos
+from memos.errors import Cancelled, InvalidState, NotFound, PermissionDenied, VersionConflict
+from memos.kernel import Kernel
+from memos.schedulers.engine import compile_policy
+from memos.schedulers.loader import parse_spec
+from memos.schedulers.runner import PolicyRunner
+from memos.storage.sqlite import SqliteStore
+from memos.storage.vector import InMemoryVectorIndex
+from memos.transports import InProcessTransport, KernelService
+from memos.types import Kind
+
+
+@pytest.fixture
+def port() -> FakeModelPort:
+    return FakeModelPort()
+
+
+@pytest.fixture
+def kernel(tmp_path, clock, port):
+    k = Kernel(SqliteStore(tmp_path / "db.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(),
+               clock=clock, model=port, blob_dir=tmp_path / "blobs")
+    k.job_poll_s = 0.01
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def mem(kernel):
+    return Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
+
+
+def in_thread(fn):
+    """Run ``fn`` in a thread; returns a dict that gets ``result`` or ``error`` when it ends, and the thread."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["result"] = fn()
+        except Exception as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return out, thread
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+    return value
+
+
+def facts(mem) -> list[str]:
+    mem.create_cube("team/facts")
+    return [mem.write("team/facts", t).id for t in ("Mara keeps the key in Trumwick.", "The vault code is 4417.")]
+
+
+def test_a_distillation_shows_its_progress_while_it_trains_then_ends_done(mem, port):
+    ids = facts(mem)
+    port.hold = threading.Event()
+    out, thread = in_thread(lambda: mem.distill(ids, "team/facts"))
+    job = wait_for(lambda: next((j for j in mem.jobs(running_only=True) if j.step >= 1), None))
+    assert job.op == "distill" and job.principal == "agent:alice" and job.state == "running"
+    assert job.memory_ids == tuple(ids) and job.cubes == ("team/facts",) and job.phase == "train"
+    assert job.total == 3 and job.loss == pytest.approx(1.0) and job.target is not None
+    port.hold.set()
+    thread.join(10)
+    adapter = out["result"]
+    assert adapter.id == job.target and adapter.kind == Kind.PARAMETRIC
+    ended = next(j for j in mem.jobs() if j.id == job.id)
+    assert ended.state == "done" and ended.step == 3 and ended.ended_at is not None
+    assert mem.jobs(running_only=True) == ()
+
+
+def test_a_cancelled_distillation_commits_nothing_and_leaves_no_file(mem, kernel, port):
+    ids = facts(mem)
+    port.hold = threading.Event()
+    out, thread = in_thread(lambda: mem.distill(ids, "team/facts"))
+    job = wait_for(lambda: next(iter(mem.jobs(running_only=True)), None))
+    cancelled = mem.cancel(job.id)
+    assert cancelled.cancel_requested_by == "agent:alice"
+    thread.join(10)
+    assert isinstance(out.get("error"), Cancelled) and "cancelled by agent:alice" in str(out["error"])
+    assert [m.kind for m in mem.list("team/facts")] == [Kind.PLAINTEXT, Kind.PLAINTEXT]
+    assert not list(Path(kernel.blob_dir).rglob("*.safetensors"))
+    ended = next(j for j in mem.jobs() if j.id == job.id)
+    assert ended.state == "cancelled" and ended.error.startswith("cancelled:")
+    assert port._distills == {}  # the kernel forgot the host's job
+    with pytest.raises(InvalidState, match="already ended"):
+        mem.cancel(job.id)
+    audit = [r for r in mem.audit("team/facts", limit=1000) if r.op in ("distill", "cancel")]
+    assert [(r.op, r.outcome) for r in audit] == [("cancel", "ok"), ("distill", "cancelled")]
+
+
+def test_who_may_see_and_cancel_a_job(mem, port):
+    ids = facts(mem)
+    mem.grant("team/facts", "agent:reader", "read")
+    mem.grant("team/facts", "agent:writer", "write")
+    port.hold = threading.Event()
+    out, thread = in_thread(lambda: mem.distill(ids, "team/facts"))
+    job = wait_for(lambda: next(iter(mem.jobs(running_only=True)), None))
+    assert mem.as_principal("agent:stranger").jobs() == ()
+    with pytest.raises(NotFound):
+        mem.as_principal("agent:stranger").cancel(job.id)  # existence concealed
+    assert [j.id for j in mem.as_principal("agent:reader").jobs()] == [job.id]
+    with pytest.raises(PermissionDenied, match="write"):
+        mem.as_principal("agent:reader").cancel(job.id)
+    assert mem.as_principal("agent:writer").cancel(job.id).cancel_requested_by == "agent:writer"
+    thread.join(10)
+    assert isinstance(out["error"], Cancelled)
+    with pytest.raises(NotFound):
+        mem.cancel("job_00000000deadbeef")
+
+
+def test_a_source_edited_since_the_caller_saw_it_is_refused(mem):
+    ids = facts(mem)
+    mem.update(ids[0], content="Mara keeps the key in Pelmark now.")
+    with pytest.raises(VersionConflict):
+        mem.distill(ids, "team/facts", expected_versions=[1, 1])
+    assert mem.distill(ids, "team/facts", expected_versions=[2, 1]).provenance.derived_from[0].version == 2
+
+
+def test_a_migration_to_activation_reports_each_memory_and_can_be_cancelled(mem, kernel, port, monkeypatch):
+    mem.create_cube("team/x")
+    ids = [mem.write("team/x", f"note number {i}").id for i in range(3)]
+    gate = threading.Event()
+    built = []
+    real = port.build_activation
+
+    def slow(text, path):
+        built.append(path)
+        if len(built) == 2:
+            gate.wait(10)
+        return real(text, path)
+
+    monkeypatch.setattr(port, "build_activation", slow)
+    out, thread = in_thread(lambda: mem.migrate(ids, "activation"))
+    job = wait_for(lambda: next((j for j in mem.jobs(running_only=True) if j.step == 1), None))
+    assert job.op == "migrate" and job.total == 3 and job.memory_ids == tuple(ids) and job.phase == "build activation"
+    mem.cancel(job.id)
+    gate.set()
+    thread.join(10)
+    assert isinstance(out["error"], Cancelled)
+    assert [m.kind for m in mem.list("team/x")] == [Kind.PLAINTEXT] * 3
+    assert not any(Path(p).exists() for p in built)  # the abort deleted what was built
+
+
+def test_a_demotion_is_not_a_job(mem):
+    mem.create_cube("team/x")
+    m = mem.write("team/x", "hot note")
+    mem.migrate([m.id], "activation")
+    mem.migrate([m.id], "plaintext")
+    assert [j.op for j in mem.jobs()] == ["migrate"]  # only the build of the cache was followed
+
+
+def test_a_policy_distill_rule_trains_an_adapter_attributed_to_the_rule(mem, kernel, clock):
+    ids = facts(mem)
+    mem.write("team/facts", "A third stable fact about Pelmark.")
+    text = (
+        "name: knowledge\n"
+        "applies_to: {cubes: [team/*]}\n"
+        "rules:\n"
+        "  - name: distill-stable\n"
+        "    when: {kind: plaintext}\n"
+        "    then: {distill: {min_group: 3}}\n"
+    )
+    policy = compile_policy(parse_spec(text, "knowledge.yaml"), source="knowledge.yaml")
+    runner = PolicyRunner(kernel.execute, [policy], clock=clock.now)
+    report = runner.run_once("knowledge")
+    assert [(o.op, o.outcome) for o in report.outcomes] == [("distill", "ok")]
+    adapters = [m for m in mem.list("team/facts") if m.kind == Kind.PARAMETRIC]
+    assert len(adapters) == 1
+    adapter = adapters[0]
+    assert adapter.provenance.policy_rule == "knowledge/distill-stable" and adapter.provenance.author == "system"
+    assert set(ids) <= {r.id for r in adapter.provenance.derived_from}
+    assert "rule:knowledge/distill-stable" in adapter.tags
+    assert [j.rule for j in mem.as_principal("system").jobs()] == ["knowledge/distill-stable"]
+    # What an up-to-date adapter holds is not distilled again.
+    assert runner.run_once("knowledge").planned == 0
