@@ -186,21 +186,23 @@ def _events(mem: Any, args: argparse.Namespace) -> int:
 
 def cmd_top(args: argparse.Namespace) -> int:
     """A refreshing terminal summary: memories by kind and state, bytes by tier, syscall rate and latency, recent
-    migrations and evictions. Ctrl-C to stop; --once prints one frame."""
+    migrations and evictions, recent policy runs. Ctrl-C to stop; --once prints one frame."""
     with _open(args) as runtime:
         mem = runtime.client(args.principal)
-        since, last_counts, last_at, recent = 0, None, None, []
+        since, last_counts, last_at, recent, runs = 0, None, None, [], []
         while True:
             stats = mem.stats()
             batch = mem.events(since, limit=1000)
             since = batch.next_seq
             recent.extend(e for e in batch.events if e.type in ("migrated", "evicted", "purged", "migration_rolled_back"))
             recent = recent[-8:]
+            runs.extend(e for e in batch.events if e.type in ("policy_fired", "job_failed"))
+            runs = runs[-6:]
             now = time.monotonic()
             total = sum(stats.syscalls.values())
             rate = (total - last_counts) / (now - last_at) if last_counts is not None and now > last_at else 0.0
             last_counts, last_at = total, now
-            print(_top_frame(stats, rate, recent), end="" if args.once else "\n", flush=True)
+            print(_top_frame(stats, rate, recent, runs), end="" if args.once else "\n", flush=True)
             if args.once:
                 return 0
             try:
@@ -210,7 +212,7 @@ def cmd_top(args: argparse.Namespace) -> int:
             print("\x1b[2J\x1b[H", end="")
 
 
-def _top_frame(stats: Any, rate: float, recent: list[Any]) -> str:
+def _top_frame(stats: Any, rate: float, recent: list[Any], runs: list[Any]) -> str:
     lines = [f"memos top   cubes {stats.cubes}   versions {stats.versions}   syscalls {sum(stats.syscalls.values())}"
              f" ({rate:.1f}/s)", "", f"{'kind':<12}{'state':<10}{'memories':>10}{'bytes':>14}"]
     for kind, states in sorted(stats.memories.items()):
@@ -229,7 +231,28 @@ def _top_frame(stats: Any, rate: float, recent: list[Any]) -> str:
         lines.append(f"  {e.at:%H:%M:%S} {e.type:<10} {e.memory_id} {what}{rule}")
     if not recent:
         lines.append("  (none yet)")
+    lines += ["", "recent policy runs:", *_policy_run_lines(runs)]
+    # Running jobs (long operations: distillation, migrations) go here, below the policy runs.
     return "\n".join(lines) + "\n"
+
+
+def _policy_run_lines(runs: list[Any]) -> list[str]:
+    """``policy_fired`` events (one per evaluation that planned something) and ``job_failed`` events (a failed action)
+    as lines of ``memos top``."""
+    lines = []
+    for e in runs:
+        data = e.data
+        if e.type == "policy_fired":
+            counts = f"planned {data.get('planned', 0)}, ok {data.get('ok', 0)}, failed {data.get('failed', 0)}"
+            if data.get("not_executed"):
+                counts += f", not executed {data['not_executed']}"
+            rules = ", ".join(f"{rule} x{n}" for rule, n in sorted((data.get("rules") or {}).items()))
+            lines.append(f"  {e.at:%H:%M:%S} {data.get('policy', '?'):<16} {counts}  {data.get('duration_ms', 0):.0f} ms"
+                         + (f"  [{rules}]" if rules else ""))
+        else:
+            lines.append(f"  {e.at:%H:%M:%S}   failed {data.get('op', '?')} {e.memory_id or ''} rule={data.get('rule')}"
+                         f" [{data.get('code')}] {data.get('message', '')}"[:160])
+    return lines or ["  (none yet)"]
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
@@ -262,9 +285,23 @@ def _duration(text: str) -> float:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """SQLite's integrity check and the index outbox; with --repair, the index rebuild, its progress on stderr (a
+    live bar in-process; a start and a done line when the kernel runs in the cluster, which cannot call back)."""
+    from memos.progress import Progress
+
     with _open(args) as runtime:
-        service = getattr(runtime.transport, "service", runtime.transport)
-        report = service.doctor(repair=args.repair)
+        service = getattr(runtime.transport, "service", None)
+        if service is None or not args.repair:
+            if args.repair:
+                print("doctor: repairing the vector index in the kernel actor ...", file=sys.stderr, flush=True)
+            report = (service or runtime.transport).doctor(repair=args.repair)
+            if args.repair:
+                print("doctor: index repair done", file=sys.stderr, flush=True)
+        else:
+            with Progress("index", every_s=5.0) as bar:
+                phases = {"add": "index: embedding missing entries", "check": "index: checking metadata"}
+                report = service.doctor(repair=True, progress=lambda phase, done, total: bar.update(
+                    done, total, label=phases.get(phase, f"index: {phase}")))
     _print(report)
     return 0 if report["sqlite_integrity"] == "ok" else 1
 

@@ -25,11 +25,13 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from memos.cubes.activation import save_kv
 from memos.models.host import ModelHost, memory_messages
+from memos.progress import Progress
 
 DEFAULT_SIZES = (256, 512, 1024, 2048)
 _PEOPLE = ("Mara Quill", "Tomas Reyk", "Ines Darrow", "Oskar Lind", "Priya Nand", "Hugo Vale", "Lena Sorrel",
@@ -66,9 +68,21 @@ def run_activation_bench(
                      "compose_tokens": compose_tokens, "compose_parts": compose_parts,
                      "compose_questions": compose_questions},
         "environment": _environment(host),
-        "ttft": [_bench_size(host, out, size, repeats, max_new_tokens) for size in sizes],
-        "composition": _bench_composition(host, compose_tokens, compose_parts, compose_questions),
+        "ttft": [],
     }
+    # Progress on stderr: one unit per memory size, then one per composition question.
+    with Progress("activation: ttft", total=len(sizes) + compose_questions) as bar:
+        for i, size in enumerate(sizes):
+            bar.update(i, note=f"{size} tokens")
+            row = _bench_size(host, out, size, repeats, max_new_tokens)
+            report["ttft"].append(row)
+            bar.update(i + 1, note=f"{size} tokens: ttft {row['cold_ttft_s'] * 1e3:.0f} ms cold, "
+                                   f"{row['injected_ttft_s'] * 1e3:.0f} ms injected")
+        bar.update(len(sizes), label="activation: composition", note=f"{compose_parts} caches")
+        report["composition"] = _bench_composition(
+            host, compose_tokens, compose_parts, compose_questions,
+            tick=lambda q: bar.update(len(sizes) + q, note=f"question {q}/{compose_questions}"),
+        )
     report["environment"]["load_average_end"] = os.getloadavg()
     report["duration_s"] = time.perf_counter() - started
     (out / "activation.json").write_text(json.dumps(report, indent=2))
@@ -153,7 +167,8 @@ def _bench_size(host: ModelHost, out: Path, size: int, repeats: int, max_new_tok
     }
 
 
-def _bench_composition(host: ModelHost, total_tokens: int, parts: int, questions: int) -> dict[str, Any]:
+def _bench_composition(host: ModelHost, total_tokens: int, parts: int, questions: int,
+                       tick: Callable[[int], None] = lambda done: None) -> dict[str, Any]:
     blocks: list[str] = []
     block_facts: list[list[int]] = []
     start = 0
@@ -190,6 +205,7 @@ def _bench_composition(host: ModelHost, total_tokens: int, parts: int, questions
                 "ttft_s": got.ttft_s,
             }
         rows.append(row)
+        tick(len(rows))
     summary = {
         method: {
             "exact_match_rate": statistics.mean(r[method]["exact"] for r in rows),

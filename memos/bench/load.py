@@ -40,6 +40,7 @@ from memos.client import Memos
 from memos.config import Settings
 from memos.errors import BackendError, MemosError, VersionConflict
 from memos.hosting.ray_host import start_embedded
+from memos.progress import Progress
 
 DEFAULT_CLIENTS = (1, 4, 16, 64)
 MIX = {"write": 35, "update": 20, "search": 30, "read": 15}
@@ -93,16 +94,25 @@ def run_load_bench(
         data_dir = Path(home) if home is not None else Path(scratch) / "home"
         settings = Settings(home=data_dir, model=None, dashboard_port=_free_port(), metrics_export_port=_free_port())
         started = time.perf_counter()
-        host = start_embedded(settings, dashboard=False)
-        try:
-            names = [f"bench/shared-{i}" for i in range(cubes)]
-            _prepare(host.transport, names, max(clients))
-            ledger = Ledger()
-            levels = [_run_level(host.transport, names, n, seconds, ledger, random.Random(seed * 1000 + n))
-                      for n in clients]
-            verdict = _verify(Memos(host.transport, "system"), names, ledger)
-        finally:
-            host.shutdown()
+        # Progress on stderr: one unit per client level, one for the verification.
+        with Progress("load: starting Ray", total=len(clients) + 1) as bar:
+            bar.update(0, note=f"data dir {data_dir}")
+            host = start_embedded(settings, dashboard=False)
+            try:
+                names = [f"bench/shared-{i}" for i in range(cubes)]
+                _prepare(host.transport, names, max(clients))
+                ledger = Ledger()
+                levels = []
+                for n in clients:
+                    bar.update(len(levels), label="load", note=f"{n} clients for {seconds:g} s")
+                    levels.append(_run_level(host.transport, names, n, seconds, ledger,
+                                             random.Random(seed * 1000 + n)))
+                    bar.update(len(levels), note=f"{n} clients: {levels[-1]['throughput_ops_s']} ops/s")
+                bar.update(len(levels), label="load: verifying", note=f"{len(ledger.writes)} acknowledged writes")
+                verdict = _verify(Memos(host.transport, "system"), names, ledger)
+                bar.update(len(levels) + 1, label="load", note="verified")
+            finally:
+                host.shutdown()
         report = {
             "settings": {"clients": list(clients), "seconds": seconds, "cubes": cubes, "seed": seed, "mix": MIX,
                          "hot_set": HOT, "embedder": settings.embedder, "sqlite_synchronous": settings.sqlite_synchronous},

@@ -32,6 +32,7 @@ from memos.cubes.parametric import save_adapter
 from memos.models.adapter_costs import measure_serving_costs
 from memos.models.host import ModelHost
 from memos.models.lora import DistillProgress, LoraConfig, SourceFact, distill
+from memos.progress import Progress
 
 DEFAULT_SIZES = (20, 50, 100)
 
@@ -48,7 +49,8 @@ def run_parametric_bench(
 ) -> dict[str, Any]:
     """Distil ``sizes`` facts on ``host``, write JSON, markdown and PNG reports into ``out_dir``; return the JSON.
 
-    The JSON is rewritten after every size, so an interrupted run keeps what it measured.
+    The JSON is rewritten after every size, so an interrupted run keeps what it measured. Each size's training and
+    evaluation is drawn as a status line on stderr (``memos.progress``); ``log`` gets one line per finished size.
 
     Raises:
         ValueError: no sizes, or a size below 1.
@@ -67,7 +69,8 @@ def run_parametric_bench(
     refs = []
     for size in sizes:
         facts = [SourceFact(id=i, version=1, text=t) for i, t in synthetic_facts(size, seed)]
-        result = distill(host, facts, config, progress=_progress_logger(size, log))
+        with Progress(f"[{size} facts] train") as bar:
+            result = distill(host, facts, config, progress=_progress_drawer(size, bar))
         assert result.payload is not None and result.evaluation is not None, "nothing cancels the bench"
         ref = save_adapter(result.payload, str(out / "adapters" / f"facts-{size}.safetensors"))
         refs.append(ref)
@@ -88,11 +91,10 @@ def run_parametric_bench(
     return report
 
 
-def _progress_logger(size: int, log: Any) -> Any:
+def _progress_drawer(size: int, bar: Progress) -> Any:
     def report(p: DistillProgress) -> None:
-        if p.step == p.total or p.step % 10 == 0:
-            loss = "" if p.loss is None else f" loss {p.loss:.3f}"
-            log(f"[{size} facts] {p.phase} {p.step}/{p.total}{loss}")
+        bar.update(p.step, p.total, label=f"[{size} facts] {p.phase}",
+                   note="" if p.loss is None else f"loss {p.loss:.3f}")
 
     return report
 

@@ -24,7 +24,7 @@ import platform
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from memos.bench.metrics import percentile, recall_table
 from memos.kernel.core import Kernel
 from memos.kernel.retrieval import RRF_K
 from memos.models.embedder import MiniLMEmbedder
+from memos.progress import Progress
 from memos.storage.chroma import ChromaIndex
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import Embedder
@@ -54,8 +55,12 @@ def cube_name(conversation: Conversation) -> str:
     return "locomo/" + (re.sub(r"[^a-z0-9_-]+", "-", conversation.sample_id.lower()).strip("-") or "conversation")
 
 
-def _ingest(kernel: Kernel, conversation: Conversation, cube: str) -> float:
-    """Write every turn as one memory, one syscall each. Returns the seconds it took."""
+def _nothing(done: int = 1) -> None:
+    """A progress tick that draws nothing."""
+
+
+def _ingest(kernel: Kernel, conversation: Conversation, cube: str, tick: Callable[..., None] = _nothing) -> float:
+    """Write every turn as one memory, one syscall each (``tick()`` after each). Returns the seconds it took."""
     kernel.execute(PRINCIPAL, sc.CreateCube(name=cube, description=f"LoCoMo {conversation.sample_id}"))
     started = time.perf_counter()
     for session, turn in conversation.turns():
@@ -68,6 +73,7 @@ def _ingest(kernel: Kernel, conversation: Conversation, cube: str) -> float:
             },
             source_refs=(f"locomo:{conversation.sample_id}:{turn.dia_id}",),
         ))
+        tick()
     return time.perf_counter() - started
 
 
@@ -80,22 +86,24 @@ def _ask(kernel: Kernel, cube: str, question: str, k: int, mode: str) -> tuple[l
 
 
 def _bench_conversation(
-    conversation: Conversation, embedder: Embedder, k: int, workdir: Path
+    conversation: Conversation, embedder: Embedder, k: int, workdir: Path, tick: Callable[..., None] = _nothing
 ) -> tuple[float, dict[str, list[tuple[int, list[str], tuple[str, ...], float]]]]:
-    """Ingest one conversation into a fresh kernel and ask its questions in every mode.
+    """Ingest one conversation into a fresh kernel and ask its questions in every mode (``tick()`` after each
+    write and each question).
 
     Returns the ingest seconds and, per mode, (category, ranked dia ids, evidence, seconds) per question.
     """
     kernel = Kernel(SqliteStore(workdir / "memos.db"), ChromaIndex(workdir / "chroma"), embedder)
     try:
         cube = cube_name(conversation)
-        ingest_s = _ingest(kernel, conversation, cube)
+        ingest_s = _ingest(kernel, conversation, cube, tick)
         answers: dict[str, list[tuple[int, list[str], tuple[str, ...], float]]] = {}
         for mode in SYSTEMS:
             answers[mode] = []
             for qa in conversation.asked():
                 ranked, seconds = _ask(kernel, cube, qa.question, k, mode)
                 answers[mode].append((qa.category, ranked, qa.evidence, seconds))
+                tick()
     finally:
         kernel.close()
     return ingest_s, answers
@@ -146,12 +154,23 @@ def run_retrieval_bench(
     embedder.embed(["warm-up"])  # load the model outside the timed ingest
     ingest_s = 0.0
     rows: dict[str, list[tuple[int, list[str], tuple[str, ...], float]]] = {mode: [] for mode in SYSTEMS}
-    for conversation in conversations:
-        with tempfile.TemporaryDirectory(prefix="memos-bench-", ignore_cleanup_errors=True) as tmp:
-            seconds, answers = _bench_conversation(conversation, embedder, ks[-1], Path(tmp))
-        ingest_s += seconds
-        for mode, answered in answers.items():
-            rows[mode].extend(answered)
+    # Progress on stderr, one unit per write and per question asked (in every mode).
+    work = sum(sum(1 for _ in c.turns()) + len(SYSTEMS) * len(c.asked()) for c in conversations)
+    done = 0
+    with Progress("retrieval", total=work) as bar:
+        for number, conversation in enumerate(conversations, 1):
+            note = f"conversation {number}/{len(conversations)} ({conversation.sample_id})"
+
+            def tick(n: int = 1, note: str = note) -> None:
+                nonlocal done
+                done += n
+                bar.update(done, note=note)
+
+            with tempfile.TemporaryDirectory(prefix="memos-bench-", ignore_cleanup_errors=True) as tmp:
+                seconds, answers = _bench_conversation(conversation, embedder, ks[-1], Path(tmp), tick)
+            ingest_s += seconds
+            for mode, answered in answers.items():
+                rows[mode].extend(answered)
     memories = sum(1 for c in conversations for _ in c.turns())
     result = {
         "data": str(data_path),

@@ -53,6 +53,7 @@ from memos.config import Settings
 from memos.kernel.factory import open_embedder, open_kernel
 from memos.kernel.indexer import entry_metadata
 from memos.models.hashing import HashingEmbedder
+from memos.progress import Progress
 from memos.storage.sqlite import FOREVER
 from memos.transports import KernelService
 
@@ -94,15 +95,21 @@ def run_crash_soak(
         expected: dict[str, Any] = {}
         started = time.perf_counter()
         reports = []
-        for cycle in range(cycles + 1):
-            workload = cycle < cycles
-            kill_at = rng.uniform(*kill_after_s) if workload else None
-            report, acks = _run_child(base, expected, cycle, seed, kill_at, embedder, dense_sample, start_timeout_s)
-            for ack in acks:
-                _expect(expected, ack)
-            report["acknowledged"] = dict(Counter(a["op"] for a in acks if not a.get("intent")))
-            report["killed_after_s"] = kill_at
-            reports.append(report)
+        # Progress on stderr: one unit per cycle, the last one (verification only) included.
+        with Progress("soak", total=cycles + 1) as bar:
+            for cycle in range(cycles + 1):
+                workload = cycle < cycles
+                kill_at = rng.uniform(*kill_after_s) if workload else None
+                report, acks = _run_child(base, expected, cycle, seed, kill_at, embedder, dense_sample,
+                                          start_timeout_s)
+                for ack in acks:
+                    _expect(expected, ack)
+                report["acknowledged"] = dict(Counter(a["op"] for a in acks if not a.get("intent")))
+                report["killed_after_s"] = kill_at
+                reports.append(report)
+                lost = sum(report.get("lost", {}).values())
+                bar.update(cycle + 1, note=f"{len(expected)} memories expected, {lost} lost"
+                           + ("" if workload else " (final verification)"))
         result = _summarise(reports, cycles, seed, kill_after_s, embedder, time.perf_counter() - started)
     if out_dir is not None:
         out = Path(out_dir)

@@ -289,3 +289,35 @@ def test_reconcile_reports_its_progress(kernel):
     assert seen == [("add", 0, 260), ("add", 256, 260), ("add", 260, 260), ("check", 0, 40), ("check", 40, 40)]
     assert KernelService(kernel).doctor(repair=True, progress=lambda *p: seen.append(p))["reconcile"]["added"] == 0
     assert seen[-2:] == [("check", 0, 300), ("check", 300, 300)]
+
+
+# --------------------------------------------------------------------------------------------------- memos top
+
+
+def test_top_shows_policy_runs_and_failed_actions(kernel, clock):
+    from memos.cli import _top_frame
+
+    alice = Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
+    alice.create_cube("team/x")
+    old = alice.write("team/x", "old fact")
+    alice.write("team/x", "older fact")
+    clock.advance(120 * DAY)
+
+    def edit_after_snapshot(principal, call):
+        result = kernel.execute(principal, call)
+        if call.op == "snapshot" and old.version == alice.read(old.id).version:
+            alice.update(old.id, content="fresh fact")
+        return result
+
+    service_with_default_policy(kernel, clock, execute=edit_after_snapshot).run_policy("default")
+    events = alice.events(limit=1000).events
+    runs = [e for e in events if e.type in ("policy_fired", "job_failed")]
+
+    frame = _top_frame(alice.stats(), 0.0, [], runs)
+
+    lines = frame.splitlines()
+    at = lines.index("recent policy runs:")
+    assert "default" in lines[at + 1] and "planned 2, ok 1, failed 1" in lines[at + 1]
+    assert "[default/archive-forgotten x2]" in lines[at + 1]
+    assert f"failed archive {old.id} rule=default/archive-forgotten [conflict]" in lines[at + 2]
+    assert "recent policy runs:\n  (none yet)" in _top_frame(alice.stats(), 0.0, [], [])
