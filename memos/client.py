@@ -234,13 +234,16 @@ class Memos:
         )
 
     def distill(
-        self, ids: Iterable[str], cube: str, *, tags: Iterable[str] = (), allow_untrusted: bool = False,
-        steps: int | None = None, expected_versions: Iterable[int] | None = None,
+        self, ids: Iterable[str] = (), cube: str | None = None, *, tags: Iterable[str] = (),
+        allow_untrusted: bool = False, steps: int | None = None, expected_versions: Iterable[int] | None = None,
+        replaces: str | None = None,
     ) -> Memory:
-        """Train a LoRA adapter on these memories into a new parametric memory in ``cube``. Blocks until it is
-        trained (minutes); meanwhile ``jobs()`` shows its progress and ``cancel(job_id)`` stops it."""
+        """Train a LoRA adapter on these memories into a new parametric memory in ``cube`` (or, with ``replaces``,
+        retrain that parametric memory from its sources' current versions). Blocks until it is trained (minutes);
+        meanwhile ``jobs()`` shows its progress and ``cancel(job_id)`` stops it."""
         return self._do(sc.Distill, ids=tuple(ids), cube=cube, tags=tuple(tags), allow_untrusted=allow_untrusted,
-                        steps=steps, expected_versions=None if expected_versions is None else tuple(expected_versions))
+                        steps=steps, expected_versions=None if expected_versions is None else tuple(expected_versions),
+                        replaces=replaces)
 
     def jobs(self, *, running_only: bool = False) -> tuple[Job, ...]:
         """Long operations (migrations to activation, distillations) running or recently ended that you may see."""

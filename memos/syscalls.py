@@ -387,13 +387,17 @@ class Migrate(_Syscall):
 
 class Distill(_Syscall):
     """Train a LoRA adapter on memories (their texts at their current versions) into a new parametric memory in
-    ``cube``. Its provenance lists the exact source versions; it goes stale when one of them changes. Untrusted
-    memories are refused unless ``allow_untrusted``. Needs a model host; training runs beside other syscalls."""
+    ``cube``, or into a new version of the parametric memory ``replaces`` (retraining a stale adapter). Its provenance
+    lists the exact source versions; it goes stale when one of them changes. Untrusted memories are refused unless
+    ``allow_untrusted``. Needs a model host; training runs beside other syscalls as a job (``jobs``, ``cancel``)."""
 
     op: Literal["distill"] = "distill"
     policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
-    ids: tuple[MemoryId, ...] = Field(min_length=1, max_length=256)
-    cube: CubeName
+    ids: tuple[MemoryId, ...] = Field(default=(), max_length=256)
+    cube: CubeName | None = None  # where the new parametric memory goes (with ``replaces``: that memory's cube)
+    # Retrain this parametric memory (a new version of it, no longer stale) instead of creating one; without ``ids``
+    # its sources are the memories it was distilled from, at their current versions, minus those no longer active.
+    replaces: MemoryId | None = None
     tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
     allow_untrusted: bool = False
     steps: int | None = Field(default=None, ge=1, le=10_000)  # optimiser steps (default: the recipe's epochs)
@@ -404,6 +408,10 @@ class Distill(_Syscall):
 
     @model_validator(mode="after")
     def _versions_match_ids(self) -> Distill:
+        if not self.ids and self.replaces is None:
+            raise ValueError("name the memories to distill (ids) or the parametric memory to retrain (replaces)")
+        if self.cube is None and self.replaces is None:
+            raise ValueError("cube is required for a new parametric memory")
         if self.expected_versions is not None and len(self.expected_versions) != len(self.ids):
             raise ValueError(f"expected_versions has {len(self.expected_versions)} entries for {len(self.ids)} ids")
         return self

@@ -72,6 +72,7 @@ class _DistillPlan:
     journal: int
     sources: list[VersionRow]
     rule: str | None
+    replaces: VersionRow | None = None  # retraining: the parametric memory that gets the new version
 
     def job_args(self) -> dict[str, Any]:
         return {"cubes": [self.cube, *(r.cube for r in self.sources)], "memory_ids": [r.memory_id for r in self.sources],
@@ -206,9 +207,26 @@ class TieringOps:
 
     def _plan_distill(self: Kernel, principal: str, call: Any) -> _DistillPlan:
         self._require_model("distill")
-        self._require_cube(principal, call.cube, Right.WRITE)
         rule = self._policy_rule(principal, call)
-        sources = [self._require_memory(principal, m, Right.READ) for m in dict.fromkeys(call.ids)]
+        replaces, ids, cube = None, call.ids, call.cube
+        if call.replaces is not None:
+            replaces = self._require_memory(principal, call.replaces, Right.WRITE)
+            if replaces.kind != Kind.PARAMETRIC or replaces.state == State.DELETED:
+                raise InvalidState(f"memory {replaces.memory_id} is a {replaces.state} {replaces.kind} memory; replaces "
+                                   "names a parametric memory to retrain", memory_id=replaces.memory_id)
+            if cube is not None and cube != replaces.cube:
+                raise InvalidSyscall(f"memory {replaces.memory_id} is in cube {replaces.cube!r}, not {cube!r}")
+            cube = replaces.cube
+            if not ids:  # retrain on what it was trained on, at the current versions; what was deleted is forgotten
+                refs = dict.fromkeys(ref["id"] for ref in replaces.provenance.get("derived_from", ()))
+                rows = [self.store.get_version(memory_id) for memory_id in refs]
+                ids = tuple(r.memory_id for r in rows if r is not None and r.state == State.ACTIVE)
+                if not ids:
+                    raise InvalidState(f"no source of {replaces.memory_id} is active any more; delete it instead",
+                                       memory_id=replaces.memory_id)
+        assert cube is not None  # the syscall's validator: cube or replaces
+        self._require_cube(principal, cube, Right.WRITE)
+        sources = [self._require_memory(principal, m, Right.READ) for m in dict.fromkeys(ids)]
         if call.expected_versions is not None:
             for memory_id, expected in zip(call.ids, call.expected_versions, strict=True):
                 self._check_expected(next(r for r in sources if r.memory_id == memory_id), expected)
@@ -221,10 +239,12 @@ class TieringOps:
                     f"memory {row.memory_id} is untrusted (source {row.provenance.get('source')}); untrusted memories "
                     "are not distilled into parametric memory unless allow_untrusted is set", memory_id=row.memory_id,
                 )
-        memory_id = self.new_id()
-        path = self.blob_dir / "parametric" / f"{memory_id}.adapter.safetensors"
-        journal = self.store.journal_start(memory_id, 0, Kind.PARAMETRIC.value, str(path), rule, principal, self.clock.now())
-        return _DistillPlan(memory_id, call.cube, path, journal, sources, rule)
+        memory_id = replaces.memory_id if replaces is not None else self.new_id()
+        version = replaces.current_version + 1 if replaces is not None else 1
+        path = self.blob_dir / "parametric" / f"{memory_id}-v{version}.adapter.safetensors"
+        journal = self.store.journal_start(memory_id, version - 1, Kind.PARAMETRIC.value, str(path), rule, principal,
+                                           self.clock.now())
+        return _DistillPlan(memory_id, cube, path, journal, sources, rule, replaces)
 
     def _work_distill(self: Kernel, call: Any, plan: _DistillPlan, job: RunningJob | None) -> DistillStatus:
         """Start the training on the model host, follow it (progress into the job), forward a cancellation."""
@@ -262,6 +282,12 @@ class TieringOps:
         from memos.syscalls import MAX_CONTENT_BYTES
 
         now = self.clock.now()
+        previous = None
+        if plan.replaces is not None:
+            previous = self.store.get_version(plan.memory_id)
+            if previous is None or previous.version != plan.replaces.version:
+                raise VersionConflict(f"memory {plan.memory_id} changed while it was being retrained; nothing was kept",
+                                      memory_id=plan.memory_id, expected=plan.replaces.version)
         for row in plan.sources:
             current = self.store.get_version(row.memory_id)
             if current is None or current.version != row.version:
@@ -281,17 +307,23 @@ class TieringOps:
             "facts", "steps", "recall_with", "recall_without", "held_out_recall_with", "held_out_recall_without",
             "locality_delta", "train_s", "final_loss",
         )}}
-        self.store.insert_memory(plan.memory_id, call.cube, Kind.PARAMETRIC.value, State.ACTIVE.value, now)
+        tags = tuple(dict.fromkeys(call.tags)) or (previous.tags if previous is not None else ())
+        if previous is None:
+            self.store.insert_memory(plan.memory_id, plan.cube, Kind.PARAMETRIC.value, State.ACTIVE.value, now)
         row = self._append(
-            None, memory_id=plan.memory_id, cube=call.cube, kind=Kind.PARAMETRIC.value, state=State.ACTIVE,
-            content=content, metadata=metadata, tags=tuple(dict.fromkeys(call.tags)), provenance=provenance, now=now,
+            previous, memory_id=plan.memory_id, cube=plan.cube, kind=Kind.PARAMETRIC.value, state=State.ACTIVE,
+            content=content, metadata=metadata, tags=tags, provenance=provenance, now=now,
             fingerprint=(built.fingerprint or self.model.fingerprint()).model_dump(),  # type: ignore[union-attr]
             payload=built.payload.model_dump(),
         )
+        if previous is not None and previous.stale:
+            self.store.set_stale(plan.memory_id, False)  # trained on its sources' current versions again
+            row = self.store.get_version(plan.memory_id)  # type: ignore[assignment]
         self.store.journal_end(plan.journal, "done", now)
-        self._audit_ok(principal, "distill", call.cube, plan.memory_id, detail=f"{len(plan.sources)} memories")
-        self._emit("distilled", call.cube, plan.memory_id, principal, rule=plan.rule, sources=len(plan.sources),
-                   recall_with=ev.get("recall_with"), recall_without=ev.get("recall_without"),
+        self._audit_ok(principal, "distill", plan.cube, plan.memory_id,
+                       detail=f"{len(plan.sources)} memories" + (f", v{row.version}" if previous is not None else ""))
+        self._emit("distilled", plan.cube, plan.memory_id, principal, rule=plan.rule, sources=len(plan.sources),
+                   version=row.version, recall_with=ev.get("recall_with"), recall_without=ev.get("recall_without"),
                    locality_delta=ev.get("locality_delta"), bytes=built.payload.size_bytes)
         return self.to_memory(row)
 

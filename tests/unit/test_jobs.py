@@ -12,7 +12,7 @@ import pytest
 from fakes import FakeModelPort, HashingEmbedder
 
 from memos.client import Memos
-from memos.errors import Cancelled, InvalidState, NotFound, PermissionDenied, VersionConflict
+from memos.errors import Cancelled, InvalidState, InvalidSyscall, NotFound, PermissionDenied, VersionConflict
 from memos.kernel import Kernel
 from memos.schedulers.engine import compile_policy
 from memos.schedulers.loader import parse_spec
@@ -192,3 +192,23 @@ def test_a_policy_distill_rule_trains_an_adapter_attributed_to_the_rule(mem, ker
     assert [j.rule for j in mem.as_principal("system").jobs()] == ["knowledge/distill-stable"]
     # What an up-to-date adapter holds is not distilled again.
     assert runner.run_once("knowledge").planned == 0
+
+
+def test_a_stale_adapter_is_retrained_from_its_sources_current_versions(mem, kernel):
+    ids = facts(mem)
+    third = mem.write("team/facts", "Orsk was born in Piltravey.").id
+    adapter = mem.distill([*ids, third], "team/facts", tags=["knowledge"])
+    old_path = Path(adapter.payload.path)
+    mem.update(ids[0], content="Mara keeps the key in Pelmark now.")
+    mem.delete(third)
+    assert mem.read(adapter.id).stale
+    retrained = mem.distill(replaces=adapter.id)
+    assert retrained.id == adapter.id and retrained.version == 2 and not retrained.stale
+    assert [(r.id, r.version) for r in retrained.provenance.derived_from] == [(ids[0], 2), (ids[1], 1)]  # third forgotten
+    assert retrained.tags == ("knowledge",) and "Pelmark" in retrained.content and "Piltravey" not in retrained.content
+    assert Path(retrained.payload.path).exists() and not old_path.exists()
+    assert [v.version for v in mem.history(adapter.id)] == [1, 2]
+    with pytest.raises(InvalidState, match="replaces names a parametric memory"):
+        mem.distill(replaces=ids[1])
+    with pytest.raises(InvalidSyscall, match="ids.*replaces"):
+        mem.distill(cube="team/facts")
