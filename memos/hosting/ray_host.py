@@ -206,14 +206,24 @@ def up(settings: Settings) -> dict[str, Any]:
     # Ray reads the mode when it is imported.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     # A free GCS port, not Ray's default 6379, which another Ray on this machine (e.g. an embedded one) may hold.
+    gcs_address = f"127.0.0.1:{_free_port()}"
     cmd = [
-        _ray_cli(), "start", "--head", f"--port={_free_port()}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+        _ray_cli(), "start", "--head", f"--port={gcs_address.rpartition(':')[2]}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={settings.dashboard_port}", f"--metrics-export-port={settings.metrics_export_port}",
         "--include-dashboard=true", "--disable-usage-stats",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
     if proc.returncode != 0:
-        raise BackendError(f"ray start failed: {proc.stderr.strip()[-2000:]}")
+        # A head that failed half-way (e.g. a port taken) leaves its GCS and dashboard running: stop them. Ray names
+        # the session after the pid of the process that made it.
+        for partial in Path(tempfile.gettempdir(), "ray").glob(f"session_*_{proc.pid}"):
+            _stop_session(str(partial), gcs_address=gcs_address)
+        raise BackendError(f"ray start failed: {stderr.strip()[-2000:]}")
     import ray
 
     # The session `ray start` just made; stopped again if anything below fails, so a failed `up` leaves nothing.
@@ -285,29 +295,34 @@ def down(settings: Settings) -> bool:
         ray.shutdown()
     except BackendError:
         pass  # already gone: still stop the head and forget it
-    _stop_session(info.get("session_dir"))
+    _stop_session(info.get("session_dir"), gcs_address=info.get("address"))
     settings.cluster_file.unlink(missing_ok=True)
     return True
 
 
-def _stop_session(session_dir: str | None, timeout: float = 15.0) -> None:
+def _stop_session(session_dir: str | None, timeout: float = 15.0, *, gcs_address: str | None = None) -> None:
     """Stop only the processes of the Ray session ``memos up`` started (``ray stop`` would stop every Ray on the
-    machine). Every process of a session carries its session name on its command line."""
+    machine): those whose command line names the session or its GCS address (the Ray client server names only the
+    address), and their descendants (the dashboard's module processes name neither)."""
     import psutil
 
     if not session_dir:
         subprocess.run([_ray_cli(), "stop"], capture_output=True, text=True, timeout=120)
         return
     name = Path(session_dir).name
-    procs = []
+    procs: dict[int, Any] = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info.get("cmdline") or ())
-        if name in cmdline and proc.pid != os.getpid():
-            procs.append(proc)
-    for proc in procs:
+        ours = name in cmdline or (gcs_address is not None and f"--address={gcs_address}" in cmdline)
+        if ours and proc.pid != os.getpid():
+            procs[proc.pid] = proc
+            with contextlib.suppress(psutil.Error):
+                procs.update({child.pid: child for child in proc.children(recursive=True) if child.pid != os.getpid()})
+    for proc in procs.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
+    psutil.wait_procs(alive, timeout=5.0)  # until the killed ones let go of their ports
