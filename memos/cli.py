@@ -4,6 +4,7 @@
     memos run FILE                     run a workflow (a module with ``run(runtime)``), print its summary
     memos cubes | search | read | history | write | stats | events | audit    one syscall each
     memos migrate | context | generate                                       activation memory and the model
+    memos distill | jobs | cancel                                            parametric memory, long operations
     memos policy check | explain | run                                       lifecycle policies
     memos top | events --follow                                              live views
     memos doctor [--repair]            check SQLite and the vector index; rebuild the index from SQLite
@@ -55,7 +56,7 @@ def _open(args: argparse.Namespace, *, mode: str = "local") -> Any:
     return Runtime.start(settings, mode="inprocess" if mode == "local" else mode)  # type: ignore[arg-type]
 
 
-_MODEL_COMMANDS = frozenset({"migrate", "context", "generate", "serve"})  # serve exposes them all
+_MODEL_COMMANDS = frozenset({"migrate", "distill", "context", "generate", "serve"})  # serve exposes them all
 
 
 # ------------------------------------------------------------------------------------------------------ cluster
@@ -158,13 +159,85 @@ def cmd_syscall(args: argparse.Namespace) -> int:
         elif args.command == "events":
             return _events(mem, args)
         elif args.command == "migrate":
-            _print(mem.migrate(args.ids, args.to))
+            return _follow(mem, lambda: mem.migrate(args.ids, args.to), "migrate", args.ids, quiet=args.quiet)
+        elif args.command == "distill":
+            return _follow(
+                mem, lambda: mem.distill(args.ids, args.cube, tags=args.tag or (), allow_untrusted=args.allow_untrusted,
+                                         steps=args.steps, replaces=args.replaces),
+                "distill", args.ids, target=args.replaces, quiet=args.quiet,
+            )
+        elif args.command == "jobs":
+            _print(mem.jobs(running_only=args.running))
+        elif args.command == "cancel":
+            _print(mem.cancel(args.job_id))
         elif args.command == "context":
             _print(mem.assemble_context(args.query, args.cube, token_budget=args.budget))
         elif args.command == "generate":
             _print(mem.generate(args.prompt, cubes=args.cube or (), memory=args.memory or (),
                                 max_new_tokens=args.max_new_tokens))
     return 0
+
+
+def _follow(mem: Any, run: Any, op: str, ids: list[str], *, target: str | None = None, quiet: bool = False) -> int:
+    """Run a long syscall in a thread and draw its job's progress on stderr until it returns; print its result.
+
+    Ctrl-C cancels the job (``cancel``): the syscall then fails with ``Cancelled`` and nothing is committed."""
+    import threading
+
+    from memos.progress import Progress
+
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            out["result"] = run()
+        except BaseException as exc:  # handed to the main thread, which reports it like any syscall error
+            out["error"] = exc
+
+    thread = threading.Thread(target=work, name=f"memos-{op}", daemon=True)
+    started = time.time()
+    thread.start()
+    bar: Progress | None = None
+    job_id: str | None = None
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            if quiet or not thread.is_alive():
+                continue
+            job = _our_job(mem, op, ids, target, started, job_id)
+            if job is None:
+                continue
+            job_id = job.id
+            if bar is None:
+                bar = Progress(f"{op} {job.target or ''}".strip(), total=job.total or None)
+            note = f"loss {job.loss:.3f}" if job.loss is not None else ""
+            bar.update(job.step, job.total or None, note=note, label=f"{op} {job.phase}".strip())
+    except KeyboardInterrupt:
+        if job_id is not None:
+            mem.cancel(job_id)
+            print(f"\ncancelling {job_id} ...", file=sys.stderr, flush=True)
+        thread.join()
+    if bar is not None:
+        bar.close("cancelled" if isinstance(out.get("error"), MemosError) and out["error"].code == "cancelled" else "")
+    if "error" in out:
+        raise out["error"]
+    _print(out["result"])
+    return 0
+
+
+def _our_job(mem: Any, op: str, ids: list[str], target: str | None, started: float, known: str | None) -> Any:
+    """The job this command started: ours by id once known, else the newest running one of ``op`` by this principal
+    over exactly ``ids`` (or retraining ``target``) started since the command began."""
+    for job in reversed(mem.jobs()):
+        if known is not None:
+            if job.id == known:
+                return job
+            continue
+        if (job.op == op and job.principal == mem.principal and job.state == "running"
+                and job.started_at.timestamp() >= started - 1
+                and (set(job.memory_ids) == set(ids) if ids else job.target == target)):
+            return job
+    return None
 
 
 def _events(mem: Any, args: argparse.Namespace) -> int:
@@ -202,7 +275,8 @@ def cmd_top(args: argparse.Namespace) -> int:
             total = sum(stats.syscalls.values())
             rate = (total - last_counts) / (now - last_at) if last_counts is not None and now > last_at else 0.0
             last_counts, last_at = total, now
-            print(_top_frame(stats, rate, recent, runs), end="" if args.once else "\n", flush=True)
+            jobs = list(mem.jobs())
+            print(_top_frame(stats, rate, recent, runs, jobs), end="" if args.once else "\n", flush=True)
             if args.once:
                 return 0
             try:
@@ -212,7 +286,7 @@ def cmd_top(args: argparse.Namespace) -> int:
             print("\x1b[2J\x1b[H", end="")
 
 
-def _top_frame(stats: Any, rate: float, recent: list[Any], runs: list[Any]) -> str:
+def _top_frame(stats: Any, rate: float, recent: list[Any], runs: list[Any], jobs: list[Any] | None = None) -> str:
     lines = [f"memos top   cubes {stats.cubes}   versions {stats.versions}   syscalls {sum(stats.syscalls.values())}"
              f" ({rate:.1f}/s)", "", f"{'kind':<12}{'state':<10}{'memories':>10}{'bytes':>14}"]
     for kind, states in sorted(stats.memories.items()):
@@ -232,8 +306,22 @@ def _top_frame(stats: Any, rate: float, recent: list[Any], runs: list[Any]) -> s
     if not recent:
         lines.append("  (none yet)")
     lines += ["", "recent policy runs:", *_policy_run_lines(runs)]
-    # Running jobs (long operations: distillation, migrations) go here, below the policy runs.
+    lines += ["", "jobs (long operations):", *_job_lines(jobs or [])]
     return "\n".join(lines) + "\n"
+
+
+def _job_lines(jobs: list[Any]) -> list[str]:
+    """Running jobs, then the last few that ended, as lines of ``memos top``."""
+    running = [j for j in jobs if j.state == "running"]
+    ended = [j for j in jobs if j.state != "running"][-3:]
+    lines = []
+    for j in [*running, *ended]:
+        progress = f"{j.step}/{j.total}" if j.total else str(j.step)
+        loss = f" loss {j.loss:.3f}" if j.loss is not None else ""
+        rule = f" rule={j.rule}" if j.rule else ""
+        lines.append(f"  {j.started_at:%H:%M:%S} {j.id} {j.op:<8} {j.state:<9} {j.phase:<17} {progress:>9}{loss}"
+                     f"  by {j.principal}{rule}" + (f"  [{j.error}]" if j.error else ""))
+    return lines or ["  (none)"]
 
 
 def _policy_run_lines(runs: list[Any]) -> list[str]:
@@ -460,6 +548,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = syscall_parser("migrate", "move memories to another kind (activation builds their KV cache)")
     p.add_argument("ids", nargs="+")
     p.add_argument("--to", required=True, choices=["plaintext", "activation"])
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr")
+    p = syscall_parser("distill", "train a LoRA adapter on memories into a parametric memory (progress; Ctrl-C cancels)")
+    p.add_argument("ids", nargs="*", help="the memories to distill (none with --replaces: its sources)")
+    p.add_argument("--cube", help="where the new parametric memory goes")
+    p.add_argument("--replaces", help="retrain this parametric memory from its sources' current versions")
+    p.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's epochs)")
+    p.add_argument("--tag", action="append")
+    p.add_argument("--allow-untrusted", action="store_true", help="also distill untrusted (tool/document) memories")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr")
+    p = syscall_parser("jobs", "long operations (distillations, migrations) running or recently ended")
+    p.add_argument("--running", action="store_true", help="only the running ones")
+    p = syscall_parser("cancel", "stop a running job (it commits nothing)")
+    p.add_argument("job_id")
     p = syscall_parser("context", "which memories a query would get within a token budget, and why")
     p.add_argument("cube")
     p.add_argument("query")
