@@ -80,7 +80,6 @@ def trained(host: ModelHost, before, tmp_path_factory: pytest.TempPathFactory):
     return results, refs
 
 
-@pytest.mark.xfail(strict=False, reason="known gap (issue 4 open): with the CI-sized recipe (4 facts, epochs=6, batch 4) the adapter did not reach recall on 2 shared cores in the last full run (recall_with 0.0, final loss 2.9); see the session note")
 def test_adapter_recalls_invented_facts_the_base_model_does_not_know(trained) -> None:
     results, _ = trained
     for result in results.values():
@@ -112,7 +111,6 @@ def test_training_leaves_the_shared_base_model_unchanged(trained, host: ModelHos
     assert [host.generate(m, max_new_tokens=16).token_ids for m in (ASK, ASK_B, GENERAL)] == before["replies"]
 
 
-@pytest.mark.xfail(strict=False, reason="known gap (issue 4 open): with the CI-sized recipe (4 facts, epochs=6, batch 4) the adapter did not reach recall on 2 shared cores in the last full run (recall_with 0.0, final loss 2.9); see the session note")
 def test_each_request_gets_exactly_its_own_adapter(trained, host: ModelHost, before) -> None:
     _, refs = trained
     pool = AdapterPool(host.loaded.model, host.fingerprint, budget=2)
