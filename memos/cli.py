@@ -375,21 +375,23 @@ def _duration(text: str) -> float:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """SQLite's integrity check and the index outbox; with --repair, the index rebuild, its progress on stderr (a
     live bar in-process; a start and a done line when the kernel runs in the cluster, which cannot call back)."""
-    from memos.progress import Progress
+    from memos.progress import Progress, format_duration
 
+    phases = {"add": "index: embedding missing entries", "check": "index: checking metadata"}
     with _open(args) as runtime:
-        service = getattr(runtime.transport, "service", None)
-        if service is None or not args.repair:
-            if args.repair:
-                print("doctor: repairing the vector index in the kernel actor ...", file=sys.stderr, flush=True)
-            report = (service or runtime.transport).doctor(repair=args.repair)
-            if args.repair:
-                print("doctor: index repair done", file=sys.stderr, flush=True)
-        else:
+        service = getattr(runtime.transport, "service", None)  # the KernelService itself when in-process
+        if not args.repair:
+            report = (service or runtime.transport).doctor()
+        elif service is not None:
             with Progress("index", every_s=5.0) as bar:
-                phases = {"add": "index: embedding missing entries", "check": "index: checking metadata"}
                 report = service.doctor(repair=True, progress=lambda phase, done, total: bar.update(
                     done, total, label=phases.get(phase, f"index: {phase}")))
+        else:  # the kernel actor repairs; a progress callback cannot cross Ray
+            started = time.monotonic()
+            print("doctor: repairing the vector index in the kernel actor ...", file=sys.stderr, flush=True)
+            report = runtime.transport.doctor(repair=True)
+            print(f"doctor: index repair done in {format_duration(time.monotonic() - started)}", file=sys.stderr,
+                  flush=True)
     _print(report)
     return 0 if report["sqlite_integrity"] == "ok" else 1
 

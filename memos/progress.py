@@ -46,6 +46,7 @@ class Progress:
         self._last_print = float("-inf")
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._closed = False
+        self._drawn = ""  # the last line written
 
     def __enter__(self) -> Progress:
         return self
@@ -86,16 +87,17 @@ class Progress:
         return "  ".join(parts)
 
     def close(self, note: str | None = None) -> None:
-        """Draw the final line (always, once) and end it."""
+        """Draw the final line (once; off a terminal, not again if the last line printed says the same) and end it."""
         if self._closed:
             return
         self._closed = True
         if note is not None:
             self.note = note
-        self._draw(end="\n")
+        if self._tty or self.line() != self._drawn:
+            self._draw(end="\n")
 
     def _draw(self, end: str) -> None:
-        text = self.line()
+        text = self._drawn = self.line()
         if self._tty:
             text = "\x1b[2K" + text  # clear the rest of a longer previous line
         try:

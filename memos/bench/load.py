@@ -110,7 +110,8 @@ def run_load_bench(
                     bar.update(len(levels), note=f"{n} clients: {levels[-1]['throughput_ops_s']} ops/s")
                 bar.update(len(levels), label="load: verifying", note=f"{len(ledger.writes)} acknowledged writes")
                 verdict = _verify(Memos(host.transport, "system"), names, ledger)
-                bar.update(len(levels) + 1, label="load", note="verified")
+                bar.label = "load"  # the last line says what was done, not the phase it ended in
+                bar.update(len(levels) + 1, note="verified")
             finally:
                 host.shutdown()
         report = {

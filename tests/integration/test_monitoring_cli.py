@@ -144,3 +144,27 @@ def test_events_follow_shows_a_policy_migration_with_its_rule(tmp_path, model_ca
             follower.wait(timeout=30)
         down = memos(env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
+
+
+def test_doctor_repair_draws_the_index_check_on_stderr(tmp_path):
+    """In-process (no cluster): the repair's phases and counts on stderr, the JSON report alone on stdout. (A lost
+    index is re-added when the kernel opens, before the repair runs; the repair then checks every entry.)"""
+    home = tmp_path / "home"
+    env = {**os.environ, "MEMOS_HOME": str(home), "MEMOS_MODEL": "none"}
+    setup = (
+        "from memos.runtime import Runtime\n"
+        "with Runtime.start(mode='inprocess') as rt:\n"
+        "    c = rt.client('agent:ops'); c.create_cube('ops/notes')\n"
+        "    for i in range(5): c.write('ops/notes', f'runbook step {i}')\n"
+    )
+    made = subprocess.run([sys.executable, "-c", setup], env=env, capture_output=True, text=True, timeout=180)
+    assert made.returncode == 0, made.stderr[-3000:]
+
+    doctor = memos(env, "doctor", "--repair")
+
+    assert doctor.returncode == 0, doctor.stderr
+    report = json.loads(doctor.stdout)  # nothing but the report on stdout
+    assert report["reconcile"] == {"expected": 5, "indexed": 5, "added": 0, "removed": 0, "fixed_metadata": 0}
+    lines = doctor.stderr.splitlines()
+    assert lines[0].startswith("index: embedding missing entries  0"), lines
+    assert lines[-1].startswith("index: checking metadata") and "5/5 (100%)" in lines[-1], lines
