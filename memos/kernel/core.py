@@ -441,6 +441,8 @@ class Kernel(TieringOps, ContextOps):
         except MemosError as exc:
             if job is not None:
                 job.end("cancelled" if isinstance(exc, Cancelled) else "failed", f"{exc.code}: {exc.message}")
+                if job_args.get("rule") is None:  # a policy's failed action is reported by the scheduler's report
+                    self._report_failed_job(job.snapshot(), exc)
             raise
         if job is not None:
             job.end("done")
@@ -894,6 +896,14 @@ class Kernel(TieringOps, ContextOps):
             AuditRecord(seq=r[0], at=from_epoch(r[1]), principal=r[2], op=r[3], cube=r[4], memory_id=r[5], outcome=r[6], detail=r[7])
             for r in rows
         ))
+
+    def _report_failed_job(self, job: Job, exc: MemosError) -> None:
+        try:
+            self.record_event("job_failed", job.cubes[0] if job.cubes else None, job.target or next(iter(job.memory_ids), None),
+                              job.principal, {"job": job.id, "op": job.op, "code": exc.code, "message": exc.message[:500],
+                                              "memories": list(job.memory_ids)})
+        except MemosError as event_exc:  # the operation's own error is what the caller must see
+            self.log.error("could not record job_failed", job=job.id, error=event_exc.message)
 
     def record_event(
         self, type_: str, cube: str | None, memory_id: str | None, principal: str | None, data: dict[str, Any]

@@ -103,6 +103,9 @@ def test_a_cancelled_distillation_commits_nothing_and_leaves_no_file(mem, kernel
     assert port._distills == {}  # the kernel forgot the host's job
     with pytest.raises(InvalidState, match="already ended"):
         mem.cancel(job.id)
+    failed = [e for e in mem.events(limit=1000).events if e.type == "job_failed"]
+    assert [(e.data["job"], e.data["op"], e.data["code"], e.memory_id) for e in failed] == [
+        (job.id, "distill", "cancelled", job.target)]
     audit = [r for r in mem.audit("team/facts", limit=1000) if r.op in ("distill", "cancel")]
     assert [(r.op, r.outcome) for r in audit] == [("cancel", "ok"), ("distill", "cancelled")]
 
