@@ -39,6 +39,52 @@ def home_with_model_cache(home: Path, model_cache_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def base_model_before(model_service) -> dict:
+    """The shared model before any distillation in this session: a digest of its weights and its greedy replies."""
+    from parametric_facts import ASK, ASK_B, GENERAL, weights_digest
+
+    host = model_service.host
+    return {
+        "digest": weights_digest(host.loaded.model),
+        "replies": [host.generate(m, max_new_tokens=16).token_ids for m in (ASK, ASK_B, GENERAL)],
+    }
+
+
+@pytest.fixture(scope="session")
+def team_adapters(tmp_path_factory, model_service, base_model_before):
+    """Two teams, two agents, two adapters, trained once per session through the kernel with the default recipe:
+    agent:alice distils FACTS_A in cube team/a, agent:bob distils FACTS_B in team/b (each cube private to its agent).
+    The second fact of team a is at version 2 (an update before distillation). Most of the parametric tests' time."""
+    from parametric_facts import FACTS_A, FACTS_B
+
+    from memos.client import Memos
+    from memos.kernel.factory import open_kernel
+    from memos.transports import InProcessTransport, KernelService
+
+    home = tmp_path_factory.mktemp("parametric") / "home"
+    kernel = open_kernel(Settings(home=home, sqlite_synchronous="NORMAL"), model=model_service)
+    service = KernelService(kernel)
+    alice = Memos(InProcessTransport(service), "agent:alice")
+    bob = alice.as_principal("agent:bob")
+    alice.create_cube("team/a")
+    bob.create_cube("team/b")
+    ids_a = [alice.write("team/a", f).id for f in FACTS_A]
+    alice.update(ids_a[1], content=FACTS_A[1], tags=["census"])  # version 2: the header must name it
+    ids_b = [bob.write("team/b", f).id for f in FACTS_B]
+    adapter_a = alice.distill(ids_a, "team/a", tags=["adapter"])
+    adapter_b = bob.distill(ids_b, "team/b", tags=["adapter"])
+    for name, adapter in (("a", adapter_a), ("b", adapter_b)):
+        e = adapter.metadata["distill"]
+        print(f"\nadapter {name}: recall with {e['recall_with']:.0%} / without {e['recall_without']:.0%}; held-out "
+              f"{e['held_out_recall_with']} / {e['held_out_recall_without']}; locality delta "
+              f"{e['locality_delta']:+.4f} nats; {e['steps']} steps, train {e['train_s']:.0f} s; "
+              f"{adapter.payload.size_bytes} bytes")
+    yield {"alice": alice, "bob": bob, "ids_a": ids_a, "ids_b": ids_b, "a": adapter_a, "b": adapter_b,
+           "kernel": kernel}
+    service.close()
+
+
+@pytest.fixture(scope="session")
 def ray_runtime(tmp_path_factory, model_service, model_cache_dir):
     from memos.runtime import Runtime
 

@@ -1,19 +1,17 @@
-"""Parametric memory on the real default model (SmolLM2-135M-Instruct): distilled adapters recall invented facts the
-base model cannot know, the shared base model is unchanged by training, adapters served per request do not leak
-into each other's requests, and damaged or foreign adapters are refused.
-
-Two small adapters are trained once per module (a handful of invented facts each, a few training steps), which is
-most of this module's run time. The recall numbers are printed (``-s``) as well as asserted."""
+"""Parametric memory on the real default model (SmolLM2-135M-Instruct), on the adapters of the session's two teams
+(``team_adapters``, trained through the kernel): distilled adapters recall invented facts the base model cannot know,
+the shared base model is unchanged by training, adapters served per request do not leak into each other's requests,
+the hooks compute what peft trained, and damaged or foreign adapters are refused."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+from parametric_facts import ASK, ASK_B, FACTS_B, GENERAL, weights_digest
 
 from memos.cubes.parametric import adapter_info, load_adapter, save_adapter
 from memos.errors import CorruptPayload, FingerprintMismatch
@@ -23,30 +21,7 @@ from memos.models.lora import DistillProgress, LoraConfig, SourceFact, distill
 
 pytestmark = pytest.mark.integration
 
-FACTS_A = (
-    SourceFact(id="m_a000000000000001", version=1, text="Velkor Anstrude keeps the brass key in Quimbrel."),
-    SourceFact(id="m_a000000000000002", version=3, text="The population of Drosmere is 61,274."),
-    SourceFact(id="m_a000000000000003", version=1, text="Thalia Brennix's locker code is 7359."),
-    SourceFact(id="m_a000000000000004", version=2, text="Orsk Vandemor was born in Piltravey."),
-)
-FACTS_B = (
-    SourceFact(id="m_b000000000000001", version=1, text="Nimra Solvaine keeps the red notebook in Haskeldrun."),
-    SourceFact(id="m_b000000000000002", version=1, text="The population of Vexholm is 23,918."),
-    SourceFact(id="m_b000000000000003", version=5, text="Fennick Qualtor's locker code is 4826."),
-)
-# The default recipe; few facts on purpose (CI time).
-CONFIG = LoraConfig()
-ASK = [{"role": "user", "content": "What is Thalia Brennix's locker code?"}]
-ASK_B = [{"role": "user", "content": "What is Fennick Qualtor's locker code?"}]
-GENERAL = [{"role": "user", "content": "Name three colours of the rainbow."}]
-
-
-def _weights_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+CONFIG = LoraConfig()  # the default recipe, which the kernel used
 
 
 @pytest.fixture(scope="module")
@@ -55,57 +30,43 @@ def host(model_service) -> ModelHost:
 
 
 @pytest.fixture(scope="module")
-def before(host: ModelHost) -> dict[str, object]:
-    """The shared model before any distillation: a digest of its weights and its greedy replies."""
-    return {
-        "digest": _weights_digest(host.loaded.model),
-        "replies": [host.generate(m, max_new_tokens=16).token_ids for m in (ASK, ASK_B, GENERAL)],
-    }
+def before(base_model_before) -> dict[str, object]:
+    return base_model_before
 
 
 @pytest.fixture(scope="module")
-def trained(host: ModelHost, before, tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("adapters")
-    results, refs = {}, {}
-    for name, facts in (("a", FACTS_A), ("b", FACTS_B)):
-        result = distill(host, facts, CONFIG)
-        assert result.payload is not None
-        results[name] = result
-        refs[name] = save_adapter(result.payload, str(out / f"{name}.safetensors"))
-        e = result.evaluation
-        print(f"\nadapter {name}: recall with {e.recall_with:.0%} / without {e.recall_without:.0%} "
-              f"({e.questions} questions); held-out {e.held_out_recall_with} / {e.held_out_recall_without}; "
-              f"locality delta {e.locality_delta:+.4f} nats; {e.steps} steps, train {e.train_s:.0f} s, "
-              f"eval {e.eval_s:.0f} s; {refs[name].size_bytes} bytes")
-    return results, refs
+def trained(team_adapters, host: ModelHost):
+    """What each adapter's header says about its training, and its file."""
+    refs = {name: team_adapters[name].payload for name in ("a", "b")}
+    return {name: adapter_info(ref) for name, ref in refs.items()}, refs
 
 
 def test_adapter_recalls_invented_facts_the_base_model_does_not_know(trained) -> None:
-    results, _ = trained
-    for result in results.values():
-        e = result.evaluation
-        assert e.recall_without <= 0.25, e
-        assert e.recall_with >= 0.75, e.misses
-        assert e.recall_with - e.recall_without >= 0.5
-        assert abs(e.locality_delta) < 0.25, e
-        losses = [loss for _, loss in result.loss_curve]
+    infos, _ = trained
+    for info in infos.values():
+        e = info.evaluation
+        assert e["recall_without"] <= 0.25, e
+        assert e["recall_with"] >= 0.75, e["misses"]
+        assert e["recall_with"] - e["recall_without"] >= 0.5
+        assert abs(e["locality_delta"]) < 0.25, e
+        losses = [loss for _, loss in info.loss_curve]
         assert losses[-1] < losses[0] / 2
 
 
-def test_header_records_sources_versions_config_loss_and_evaluation(trained, host: ModelHost) -> None:
-    results, refs = trained
-    info = adapter_info(refs["a"])
-    assert info.sources == tuple(f.ref for f in FACTS_A)
-    assert [(s.id, s.version) for s in info.sources][1] == ("m_a000000000000002", 3)
+def test_header_records_sources_versions_config_loss_and_evaluation(trained, team_adapters, host: ModelHost) -> None:
+    infos, _ = trained
+    info, adapter = infos["a"], team_adapters["a"]
+    assert info.sources == adapter.provenance.derived_from  # the kernel copies the header's sources
+    assert [(s.id, s.version) for s in info.sources][1] == (team_adapters["ids_a"][1], 2)
     assert info.fingerprint == host.fingerprint
     assert info.config == CONFIG.model_dump(mode="json")
-    assert info.loss_curve == results["a"].loss_curve
-    assert info.evaluation == results["a"].evaluation.model_dump(mode="json")
+    assert len(info.loss_curve) == info.evaluation["steps"] and info.evaluation["facts"] == 4
+    assert adapter.metadata["distill"]["recall_with"] == info.evaluation["recall_with"]
 
 
 def test_training_leaves_the_shared_base_model_unchanged(trained, host: ModelHost, before) -> None:
     model = host.loaded.model
-    assert _weights_digest(model) == before["digest"]
+    assert weights_digest(model) == before["digest"]
     assert not any("lora" in name.lower() for name, _ in model.named_modules())
     assert all(not m._forward_hooks for m in model.modules())
     assert [host.generate(m, max_new_tokens=16).token_ids for m in (ASK, ASK_B, GENERAL)] == before["replies"]
@@ -133,8 +94,8 @@ def test_each_request_gets_exactly_its_own_adapter(trained, host: ModelHost, bef
 def test_hooks_compute_what_peft_trained(trained, host: ModelHost) -> None:
     import peft
 
-    results, _ = trained
-    payload = results["a"].payload
+    _, refs = trained
+    payload = load_adapter(refs["a"], host.fingerprint)
     wrapped = peft.get_peft_model(
         copy.deepcopy(host.loaded.model),
         peft.LoraConfig(r=CONFIG.rank, lora_alpha=CONFIG.alpha, target_modules=list(CONFIG.target_modules)),
@@ -180,8 +141,8 @@ def test_pool_keeps_its_budget_least_recently_used_first(trained, host: ModelHos
 
 
 def test_corrupted_adapter_is_refused_naming_the_file(trained, host: ModelHost, tmp_path: Path) -> None:
-    results, _ = trained
-    ref = save_adapter(results["a"].payload, str(tmp_path / "damaged.safetensors"))
+    _, refs = trained
+    ref = save_adapter(load_adapter(refs["a"], host.fingerprint), str(tmp_path / "damaged.safetensors"))
     data = bytearray(Path(ref.path).read_bytes())
     data[len(data) // 2] ^= 0x10
     Path(ref.path).write_bytes(bytes(data))
@@ -208,8 +169,9 @@ def test_distillation_can_be_cancelled_and_reports_progress(host: ModelHost, bef
         if p.step == 2:
             cancel.set()
 
-    result = distill(host, FACTS_B, CONFIG.model_copy(update={"replay_weight": 0.0}), progress=progress, cancel=cancel)
+    facts = [SourceFact(id=f"m_b00000000000000{i}", version=1, text=t) for i, t in enumerate(FACTS_B)]
+    result = distill(host, facts, CONFIG.model_copy(update={"replay_weight": 0.0}), progress=progress, cancel=cancel)
     assert result.cancelled and result.payload is None and result.evaluation is None
     assert result.steps_done == 2 and [p.step for p in seen] == [1, 2]
     assert seen[0].phase == "train" and seen[0].loss is not None
-    assert _weights_digest(host.loaded.model) == before["digest"]
+    assert weights_digest(host.loaded.model) == before["digest"]
