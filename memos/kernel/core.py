@@ -134,13 +134,14 @@ class Kernel(TieringOps, ContextOps):
         self.clock = clock or SystemClock()
         self.new_id = new_id
         self.superusers = frozenset(superusers)
-        self.indexer = Indexer(store, index, embedder)
         self.syscall_counts: Counter[str] = Counter()
         self._latencies: dict[str, deque[float]] = {}
         self.observers: list[KernelObserver] = []
         self.log = get_logger("memos.kernel")
-        # One syscall at a time holds the kernel; long operations (model work) release it between their phases.
+        # One syscall at a time holds the kernel; long operations (model work) release it between their phases, and
+        # index updates (embedding) run after it is released (memos.kernel.indexer, "Locking").
         self._lock = threading.RLock()
+        self.indexer = Indexer(store, index, embedder, store_lock=self._lock)
         self._tls = threading.local()
         self.jobs = JobTable(self.clock.now)
         self.job_poll_s = 0.25  # how often a long operation polls the model host for progress
@@ -183,6 +184,7 @@ class Kernel(TieringOps, ContextOps):
                 raise InvalidSyscall(f"invalid principal {principal!r}")
             call = sc.parse_syscall(syscall)
             op = call.op
+            self._embed_queries(call)
             cube = getattr(call, "cube", None) or getattr(call, "name", None)
             if op in self.LONG_OPS:
                 result = self._run_long(principal, call)
@@ -204,7 +206,10 @@ class Kernel(TieringOps, ContextOps):
     def in_transaction(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` holding the kernel, in one SQLite transaction; then run its after-commit work (files to
         delete, index updates). On an exception nothing is committed and the after-commit work is dropped."""
+        outermost = not getattr(self._tls, "in_kernel", False)
         with self._lock:
+            queued_before = self.store.outbox_writes
+            self._tls.in_kernel = True
             self._tls.after_commit = []
             try:
                 with self.store.transaction():
@@ -212,12 +217,19 @@ class Kernel(TieringOps, ContextOps):
             except BaseException:
                 self._tls.after_commit = []
                 self._pending_events().clear()
+                self._tls.in_kernel = not outermost
                 raise
             for action in self._tls.after_commit:
                 action()
             self._tls.after_commit = []
-            self._flush_index()
+            self._tls.in_kernel = not outermost
+            queued = self.store.outbox_writes != queued_before
+        if not outermost or not queued:  # nested: the outermost call flushes; a read has nothing to wait for
             return result
+        # Outside the kernel: concurrent writers' entries are embedded in one batch. The syscall still returns only
+        # after its own entries are indexed (read-your-writes), or after the failure was logged (the outbox keeps it).
+        self._flush_index()
+        return result
 
     def after_commit(self, action: Callable[[], None]) -> None:
         """Queue work that must happen only once the current transaction committed (e.g. deleting a blob)."""
@@ -745,6 +757,21 @@ class Kernel(TieringOps, ContextOps):
             for row, item in hits
         ))
 
+    def _query_vector(self, query: str) -> list[float]:
+        """The query's embedding: computed by ``execute`` before it took the kernel, else now."""
+        ready = getattr(self._tls, "query_vectors", None) or {}
+        return ready[query] if query in ready else self.embedder.embed([query])[0]
+
+    def _embed_queries(self, call: Any) -> None:
+        """Embed a searching syscall's query before taking the kernel (embedding is the slow part of a search)."""
+        query = None
+        if (call.op == "search" and call.mode != "lexical") or call.op == "assemble_context":
+            query = call.query
+        elif call.op == "generate" and call.cubes and not call.memory:
+            users = [m.content for m in call.messages if m.role == "user"]
+            query = users[-1][:4096] if users else None
+        self._tls.query_vectors = {query: self.embedder.embed([query])[0]} if query else None
+
     def _search_hits(
         self, principal: str, query: str, cubes: tuple[str, ...], k: int, f: sc.SearchFilters, *,
         at: float | None = None, mode: str = "hybrid",
@@ -763,7 +790,7 @@ class Kernel(TieringOps, ContextOps):
                 one_of["author"] = tuple(f.authors)
             if f.sources:
                 one_of["source"] = tuple(x.value for x in f.sources)
-            q = IndexQuery(embedding=self.embedder.embed([query])[0], cubes=cubes, limit=limit, at=at, equals=equals,
+            q = IndexQuery(embedding=self._query_vector(query), cubes=cubes, limit=limit, at=at, equals=equals,
                            one_of=one_of)
             dense = [parse_entry_id(eid) for eid, _ in self.index.query(q)]
         lexical: list[int] = []

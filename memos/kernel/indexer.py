@@ -5,13 +5,24 @@ applies the queue after the commit, idempotently (metadata is always re-read fro
 applied. A crash between commit and flush leaves the queue for the next start. ``reconcile`` compares the full id
 sets (and, with ``deep``, each entry's metadata) and repairs any difference: it is the start-up check and what
 ``memos doctor --repair`` runs.
+
+**Locking.** The store's connection is the kernel's: every store access here holds ``store_lock`` (the kernel's
+lock), briefly. Embedding and index writes happen *outside* it, under the indexer's own ``_flush_lock``, so syscalls
+go on while a batch is embedded, and writers that commit meanwhile are indexed together by the next flush (one
+embedding batch instead of one call each: the load bench measures what this gives). Lock order: ``_flush_lock``
+before ``store_lock``; never call ``flush``/``reconcile`` holding ``store_lock`` (the kernel flushes after it
+releases it). The outbox is applied in order, so a change queued while a batch is in flight (an update, a purge's
+remove) is applied by the next batch, after what it follows.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 from memos.storage.sqlite import SqliteStore, VersionRow
 from memos.storage.vector import Embedder, IndexEntry, VectorIndex, entry_id
@@ -58,10 +69,13 @@ class ReconcileReport:
 
 
 class Indexer:
-    def __init__(self, store: SqliteStore, index: VectorIndex, embedder: Embedder) -> None:
+    def __init__(self, store: SqliteStore, index: VectorIndex, embedder: Embedder,
+                 store_lock: AbstractContextManager[Any] | None = None) -> None:
         self.store = store
         self.index = index
         self.embedder = embedder
+        self.store_lock = store_lock if store_lock is not None else nullcontext()
+        self._flush_lock = threading.RLock()  # reconcile holds it and flushes first
 
     def _entries(self, rows: list[VersionRow]) -> list[IndexEntry]:
         vectors = self.embedder.embed([r.content for r in rows]) if rows else []
@@ -72,24 +86,28 @@ class Indexer:
     def flush(self) -> int:
         """Apply every queued index change. Returns how many were applied. Raises BackendError from the index."""
         applied = 0
-        while True:
-            ops = self.store.pending_index_ops()
-            if not ops:
-                return applied
-            rows = self.store.versions_by_rowid(op[2] for op in ops if op[1] != "remove")
-            removes = [op[3] for op in ops if op[1] == "remove"]
-            adds = {op[2]: rows[op[2]] for op in ops if op[1] == "add" and op[2] in rows and rows[op[2]].state != "deleted"}
-            closes = [rows[op[2]] for op in ops if op[1] == "close" and op[2] in rows and op[2] not in adds]
-            if adds:
-                self.index.upsert(self._entries(list(adds.values())))
-            if closes:
-                self.index.set_metadata(
-                    [entry_id(r.memory_id, r.version) for r in closes], [entry_metadata(r) for r in closes]
-                )
-            if removes:
-                self.index.delete(removes)
-            self.store.ack_index_ops(ops[-1][0])
-            applied += len(ops)
+        with self._flush_lock:
+            while True:
+                with self.store_lock:
+                    ops = self.store.pending_index_ops()
+                    if not ops:
+                        return applied
+                    rows = self.store.versions_by_rowid(op[2] for op in ops if op[1] != "remove")
+                removes = [op[3] for op in ops if op[1] == "remove"]
+                adds = {op[2]: rows[op[2]] for op in ops
+                        if op[1] == "add" and op[2] in rows and rows[op[2]].state != "deleted"}
+                closes = [rows[op[2]] for op in ops if op[1] == "close" and op[2] in rows and op[2] not in adds]
+                if adds:
+                    self.index.upsert(self._entries(list(adds.values())))
+                if closes:
+                    self.index.set_metadata(
+                        [entry_id(r.memory_id, r.version) for r in closes], [entry_metadata(r) for r in closes]
+                    )
+                if removes:
+                    self.index.delete(removes)
+                with self.store_lock:
+                    self.store.ack_index_ops(ops[-1][0])
+                applied += len(ops)
 
     def reconcile(self, *, deep: bool = False, progress: Callable[[str, int, int], None] | None = None) -> ReconcileReport:
         """Make the index hold exactly the indexable versions, with the right metadata when ``deep``.
@@ -98,14 +116,20 @@ class Indexer:
         the missing entries, ``check`` compares the metadata of the others when ``deep``) and after each batch.
         """
         tick = progress or (lambda phase, done, total: None)
+        with self._flush_lock:
+            return self._reconcile(deep, tick)
+
+    def _reconcile(self, deep: bool, tick: Callable[[str, int, int], None]) -> ReconcileReport:
         self.flush()
-        expected = self.store.indexable_entries()
+        with self.store_lock:
+            expected = self.store.indexable_entries()
         present = self.index.ids()
         missing = [rowid for eid, rowid in expected.items() if eid not in present]
         extra = [eid for eid in present if eid not in expected]
         if extra:
             self.index.delete(extra)
-        rows = self.store.versions_by_rowid(missing)
+        with self.store_lock:
+            rows = self.store.versions_by_rowid(missing)
         tick("add", 0, len(missing))
         for start in range(0, len(missing), 256):
             part = [rows[r] for r in missing[start : start + 256] if r in rows]
@@ -118,7 +142,8 @@ class Indexer:
             for start in range(0, len(checked), 1000):
                 part = checked[start : start + 1000]
                 meta = self.index.get_metadata(part)
-                part_rows = self.store.versions_by_rowid(expected[e] for e in part)
+                with self.store_lock:
+                    part_rows = self.store.versions_by_rowid(expected[e] for e in part)
                 wrong = [
                     (e, entry_metadata(part_rows[expected[e]]))
                     for e in part

@@ -188,6 +188,7 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self.outbox_writes = 0  # index_outbox rows queued by this process (a counter, never reset)
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -464,6 +465,7 @@ class SqliteStore:
     # ------------------------------------------------------------------------------------------------ index outbox
 
     def _outbox(self, action: str, rowid: int, memory_id: str, version: int) -> None:
+        self.outbox_writes += 1  # tells the kernel that this transaction has index work to flush
         self._exec(
             "INSERT INTO index_outbox(action, version_rowid, entry) VALUES (?,?,?)", (action, rowid, f"{memory_id}@{version}")
         )
