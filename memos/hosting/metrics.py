@@ -15,10 +15,16 @@
 | memos_policy_actions_total | counter | policy, outcome (ok, not_executed or an error code) | every policy action |
 | memos_memories | gauge | cube, kind, state (current versions) | ``refresh_gauges`` |
 | memos_bytes | gauge | cube, kind | ``refresh_gauges`` |
+| memos_jobs | gauge | op, state (running; and ended jobs still listed: done, cancelled, failed) | ``refresh_jobs`` |
+| memos_model_ram_payloads / memos_model_ram_bytes | gauge | | model host: KV payloads in its RAM tier |
+| memos_model_adapters_loaded | gauge | | model host: adapters ready in its pool (at most its budget) |
+| memos_model_adapter_loads_total | counter | | model host: adapters loaded from disk (pool misses) |
+| memos_model_distillations_running | gauge | | model host: trainings in progress |
 
 Counters are updated by ``RayMetricsObserver`` from the kernel's observer calls (the kernel stays Ray-free: what a
 counter means is read from the event's data here); gauges by ``refresh_gauges`` (the kernel actor calls it on a
-timer). Only this module and the rest of memos.hosting import ray.
+timer, with ``refresh_jobs``); the model host's by ``ModelMetrics.refresh`` after each call to the model actor.
+Only this module and the rest of memos.hosting import ray.
 """
 
 from __future__ import annotations
@@ -81,6 +87,9 @@ class RayMetricsObserver:
         self._bytes = metrics.Gauge("memos_bytes", description="Bytes of current versions by cube and kind.",
                                     tag_keys=("cube", "kind"))
         self._seen: set[tuple[str, str, str]] = set()
+        self._jobs = metrics.Gauge("memos_jobs", description="Kernel jobs (long operations) by op and state.",
+                                   tag_keys=("op", "state"))
+        self._job_series: set[tuple[str, str]] = set()
 
     def syscall(self, op: str, outcome: str, duration_s: float) -> None:
         self._syscalls.inc(1, {"op": op, "outcome": outcome})
@@ -120,3 +129,41 @@ class RayMetricsObserver:
         for (cube, kind), b in size.items():
             self._bytes.set(b, {"cube": cube, "kind": kind})
         self._seen = current
+
+    def refresh_jobs(self, jobs: list[Any]) -> None:
+        """Set ``memos_jobs`` from the kernel's job table (``memos.kernel.jobs``): the queue of long operations."""
+        counts: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            counts[(job.op, job.state)] = counts.get((job.op, job.state), 0) + 1
+        for key in self._job_series - counts.keys():
+            counts[key] = 0
+        for (op, state), n in counts.items():
+            self._jobs.set(n, {"op": op, "state": state})
+        self._job_series = set(counts)
+
+
+class ModelMetrics:
+    """The model host actor's gauges and counters (RAM tier, adapter pool, trainings)."""
+
+    def __init__(self) -> None:
+        from ray.util import metrics
+
+        self._ram_payloads = metrics.Gauge("memos_model_ram_payloads", description="KV payloads in the model host's RAM tier.")
+        self._ram_bytes = metrics.Gauge("memos_model_ram_bytes", description="Bytes of KV payloads in the model host's RAM.")
+        self._adapters = metrics.Gauge("memos_model_adapters_loaded", description="LoRA adapters ready on the model host.")
+        self._adapter_loads = metrics.Counter("memos_model_adapter_loads_total",
+                                              description="Adapters loaded from disk by the model host (pool misses).")
+        self._distilling = metrics.Gauge("memos_model_distillations_running",
+                                         description="Distillations training on the model host.")
+        self._loads_seen = 0
+
+    def refresh(self, usage: Mapping[str, int]) -> None:
+        """From ``ModelService.ram_usage()``."""
+        self._ram_payloads.set(usage.get("payloads", 0))
+        self._ram_bytes.set(usage.get("bytes", 0))
+        self._adapters.set(usage.get("adapters", 0))
+        self._distilling.set(usage.get("distillations_running", 0))
+        loads = usage.get("adapter_loads", 0)
+        if loads > self._loads_seen:
+            self._adapter_loads.inc(loads - self._loads_seen)
+            self._loads_seen = loads

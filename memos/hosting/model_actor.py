@@ -25,16 +25,29 @@ class ModelActor:
         from memos.models.service import open_model_service
 
         self.service = open_model_service(Settings.model_validate(settings), num_threads=num_cpus)
+        from memos.hosting.metrics import ModelMetrics
+
+        self.metrics = ModelMetrics()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
             result = getattr(self.service, method)(*args, **kwargs)
         except MemosError as exc:
             return {"error": exc.to_wire()}
+        finally:
+            self._refresh_metrics()
         return {"ok": result.model_dump(mode="json") if hasattr(result, "model_dump") else result}
 
     def ram_usage(self) -> dict[str, int]:
         return self.service.ram_usage()
+
+    def _refresh_metrics(self) -> None:
+        try:
+            self.metrics.refresh(self.service.usage_counts())
+        except Exception as exc:  # metrics are an observer: never fail (or mask the error of) the call itself
+            import logging
+
+            logging.getLogger("memos.model").warning("model metrics refresh failed: %r", exc)
 
 
 def model_actor_class(num_cpus: int) -> Any:

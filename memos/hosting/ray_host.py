@@ -68,6 +68,7 @@ class KernelActor(KernelService):
         while not self._stop.wait(GAUGE_PERIOD_S):
             cubes = [c[0] for c in self.kernel.store.list_cubes()]
             self.metrics.refresh_gauges(self.kernel.store.counts(cubes))
+            self.metrics.refresh_jobs(self.kernel.jobs.all())
 
     def close(self) -> None:
         self._stop.set()

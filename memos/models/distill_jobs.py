@@ -65,6 +65,11 @@ class DistillJobs:
         thread.start()
         return status
 
+    def running(self) -> int:
+        """Jobs training or evaluating now."""
+        with self._lock:
+            return sum(1 for status, _ in self._jobs.values() if status.state == "running")
+
     def status(self, job_id: str) -> DistillStatus:
         """The job's current status.
 

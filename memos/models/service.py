@@ -83,8 +83,14 @@ class ModelService:
 
     def ram_usage(self) -> dict[str, int]:
         with self._lock:
-            return {"payloads": len(self._ram), "bytes": self._ram_bytes, "budget": self.ram_budget_bytes,
-                    "adapters": self._adapters.usage()["adapters"]}
+            return self.usage_counts()
+
+    def usage_counts(self) -> dict[str, int]:
+        """``ram_usage`` without waiting for the model (for metrics: a generation may hold it for seconds; the
+        counts may then be a moment old)."""
+        return {"payloads": len(self._ram), "bytes": self._ram_bytes, "budget": self.ram_budget_bytes,
+                "adapters": len(self._adapters._ready), "adapter_loads": self._adapters.loads,
+                "distillations_running": self._distills.running()}
 
     def start_distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> DistillStatus:
         from memos.models.lora import LoraConfig, SourceFact

@@ -129,7 +129,8 @@ def test_events_follow_shows_a_policy_migration_with_its_rule(tmp_path, model_ca
         deadline, text = time.time() + 60, ""
         while time.time() < deadline:
             text = urllib.request.urlopen(info["metrics_url"], timeout=10).read().decode()
-            if 'ray_memos_policy_runs_total{' in text and 'ray_memos_migrations_total{' in text:
+            if all(f"ray_memos_{name}" in text for name in (
+                    "policy_runs_total{", "migrations_total{", "jobs{", "model_ram_payloads")):
                 break
             time.sleep(2)
         migrations = [line for line in text.splitlines() if line.startswith("ray_memos_migrations_total{")]
@@ -138,6 +139,10 @@ def test_events_follow_shows_a_policy_migration_with_its_rule(tmp_path, model_ca
                    for line in text.splitlines())
         assert any(line.startswith("ray_memos_policy_actions_total{") and 'outcome="ok"' in line
                    for line in text.splitlines())
+        # The promotion ran as a kernel job; the model host reports its own gauges (the KV build left no RAM payload).
+        assert any(line.startswith("ray_memos_jobs{") and 'op="migrate"' in line and 'state="done"' in line
+                   and float(line.rsplit(" ", 1)[1]) == 1 for line in text.splitlines()), text
+        assert any(line.startswith("ray_memos_model_ram_payloads") for line in text.splitlines())
     finally:
         if follower is not None:
             follower.terminate()

@@ -272,6 +272,34 @@ def test_policy_runs_become_run_and_action_metrics(metrics):
     }
 
 
+def test_kernel_jobs_become_a_gauge_by_op_and_state(metrics, kernel):
+    observer, m = metrics
+    migrate = kernel.jobs.start("migrate", "agent:a", ["c"], ["m_1"], total=2)
+    distill = kernel.jobs.start("distill", "agent:a", ["c"], ["m_1"])
+    observer.refresh_jobs(kernel.jobs.all())
+    assert m["memos_jobs"].values == {tags(op="migrate", state="running"): 1, tags(op="distill", state="running"): 1}
+    migrate.end("done")
+    distill.end("cancelled", "cancelled: by agent:a")
+    observer.refresh_jobs(kernel.jobs.all())
+    assert m["memos_jobs"].values == {
+        tags(op="migrate", state="running"): 0, tags(op="distill", state="running"): 0,
+        tags(op="migrate", state="done"): 1, tags(op="distill", state="cancelled"): 1,
+    }
+
+
+def test_model_host_usage_becomes_gauges_and_a_load_counter(metrics):
+    from memos.hosting.metrics import ModelMetrics
+
+    _, m = metrics
+    model = ModelMetrics()
+    model.refresh({"payloads": 2, "bytes": 4096, "adapters": 1, "adapter_loads": 3, "distillations_running": 1})
+    model.refresh({"payloads": 1, "bytes": 2048, "adapters": 2, "adapter_loads": 5, "distillations_running": 0})
+    assert m["memos_model_ram_payloads"].values == {(): 1} and m["memos_model_ram_bytes"].values == {(): 2048}
+    assert m["memos_model_adapters_loaded"].values == {(): 2}
+    assert m["memos_model_adapter_loads_total"].values == {(): 5}  # the counter follows the pool's total
+    assert m["memos_model_distillations_running"].values == {(): 0}
+
+
 # --------------------------------------------------------------------------------------------------- index rebuild
 
 
