@@ -571,9 +571,8 @@ class Kernel(TieringOps, ContextOps):
 
     def _op_list(self, principal: str, call: sc.ListMemories) -> MemoryList:
         self._require_cube(principal, call.cube, Right.READ)
-        rows = self.store.list_memories(call.cube, tuple(s.value for s in call.states), call.limit, call.offset)
-        if call.tags:
-            rows = [r for r in rows if set(call.tags) <= set(r.tags)]
+        rows = self.store.list_memories(call.cube, tuple(s.value for s in call.states), call.limit, call.offset,
+                                        tuple(call.tags))
         self._audit_ok(principal, call.op, call.cube, detail=f"{len(rows)} memories")
         return MemoryList(memories=tuple(self.to_memory(r) for r in rows))
 

@@ -632,12 +632,21 @@ class SqliteStore:
         row = self._one(f"SELECT COUNT(*) FROM versions WHERE cube IN ({marks})", cubes)
         return int(row[0]) if row else 0
 
-    def list_memories(self, cube: str, states: tuple[str, ...], limit: int, offset: int) -> list[VersionRow]:
+    def list_memories(self, cube: str, states: tuple[str, ...], limit: int, offset: int,
+                      tags: tuple[str, ...] = ()) -> list[VersionRow]:
+        """Current versions in ``cube`` in these states that carry every one of ``tags``, oldest first; the tag
+        filter is applied before ``limit``/``offset``, so pages are pages of the matching memories."""
         marks = ",".join("?" * len(states))
+        tag_filter = ""
+        params: list[object] = [cube, *states]
+        if tags:
+            tag_filter = ("AND NOT EXISTS (SELECT 1 FROM json_each(?) AS wanted WHERE wanted.value NOT IN "
+                          "(SELECT value FROM json_each(v.tags))) ")
+            params.append(json.dumps(list(tags), ensure_ascii=False))
         rows = self._all(
             f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.version = m.current_version AND m.cube = ? "
-            f"AND m.state IN ({marks}) ORDER BY m.created_at, m.id LIMIT ? OFFSET ?",
-            (cube, *states, limit, offset),
+            f"AND m.state IN ({marks}) {tag_filter}ORDER BY m.created_at, m.id LIMIT ? OFFSET ?",
+            (*params, limit, offset),
         )
         return [_row_to_version(r) for r in rows]
 

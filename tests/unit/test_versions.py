@@ -153,6 +153,20 @@ def test_list_returns_current_versions_of_a_cube(mem, clock):
     assert [m.id for m in mem.list("team/x", tags=["t"])] == [a.id]
 
 
+def test_list_filters_tags_before_it_pages(mem, clock):
+    mem.create_cube("team/x")
+    tagged = []
+    for i in range(6):
+        clock.advance(1)
+        m = mem.write("team/x", f"note {i}", tags=["keep", "x"] if i % 2 else ["other"])
+        if i % 2:
+            tagged.append(m.id)
+    assert [m.id for m in mem.list("team/x", tags=["keep"], limit=2)] == tagged[:2]
+    assert [m.id for m in mem.list("team/x", tags=["keep"], limit=2, offset=2)] == tagged[2:]
+    assert [m.id for m in mem.list("team/x", tags=["keep", "x"])] == tagged
+    assert mem.list("team/x", tags=["keep", "missing"]) == ()
+
+
 def test_purge_erases_every_version_and_marks_derived_memories_stale(mem, kernel):
     mem.create_cube("team/x")
     secret = mem.write("team/x", "the vault password is swordfish")
