@@ -25,16 +25,13 @@ torch and safetensors are imported lazily: the kernel imports this module (types
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memos.errors import BackendError, CorruptPayload, FingerprintMismatch
+from memos.cubes.blobs import read_header, read_verified, write_payload
+from memos.errors import CorruptPayload, FingerprintMismatch
 from memos.types import Fingerprint, PayloadRef
 
 if TYPE_CHECKING:
@@ -43,6 +40,7 @@ if TYPE_CHECKING:
 FORMAT = "memos.kv"
 FORMAT_VERSION = 1
 _FINGERPRINT_FIELDS = ("model_id", "config_hash", "tokenizer_hash", "dtype")
+_WHAT = "activation payload"
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,12 +142,7 @@ def save_kv(payload: KVPayload, path: str | Path) -> PayloadRef:
         "memory_messages": json.dumps(list(payload.memory_messages), ensure_ascii=False),
     }
     data = save(tensors, metadata=metadata)
-    path = Path(path)
-    try:
-        _write_atomically(path, data)
-    except OSError as exc:
-        raise BackendError(f"cannot write activation payload {path}: {exc}", path=str(path)) from exc
-    return PayloadRef(path=str(path), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+    return write_payload(path, data, what=_WHAT)
 
 
 def load_kv(ref: PayloadRef, expected: Fingerprint) -> KVPayload:
@@ -162,25 +155,10 @@ def load_kv(ref: PayloadRef, expected: Fingerprint) -> KVPayload:
         CorruptPayload: missing, truncated, altered or malformed file (the message names the file).
         FingerprintMismatch: a sound file built for another model (the message names the differing fields).
     """
-    path = Path(ref.path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise CorruptPayload(f"activation payload {path} is missing", path=str(path)) from exc
-    except OSError as exc:
-        raise BackendError(f"cannot read activation payload {path}: {exc}", path=str(path)) from exc
-    if len(data) != ref.size_bytes:
-        raise CorruptPayload(
-            f"activation payload {path} has {len(data)} bytes, expected {ref.size_bytes} (truncated or rewritten)",
-            path=str(path),
-        )
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != ref.sha256:
-        raise CorruptPayload(
-            f"activation payload {path} is altered: sha256 {digest}, expected {ref.sha256}", path=str(path)
-        )
+    data = read_verified(ref, what=_WHAT)
+    path = ref.path
     payload = _parse(data, name=str(path))
-    check_fingerprint(payload.fingerprint, expected, what=f"activation payload {path}")
+    check_fingerprint(payload.fingerprint, expected, what=f"{_WHAT} {path}")
     return payload
 
 
@@ -209,47 +187,9 @@ def _parse(data: bytes, *, name: str) -> KVPayload:
             exact=meta["exact"] == "true",
         )
     except (SafetensorError, KeyError, ValueError, TypeError, RecursionError) as exc:
-        raise CorruptPayload(f"activation payload {name} is malformed: {exc}", path=name) from exc
+        raise CorruptPayload(f"{_WHAT} {name} is malformed: {exc}", path=name) from exc
 
 
 def _read_metadata(data: bytes, name: str) -> dict[str, str]:
-    try:
-        (length,) = struct.unpack("<Q", data[:8])
-        if 8 + length > len(data):
-            raise ValueError(f"header length {length} exceeds the file")
-        meta = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
-        if not isinstance(meta, dict):
-            raise ValueError(f"__metadata__ is a {type(meta).__name__}, not an object")
-    except (struct.error, ValueError, AttributeError, RecursionError) as exc:
-        raise CorruptPayload(f"activation payload {name} is not a safetensors file: {exc}", path=name) from exc
-    if meta.get("format") != FORMAT or meta.get("format_version") != str(FORMAT_VERSION):
-        raise CorruptPayload(
-            f"activation payload {name} has format {meta.get('format')!r} version {meta.get('format_version')!r}, "
-            f"expected {FORMAT!r} version {FORMAT_VERSION}",
-            path=name,
-        )
-    missing = [k for k in (*_FINGERPRINT_FIELDS, "num_tokens", "num_layers", "exact", "memory_messages") if k not in meta]
-    if missing:
-        raise CorruptPayload(f"activation payload {name} lacks header fields {missing}", path=name)
-    return meta
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename is durable only once the directory entry is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
+    return read_header(data, name, what=_WHAT, format=FORMAT, version=FORMAT_VERSION,
+                       required=(*_FINGERPRINT_FIELDS, "num_tokens", "num_layers", "exact", "memory_messages"))

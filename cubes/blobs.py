@@ -9,8 +9,11 @@ verified bytes are parsed (nothing is re-read between check and use).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from memos.errors import BackendError, CorruptPayload
@@ -54,6 +57,35 @@ def read_verified(ref: PayloadRef, *, what: str) -> bytes:
     if digest != ref.sha256:
         raise CorruptPayload(f"{what} {path} is altered: sha256 {digest}, expected {ref.sha256}", path=str(path))
     return data
+
+
+def read_header(data: bytes, name: str, *, what: str, format: str, version: int, required: Iterable[str]) -> dict[str, str]:
+    """The ``__metadata__`` of the safetensors bytes ``data``, once it is an object of format ``format`` at
+    ``version`` holding every ``required`` key. Reads the header only (no tensors, no torch).
+
+    Raises:
+        CorruptPayload: not a safetensors file, another format or version, or a missing field; the message names
+            ``what`` and the file ``name``.
+    """
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        if 8 + length > len(data):
+            raise ValueError(f"header length {length} exceeds the file")
+        meta = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError(f"__metadata__ is a {type(meta).__name__}, not an object")
+    except (struct.error, ValueError, AttributeError, RecursionError) as exc:
+        raise CorruptPayload(f"{what} {name} is not a safetensors file: {exc}", path=name) from exc
+    if meta.get("format") != format or meta.get("format_version") != str(version):
+        raise CorruptPayload(
+            f"{what} {name} has format {meta.get('format')!r} version {meta.get('format_version')!r}, "
+            f"expected {format!r} version {version}",
+            path=name,
+        )
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise CorruptPayload(f"{what} {name} lacks header fields {missing}", path=name)
+    return meta
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -28,13 +28,12 @@ torch and safetensors are imported lazily: the kernel imports this module (types
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memos.cubes.activation import check_fingerprint
-from memos.cubes.blobs import read_verified, write_payload
+from memos.cubes.blobs import read_header, read_verified, write_payload
 from memos.errors import CorruptPayload
 from memos.types import Fingerprint, MemoryRef, PayloadRef
 
@@ -202,20 +201,5 @@ def _parse_info(data: bytes, name: str) -> AdapterInfo:
 
 
 def _read_metadata(data: bytes, name: str) -> dict[str, str]:
-    try:
-        (length,) = struct.unpack("<Q", data[:8])
-        if 8 + length > len(data):
-            raise ValueError(f"header length {length} exceeds the file")
-        meta = json.loads(data[8 : 8 + length]).get("__metadata__") or {}
-    except (struct.error, ValueError, AttributeError) as exc:
-        raise CorruptPayload(f"{_WHAT} {name} is not a safetensors file: {exc}", path=name) from exc
-    if meta.get("format") != FORMAT or meta.get("format_version") != str(FORMAT_VERSION):
-        raise CorruptPayload(
-            f"{_WHAT} {name} has format {meta.get('format')!r} version {meta.get('format_version')!r}, "
-            f"expected {FORMAT!r} version {FORMAT_VERSION}",
-            path=name,
-        )
-    missing = [k for k in (*_FINGERPRINT_FIELDS, "rank", "alpha", *_JSON_FIELDS) if k not in meta]
-    if missing:
-        raise CorruptPayload(f"{_WHAT} {name} lacks header fields {missing}", path=name)
-    return meta
+    return read_header(data, name, what=_WHAT, format=FORMAT, version=FORMAT_VERSION,
+                       required=(*_FINGERPRINT_FIELDS, "rank", "alpha", *_JSON_FIELDS))
