@@ -67,7 +67,7 @@ def run_activation_bench(
         "settings": {"sizes": list(sizes), "repeats": repeats, "max_new_tokens": max_new_tokens,
                      "compose_tokens": compose_tokens, "compose_parts": compose_parts,
                      "compose_questions": compose_questions},
-        "environment": _environment(host),
+        "environment": model_environment(host),
         "ttft": [],
     }
     # Progress on stderr: one unit per memory size, then one per composition question.
@@ -238,7 +238,8 @@ def _prefix_agreement(got: tuple[int, ...], ref: tuple[int, ...]) -> float:
     return n / max(len(ref), len(got))
 
 
-def _environment(host: ModelHost) -> dict[str, Any]:
+def model_environment(host: ModelHost) -> dict[str, Any]:
+    """What a model bench ran on (model fingerprint, torch, threads, machine, load at start); benches share it."""
     import torch
 
     return {

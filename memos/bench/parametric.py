@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
+from memos.bench.activation import model_environment
 from memos.bench.synthetic_facts import synthetic_facts
 from memos.cubes.parametric import save_adapter
 from memos.models.adapter_costs import measure_serving_costs
@@ -108,17 +108,7 @@ def _write(report: dict[str, Any], out: Path, started: float) -> None:
 def _environment(host: ModelHost) -> dict[str, Any]:
     from importlib.metadata import version
 
-    import torch
-
-    return {
-        "fingerprint": host.fingerprint.model_dump(),
-        "torch": torch.__version__,
-        "peft": version("peft"),
-        "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "load_average_start": os.getloadavg(),
-    }
+    return {**model_environment(host), "peft": version("peft")}
 
 
 def _row_line(r: dict[str, Any]) -> str:
