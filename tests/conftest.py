@@ -27,7 +27,15 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def kernel(tmp_path: Path, clock: ManualClock) -> Kernel:
-    k = Kernel(SqliteStore(tmp_path / "memos.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(), clock=clock)
+def model_port():
+    """The kernel's model host: none by default. A module that needs one overrides this fixture (e.g. with
+    ``fakes.FakeModelPort()``), and ``kernel`` uses it."""
+    return None
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, clock: ManualClock, model_port) -> Kernel:
+    k = Kernel(SqliteStore(tmp_path / "memos.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(),
+               clock=clock, model=model_port)
     yield k
     k.close()

@@ -9,37 +9,24 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import FakeModelPort, HashingEmbedder
+from fakes import FakeModelPort
 
-from memos.client import Memos
 from memos.errors import Cancelled, InvalidState, InvalidSyscall, NotFound, PermissionDenied, VersionConflict
-from memos.kernel import Kernel
 from memos.schedulers.engine import compile_policy
 from memos.schedulers.loader import parse_spec
 from memos.schedulers.runner import PolicyRunner
-from memos.storage.sqlite import SqliteStore
-from memos.storage.vector import InMemoryVectorIndex
-from memos.transports import InProcessTransport, KernelService
 from memos.types import Kind
 
 
 @pytest.fixture
-def port() -> FakeModelPort:
+def model_port() -> FakeModelPort:
     return FakeModelPort()
 
 
 @pytest.fixture
-def kernel(tmp_path, clock, port):
-    k = Kernel(SqliteStore(tmp_path / "db.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(),
-               clock=clock, model=port, blob_dir=tmp_path / "blobs")
-    k.job_poll_s = 0.01
-    yield k
-    k.close()
-
-
-@pytest.fixture
-def mem(kernel):
-    return Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
+def kernel(kernel):
+    kernel.job_poll_s = 0.01  # the scripted host answers at once
+    return kernel
 
 
 def in_thread(fn):
@@ -70,15 +57,15 @@ def facts(mem) -> list[str]:
     return [mem.write("team/facts", t).id for t in ("Mara keeps the key in Trumwick.", "The vault code is 4417.")]
 
 
-def test_a_distillation_shows_its_progress_while_it_trains_then_ends_done(mem, port):
+def test_a_distillation_shows_its_progress_while_it_trains_then_ends_done(mem, model_port):
     ids = facts(mem)
-    port.hold = threading.Event()
+    model_port.hold = threading.Event()
     out, thread = in_thread(lambda: mem.distill(ids, "team/facts"))
     job = wait_for(lambda: next((j for j in mem.jobs(running_only=True) if j.step >= 1), None))
     assert job.op == "distill" and job.principal == "agent:alice" and job.state == "running"
     assert job.memory_ids == tuple(ids) and job.cubes == ("team/facts",) and job.phase == "train"
     assert job.total == 3 and job.loss == pytest.approx(1.0) and job.target is not None
-    port.hold.set()
+    model_port.hold.set()
     thread.join(10)
     adapter = out["result"]
     assert adapter.id == job.target and adapter.kind == Kind.PARAMETRIC
@@ -87,9 +74,9 @@ def test_a_distillation_shows_its_progress_while_it_trains_then_ends_done(mem, p
     assert mem.jobs(running_only=True) == ()
 
 
-def test_a_cancelled_distillation_commits_nothing_and_leaves_no_file(mem, kernel, port):
+def test_a_cancelled_distillation_commits_nothing_and_leaves_no_file(mem, kernel, model_port):
     ids = facts(mem)
-    port.hold = threading.Event()
+    model_port.hold = threading.Event()
     out, thread = in_thread(lambda: mem.distill(ids, "team/facts"))
     job = wait_for(lambda: next(iter(mem.jobs(running_only=True)), None))
     cancelled = mem.cancel(job.id)
@@ -100,7 +87,7 @@ def test_a_cancelled_distillation_commits_nothing_and_leaves_no_file(mem, kernel
     assert not list(Path(kernel.blob_dir).rglob("*.safetensors"))
     ended = next(j for j in mem.jobs() if j.id == job.id)
     assert ended.state == "cancelled" and ended.error.startswith("cancelled:")
-    assert port._distills == {}  # the kernel forgot the host's job
+    assert model_port._distills == {}  # the kernel forgot the host's job
     with pytest.raises(InvalidState, match="already ended"):
         mem.cancel(job.id)
     failed = [e for e in mem.events(limit=1000).events if e.type == "job_failed"]
@@ -110,11 +97,11 @@ def test_a_cancelled_distillation_commits_nothing_and_leaves_no_file(mem, kernel
     assert [(r.op, r.outcome) for r in audit] == [("cancel", "ok"), ("distill", "cancelled")]
 
 
-def test_who_may_see_and_cancel_a_job(mem, port):
+def test_who_may_see_and_cancel_a_job(mem, model_port):
     ids = facts(mem)
     mem.grant("team/facts", "agent:reader", "read")
     mem.grant("team/facts", "agent:writer", "write")
-    port.hold = threading.Event()
+    model_port.hold = threading.Event()
     out, thread = in_thread(lambda: mem.distill(ids, "team/facts"))
     job = wait_for(lambda: next(iter(mem.jobs(running_only=True)), None))
     assert mem.as_principal("agent:stranger").jobs() == ()
@@ -138,12 +125,12 @@ def test_a_source_edited_since_the_caller_saw_it_is_refused(mem):
     assert mem.distill(ids, "team/facts", expected_versions=[2, 1]).provenance.derived_from[0].version == 2
 
 
-def test_a_migration_to_activation_reports_each_memory_and_can_be_cancelled(mem, kernel, port, monkeypatch):
+def test_a_migration_to_activation_reports_each_memory_and_can_be_cancelled(mem, kernel, model_port, monkeypatch):
     mem.create_cube("team/x")
     ids = [mem.write("team/x", f"note number {i}").id for i in range(3)]
     gate = threading.Event()
     built = []
-    real = port.build_activation
+    real = model_port.build_activation
 
     def slow(text, path):
         built.append(path)
@@ -151,7 +138,7 @@ def test_a_migration_to_activation_reports_each_memory_and_can_be_cancelled(mem,
             gate.wait(10)
         return real(text, path)
 
-    monkeypatch.setattr(port, "build_activation", slow)
+    monkeypatch.setattr(model_port, "build_activation", slow)
     out, thread = in_thread(lambda: mem.migrate(ids, "activation"))
     job = wait_for(lambda: next((j for j in mem.jobs(running_only=True) if j.step == 1), None))
     assert job.op == "migrate" and job.total == 3 and job.memory_ids == tuple(ids) and job.phase == "build activation"

@@ -9,14 +9,11 @@ import types
 from pathlib import Path
 
 import pytest
-from fakes import FakeModelPort, HashingEmbedder
+from fakes import FakeModelPort
 
 from memos.client import Memos
-from memos.kernel import Kernel
 from memos.schedulers.loader import load_policy
 from memos.schedulers.runner import PolicyRunner
-from memos.storage.sqlite import SqliteStore
-from memos.storage.vector import InMemoryVectorIndex
 from memos.transports import InProcessTransport, KernelService
 from memos.types import Right
 
@@ -42,11 +39,8 @@ class Recorder:
 
 
 @pytest.fixture
-def kernel(tmp_path, clock):
-    k = Kernel(SqliteStore(tmp_path / "db.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(),
-               clock=clock, model=FakeModelPort(), blob_dir=tmp_path / "blobs")
-    yield k
-    k.close()
+def model_port():
+    return FakeModelPort()
 
 
 @pytest.fixture

@@ -6,15 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import FakeModelPort, HashingEmbedder
+from fakes import FakeModelPort
 
-from memos.client import Memos
-from memos.kernel import Kernel
 from memos.schedulers.loader import load_policy
 from memos.schedulers.runner import PolicyRunner
-from memos.storage.sqlite import SqliteStore
-from memos.storage.vector import InMemoryVectorIndex
-from memos.transports import InProcessTransport, KernelService
 from memos.types import Kind, State
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
@@ -22,16 +17,8 @@ HOUR, DAY = 3600.0, 86400.0
 
 
 @pytest.fixture
-def kernel(tmp_path, clock):
-    k = Kernel(SqliteStore(tmp_path / "db.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(),
-               clock=clock, model=FakeModelPort(), blob_dir=tmp_path / "blobs")
-    yield k
-    k.close()
-
-
-@pytest.fixture
-def mem(kernel):
-    return Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
+def model_port():
+    return FakeModelPort()
 
 
 @pytest.fixture
