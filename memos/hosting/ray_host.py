@@ -200,12 +200,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _ensure_auth_token() -> None:
+    """``ray start`` refuses token auth without a token (``ray.init`` makes one, ``ray start`` does not): make the
+    local token (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN_PATH``) if there is none, as Ray's own message advises.
+    An existing token is kept; the token is never printed."""
+    made = subprocess.run([_ray_cli(), "get-auth-token", "--generate"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    if made.returncode != 0:
+        raise BackendError(f"could not create Ray's auth token: {made.stderr.strip()[-2000:]}")
+
+
 def up(settings: Settings) -> dict[str, Any]:
     """``memos up``: a local Ray head with the dashboard and a detached kernel actor. Returns the cluster info."""
     loopback_env()
     # `ray start` enables token auth unless RAY_AUTH_MODE says otherwise; this driver must send the token too, and
     # Ray reads the mode when it is imported.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"].lower() == "token":
+        _ensure_auth_token()
     # A free GCS port, not Ray's default 6379, which another Ray on this machine (e.g. an embedded one) may hold.
     gcs_address = f"127.0.0.1:{_free_port()}"
     cmd = [

@@ -32,7 +32,8 @@ rules:
 
 
 def environment(home, policy) -> dict[str, str]:
-    return {**os.environ, "MEMOS_HOME": str(home), "MEMOS_DASHBOARD_PORT": str(DASHBOARD_PORT),
+    # A user HOME of its own: no Ray auth token yet, as on a fresh machine (`memos up` must make one).
+    return {**os.environ, "HOME": str(home / "user"), "MEMOS_HOME": str(home), "MEMOS_DASHBOARD_PORT": str(DASHBOARD_PORT),
             "MEMOS_METRICS_PORT": str(METRICS_PORT), "MEMOS_MODEL": "smollm2", "MEMOS_POLICIES": str(policy)}
 
 
@@ -78,6 +79,7 @@ def test_events_follow_shows_a_policy_migration_with_its_rule(tmp_path, model_ca
     env = environment(home, policy)
     up = memos(env, "up")
     assert up.returncode == 0, up.stdout + up.stderr
+    assert (home / "user" / ".ray" / "auth_token").stat().st_size > 0
     info = json.loads((home / "cluster.json").read_text())
     follower = None
     try:
@@ -125,24 +127,32 @@ def test_events_follow_shows_a_policy_migration_with_its_rule(tmp_path, model_ca
         assert doctor.returncode == 0 and json.loads(doctor.stdout)["reconcile"]["added"] == 0, doctor.stderr
         assert "repairing the vector index in the kernel actor" in doctor.stderr and "done" in doctor.stderr
 
-        # The same, counted on Ray's metrics export (refreshed every few seconds).
-        deadline, text = time.time() + 60, ""
+        # The same, counted on Ray's metrics export. Gauges are snapshots (the kernel refreshes them every
+        # GAUGE_PERIOD_S, Ray exports them on its own period), so wait until every expected value is there.
+        def series(text: str, metric: str) -> list[str]:
+            return [line for line in text.splitlines() if line.startswith(f"ray_memos_{metric}{{")]
+
+        def expected(text: str) -> dict[str, bool]:
+            return {
+                "migration by rule": any('rule="promote/promote-read"' in line and 'to="activation"' in line
+                                         for line in series(text, "migrations_total")),
+                "policy run": any('policy="promote"' in line for line in series(text, "policy_runs_total")),
+                "policy action ok": any('outcome="ok"' in line for line in series(text, "policy_actions_total")),
+                # The promotion ran as a kernel job, now ended.
+                "migrate job done": any('op="migrate"' in line and 'state="done"' in line
+                                        and float(line.rsplit(" ", 1)[1]) == 1 for line in series(text, "jobs")),
+                # The model host reports its own gauges (the KV build left no RAM payload).
+                "model gauges": any(line.startswith("ray_memos_model_ram_payloads") for line in text.splitlines()),
+            }
+
+        deadline, text = time.time() + 120, ""
         while time.time() < deadline:
             text = urllib.request.urlopen(info["metrics_url"], timeout=10).read().decode()
-            if all(f"ray_memos_{name}" in text for name in (
-                    "policy_runs_total{", "migrations_total{", "jobs{", "model_ram_payloads")):
+            if all(expected(text).values()):
                 break
             time.sleep(2)
-        migrations = [line for line in text.splitlines() if line.startswith("ray_memos_migrations_total{")]
-        assert any('rule="promote/promote-read"' in line and 'to="activation"' in line for line in migrations), text
-        assert any(line.startswith("ray_memos_policy_runs_total{") and 'policy="promote"' in line
-                   for line in text.splitlines())
-        assert any(line.startswith("ray_memos_policy_actions_total{") and 'outcome="ok"' in line
-                   for line in text.splitlines())
-        # The promotion ran as a kernel job; the model host reports its own gauges (the KV build left no RAM payload).
-        assert any(line.startswith("ray_memos_jobs{") and 'op="migrate"' in line and 'state="done"' in line
-                   and float(line.rsplit(" ", 1)[1]) == 1 for line in text.splitlines()), text
-        assert any(line.startswith("ray_memos_model_ram_payloads") for line in text.splitlines())
+        missing = [name for name, ok in expected(text).items() if not ok]
+        assert not missing, f"missing {missing} in:\n{text}"
     finally:
         if follower is not None:
             follower.terminate()
