@@ -242,9 +242,12 @@ def _our_job(mem: Any, op: str, ids: list[str], target: str | None, started: flo
 
 def _events(mem: Any, args: argparse.Namespace) -> int:
     """Print events as JSON lines; with --follow, keep polling for new ones until interrupted."""
-    since = args.since
+    since, tail = args.since, args.tail
     while True:
-        batch = mem.events(since, limit=args.limit)
+        if tail:  # the first batch: the newest N
+            batch, tail = mem.events(since, limit=tail, types=args.types, latest=True), None
+        else:
+            batch = mem.events(since, limit=args.limit, types=args.types)
         for event in batch.events:
             print(json.dumps(event.model_dump(mode="json"), ensure_ascii=False), flush=True)
         since = batch.next_seq
@@ -257,20 +260,20 @@ def _events(mem: Any, args: argparse.Namespace) -> int:
                 return 0
 
 
+TOP_MOVES = ("migrated", "evicted", "purged", "migration_rolled_back")  # event types of "recent migrations"
+TOP_RUNS = ("policy_fired", "job_failed")  # event types of "recent policy runs"
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     """A refreshing terminal summary: memories by kind and state, bytes by tier, syscall rate and latency, recent
     migrations and evictions, recent policy runs. Ctrl-C to stop; --once prints one frame."""
     with _open(args) as runtime:
         mem = runtime.client(args.principal)
-        since, last_counts, last_at, recent, runs = 0, None, None, [], []
+        last_counts, last_at = None, None
         while True:
             stats = mem.stats()
-            batch = mem.events(since, limit=1000)
-            since = batch.next_seq
-            recent.extend(e for e in batch.events if e.type in ("migrated", "evicted", "purged", "migration_rolled_back"))
-            recent = recent[-8:]
-            runs.extend(e for e in batch.events if e.type in ("policy_fired", "job_failed"))
-            runs = runs[-6:]
+            recent = mem.events(types=TOP_MOVES, limit=8, latest=True).events
+            runs = mem.events(types=TOP_RUNS, limit=6, latest=True).events
             now = time.monotonic()
             total = sum(stats.syscalls.values())
             rate = (total - last_counts) / (now - last_at) if last_counts is not None and now > last_at else 0.0
@@ -526,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = syscall_parser("events", "kernel events as JSON lines")
     p.add_argument("--since", type=int, default=0)
     p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--type", dest="types", action="append", default=[], metavar="TYPE",
+                   help="only events of this type (repeatable): written, migrated, policy_fired, job_failed, ...")
+    p.add_argument("--tail", type=int, metavar="N", help="start with the newest N events, as tail -f does")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events (Ctrl-C to stop)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
 

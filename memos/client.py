@@ -258,8 +258,10 @@ class Memos:
     def stats(self) -> Stats:
         return self._do(sc.GetStats)
 
-    def events(self, since: int = 0, *, limit: int = 100, cubes: Iterable[str] = ()) -> EventList:
-        return self._do(sc.GetEvents, since=since, limit=limit, cubes=tuple(cubes))
+    def events(self, since: int = 0, *, limit: int = 100, cubes: Iterable[str] = (), types: Iterable[str] = (),
+               latest: bool = False) -> EventList:
+        """Events after ``since``; ``types`` keeps only those; ``latest`` gives the newest ``limit`` (in order)."""
+        return self._do(sc.GetEvents, since=since, limit=limit, cubes=tuple(cubes), types=tuple(types), latest=latest)
 
     def audit(self, cube: str | None = None, *, since: int = 0, limit: int = 100) -> tuple[AuditRecord, ...]:
         return self._do(sc.GetAudit, cube=cube, since=since, limit=limit).records

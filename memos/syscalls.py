@@ -336,12 +336,16 @@ class GetStats(_Syscall):
 
 
 class GetEvents(_Syscall):
-    """Kernel events after ``since`` (a sequence number), only for cubes the caller may read."""
+    """Kernel events after ``since`` (a sequence number), only for cubes the caller may read; only of the given
+    ``types`` when some are given. Oldest first; with ``latest``, the newest ``limit`` of them (still in order), as
+    ``tail`` shows the end of a log."""
 
     op: Literal["events"] = "events"
     since: int = Field(default=0, ge=0, le=SQL_INT_MAX)
     limit: int = Field(default=100, ge=1, le=1000)
     cubes: tuple[CubeName, ...] = ()
+    types: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(default=(), max_length=32)
+    latest: bool = False
     result_type: ClassVar[type[BaseModel]] = EventList
 
 

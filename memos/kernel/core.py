@@ -862,7 +862,7 @@ class Kernel(TieringOps, ContextOps):
             for cube in call.cubes:
                 self._require_cube(principal, cube, Right.READ)
             cubes = [c for c in (call.cubes or sorted(readable)) if c in readable]
-        rows = self.store.events(call.since, call.limit, cubes)
+        rows = self.store.events(call.since, call.limit, cubes, call.types, call.latest)
         events = tuple(
             Event(seq=r[0], at=from_epoch(r[1]), type=r[2], cube=r[3], memory_id=r[4], principal=r[5], data=json.loads(r[6]))
             for r in rows

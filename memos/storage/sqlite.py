@@ -592,20 +592,23 @@ class SqliteStore:
             (at, type_, cube, memory_id, principal, json.dumps(data, sort_keys=True, default=str)),
         )
 
-    def events(self, since: int, limit: int, cubes: list[str] | None) -> list[tuple[Any, ...]]:
-        if cubes is None:
-            return self._all(
-                "SELECT seq, at, type, cube, memory_id, principal, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                (since, limit),
-            )
-        if not cubes:
+    def events(self, since: int, limit: int, cubes: list[str] | None, types: tuple[str, ...] = (),
+               latest: bool = False) -> list[tuple[Any, ...]]:
+        """Events after ``since`` in seq order: the first ``limit`` (or with ``latest`` the last ``limit``), of the
+        given cubes (None: all) and types (empty: all)."""
+        if cubes is not None and not cubes:
             return []
-        marks = ",".join("?" * len(cubes))
-        return self._all(
-            f"SELECT seq, at, type, cube, memory_id, principal, data FROM events WHERE seq > ? AND cube IN ({marks}) "
-            "ORDER BY seq LIMIT ?",
-            (since, *cubes, limit),
+        where, params = ["seq > ?"], [since]
+        for column, values in (("cube", cubes), ("type", types or None)):
+            if values is not None:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                params.extend(values)
+        rows = self._all(
+            f"SELECT seq, at, type, cube, memory_id, principal, data FROM events WHERE {' AND '.join(where)} "
+            f"ORDER BY seq {'DESC' if latest else ''} LIMIT ?",
+            (*params, limit),
         )
+        return rows[::-1] if latest else rows
 
     def last_event_seq(self) -> int:
         row = self._one("SELECT COALESCE(MAX(seq), 0) FROM events")

@@ -4,6 +4,7 @@ progress of an index rebuild."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -343,3 +344,59 @@ def test_top_shows_policy_runs_and_failed_actions(kernel, clock):
     assert "[default/archive-forgotten x2]" in lines[at + 1]
     assert f"failed archive {old.id} rule=default/archive-forgotten [conflict]" in lines[at + 2]
     assert "recent policy runs:\n  (none yet)" in _top_frame(alice.stats(), 0.0, [], [])
+
+
+# --------------------------------------------------------------------------------------------------- event tails
+
+
+def test_events_by_type_and_the_newest_first_window(kernel):
+    alice = Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
+    alice.create_cube("team/x")
+    ids = [alice.write("team/x", f"note {i}").id for i in range(30)]
+    alice.delete(ids[3])
+    bob = alice.as_principal("agent:bob")
+    bob.create_cube("team/bob")
+    bob.write("team/bob", "bob's note")
+
+    oldest = alice.events(types=["written"], limit=5)
+    newest = alice.events(types=["written"], limit=5, latest=True)
+
+    assert [e.memory_id for e in oldest.events] == ids[:5] and oldest.next_seq == oldest.events[-1].seq
+    assert [e.memory_id for e in newest.events] == ids[-5:]  # in order, and not bob's (unreadable) write
+    assert newest.next_seq == newest.events[-1].seq
+    assert {e.type for e in alice.events(types=["written", "deleted"], limit=1000).events} == {"written", "deleted"}
+    assert alice.events(newest.next_seq, types=["written"]).events == ()
+    assert alice.events(types=["no-such-type"], latest=True).events == ()
+
+
+def test_top_shows_the_newest_migrations_of_a_long_log(kernel, monkeypatch, capsys):
+    """``memos top`` on a data dir with thousands of events shows the newest ones in its first frame."""
+    from memos import cli
+
+    alice = Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
+    alice.create_cube("team/x")
+    for i in range(1200):
+        kernel.record_event("migrated", "team/x", f"m{i}", "system", {"frm": "plaintext", "to": "activation", "rule": "r/hot"})
+    for i in range(1500):
+        alice.write("team/x", f"note {i}")
+
+    class Runtime:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def client(self, principal):
+            return alice.as_principal(principal)
+
+    monkeypatch.setattr(cli, "_open", lambda args: Runtime())
+    assert cli.main(["top", "--once", "--as", "agent:alice"]) == 0
+    frame = capsys.readouterr().out
+    shown = [line.split()[2] for line in frame.split("recent migrations and evictions:")[1].splitlines()[1:9]]
+    assert shown == [f"m{i}" for i in range(1192, 1200)], frame
+
+    # `memos events --tail N`: the newest N (of the asked types), then what follows.
+    assert cli.main(["events", "--tail", "3", "--type", "migrated", "--as", "agent:alice"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["type"], e["memory_id"]) for e in printed] == [("migrated", f"m{i}") for i in (1197, 1198, 1199)]
