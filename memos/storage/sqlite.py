@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, type TEXT NOT NULL,
     cube TEXT, memory_id TEXT, principal TEXT, data TEXT NOT NULL
 );
+-- `memos top` asks for the newest events of a few types each frame: an index walk, not a scan of the history.
+CREATE INDEX IF NOT EXISTS events_by_type ON events(type, seq);
 CREATE TABLE IF NOT EXISTS index_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL, version_rowid INTEGER NOT NULL, entry TEXT NOT NULL
 );
