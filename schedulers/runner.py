@@ -9,6 +9,11 @@ One evaluation (``PolicyRunner.run_once``):
    the version the engine saw (``expected_version``), so a memory edited meanwhile is refused with
    ``VersionConflict`` rather than acted on. A failed action is reported and the others still run.
 
+Evaluations are serialised (one snapshot, plan and quick actions at a time, across all policies), except for
+distillations: they train for minutes, so they run last, after the runner lets other policies evaluate. While a
+distillation trains, its policy does not evaluate again (its next snapshot would not show the adapter yet), and no
+other policy distils the same memories (that action is reported ``not_executed``).
+
 The scheduler calls the kernel through ``execute(principal, syscall) -> result`` (a ``Kernel`` or anything with
 that method), in the process that owns the kernel. Only this module imports apscheduler.
 """
@@ -87,6 +92,11 @@ def _tag(rule: str) -> str:
     return f"rule:{rule}"[:64]
 
 
+def is_long(action: PlannedAction) -> bool:
+    """Whether the action trains on the model host (minutes), and so runs outside the evaluation lock."""
+    return isinstance(action.syscall, DistillIntent)
+
+
 def executable(action: PlannedAction) -> str | None:
     """None if this kernel can execute the action, else why not."""
     if isinstance(action.syscall, CompressIntent):
@@ -95,7 +105,8 @@ def executable(action: PlannedAction) -> str | None:
 
 
 class PolicyRunner:
-    """Evaluates policies against a kernel, now or on their schedules. Thread-safe; one evaluation at a time."""
+    """Evaluates policies against a kernel, now or on their schedules. Thread-safe: one evaluation at a time, a
+    policy's distillations excepted (see the module's docstring)."""
 
     def __init__(
         self,
@@ -110,7 +121,9 @@ class PolicyRunner:
         self.clock = clock
         self.on_report = on_report
         self.reports: list[RunReport] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # snapshot, plan and quick actions; reports; claims
+        self._running = {name: threading.Lock() for name in self.policies}  # one run of a policy at a time
+        self._distilling: dict[str, str] = {}  # memory id -> rule distilling it now
         self._scheduler: Any = None
         self.log = get_logger("memos.scheduler")
 
@@ -135,19 +148,46 @@ class PolicyRunner:
 
     def run_once(self, name: str, now: float | None = None) -> RunReport:
         """Evaluate policy ``name`` and execute its actions. Raises MemosError only if the snapshot fails."""
-        with self._lock:
+        if name not in self.policies:
+            raise KeyError(name)
+        with self._running[name]:
             started = time.perf_counter()
-            at = self.clock() if now is None else now
-            result = self.plan(name, at)
-            outcomes = [self._run_action(a) for a in result.actions]
+            with self._lock:
+                at = self.clock() if now is None else now
+                result = self.plan(name, at)
+                outcomes = [self._run_action(a) for a in result.actions if not is_long(a)]
+                long = [(a, self._claim(a)) for a in result.actions if is_long(a)]
+            try:
+                for action, holder in long:
+                    outcomes.append(self._run_action(action) if holder is None else ActionOutcome(
+                        action.policy_rule, action.syscall.op, tuple(r.id for r in action.memories), "not_executed",
+                        f"its memories are being distilled by {holder}", action.cube))
+            finally:
+                with self._lock:
+                    for action, holder in long:
+                        if holder is None:
+                            self._release(action)
             report = RunReport(name, at, time.perf_counter() - started, len(result.actions), tuple(outcomes))
-            self.reports.append(report)
-            del self.reports[:-100]
+            with self._lock:
+                self.reports.append(report)
+                del self.reports[:-100]
         self.log.info("policy evaluated", policy=name, planned=report.planned, ok=report.ok,
                       duration_ms=round(report.duration_s * 1000, 1))
         if self.on_report is not None:
             self.on_report(report)
         return report
+
+    def _claim(self, action: PlannedAction) -> str | None:
+        """Claim the action's memories for a distillation (under ``_lock``): None, or the rule that holds one."""
+        ids = [r.id for r in action.memories]
+        holder = next((self._distilling[i] for i in ids if i in self._distilling), None)
+        if holder is None:
+            self._distilling.update(dict.fromkeys(ids, action.policy_rule))
+        return holder
+
+    def _release(self, action: PlannedAction) -> None:
+        for ref in action.memories:
+            self._distilling.pop(ref.id, None)
 
     def _run_action(self, action: PlannedAction) -> ActionOutcome:
         ids = tuple(r.id for r in action.memories)

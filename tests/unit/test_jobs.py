@@ -202,3 +202,62 @@ def test_a_stale_adapter_is_retrained_from_its_sources_current_versions(mem, ker
         mem.distill(replaces=ids[1])
     with pytest.raises(InvalidSyscall, match="ids.*replaces"):
         mem.distill(cube="team/facts")
+
+
+def compiled(text: str, name: str):
+    return compile_policy(parse_spec(text, f"{name}.yaml"), source=f"{name}.yaml")
+
+
+DISTILL_FACTS = (
+    "name: {name}\n"
+    "applies_to: {{cubes: [team/*]}}\n"
+    "rules:\n"
+    "  - name: distill-stable\n"
+    "    when: {{kind: plaintext, tags: {{none: [scratch]}}}}\n"
+    "    then: {{distill: {{min_group: 3}}}}\n"
+)
+ARCHIVE_SCRATCH = (
+    "name: tidy\n"
+    "applies_to: {cubes: [team/*]}\n"
+    "rules:\n"
+    "  - name: archive-scratch\n"
+    "    when: {kind: plaintext, tags: {any: [scratch]}}\n"
+    "    then: archive\n"
+)
+
+
+def test_a_training_distillation_lets_other_policies_run_and_is_not_started_twice(mem, kernel, model_port, clock):
+    """While policy ``knowledge`` trains an adapter (minutes on a real host), policy ``tidy`` evaluates and acts; a
+    second distilling policy does not train the same memories again; ``knowledge`` itself waits for its run."""
+    ids = facts(mem)
+    ids.append(mem.write("team/facts", "A third stable fact about Pelmark.").id)
+    scratch = mem.write("team/facts", "scratch: call back Ilsa", tags=["scratch"]).id
+    runner = PolicyRunner(kernel.execute, [compiled(DISTILL_FACTS.format(name="knowledge"), "knowledge"),
+                                           compiled(DISTILL_FACTS.format(name="copycat"), "copycat"),
+                                           compiled(ARCHIVE_SCRATCH, "tidy")], clock=clock.now)
+    model_port.hold = threading.Event()
+    knowledge, thread = in_thread(lambda: runner.run_once("knowledge"))
+    wait_for(lambda: any(j.step >= 1 for j in mem.as_principal("system").jobs(running_only=True)))
+
+    try:
+        others, others_thread = in_thread(lambda: (runner.run_once("tidy"), runner.run_once("copycat")))
+        others_thread.join(10)
+        assert "result" in others, "other policies were blocked by the training"
+        tidy, copycat = others["result"]
+        again, again_thread = in_thread(lambda: runner.run_once("knowledge"))
+        time.sleep(0.2)
+        assert "result" not in again  # the same policy waits for its own run to end
+    finally:
+        model_port.hold.set()
+
+    assert [(o.rule, o.outcome) for o in tidy.outcomes] == [("tidy/archive-scratch", "ok")]
+    assert mem.read(scratch).state.value == "archived"
+    [refused] = copycat.outcomes
+    assert (refused.op, refused.outcome) == ("distill", "not_executed")
+    assert refused.detail == "its memories are being distilled by knowledge/distill-stable"
+    thread.join(10)
+    again_thread.join(10)
+    assert [(o.op, o.outcome) for o in knowledge["result"].outcomes] == [("distill", "ok")]
+    assert again["result"].planned == 0  # it saw the adapter its first run made
+    assert len([m for m in mem.list("team/facts") if m.kind == Kind.PARAMETRIC]) == 1
+    assert runner._distilling == {}
