@@ -159,9 +159,8 @@ class PolicyRunner:
                 long = [(a, self._claim(a)) for a in result.actions if is_long(a)]
             try:
                 for action, holder in long:
-                    outcomes.append(self._run_action(action) if holder is None else ActionOutcome(
-                        action.policy_rule, action.syscall.op, tuple(r.id for r in action.memories), "not_executed",
-                        f"its memories are being distilled by {holder}", action.cube))
+                    busy = f"its memories are being distilled by {holder}" if holder is not None else None
+                    outcomes.append(self._run_action(action, why_not=busy))
             finally:
                 with self._lock:
                     for action, holder in long:
@@ -189,9 +188,10 @@ class PolicyRunner:
         for ref in action.memories:
             self._distilling.pop(ref.id, None)
 
-    def _run_action(self, action: PlannedAction) -> ActionOutcome:
+    def _run_action(self, action: PlannedAction, why_not: str | None = None) -> ActionOutcome:
+        """Execute one action, or report it ``not_executed`` (``why_not``, or what this kernel cannot execute)."""
         ids = tuple(r.id for r in action.memories)
-        why_not = executable(action)
+        why_not = why_not or executable(action)
         if why_not is not None:
             return ActionOutcome(action.policy_rule, action.syscall.op, ids, "not_executed", why_not, action.cube)
         call = to_syscall(action)
