@@ -8,11 +8,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from ray_metrics import metric_values, scrape_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +23,6 @@ def memos(home, *args, timeout=300, **extra_env):
            "MEMOS_METRICS_PORT": str(METRICS_PORT), "MEMOS_MODEL": "none", **extra_env}
     return subprocess.run([sys.executable, "-m", "memos.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def metric_values(text: str, name: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            labels, _, value = line.rpartition(" ")
-            out[labels] = float(value)
-    return out
 
 
 def test_up_status_down_and_metrics_on_the_ray_export(tmp_path):
@@ -62,15 +52,16 @@ def test_up_status_down_and_metrics_on_the_ray_export(tmp_path):
         env = {**os.environ, "MEMOS_HOME": str(home), "MEMOS_MODEL": "none"}
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=180, env=env)
 
-        deadline, text = time.time() + 60, ""
-        while time.time() < deadline:
-            text = urllib.request.urlopen(info["metrics_url"], timeout=10).read().decode()
+        def writes_and_memories(text: str) -> tuple[dict[str, float], dict[str, float]]:
             writes = {k: v for k, v in metric_values(text, "ray_memos_syscalls_total").items() if 'op="write"' in k}
-            memories = metric_values(text, "ray_memos_memories")
-            # The gauges refresh every few seconds: wait for a refresh after the last write, not just any value.
-            if writes and any('cube="ops/notes"' in k and v == 3 for k, v in memories.items()):
-                break
-            time.sleep(2)
+            return writes, metric_values(text, "ray_memos_memories")
+
+        def refreshed(text: str) -> bool:  # a gauge refresh after the last write, not just any value
+            writes, memories = writes_and_memories(text)
+            return bool(writes) and any('cube="ops/notes"' in k and v == 3 for k, v in memories.items())
+
+        text = scrape_until(info["metrics_url"], refreshed, timeout=60)
+        writes, memories = writes_and_memories(text)
         assert any('outcome="ok"' in k and v >= 3 for k, v in writes.items()), writes
         assert any('outcome="not_found"' in k for k in metric_values(text, "ray_memos_syscalls_total"))
         assert any('cube="ops/notes"' in k and v == 3 for k, v in memories.items()), memories

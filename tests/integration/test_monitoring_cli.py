@@ -12,9 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
+from ray_metrics import scrape_until
 
 pytestmark = pytest.mark.integration
 
@@ -145,12 +145,7 @@ def test_events_follow_shows_a_policy_migration_with_its_rule(tmp_path, model_ca
                 "model gauges": any(line.startswith("ray_memos_model_ram_payloads") for line in text.splitlines()),
             }
 
-        deadline, text = time.time() + 120, ""
-        while time.time() < deadline:
-            text = urllib.request.urlopen(info["metrics_url"], timeout=10).read().decode()
-            if all(expected(text).values()):
-                break
-            time.sleep(2)
+        text = scrape_until(info["metrics_url"], lambda t: all(expected(t).values()), timeout=120)
         missing = [name for name, ok in expected(text).items() if not ok]
         assert not missing, f"missing {missing} in:\n{text}"
     finally:
