@@ -39,6 +39,7 @@ from memos.types import (
     Source,
     Stats,
     Trust,
+    WriteManyResult,
 )
 
 
@@ -114,6 +115,25 @@ class Memos:
             sc.Write, cube=cube, content=content, metadata=metadata or {}, tags=tuple(tags), source=Source(source),
             source_refs=tuple(source_refs), derived_from=refs, trust=Trust(trust) if trust else None,
         )
+
+    def write_many(self, items: Iterable[sc.Write | dict[str, Any] | str], *, cube: str | None = None) -> WriteManyResult:
+        """Write up to ``sc.MAX_WRITE_MANY`` memories in one transaction (the ``write_many`` syscall).
+
+        An item is a ``sc.Write``, a dict of a write's fields, or a string (the content); ``cube`` is the cube of
+        items that name none. Items fail alone: ``result.results[i]`` holds the id written or item ``i``'s error.
+        """
+        wire: list[dict[str, Any]] = []
+        for item in items:
+            if isinstance(item, str):
+                data: dict[str, Any] = {"content": item}
+            elif isinstance(item, sc.Write):
+                data = sc.to_wire(item)
+            else:
+                data = dict(item)
+            if cube is not None:
+                data.setdefault("cube", cube)
+            wire.append(data)
+        return self._do(sc.WriteMany, items=tuple(wire))
 
     def read(self, memory_id: str, version: int | None = None) -> Memory:
         return self._do(sc.Read, id=memory_id, version=version)

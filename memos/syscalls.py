@@ -53,6 +53,7 @@ from memos.types import (
     Stats,
     Tag,
     Trust,
+    WriteManyResult,
 )
 
 #: Documented input limits (docs/syscalls.md). Content above MAX_CONTENT_BYTES raises PayloadTooLarge.
@@ -63,6 +64,8 @@ MAX_TAGS = 32
 MAX_QUERY_CHARS = 4096
 MAX_K = 200
 MAX_BATCH = 256
+#: Items of one ``write_many`` (one transaction, one fsync, one vector-index call).
+MAX_WRITE_MANY = 1000
 
 
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
@@ -468,6 +471,23 @@ class Generate(_Syscall):
     result_type: ClassVar[type[BaseModel]] = GenerateResult
 
 
+class WriteMany(_Syscall):
+    """Write up to ``MAX_WRITE_MANY`` new plaintext memories in one transaction (one fsync); their texts are embedded
+    in batches and indexed in one call after the commit.
+
+    Each item holds the fields of a ``write`` (``cube``, ``content``, ``metadata``, ``tags``, ``source``,
+    ``source_refs``, ``derived_from``, ``trust``; ``op`` may be left out). Items are checked and written one by one,
+    each all or nothing: an item that fails (invalid fields, no right on its cube, too large) is reported in its
+    place and the others are written, as a batch reports each syscall. Each memory gets its own version 1 and
+    provenance (operation ``write``, author the caller).
+    """
+
+    op: Literal["write_many"] = "write_many"
+    items: tuple[dict[str, Any], ...] = Field(min_length=1, max_length=MAX_WRITE_MANY)
+    result_type: ClassVar[type[BaseModel]] = WriteManyResult
+    right: ClassVar[Right] = Right.WRITE
+
+
 Syscall = Annotated[
     CreateCube
     | DropCube
@@ -499,7 +519,8 @@ Syscall = Annotated[
     | ListJobs
     | CancelJob
     | AssembleContext
-    | Generate,
+    | Generate
+    | WriteMany,
     Field(discriminator="op"),
 ]
 
@@ -508,7 +529,7 @@ SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     for cls in (
         CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Purge, Archive, Restore, History,
         Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Snapshot, Migrate, Distill,
-        ListJobs, CancelJob, AssembleContext, Generate,
+        ListJobs, CancelJob, AssembleContext, Generate, WriteMany,
     )
 }
 

@@ -372,3 +372,24 @@ class KernelState(_Frozen):
     read_times: dict[str, tuple[float, ...]]  # memory id -> epoch seconds of its reads within the window
     activation_bytes: int = 0
     loaded_adapters: int = 0
+
+
+class WriteOutcome(_Frozen):
+    """One item of a ``write_many``: the memory written (``id`` at ``version`` 1), or why this item was not written
+    (``error`` as on the wire: code, message, details). Exactly one of the two is set."""
+
+    id: MemoryId | None = None
+    version: int | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class WriteManyResult(_Frozen):
+    """The outcomes of a ``write_many``, in the order of its items."""
+
+    results: tuple[WriteOutcome, ...]
+    written: int
+    failed: int

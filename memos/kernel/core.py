@@ -44,6 +44,7 @@ from memos.errors import (
     VersionConflict,
 )
 from memos.kernel.acl import allows, effective_right
+from memos.kernel.batch import BatchWriteOps
 from memos.kernel.context import ContextOps
 from memos.kernel.indexer import Indexer
 from memos.kernel.jobs import JobTable
@@ -109,7 +110,7 @@ def weakest(trusts: Iterable[Trust | str]) -> Trust:
     return Trust.UNTRUSTED if any(Trust(t) == Trust.UNTRUSTED for t in trusts) else Trust.TRUSTED
 
 
-class Kernel(TieringOps, ContextOps):
+class Kernel(TieringOps, ContextOps, BatchWriteOps):
     """Owns the store, the vector index, the embedder and (optionally) a model host port; executes syscalls."""
 
     def __init__(

@@ -83,6 +83,11 @@ class RecallResult(BaseModel):
     hits: list[Recalled]
 
 
+class RememberedMany(BaseModel):
+    written: int
+    results: list[str] = Field(description="per content, in order: the new memory's id, or '<code>: <reason>'")
+
+
 class HistoryResult(BaseModel):
     versions: list[MemoryView] = Field(description="oldest first")
 
@@ -207,6 +212,29 @@ def build_server(
     ) -> MemoryView:
         """Store a new memory (version 1). You are recorded as its author."""
         return MemoryView.of(client().write(target(cube), content, tags=tags or (), metadata=metadata, source=source))
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False))
+    @_tool_errors
+    def remember_many(
+        contents: Annotated[list[str], Field(min_length=1, max_length=1000,
+                                             description="self-contained facts or notes, each at most 32 KiB")],
+        cube: Annotated[str | None, Field(description="the cube to write to; the server's default if omitted")] = None,
+        tags: Annotated[list[str] | None, Field(description="tags given to every one of them")] = None,
+        source: Annotated[
+            Literal["conversation", "tool", "document"],
+            Field(description="where the contents came from; tool and document content is stored as untrusted"),
+        ] = "conversation",
+    ) -> RememberedMany:
+        """Store many memories at once (one transaction). Each is written or refused alone: ``results[i]`` is the
+        id of ``contents[i]`` or why it was refused."""
+        where = target(cube)
+        result = client().write_many(
+            [{"content": c, "tags": list(tags or ()), "source": source} for c in contents], cube=where
+        )
+        return RememberedMany(
+            written=result.written,
+            results=[o.id if o.ok else f"{o.error['code']}: {o.error['message']}" for o in result.results],  # type: ignore[index]
+        )
 
     @server.tool(annotations=read_only)
     @_tool_errors

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memos.errors import BackendError, CorruptPayload
+from memos.errors import BackendError, CorruptPayload, InvalidState
 
 #: valid_to of a current version (Chroma metadata must be a finite float).
 FOREVER = 1.0e18
@@ -232,7 +232,32 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._depth = 0
-            self._exec("COMMIT")
+            try:
+                self._exec("COMMIT")
+            except BackendError:
+                if self._db.in_transaction:  # a failed COMMIT leaves the transaction open: nothing of it stays
+                    self._db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of the current transaction that is undone alone if it raises (``ROLLBACK TO``), leaving what came
+        before it in place: ``write_many`` writes each item under one, so an item is all there or not at all.
+
+        Raises:
+            InvalidState: no transaction is open (a savepoint outside one would commit on release).
+        """
+        with self._lock:
+            if not self._depth:
+                raise InvalidState("a savepoint needs an open transaction")
+            self._exec("SAVEPOINT item")
+            try:
+                yield
+            except BaseException:
+                self._exec("ROLLBACK TO item")
+                self._exec("RELEASE item")
+                raise
+            self._exec("RELEASE item")
 
     def _error(self, exc: sqlite3.Error, sql: str) -> BackendError:
         return BackendError(f"sqlite {self.path}: {exc}", sql=sql.split()[0], path=str(self.path))

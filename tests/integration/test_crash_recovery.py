@@ -99,3 +99,45 @@ def test_doctor_repair_rebuilds_a_lost_index(tmp_path):
         assert {h.memory.id for h in mem.search("glaciers", "team/doctor", mode="dense")} == set(ids)
     finally:
         service.close()
+
+
+BATCH_CHILD = textwrap.dedent(
+    """
+    import sys
+    from memos.client import Memos
+    mem = Memos.embedded(sys.argv[1], principal="agent:writer")
+    mem.create_cube("team/bulk", exist_ok=True)
+    batch = 0
+    while True:                   # killed somewhere in here, possibly in the middle of a write_many
+        result = mem.write_many([f"batch {batch} item {i} about harbours" for i in range(40)], cube="team/bulk")
+        print(" ".join(o.id for o in result.results), flush=True)   # the acknowledgement
+        batch += 1
+    """
+)
+
+
+def test_sigkill_during_write_many_keeps_every_acknowledged_item_and_no_half_item(tmp_path):
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-c", BATCH_CHILD, str(home)], stdout=subprocess.PIPE, text=True)
+    acked: list[str] = []
+    for line in proc.stdout:
+        acked.extend(line.split())
+        if len(acked) >= 3 * 40:
+            break
+    os.kill(proc.pid, signal.SIGKILL)  # the child is writing its next batch
+    proc.wait(timeout=30)
+
+    mem = Memos.embedded(home, principal="agent:writer")
+    try:
+        stored = []
+        while page := mem.list("team/bulk", limit=1000, offset=len(stored)):
+            stored.extend(page)
+        ids = {m.id for m in stored}
+        assert set(acked) <= ids
+        assert len(stored) % 40 == 0  # a batch is one transaction: all of it or none of it
+        for m in stored:
+            assert m.version == 1 and m.content.endswith("about harbours") and len(mem.history(m.id)) == 1
+        hits = mem.search("batch 0 item 7 about harbours", "team/bulk", k=5, mode="dense")
+        assert hits and hits[0].memory.content == "batch 0 item 7 about harbours"
+    finally:
+        mem.close()

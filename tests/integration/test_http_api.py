@@ -233,6 +233,21 @@ def test_batch_runs_each_syscall_alone(api):
     assert too_many.status_code == 422
 
 
+
+def test_write_many_writes_in_one_call_and_reports_each_item(api):
+    api.post("/v1/syscalls/create_cube", {"name": "team/many"})
+    response = api.post("/v1/syscalls/write_many", {"items": [
+        {"cube": "team/many", "content": "first of many"},
+        {"cube": "team/nowhere", "content": "fails alone"},
+        {"cube": "team/many", "content": "second of many", "tags": ["bulk"]},
+    ]})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["written"], body["failed"]) == (2, 1)
+    assert body["results"][1]["error"]["code"] == "not_found" and body["results"][1]["id"] is None
+    listed = api.post("/v1/syscalls/list", {"cube": "team/many"}).json()["memories"]
+    assert sorted(m["id"] for m in listed) == sorted([body["results"][0]["id"], body["results"][2]["id"]])
+
 # ---------------------------------------------------------------------------------------------------- the client
 
 

@@ -23,7 +23,7 @@ from memos.server.mcp import build_server
 
 pytestmark = pytest.mark.integration
 
-TOOLS = {"remember", "recall", "update", "forget", "history", "list_cubes"}
+TOOLS = {"remember", "remember_many", "recall", "update", "forget", "history", "list_cubes"}
 ALICE_KEY, BOB_KEY = "memos_mcp-alice", "memos_mcp-bob"
 
 
@@ -71,6 +71,13 @@ def test_the_tools_are_listed_and_a_memory_round_trips(transport):
 
             cubes = (await client.call_tool("list_cubes", {})).structured_content["cubes"]
             assert [c["name"] for c in cubes] == ["agent/alice"]
+
+            many = await client.call_tool("remember_many", {"contents": ["The ferry leaves at dawn", "x" * 40000]})
+            assert not many.is_error, text(many)
+            written, refused = many.structured_content["results"]
+            assert many.structured_content["written"] == 1 and refused.startswith("too_large:")
+            ferry = await client.call_tool("recall", {"query": "when does the ferry leave?"})
+            assert [h["memory"]["id"] for h in ferry.structured_content["hits"]] == [written]
 
     anyio.run(session)
 
