@@ -7,6 +7,7 @@
 | MEMOS_SQLITE_SYNC | FULL | SQLite synchronous mode (FULL survives power loss; NORMAL survives process crashes) |
 | MEMOS_LOG_LEVEL | WARNING | structlog level |
 | MEMOS_MODEL | smollm2 | the model host's model (``none`` disables it: plaintext memory only) |
+| MEMOS_MODEL_CACHE | ~/.cache/memos/models | converted models, shared by every data dir on the machine (keyed by the source file's sha256) |
 | MEMOS_POLICIES | (none) | policy files for the scheduler, separated by ``:`` |
 | MEMOS_DASHBOARD_PORT, MEMOS_METRICS_PORT | 8265, 8081 | ports of the Ray dashboard and metrics export (``memos up``) |
 """
@@ -24,6 +25,17 @@ def default_home() -> Path:
     return Path(os.environ.get("MEMOS_HOME") or Path.home() / ".memos").expanduser()
 
 
+def default_model_cache() -> Path:
+    """Where converted models live: ``$MEMOS_MODEL_CACHE``, else ``$XDG_CACHE_HOME/memos/models``, else
+    ``~/.cache/memos/models``. One cache per machine, shared by every data dir: each converted copy is named by the
+    sha256 of the file it came from (``memos.models.loader``) and written under a temporary name then renamed, so
+    several processes may share it and a different model never reuses another's copy."""
+    if os.environ.get("MEMOS_MODEL_CACHE"):
+        return Path(os.environ["MEMOS_MODEL_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return base / "memos" / "models"
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -36,6 +48,7 @@ class Settings(BaseModel):
     # Hugging Face causal-LM directory, or None for no model host (plaintext memory only).
     model: str | None = "smollm2"
     model_dtype: Literal["float32", "bfloat16"] = "float32"
+    model_cache: Path = Field(default_factory=default_model_cache)
     activation_disk_bytes: int | None = 2 * 1024**3
     activation_max_memories: int | None = None
     activation_ram_bytes: int = 256 * 1024**2
@@ -82,7 +95,7 @@ class Settings(BaseModel):
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.home / "models"
+        return self.model_cache
 
     @property
     def cluster_file(self) -> Path:

@@ -192,7 +192,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench-results/parametric", help="output directory")
     parser.add_argument("--model", default="smollm2", help="'smollm2', a .gguf file or a local HF model directory")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--cache-dir", default=None, help="converted-model cache (default: <MEMOS_HOME>/models)")
+    parser.add_argument("--cache-dir", default=None, help="converted-model cache (default: $MEMOS_MODEL_CACHE or ~/.cache/memos/models)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="numbers of facts")
     parser.add_argument("--seed", type=int, default=0)
@@ -204,10 +204,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Load the model named by ``args`` and run the benchmark; print the markdown tables."""
-    from memos.config import default_home
+    from memos.config import default_model_cache
     from memos.models.loader import ModelSpec
 
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_home() / "models"
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_model_cache()
     host = ModelHost(ModelSpec(model=args.model, dtype=args.dtype, cache_dir=cache_dir, num_threads=args.threads))
     config = LoraConfig(epochs=args.epochs, rank=args.rank, alpha=2.0 * args.rank, learning_rate=args.learning_rate,
                         replay_weight=args.replay_weight)

@@ -2,7 +2,8 @@
 temp data dir, Chroma on disk, the bundled embedder and the bundled model. Everything started here is stopped here.
 
 The converted model is cached across runs under pytest's temp root (or $MEMOS_MODEL_CACHE), so only the first run
-pays the GGUF conversion."""
+pays the GGUF conversion; the session exports that path as $MEMOS_MODEL_CACHE, so every ``Settings`` made by a test
+(and every process a test starts) uses it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ def model_cache_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache(model_cache_dir):
+    """``Settings.model_cache`` defaults to $MEMOS_MODEL_CACHE: point it at the session's cache, never at ~/.cache."""
+    before = os.environ.get("MEMOS_MODEL_CACHE")
+    os.environ["MEMOS_MODEL_CACHE"] = str(model_cache_dir)
+    yield model_cache_dir
+    if before is None:
+        os.environ.pop("MEMOS_MODEL_CACHE", None)
+    else:
+        os.environ["MEMOS_MODEL_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def model_service(model_cache_dir):
     """The in-process model service (loads the model once per session; converts the GGUF on the first run)."""
@@ -33,8 +46,9 @@ def model_service(model_cache_dir):
 
 
 def home_with_model_cache(home: Path, model_cache_dir: Path) -> Path:
+    """A data dir whose settings use ``model_cache_dir`` (the machine-wide cache is not under the data dir)."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "models").symlink_to(model_cache_dir, target_is_directory=True)
+    assert Settings(home=home).model_cache == model_cache_dir
     return home
 
 

@@ -31,10 +31,11 @@ rules:
 """
 
 
-def environment(home, policy) -> dict[str, str]:
+def environment(home, policy, model_cache) -> dict[str, str]:
     # A user HOME of its own: no Ray auth token yet, as on a fresh machine (`memos up` must make one).
     return {**os.environ, "HOME": str(home / "user"), "MEMOS_HOME": str(home), "MEMOS_DASHBOARD_PORT": str(DASHBOARD_PORT),
-            "MEMOS_METRICS_PORT": str(METRICS_PORT), "MEMOS_MODEL": "smollm2", "MEMOS_POLICIES": str(policy)}
+            "MEMOS_METRICS_PORT": str(METRICS_PORT), "MEMOS_MODEL": "smollm2", "MEMOS_POLICIES": str(policy),
+            "MEMOS_MODEL_CACHE": str(model_cache)}
 
 
 def memos(env, *args, timeout=300):
@@ -73,10 +74,9 @@ def wait_for_events(lines: queue.Queue, done, timeout: float) -> list[dict]:
 def test_events_follow_shows_a_policy_migration_with_its_rule(tmp_path, model_cache_dir):
     home = tmp_path / "home"
     home.mkdir()
-    (home / "models").symlink_to(model_cache_dir, target_is_directory=True)  # the converted model, made once
     policy = tmp_path / "promote.yaml"
     policy.write_text(POLICY)
-    env = environment(home, policy)
+    env = environment(home, policy, model_cache_dir)  # the converted model, made once
     up = memos(env, "up")
     assert up.returncode == 0, up.stdout + up.stderr
     assert (home / "user" / ".ray" / "auth_token").stat().st_size > 0
