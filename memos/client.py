@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from memos import syscalls as sc
+from memos.errors import InvalidSyscall
 from memos.transports import Transport, unwrap
 from memos.types import (
     Ack,
@@ -44,7 +45,21 @@ from memos.types import (
 
 
 class Memos:
-    def __init__(self, transport: Transport, principal: str) -> None:
+    def __init__(self, transport: Transport, principal: str | None = None) -> None:
+        """A client acting as ``principal`` over ``transport``.
+
+        ``principal`` may be left out when the transport knows it (``HttpTransport``: the API key decides it).
+
+        Raises:
+            InvalidSyscall: no principal given and the transport cannot tell it.
+        """
+        if principal is None:
+            whoami = getattr(transport, "whoami", None)
+            if whoami is None:
+                raise InvalidSyscall(
+                    f"{type(transport).__name__} does not know who is calling: give principal= (e.g. 'agent:writer')"
+                )
+            principal = whoami()
         self.transport = transport
         self.principal = principal
 
@@ -52,12 +67,23 @@ class Memos:
 
     @classmethod
     def embedded(cls, home: str | Path, principal: str, **settings: Any) -> Memos:
-        """A kernel in this process on ``home`` (SQLite + embedded Chroma + the bundled embedder)."""
+        """A kernel in this process on ``home`` (SQLite + embedded Chroma + the bundled embedder; ``~`` expands).
+
+        The model host (``Settings.model``, the bundled SmolLM2 by default) is attached lazily: it is loaded on the
+        first call that needs it (``migrate(to="activation")``, ``assemble_context``, ``generate``, ``distill``),
+        so plaintext work never pays for it. ``model=None`` leaves it out (those calls raise ``ModelUnavailable``).
+        """
         from memos.config import Settings
         from memos.kernel.factory import open_kernel
         from memos.transports import InProcessTransport, KernelService
 
-        kernel = open_kernel(Settings(home=Path(home), **settings))
+        config = Settings(home=Path(home).expanduser(), **settings)
+        model = None
+        if config.model is not None:
+            from memos.models.service import LazyModelService
+
+            model = LazyModelService(config)
+        kernel = open_kernel(config, model=model)
         return cls(InProcessTransport(KernelService(kernel)), principal)
 
     def as_principal(self, principal: str) -> Memos:

@@ -34,9 +34,9 @@ class Runtime:
 
             model = None
             if settings.model is not None:
-                from memos.models.service import open_model_service
+                from memos.models.service import LazyModelService
 
-                model = open_model_service(settings)
+                model = LazyModelService(settings)  # loaded by the first call that needs it
             kernel = open_kernel(settings, model=model)
             return cls(settings, InProcessTransport(KernelService.with_policies(kernel, settings.policies)),
                        mode="inprocess")

@@ -158,3 +158,72 @@ class ModelService:
                 cached_tokens=result.cached_tokens, ttft_s=result.ttft_s, total_s=result.total_s,
                 kv_loaded_from_disk=tuple(from_disk), ram_evicted=tuple(by_path.get(p, p) for p in evicted),
             )
+
+
+class LazyModelService:
+    """A ``ModelPort`` that opens its ``ModelService`` on the first call that needs the model.
+
+    ``Memos.embedded`` uses it so that plaintext work (write, search, history) never pays for loading the model
+    (~2 s, or ~20 s the first time the bundled GGUF is converted) while ``migrate(to="activation")`` and
+    ``generate`` still work. ``forget`` before the model is loaded is a no-op (nothing is in its RAM yet).
+
+    Raises:
+        ModelUnavailable: from the first call that needs the model, when it cannot be loaded (the next call tries
+            again).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.model is not None, "LazyModelService needs Settings.model"
+        self.settings = settings
+        self._service: ModelService | None = None
+        self._open_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._service is not None
+
+    def service(self) -> ModelService:
+        with self._open_lock:
+            if self._service is None:
+                self._service = open_model_service(self.settings)
+            return self._service
+
+    def fingerprint(self) -> Fingerprint:
+        return self.service().fingerprint()
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.service().count_tokens(texts)
+
+    def build_activation(self, text: str, path: str) -> ActivationBuilt:
+        return self.service().build_activation(text, path)
+
+    def ram_usage(self) -> dict[str, int]:
+        return self.service().ram_usage()
+
+    def usage_counts(self) -> dict[str, int]:
+        if self._service is None:
+            return {"payloads": 0, "bytes": 0, "budget": self.settings.activation_ram_bytes, "adapters": 0,
+                    "adapter_loads": 0, "distillations_running": 0}
+        return self._service.usage_counts()
+
+    def generate(
+        self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int,
+        adapter: KVBlock | None = None,
+    ) -> Generation:
+        return self.service().generate(messages, kv=kv, texts=texts, max_new_tokens=max_new_tokens, adapter=adapter)
+
+    def start_distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> DistillStatus:
+        return self.service().start_distill(facts, path, config)
+
+    def distill_status(self, job_id: str) -> DistillStatus:
+        return self.service().distill_status(job_id)
+
+    def cancel_distill(self, job_id: str) -> DistillStatus:
+        return self.service().cancel_distill(job_id)
+
+    def forget_distill(self, job_id: str) -> None:
+        self.service().forget_distill(job_id)
+
+    def forget(self, paths: list[str]) -> None:
+        if self._service is not None:
+            self._service.forget(paths)
