@@ -2,11 +2,12 @@
 
     from memos.client import Memos
     from memos.transports_http import HttpTransport
-    mem = Memos(HttpTransport("https://memos.internal:8765", os.environ["MEMOS_API_KEY"]), "agent:writer")
+    mem = Memos(HttpTransport("https://memos.internal:8765", os.environ["MEMOS_API_KEY"]))
 
-The server decides the principal from the API key. The principal the client was built for travels only as
-``X-Memos-Principal``, which the server compares with the key's: a client for one principal holding another's key
-fails with ``PermissionDenied`` instead of quietly acting as someone else. Syscalls go to ``POST /v1/execute`` in
+The server decides the principal from the API key: a client built without ``principal`` asks ``GET /v1/whoami``
+once. A principal given explicitly travels only as ``X-Memos-Principal``, which the server compares with the key's:
+a client for one principal holding another's key fails with ``PermissionDenied`` instead of quietly acting as
+someone else. Syscalls go to ``POST /v1/execute`` in
 their wire form; an error response carries ``{"code", "message", "details"}``, so ``unwrap`` raises the same typed
 error as in-process. TLS certificates are always verified (give ``ca_file`` for a private CA).
 """
@@ -54,6 +55,24 @@ class HttpTransport:
             f"HTTP {response.status_code} from {self.url} without a memos error: {response.text[:200]}",
             status=response.status_code,
         ).to_wire()
+
+    def whoami(self) -> str:
+        """The principal the API key acts as.
+
+        Raises:
+            PermissionDenied: the key is not valid (401). BackendError: the API cannot be reached or answered
+                something that is not a memos reply.
+        """
+        try:
+            response = self._http.get("/v1/whoami")
+        except httpx.HTTPError as exc:
+            raise BackendError(f"memos API at {self.url} unreachable: {exc}", url=self.url) from exc
+        if not response.is_success:
+            raise error_from_wire(self._error(response))
+        try:
+            return str(response.json()["principal"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"memos API at {self.url} answered whoami without a principal", url=self.url) from exc
 
     def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
         """Execute one syscall; return the envelope.

@@ -17,7 +17,7 @@ from live_server import in_process_transport, live_server
 from schemathesis import GenerationMode
 
 from memos.client import Memos
-from memos.errors import AlreadyExists, NotFound, PermissionDenied, VersionConflict
+from memos.errors import AlreadyExists, InvalidSyscall, NotFound, PermissionDenied, VersionConflict
 from memos.server.http import create_app, server_config
 from memos.server.keys import KeyRing
 from memos.transports_http import HttpTransport
@@ -283,6 +283,21 @@ def test_a_client_for_one_principal_with_anothers_key_fails(api):
     with pytest.raises(PermissionDenied, match="acts as 'agent:bob'"):
         impostor.cubes()
     impostor.close()
+
+
+def test_a_client_over_http_needs_no_principal_the_key_decides_it(api, tmp_path):
+    bob = Memos(HttpTransport(api.url, BOB_KEY))
+    try:
+        assert bob.principal == "agent:bob"
+        assert isinstance(bob.cubes(), tuple)
+    finally:
+        bob.close()
+    unknown = HttpTransport(api.url, "not-a-key")
+    with pytest.raises(PermissionDenied, match="valid API key"):
+        Memos(unknown)
+    unknown.close()
+    with pytest.raises(InvalidSyscall, match="give principal="):
+        Memos(in_process_transport(tmp_path))
 
 
 def test_an_unreachable_server_is_a_backend_error(api):
