@@ -81,3 +81,24 @@ def test_research_team_workflow(ray_runtime):
                 assert prov.source_refs and all(r.startswith(f"thread/{thread}") for r in prov.source_refs), prov
                 assert cube.endswith("/plan") or all(r.startswith(f"thread/{thread}/msg/") for r in prov.source_refs)
     assert changes >= 15
+
+
+def test_agents_quickstart_two_agents_each_with_its_own_store(tmp_path):
+    from memos.config import Settings
+    from memos.runtime import Runtime
+
+    with Runtime.start(Settings(home=tmp_path / "home", model=None), mode="inprocess") as runtime:
+        quickstart = load("agents_quickstart")
+        first = quickstart.run(runtime)
+        again = quickstart.run(runtime)  # runs again on the same data dir as is
+
+    # bob's tool call recalls alice's finding, with alice as its author and the tool call as its message.
+    content, author, refs = first["bob_recalled"][0]
+    assert (content, author) == ("The sodium-ion pilot cells reached 160 Wh/kg", "agent:alice")
+    assert refs[0].startswith("thread/quickstart-") and "/msg/call-" in refs[0]
+    assert first["bob"].startswith("(recall)") and "160 Wh/kg" in first["bob"]
+    # alice's store item is hers; bob's own store is refused it, naming the right he lacks.
+    assert first["alice_last_question"] == {"text": "remember: The sodium-ion pilot cells reached 160 Wh/kg"}
+    assert first["bob_reading_alices_notes"].startswith("denied:")
+    assert "'read'" in first["bob_reading_alices_notes"]
+    assert len(again["bob_recalled"]) == 2
