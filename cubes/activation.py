@@ -6,13 +6,20 @@ made them. It is immutable: a frozen dataclass whose tensors no code path writes
 generation's cache by concatenation, i.e. on a copy; the tensors of a freshly built payload are inference tensors,
 which torch refuses to modify in place outside inference mode).
 
-File format (``FORMAT = "memos.kv"``, ``FORMAT_VERSION = 1``), one safetensors file:
+File format (``FORMAT = "memos.kv"``, ``FORMAT_VERSION = 2``; version 1 files, written before compression existed,
+still load as uncompressed payloads), one safetensors file:
 
-- tensors ``layers.<i>.keys`` and ``layers.<i>.values``, shape ``[kv_heads, tokens, head_dim]`` in the fingerprint's
-  dtype; ``token_ids``, int64 ``[tokens]``. Keys are stored as the model caches them (after RoPE, at positions
-  ``0..tokens-1``).
+- tensors ``layers.<i>.keys`` and ``layers.<i>.values``, shape ``[kv_heads, kept, head_dim]``: the model's dtype, or
+  int8 with ``layers.<i>.key_scales`` (float32 ``[kv_heads, 1, head_dim]``, per channel) and
+  ``layers.<i>.value_scales`` (float32 ``[kv_heads, kept, 1]``, per token); ``token_ids``, int64 ``[tokens]``: every
+  token of the block, kept or not (a prompt is checked against them); ``positions``, int32
+  ``[layers, kv_heads, kept]``, only when tokens were selected: the original position of each kept entry, strictly
+  increasing per layer and head. Keys are stored as the model caches them (after RoPE at their original positions,
+  never re-rotated), so an entry is valid exactly at its recorded position and a continuation starts at position
+  ``tokens``.
 - header metadata (strings): ``format``, ``format_version``, ``model_id``, ``config_hash``, ``tokenizer_hash``,
-  ``dtype``, ``num_tokens``, ``num_layers``, ``exact`` and ``memory_messages`` (a JSON list).
+  ``dtype``, ``num_tokens``, ``num_layers``, ``exact``, ``memory_messages`` (a JSON list) and, from version 2,
+  ``kept_tokens`` and ``compression`` (the :class:`~memos.types.KVCompression` as JSON: method and parameters).
 
 :func:`save_kv` writes to a temporary name in the target directory, fsyncs, renames and fsyncs the directory, and
 returns a :class:`~memos.types.PayloadRef` (path, sha256 of the whole file, size). The sha256 lives in the MemCube
@@ -32,13 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from memos.cubes.blobs import read_header, read_verified, write_payload
 from memos.errors import CorruptPayload, FingerprintMismatch
-from memos.types import Fingerprint, PayloadRef
+from memos.types import Fingerprint, KVCompression, PayloadRef
 
 if TYPE_CHECKING:
     import torch
 
 FORMAT = "memos.kv"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_NO_COMPRESSION = KVCompression()
 _FINGERPRINT_FIELDS = ("model_id", "config_hash", "tokenizer_hash", "dtype")
 _WHAT = "activation payload"
 
@@ -51,14 +59,19 @@ class KVPayload:
         fingerprint: the model (id, config, tokenizer, dtype) that computed the tensors.
         memory_messages: contents of the system messages, in prompt order, whose chat-template rendering tokenises
             to exactly ``token_ids`` (the model host decides the rendering; see ``memos.models.host``).
-        token_ids: the cached tokens, positions ``0..len-1``.
-        keys: per layer, ``[kv_heads, tokens, head_dim]``.
+        token_ids: every token of the prefix, positions ``0..len-1`` (kept or not: a continuation starts after them).
+        keys: per layer, ``[kv_heads, kept, head_dim]``: the fingerprint's dtype, or int8 (see ``key_scales``).
         values: per layer, same shapes as ``keys``.
-        exact: True when the tensors are what a prefill of ``token_ids`` computes; False for a composition whose
-            later parts were computed without attending to the earlier ones (RoPE re-rotation).
+        exact: True when the tensors are what a prefill of ``token_ids`` computes (and all of it); False for a
+            lossy compression or a composition whose later parts did not attend to the earlier ones.
+        positions: ``None`` when every token is kept (entry ``j`` is position ``j``); else int ``[layers, kv_heads,
+            kept]``, the original position of each kept entry, strictly increasing per layer and head.
+        compression: how the tensors were compressed (method and parameters).
+        key_scales / value_scales: with int8 tensors, per layer float32 ``[kv_heads, 1, head_dim]`` (per channel) and
+            ``[kv_heads, kept, 1]`` (per token); ``None`` otherwise.
 
     Raises:
-        ValueError: on construction, when the shapes, lengths or dtype are inconsistent.
+        ValueError: on construction, when the shapes, lengths, positions or dtypes are inconsistent.
     """
 
     fingerprint: Fingerprint
@@ -67,32 +80,88 @@ class KVPayload:
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
     exact: bool = True
+    positions: torch.Tensor | None = None
+    compression: KVCompression = _NO_COMPRESSION
+    key_scales: tuple[torch.Tensor, ...] | None = None
+    value_scales: tuple[torch.Tensor, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.keys or len(self.keys) != len(self.values):
             raise ValueError(f"need one keys and one values tensor per layer, got {len(self.keys)} and {len(self.values)}")
         n = len(self.token_ids)
-        dtype = f"torch.{self.fingerprint.dtype}"
+        kept = self.kept_tokens
+        quantized = self.compression.quantize == "int8"
+        dtype = "torch.int8" if quantized else f"torch.{self.fingerprint.dtype}"
         for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
-            if k.dim() != 3 or k.shape != v.shape or k.shape[1] != n:
-                raise ValueError(f"layer {i}: keys {tuple(k.shape)} / values {tuple(v.shape)} do not hold {n} tokens")
+            if k.dim() != 3 or k.shape != v.shape or k.shape[1] != kept:
+                raise ValueError(f"layer {i}: keys {tuple(k.shape)} / values {tuple(v.shape)} do not hold {kept} tokens")
             if str(k.dtype) != dtype or v.dtype != k.dtype:
-                raise ValueError(f"layer {i}: dtype {k.dtype}/{v.dtype}, fingerprint says {self.fingerprint.dtype}")
+                stored = ", stored as int8" if quantized else ""
+                raise ValueError(f"layer {i}: dtype {k.dtype}/{v.dtype}, fingerprint says {self.fingerprint.dtype}{stored}")
+        self._check_scales(quantized)
+        self._check_positions(n)
+
+    def _check_scales(self, quantized: bool) -> None:
+        if not quantized:
+            if self.key_scales is not None or self.value_scales is not None:
+                raise ValueError("scales are only for int8 payloads")
+            return
+        if self.key_scales is None or self.value_scales is None or not (
+            len(self.key_scales) == len(self.value_scales) == len(self.keys)
+        ):
+            raise ValueError("an int8 payload needs key and value scales for every layer")
+        for i, (k, ks, vs) in enumerate(zip(self.keys, self.key_scales, self.value_scales, strict=True)):
+            heads, kept, dim = k.shape
+            if tuple(ks.shape) != (heads, 1, dim) or tuple(vs.shape) != (heads, kept, 1):
+                raise ValueError(f"layer {i}: scales {tuple(ks.shape)} / {tuple(vs.shape)} do not fit keys {tuple(k.shape)}")
+            if ks.dtype != vs.dtype or str(ks.dtype) != "torch.float32":
+                raise ValueError(f"layer {i}: scales must be float32, got {ks.dtype}/{vs.dtype}")
+
+    def _check_positions(self, n: int) -> None:
+        p = self.positions
+        if (p is None) != (self.compression.select == "none"):
+            raise ValueError(f"positions must be given exactly when tokens were selected ({self.compression.method})")
+        if p is None:
+            return
+        heads = self.keys[0].shape[0]
+        if p.dim() != 3 or tuple(p.shape) != (len(self.keys), heads, self.keys[0].shape[1]) or p.is_floating_point():
+            raise ValueError(f"positions {tuple(p.shape)} {p.dtype} must be integers [layers, kv_heads, kept]")
+        if p.shape[-1] and (int(p.min()) < 0 or int(p.max()) >= n or not bool((p[..., 1:] > p[..., :-1]).all())):
+            raise ValueError(f"positions must be strictly increasing per layer and head, within 0..{n - 1}")
 
     @property
     def num_tokens(self) -> int:
+        """Tokens of the prefix (kept or not): the position a continuation starts at."""
         return len(self.token_ids)
+
+    @property
+    def kept_tokens(self) -> int:
+        """Entries per layer and head actually cached (``num_tokens`` unless tokens were selected)."""
+        return self.num_tokens if self.positions is None else int(self.positions.shape[-1])
 
     @property
     def num_layers(self) -> int:
         return len(self.keys)
 
+    def dense(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Per layer ``(keys, values)`` in the fingerprint's dtype: the tensors themselves, or new dequantised ones
+        for an int8 payload (``int8 * scale``)."""
+        if self.key_scales is None or self.value_scales is None:
+            return tuple(zip(self.keys, self.values, strict=True))
+        import torch
+
+        dtype = getattr(torch, self.fingerprint.dtype)
+        return tuple(
+            ((k.float() * ks).to(dtype), (v.float() * vs).to(dtype))
+            for k, v, ks, vs in zip(self.keys, self.values, self.key_scales, self.value_scales, strict=True)
+        )
 
 
 def payload_nbytes(payload: KVPayload) -> int:
-    """Bytes ``payload`` holds in RAM (tensors and token ids): the unit of the kernel's in-RAM budget."""
-    tensors = sum(k.nbytes + v.nbytes for k, v in zip(payload.keys, payload.values, strict=True))
-    return tensors + 8 * payload.num_tokens
+    """Bytes ``payload`` holds in RAM (tensors, scales, positions and token ids): the unit of the in-RAM budget."""
+    tensors = [*payload.keys, *payload.values, *(payload.key_scales or ()), *(payload.value_scales or ())]
+    positions = 0 if payload.positions is None else payload.positions.nbytes
+    return sum(t.nbytes for t in tensors) + positions + 8 * payload.num_tokens
 
 
 def check_fingerprint(found: Fingerprint, expected: Fingerprint, *, what: str) -> None:
@@ -127,7 +196,12 @@ def save_kv(payload: KVPayload, path: str | Path) -> PayloadRef:
     for i, (k, v) in enumerate(zip(payload.keys, payload.values, strict=True)):
         tensors[f"layers.{i}.keys"] = k.contiguous()
         tensors[f"layers.{i}.values"] = v.contiguous()
+        if payload.key_scales is not None and payload.value_scales is not None:
+            tensors[f"layers.{i}.key_scales"] = payload.key_scales[i].contiguous()
+            tensors[f"layers.{i}.value_scales"] = payload.value_scales[i].contiguous()
     tensors["token_ids"] = torch.tensor(payload.token_ids, dtype=torch.int64)
+    if payload.positions is not None:
+        tensors["positions"] = payload.positions.to(torch.int32).contiguous()
     fp = payload.fingerprint
     metadata = {
         "format": FORMAT,
@@ -140,6 +214,8 @@ def save_kv(payload: KVPayload, path: str | Path) -> PayloadRef:
         "num_layers": str(payload.num_layers),
         "exact": "true" if payload.exact else "false",
         "memory_messages": json.dumps(list(payload.memory_messages), ensure_ascii=False),
+        "kept_tokens": str(payload.kept_tokens),
+        "compression": payload.compression.model_dump_json(),
     }
     data = save(tensors, metadata=metadata)
     return write_payload(path, data, what=_WHAT)
@@ -164,6 +240,7 @@ def load_kv(ref: PayloadRef, expected: Fingerprint) -> KVPayload:
 
 def _parse(data: bytes, *, name: str) -> KVPayload:
     """Parse the bytes of a payload file (integrity-checked by the caller); ``name`` is used in errors."""
+    from pydantic import ValidationError as PydanticValidationError
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -178,18 +255,37 @@ def _parse(data: bytes, *, name: str) -> KVPayload:
         token_ids = tuple(tensors["token_ids"].tolist())
         if len(token_ids) != int(meta["num_tokens"]) or meta["exact"] not in ("true", "false"):
             raise ValueError("header does not match the tensors")
-        return KVPayload(
+        compression = _NO_COMPRESSION
+        if meta["format_version"] != "1":
+            compression = KVCompression.model_validate_json(meta["compression"])
+        quantized = compression.quantize == "int8"
+        payload = KVPayload(
             fingerprint=fingerprint,
             memory_messages=memory_messages,
             token_ids=token_ids,
             keys=tuple(tensors[f"layers.{i}.keys"] for i in range(num_layers)),
             values=tuple(tensors[f"layers.{i}.values"] for i in range(num_layers)),
             exact=meta["exact"] == "true",
+            positions=tensors["positions"] if compression.select != "none" else None,
+            compression=compression,
+            key_scales=tuple(tensors[f"layers.{i}.key_scales"] for i in range(num_layers)) if quantized else None,
+            value_scales=tuple(tensors[f"layers.{i}.value_scales"] for i in range(num_layers)) if quantized else None,
         )
-    except (SafetensorError, KeyError, ValueError, TypeError, RecursionError) as exc:
+        if meta["format_version"] != "1" and payload.kept_tokens != int(meta["kept_tokens"]):
+            raise ValueError(f"header says {meta['kept_tokens']} kept tokens, the tensors hold {payload.kept_tokens}")
+        return payload
+    except (SafetensorError, KeyError, ValueError, TypeError, RecursionError, PydanticValidationError) as exc:
         raise CorruptPayload(f"{_WHAT} {name} is malformed: {exc}", path=name) from exc
 
 
 def _read_metadata(data: bytes, name: str) -> dict[str, str]:
-    return read_header(data, name, what=_WHAT, format=FORMAT, version=FORMAT_VERSION,
-                       required=(*_FINGERPRINT_FIELDS, "num_tokens", "num_layers", "exact", "memory_messages"))
+    required = (*_FINGERPRINT_FIELDS, "num_tokens", "num_layers", "exact", "memory_messages")
+    try:
+        return read_header(data, name, what=_WHAT, format=FORMAT, version=FORMAT_VERSION,
+                           required=(*required, "kept_tokens", "compression"))
+    except CorruptPayload as newer:
+        # A version-1 file (written before compression) is an uncompressed payload; otherwise report the first error.
+        try:
+            return read_header(data, name, what=_WHAT, format=FORMAT, version=1, required=required)
+        except CorruptPayload:
+            raise newer from None

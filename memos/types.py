@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 # ---------------------------------------------------------------------------------------------------------- names
 
@@ -157,6 +157,92 @@ class PayloadRef(_Frozen):
     sha256: str
     size_bytes: int
     format: str = "safetensors"
+
+
+KVQuantize = Literal["none", "int8"]
+KVSelect = Literal["none", "sink_window", "heavy_hitter", "snapkv"]
+_KV_QUANTIZE = ("none", "int8")
+_KV_SELECT = ("none", "sink_window", "heavy_hitter", "snapkv")
+
+
+class KVCompression(_Frozen):
+    """How an activation memory's KV cache is compressed; recorded in its payload (docs/activation.md, "Compression").
+
+    Two independent parts, combinable:
+
+    - ``quantize``: ``"none"`` keeps the model's dtype; ``"int8"`` stores symmetric int8 with a float32 scale per
+      channel for keys (per head and channel, over the tokens: keys have outlier channels) and per token for values
+      (per head and token, over the channels), as in KIVI.
+    - ``select``: which tokens' entries are kept. ``"none"``: all. ``"sink_window"`` (StreamingLLM): the first
+      ``sink`` tokens and the most recent ones. ``"heavy_hitter"`` (H2O): the tokens that received the most attention,
+      summed over every query of the prefill. ``"snapkv"`` (SnapKV): the tokens the last ``observe`` tokens of the
+      block attended to most, pooled over ``pool`` neighbours. The two attention methods choose per layer and key-value
+      head and always keep the ``sink`` first and the ``recent`` last tokens (SnapKV also its observation window).
+      ``keep`` is the fraction of the block's tokens kept (at least the always-kept ones).
+
+    A string is accepted wherever this model is: parts joined by ``+``, a selection optionally with ``@keep``, e.g.
+    ``"none"``, ``"int8"``, ``"snapkv@0.25"``, ``"int8+sink_window@0.5"`` (other fields at their defaults).
+    """
+
+    quantize: KVQuantize = "none"
+    select: KVSelect = "none"
+    keep: float = Field(default=0.5, gt=0.0, le=1.0)
+    sink: int = Field(default=4, ge=0, le=1 << 20)
+    recent: int = Field(default=16, ge=0, le=1 << 20)
+    observe: int = Field(default=32, ge=1, le=1 << 20)
+    pool: int = Field(default=7, ge=1, le=63)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return cls.parse_spec(data) if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _odd_pool(self) -> KVCompression:
+        if self.pool % 2 == 0:
+            raise ValueError(f"pool must be odd (a centred window), got {self.pool}")
+        return self
+
+    @staticmethod
+    def parse_spec(spec: str) -> dict[str, Any]:
+        """The fields a compression string names (see the class docstring).
+
+        Raises:
+            ValueError: an unknown part, two quantisations or selections, or a bad ``@keep``.
+        """
+        fields: dict[str, Any] = {}
+        for part in spec.strip().lower().split("+"):
+            name, _, keep = part.strip().partition("@")
+            if name == "none" and not keep:
+                continue
+            key = "quantize" if name in _KV_QUANTIZE else "select" if name in _KV_SELECT else None
+            if key is None or (keep and key == "quantize"):
+                raise ValueError(
+                    f"unknown compression part {part!r} in {spec!r}: use none, {', '.join(_KV_QUANTIZE[1:])}, "
+                    f"{', '.join(_KV_SELECT[1:])} (a selection may end in @keep, e.g. snapkv@0.25), joined by '+'"
+                )
+            if key in fields:
+                raise ValueError(f"compression {spec!r} names two {key} methods")
+            fields[key] = name
+            if keep:
+                try:
+                    fields["keep"] = float(keep)
+                except ValueError:
+                    raise ValueError(f"keep in {part!r} must be a number in (0, 1]") from None
+        return fields
+
+    @property
+    def is_none(self) -> bool:
+        """True when the cache is stored as the model computed it (what a full prefill gives)."""
+        return self.quantize == "none" and self.select == "none"
+
+    @property
+    def method(self) -> str:
+        """A short name, e.g. ``"int8+snapkv@0.25"`` (``parse_spec`` reads it back)."""
+        parts = [self.quantize] if self.quantize != "none" else []
+        if self.select != "none":
+            parts.append(f"{self.select}@{self.keep:g}")
+        return "+".join(parts) or "none"
 
 
 class Memory(_Frozen):

@@ -84,8 +84,9 @@ class RayModelPort:
     def count_tokens(self, texts: list[str]) -> list[int]:
         return self._call("count_tokens", texts)
 
-    def build_activation(self, text: str, path: str) -> ActivationBuilt:
-        return ActivationBuilt.model_validate(self._call("build_activation", text, path))
+    def build_activation(self, text: str | list[str], path: str, compression: dict[str, Any] | None = None
+                         ) -> ActivationBuilt:
+        return ActivationBuilt.model_validate(self._call("build_activation", text, path, compression))
 
     def generate(self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int,
                  adapter: KVBlock | None = None) -> Generation:

@@ -27,14 +27,18 @@ quality of both against a full prefill is in docs/activation.md (``memos bench a
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import ValidationError
+
 from memos.cubes.activation import KVPayload, check_fingerprint, load_kv
 from memos.errors import CorruptPayload, InvalidSyscall, PayloadTooLarge
+from memos.models.kv_compression import SCORED, attention_to_scores, compress
 from memos.models.loader import LoadedModel, ModelSpec, configure_threads, load_model
-from memos.types import Fingerprint, PayloadRef
+from memos.types import Fingerprint, KVCompression, PayloadRef
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +46,9 @@ if TYPE_CHECKING:
 MEMORY_HEADER = "Relevant memory:\n"
 ComposeMethod = Literal["rotate", "recompute"]
 _ROLES = frozenset({"system", "user", "assistant"})
+_NO_COMPRESSION = KVCompression()
+# Queries per eager-attention chunk when scoring tokens: 64 x 2048 keys x 9 heads x 30 layers x 4 B = 141 MB of weights.
+_SCORE_CHUNK = 64
 # RoPE variants whose angle is position * a fixed inv_freq (scaling folded into inv_freq or applied once to cos/sin),
 # so that a further rotation by offset * inv_freq lands exactly on position + offset.
 _STATIC_ROPE = frozenset({"default", "linear", "llama3", "yarn"})
@@ -116,16 +123,32 @@ class ModelHost:
         """Tokens that ``texts`` take as memory blocks at the front of a prompt (what their cache holds)."""
         return len(self._encode(self._render(memory_messages(texts), generation_prompt=False)))
 
-    def build_kv(self, text: str) -> KVPayload:
-        """The KV cache of ``text`` as one memory block, exactly as :meth:`generate` will place it in a prompt.
+    def build_kv(self, text: str | Sequence[str],
+                 compression: KVCompression | str | Mapping[str, Any] | None = None) -> KVPayload:
+        """The KV cache of ``text`` as one memory block (or of several texts as consecutive blocks, one prefill),
+        exactly as :meth:`generate` will place it in a prompt, compressed as ``compression`` says (default none:
+        the full cache, what a prefill computes).
+
+        The attention-based selections (``heavy_hitter``, ``snapkv``) score tokens with the prefill's own attention
+        weights: the scored part of the prefill runs with eager attention (SDPA does not return weights) in chunks of
+        ``_SCORE_CHUNK`` queries, so its memory stays ``layers x heads x chunk x tokens`` floats.
 
         Raises:
             PayloadTooLarge: the block does not fit the model's context (or its sliding window).
+            InvalidSyscall: no texts, or a malformed compression.
         """
-        block = memory_messages([text])
-        ids = self._encode(self._render(block, generation_prompt=False))
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise InvalidSyscall("build_kv needs at least one text")
+        spec = compression_spec(compression)
+        blocks = memory_messages(texts)
+        ids = self._encode(self._render(blocks, generation_prompt=False))
         self._check_fits(len(ids), "the memory block")
-        return self._extend(None, ids, (block[0]["content"],), exact=True)
+        messages = tuple(b["content"] for b in blocks)
+        if spec.select not in SCORED:
+            return compress(self._extend(None, ids, messages, exact=True), spec)
+        payload, scores = self._prefill_scored(ids, messages, spec)
+        return compress(payload, spec, scores)
 
     def load_kv(self, ref: PayloadRef) -> KVPayload:
         """Load a stored payload for this model.
@@ -207,10 +230,15 @@ class ModelHost:
         with torch.inference_mode():
             cache = self._cache_of(kv)
             step = ids[cached:]
+            # Explicit positions: a compressed cache holds fewer entries than the tokens it covers, and the next
+            # token's RoPE position is the prompt's length, not the cache's.
+            position = cached
             for i in range(max_new_tokens):
                 out = self._model(
-                    input_ids=torch.tensor([step]), past_key_values=cache, use_cache=True, logits_to_keep=1
+                    input_ids=torch.tensor([step]), position_ids=torch.arange(position, position + len(step))[None],
+                    past_key_values=cache, use_cache=True, logits_to_keep=1,
                 )
+                position += len(step)
                 token = self._pick(out.logits[0, -1], greedy, temperature, generator)
                 if i == 0:
                     ttft = time.perf_counter() - started
@@ -261,47 +289,109 @@ class ModelHost:
         at construction, so it owns a copy and generation never writes to ``kv``'s tensors."""
         if kv is None:
             return self._dynamic_cache(config=self._model.config)
-        data = [(k.unsqueeze(0), v.unsqueeze(0)) for k, v in zip(kv.keys, kv.values, strict=True)]
+        data = [(k.unsqueeze(0), v.unsqueeze(0)) for k, v in kv.dense()]
         return self._dynamic_cache(ddp_cache_data=data, config=self._model.config)
 
     def _extend(self, base: KVPayload | None, ids: Sequence[int], messages: tuple[str, ...], *, exact: bool) -> KVPayload:
-        """Prefill ``ids`` after ``base``'s cache (or from position 0) and return the joint payload."""
+        """Prefill ``ids`` after ``base``'s cache (or from position 0) and return the joint payload (uncompressed
+        tensors; a compressed ``base`` contributes its kept entries at their recorded positions)."""
         torch = self._torch
+        start = base.num_tokens if base else 0
         with torch.inference_mode():
             cache = self._cache_of(base)
-            self._model(input_ids=torch.tensor([list(ids)]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._model(input_ids=torch.tensor([list(ids)]), position_ids=torch.arange(start, start + len(ids))[None],
+                        past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return self._payload_of(cache, base, ids, messages, exact=exact)
+
+    def _payload_of(self, cache: Any, base: KVPayload | None, ids: Sequence[int], messages: tuple[str, ...], *,
+                    exact: bool) -> KVPayload:
         token_ids = (base.token_ids if base else ()) + tuple(ids)
+        kept = (base.kept_tokens if base else 0) + len(ids)
         for i, layer in enumerate(cache.layers):
-            if layer.keys.shape[-2] != len(token_ids):
+            if layer.keys.shape[-2] != kept:
                 raise PayloadTooLarge(
                     f"layer {i} keeps {layer.keys.shape[-2]} of {len(token_ids)} tokens (sliding window); "
                     "such a memory block cannot be cached whole",
                     tokens=len(token_ids),
                 )
+        positions = None
+        compression = _NO_COMPRESSION
+        if base is not None and base.positions is not None:
+            torch = self._torch
+            start = base.num_tokens
+            new = torch.arange(start, start + len(ids), dtype=base.positions.dtype)
+            positions = torch.cat([base.positions, new.expand(*base.positions.shape[:2], len(ids))], dim=-1)
+            # The joint tensors are dense floats; the record keeps the selection that decided the base's entries.
+            compression = base.compression.model_copy(update={"quantize": "none"})
         return KVPayload(
             fingerprint=self.fingerprint,
             memory_messages=messages,
             token_ids=token_ids,
             keys=tuple(layer.keys[0] for layer in cache.layers),
             values=tuple(layer.values[0] for layer in cache.layers),
-            exact=exact,
+            exact=exact and (base is None or base.exact),
+            positions=positions,
+            compression=compression,
         )
+
+    def _prefill_scored(self, ids: Sequence[int], messages: tuple[str, ...],
+                        spec: KVCompression) -> tuple[KVPayload, torch.Tensor]:
+        """Prefill ``ids`` and return the full payload and the attention scores ``spec``'s selection needs,
+        ``[layers, kv_heads, tokens]``: H2O sums the attention of every query, SnapKV that of the last ``observe``."""
+        torch = self._torch
+        n = len(ids)
+        first_scored = max(n - spec.observe, 0) if spec.select == "snapkv" else 0
+        kv_heads = int(getattr(self._model.config, "num_key_value_heads", None) or self._model.config.num_attention_heads)
+        scores: torch.Tensor | None = None
+        with torch.inference_mode():
+            cache = self._cache_of(None)
+            if first_scored:
+                self._model(input_ids=torch.tensor([list(ids[:first_scored])]), past_key_values=cache, use_cache=True,
+                            logits_to_keep=1)
+            with self._eager_attention():
+                for start in range(first_scored, n, _SCORE_CHUNK):
+                    chunk = list(ids[start:start + _SCORE_CHUNK])
+                    out = self._model(input_ids=torch.tensor([chunk]), past_key_values=cache, use_cache=True,
+                                      logits_to_keep=1, output_attentions=True)
+                    # Each chunk's queries see keys 0..start+len(chunk)-1; later keys got no attention from them.
+                    part = attention_to_scores([a[0] for a in out.attentions], kv_heads)
+                    part = torch.nn.functional.pad(part, (0, n - part.shape[-1]))
+                    scores = part if scores is None else scores + part
+        assert scores is not None
+        return self._payload_of(cache, None, ids, messages, exact=True), scores
+
+    @contextmanager
+    def _eager_attention(self) -> Iterator[None]:
+        """Run the model with eager attention inside the block (it returns attention weights), then restore."""
+        previous = self._model.config._attn_implementation
+        self._model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self._model.set_attn_implementation(previous)
 
     def _rotate_concat(self, payloads: Sequence[KVPayload], messages: tuple[str, ...]) -> KVPayload:
         torch = self._torch
         inv_freq = self._rope_inv_freq()
         keys: list[list[torch.Tensor]] = [[] for _ in range(payloads[0].num_layers)]
         values: list[list[torch.Tensor]] = [[] for _ in range(payloads[0].num_layers)]
+        positions: list[torch.Tensor] = []
         offset = 0
         for payload in payloads:
             # float64 angles: offset * inv_freq reaches thousands of radians, where float32 loses ~1e-3 rad.
             angles = offset * inv_freq.double()
             cos = torch.cat([angles.cos(), angles.cos()]).float()
             sin = torch.cat([angles.sin(), angles.sin()]).float()
-            for layer, (k, v) in enumerate(zip(payload.keys, payload.values, strict=True)):
+            for layer, (k, v) in enumerate(payload.dense()):
                 keys[layer].append(_rotate(k, cos, sin) if offset else k)
                 values[layer].append(v)
+            own = payload.positions
+            if own is None:
+                heads = payload.keys[0].shape[0]
+                own = torch.arange(payload.num_tokens).expand(payload.num_layers, heads, payload.num_tokens)
+            positions.append(own.to(torch.int32) + offset)
             offset += payload.num_tokens
+        selected = [p for p in payloads if p.positions is not None]
         return KVPayload(
             fingerprint=self.fingerprint,
             memory_messages=messages,
@@ -309,6 +399,8 @@ class ModelHost:
             keys=tuple(torch.cat(parts, dim=1) for parts in keys),
             values=tuple(torch.cat(parts, dim=1) for parts in values),
             exact=False,
+            positions=torch.cat(positions, dim=-1) if selected else None,
+            compression=selected[0].compression.model_copy(update={"quantize": "none"}) if selected else _NO_COMPRESSION,
         )
 
     def _rope_inv_freq(self) -> torch.Tensor:
@@ -340,6 +432,20 @@ def _rotate(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = k.shape[-1] // 2
     rotated_half = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
     return (k * cos + rotated_half * sin).to(keys.dtype)
+
+
+def compression_spec(value: KVCompression | str | Mapping[str, Any] | None) -> KVCompression:
+    """``value`` as a :class:`KVCompression` (None: no compression).
+
+    Raises:
+        InvalidSyscall: a malformed compression.
+    """
+    if value is None:
+        return _NO_COMPRESSION
+    try:
+        return KVCompression.model_validate(value)
+    except ValidationError as exc:
+        raise InvalidSyscall(f"invalid compression {value!r}: {exc.errors()[0]['msg']}") from exc
 
 
 def _check_messages(messages: Sequence[Mapping[str, str]]) -> None:

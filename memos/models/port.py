@@ -21,11 +21,16 @@ from memos.types import Fingerprint, PayloadRef
 
 
 class ActivationBuilt(BaseModel):
+    """A payload the host wrote: ``tokens`` the prompt positions it covers, ``kept_tokens`` the entries it caches
+    (fewer when tokens were selected), ``compression`` how (``KVCompression`` as a dict)."""
+
     model_config = ConfigDict(frozen=True)
 
     payload: PayloadRef
     fingerprint: Fingerprint
     tokens: int
+    kept_tokens: int | None = None
+    compression: dict[str, Any] | None = None
 
 
 class KVBlock(BaseModel):
@@ -88,11 +93,14 @@ class ModelPort(Protocol):
         """Tokens each text takes as a memory block in a prompt."""
         ...
 
-    def build_activation(self, text: str, path: str) -> ActivationBuilt:
-        """Compute the KV cache of ``text`` as a memory block and write it to ``path``.
+    def build_activation(self, text: str | list[str], path: str, compression: dict[str, Any] | None = None
+                         ) -> ActivationBuilt:
+        """Compute the KV cache of ``text`` as a memory block (a list: consecutive blocks, one cache), compressed as
+        ``compression`` (a ``KVCompression`` as a dict; None: uncompressed) says, and write it to ``path``.
 
         Raises:
             PayloadTooLarge: the text does not fit the model's context. BackendError: the file cannot be written.
+            InvalidSyscall: a malformed compression.
         """
         ...
 

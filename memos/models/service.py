@@ -73,13 +73,17 @@ class ModelService:
         with self._lock:
             return [self.host.memory_tokens([t]) for t in texts]
 
-    def build_activation(self, text: str, path: str) -> ActivationBuilt:
+    def build_activation(self, text: str | list[str], path: str, compression: dict[str, Any] | None = None
+                         ) -> ActivationBuilt:
         from memos.cubes.activation import save_kv
+        from memos.models.host import compression_spec
 
+        spec = compression_spec(compression)
         with self._lock:
-            payload = self.host.build_kv(text)
+            payload = self.host.build_kv(text, compression=spec)
             ref = save_kv(payload, Path(path))
-            return ActivationBuilt(payload=ref, fingerprint=payload.fingerprint, tokens=payload.num_tokens)
+            return ActivationBuilt(payload=ref, fingerprint=payload.fingerprint, tokens=payload.num_tokens,
+                                   kept_tokens=payload.kept_tokens, compression=spec.model_dump())
 
     def ram_usage(self) -> dict[str, int]:
         with self._lock:

@@ -66,9 +66,10 @@ def test_header_is_plain_json_with_the_fingerprint_and_format(stored: tuple[KVPa
     data = Path(ref.path).read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
     meta = json.loads(data[8 : 8 + length])["__metadata__"]
-    assert meta["format"] == FORMAT and meta["format_version"] == "1"
+    assert meta["format"] == FORMAT and meta["format_version"] == "2"
     assert {k: meta[k] for k in ("model_id", "config_hash", "tokenizer_hash", "dtype")} == p.fingerprint.model_dump()
-    assert meta["num_tokens"] == "5" and meta["num_layers"] == "3"
+    assert meta["num_tokens"] == "5" and meta["num_layers"] == "3" and meta["kept_tokens"] == "5"
+    assert json.loads(meta["compression"])["quantize"] == "none"
 
 
 def test_save_leaves_no_temporary_file_and_replaces_an_older_file(tmp_path: Path) -> None:
