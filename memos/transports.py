@@ -7,6 +7,8 @@ actor, HTTP) speaks this envelope, so the client is the same over all of them an
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -52,6 +54,14 @@ class KernelService:
         self.policies = policies  # a memos.schedulers.runner.PolicyRunner, or None
         if policies is not None and policies.on_report is None:
             policies.on_report = self.record_policy_run
+        # Reads are counted in memory (memos.kernel.reads); this thread writes them every few seconds even when no
+        # syscall comes to do it. It holds the kernel weakly: a service dropped without close() lets it end.
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(
+            target=_flush_reads_loop, args=(weakref.ref(kernel), self._stop),
+            name="memos-read-flush", daemon=True,
+        )
+        self._flusher.start()
 
     @classmethod
     def with_policies(cls, kernel: Any, paths: Any, *, start: bool = True) -> KernelService:
@@ -142,7 +152,22 @@ class KernelService:
     def close(self) -> None:
         if self.policies is not None:
             self.policies.stop()
-        self.kernel.close()
+        self._stop.set()
+        self._flusher.join(timeout=10)
+        self.kernel.close()  # writes the reads still pending
+
+
+def _flush_reads_loop(kernel_ref: weakref.ref[Any], stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        kernel = kernel_ref()
+        if kernel is None:
+            return
+        if kernel.reads.due():  # the kernel's flush interval has passed since its last flush
+            try:
+                kernel.flush_reads()
+            except MemosError as exc:  # they stay pending; the next flush (or close) retries
+                kernel.log.error("read counters not flushed", error=exc.message)
+        del kernel
 
 
 class InProcessTransport:

@@ -145,8 +145,8 @@ class ContextOps:
     def _op_assemble_context(self: Kernel, principal: str, call: Any) -> ContextPlan:
         cubes = tuple(dict.fromkeys(call.cubes))
         plan, _ = self._assemble(principal, call.query, cubes, call.k, call.token_budget, call.filters)
-        self.store.record_reads([i.memory_id for i in plan.used], principal, self.clock.now())
-        self._audit_ok(principal, call.op, cubes[0] if len(cubes) == 1 else None,
+        self._record_reads([i.memory_id for i in plan.used], principal, self.clock.now())
+        self._audit_read(principal, call.op, cubes[0] if len(cubes) == 1 else None,
                        detail=f"{len(plan.used)} of {len(plan.items)} memories, {plan.text_tokens} text tokens")
         return plan
 
@@ -216,7 +216,7 @@ class ContextOps:
         for memory_id in out.ram_evicted:
             cube = self.store.memory_cube(memory_id)
             self._emit("evicted", cube, memory_id, "system", tier="ram", reason="model host RAM budget")
-        self.store.record_reads(list(dict.fromkeys(used)), principal, now)
+        self._record_reads(list(dict.fromkeys(used)), principal, now)
         cube = next(iter(call.cubes), None) if call.cubes else None
         self._audit_ok(principal, call.op, cube, detail=f"{len(plan.kv)} kv, {len(plan.texts)} text memories, "
                        f"{out.prompt_tokens} prompt tokens ({out.cached_tokens} cached)")

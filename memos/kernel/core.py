@@ -49,6 +49,7 @@ from memos.kernel.context import ContextOps
 from memos.kernel.indexer import Indexer
 from memos.kernel.jobs import JobTable
 from memos.kernel.observe import KernelObserver
+from memos.kernel.reads import ReadLog, ReadOps
 from memos.kernel.retrieval import Fused, reciprocal_rank_fusion
 from memos.kernel.tiering import ActivationBudget, TieringOps
 from memos.logging import get_logger
@@ -110,7 +111,7 @@ def weakest(trusts: Iterable[Trust | str]) -> Trust:
     return Trust.UNTRUSTED if any(Trust(t) == Trust.UNTRUSTED for t in trusts) else Trust.TRUSTED
 
 
-class Kernel(TieringOps, ContextOps, BatchWriteOps):
+class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps):
     """Owns the store, the vector index, the embedder and (optionally) a model host port; executes syscalls."""
 
     def __init__(
@@ -125,6 +126,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
         model: ModelPort | None = None,
         blob_dir: str | Path | None = None,
         budgets: ActivationBudget | None = None,
+        read_flush_s: float | None = None,
     ) -> None:
         self.store = store
         self.model = model
@@ -136,6 +138,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
         self.new_id = new_id
         self.superusers = frozenset(superusers)
         self.syscall_counts: Counter[str] = Counter()
+        self.reads = ReadLog() if read_flush_s is None else ReadLog(read_flush_s)  # memos.kernel.reads
         self._latencies: dict[str, deque[float]] = {}
         self.observers: list[KernelObserver] = []
         self.log = get_logger("memos.kernel")
@@ -165,6 +168,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
             self.log.warning("vector index reconciled at start", added=report.added, removed=report.removed)
 
     def close(self) -> None:
+        self.flush_reads()
         self.index.close()
         self.store.close()
 
@@ -202,6 +206,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
             self._latencies.setdefault(op, deque(maxlen=256)).append(time.perf_counter() - started)
         self._log(trace_id, principal, op, cube, started, "ok")
         self._notify(op, "ok", started)
+        self._flush_reads_if_due()
         return result
 
     def in_transaction(self, fn: Callable[[], Any]) -> Any:
@@ -355,6 +360,8 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
         return [c[0] for c in self.store.list_cubes() if allows(self._right(principal, c[0]), Right.READ)]
 
     def to_memory(self, row: VersionRow) -> Memory:
+        pending = self.reads.pending(row.memory_id)  # reads not yet flushed (memos.kernel.reads) count too
+        last_read = max(row.last_read_at or 0.0, pending[1]) if pending else row.last_read_at
         return Memory(
             id=row.memory_id,
             cube=row.cube,
@@ -369,8 +376,8 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
             content_hash=row.content_hash,
             created_at=from_epoch(row.created_at),
             updated_at=from_epoch(row.valid_from),
-            reads=row.reads,
-            last_read_at=from_epoch(row.last_read_at) if row.last_read_at is not None else None,
+            reads=row.reads + (pending[0] if pending else 0),
+            last_read_at=from_epoch(last_read) if last_read is not None else None,
             size_bytes=row.size_bytes,
             fingerprint=row.fingerprint,
             payload=row.payload,
@@ -566,15 +573,15 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
     def _op_read(self, principal: str, call: sc.Read) -> Memory:
         row = self._require_memory(principal, call.id, Right.READ, call.version)
         now = self.clock.now()
-        self.store.record_reads([row.memory_id], principal, now)
-        self._audit_ok(principal, call.op, row.cube, row.memory_id, detail=f"v{row.version}")
+        self._record_reads([row.memory_id], principal, now)
+        self._audit_read(principal, call.op, row.cube, row.memory_id, detail=f"v{row.version}")
         return self.to_memory(self.store.get_version(row.memory_id, row.version))  # type: ignore[arg-type]
 
     def _op_list(self, principal: str, call: sc.ListMemories) -> MemoryList:
         self._require_cube(principal, call.cube, Right.READ)
         rows = self.store.list_memories(call.cube, tuple(s.value for s in call.states), call.limit, call.offset,
                                         tuple(call.tags))
-        self._audit_ok(principal, call.op, call.cube, detail=f"{len(rows)} memories")
+        self._audit_read(principal, call.op, call.cube, detail=f"{len(rows)} memories")
         return MemoryList(memories=tuple(self.to_memory(r) for r in rows))
 
     def _op_update(self, principal: str, call: sc.Update) -> Memory:
@@ -653,7 +660,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
 
     def _op_history(self, principal: str, call: sc.History) -> MemoryList:
         row = self._require_memory(principal, call.id, Right.READ)
-        self._audit_ok(principal, call.op, row.cube, row.memory_id)
+        self._audit_read(principal, call.op, row.cube, row.memory_id)
         return MemoryList(memories=tuple(self.to_memory(r) for r in self.store.history(call.id)))
 
     def _op_rollback(self, principal: str, call: sc.Rollback) -> Memory:
@@ -747,8 +754,8 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
         cubes = tuple(dict.fromkeys(call.cubes))
         at = to_epoch(call.as_of) if call.as_of is not None else None
         hits = self._search_hits(principal, call.query, cubes, call.k, call.filters, at=at, mode=call.mode)
-        self.store.record_reads([row.memory_id for row, _ in hits], principal, self.clock.now())
-        self._audit_ok(principal, call.op, cubes[0] if len(cubes) == 1 else None,
+        self._record_reads([row.memory_id for row, _ in hits], principal, self.clock.now())
+        self._audit_read(principal, call.op, cubes[0] if len(cubes) == 1 else None,
                        detail=f"{len(hits)} hits in {','.join(cubes)}"[:1000])
         fresh = self.store.versions_by_rowid(row.rowid for row, _ in hits)
         return SearchResult(hits=tuple(
@@ -902,6 +909,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps):
         cubes = list(dict.fromkeys(call.cubes)) or [c[0] for c in self.store.list_cubes()]
         for cube in cubes:
             self._require_cube(principal, cube, Right.ADMIN)
+        self.flush_reads()  # policies count reads: they see every read made so far
         now = self.clock.now()
         rows = [r for r in self.store.current_memories(cubes) if r.state != State.DELETED]
         activation = sum(r.payload["size_bytes"] for r in self.store.current_of_kind("activation") if r.payload)

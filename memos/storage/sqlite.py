@@ -443,10 +443,33 @@ class SqliteStore:
 
     # ------------------------------------------------------------------------------------------------ usage
 
-    def record_reads(self, memory_ids: Iterable[str], principal: str, at: float) -> None:
-        for memory_id in memory_ids:
-            self._exec("UPDATE memories SET reads = reads + 1, last_read_at = ? WHERE id = ?", (at, memory_id))
-            self._exec("INSERT INTO access_log(memory_id, at, principal) VALUES (?,?,?)", (memory_id, at, principal))
+    def record_reads_many(self, reads: list[tuple[str, float, str]]) -> None:
+        """Count reads, given as (memory id, at, principal): the memory's count and last read time, and one access-log
+        row each. Reads of a memory that no longer exists (purged since) are dropped: nothing of it comes back."""
+        self._executemany(
+            "UPDATE memories SET reads = reads + 1, last_read_at = MAX(COALESCE(last_read_at, ?), ?) WHERE id = ?",
+            [(at, at, memory_id) for memory_id, at, _ in reads],
+        )
+        self._executemany(
+            "INSERT INTO access_log(memory_id, at, principal) SELECT ?, ?, ? WHERE EXISTS "
+            "(SELECT 1 FROM memories WHERE id = ?)",
+            [(memory_id, at, principal, memory_id) for memory_id, at, principal in reads],
+        )
+
+    def audit_many(self, rows: list[tuple[float, str, str, str | None, str | None, str]]) -> None:
+        """(at, principal, op, cube, memory id, detail) per successful call, outcome ``ok``."""
+        self._executemany(
+            "INSERT INTO audit(at, principal, op, cube, memory_id, outcome, detail) VALUES (?,?,?,?,?,'ok',?)", rows
+        )
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            try:
+                self._db.executemany(sql, rows)
+            except sqlite3.Error as exc:
+                raise self._error(exc, sql) from exc
 
     def read_times(self, cubes: list[str], since: float) -> dict[str, list[float]]:
         """memory id -> read instants since ``since`` for the memories of ``cubes``."""
