@@ -44,6 +44,7 @@ class BatchWriteOps:
 
     def _op_write_many(self: Kernel, principal: str, call: sc.WriteMany) -> WriteManyResult:
         now = self.clock.now()
+        self._join_pending_reads()  # here, not under an item's savepoint, which may roll back alone
         events = self._pending_events()
         after = self._tls.after_commit
         writable: set[str] = set()

@@ -217,11 +217,16 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps):
             queued_before = self.store.outbox_writes
             self._tls.in_kernel = True
             self._tls.after_commit = []
+            if outermost:
+                self._tls.taken_reads = []
             try:
                 with self.store.transaction():
                     result = fn()
             except BaseException:
                 self._tls.after_commit = []
+                if outermost:
+                    for reads, audits in self._tls.taken_reads:  # rolled back with the change: pending again
+                        self.reads.restore(reads, audits)
                 self._pending_events().clear()
                 self._tls.in_kernel = not outermost
                 raise
@@ -385,6 +390,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps):
         )
 
     def _audit_ok(self, principal: str, op: str, cube: str | None, memory_id: str | None = None, detail: str = "") -> None:
+        self._join_pending_reads()  # earlier reads are audited before this change (memos.kernel.reads)
         self.store.audit(self.clock.now(), principal, op, cube, memory_id, "ok", detail)
 
     def _emit(self, type_: str, cube: str | None, memory_id: str | None, principal: str | None, **data: Any) -> None:
@@ -909,7 +915,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps):
         cubes = list(dict.fromkeys(call.cubes)) or [c[0] for c in self.store.list_cubes()]
         for cube in cubes:
             self._require_cube(principal, cube, Right.ADMIN)
-        self.flush_reads()  # policies count reads: they see every read made so far
+        self._join_pending_reads()  # policies count reads: they see every read made so far
         now = self.clock.now()
         rows = [r for r in self.store.current_memories(cubes) if r.state != State.DELETED]
         activation = sum(r.payload["size_bytes"] for r in self.store.current_of_kind("activation") if r.payload)

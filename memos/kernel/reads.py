@@ -7,7 +7,9 @@ the read-only syscall (``search``, ``read``, ``list``, ``history``, ``assemble_c
 - when a syscall ends and ``flush_interval_s`` (2 s by default) has passed since the last flush;
 - every ``flush_interval_s`` from the ``KernelService``'s flusher thread (so that reads do not wait for the next
   syscall);
-- before a ``snapshot`` (what policies evaluate) and at ``close``.
+- before a ``snapshot`` (what policies evaluate) and at ``close``;
+- inside the transaction of any change (with its audit record), at no extra commit: the audit log stays in the
+  order things happened.
 
 Meanwhile the kernel answers as if the reads were written: a ``Memory`` it returns counts the pending reads too.
 
@@ -60,29 +62,22 @@ class ReadLog:
         return bool(self._reads or self._audits) and time.monotonic() - self._last_flush >= self.flush_interval_s
 
     def take(self) -> tuple[list[tuple[str, float, str]], list[tuple[float, str, str, str | None, str | None, str]]]:
-        """Everything pending, now owned by the caller (who gives it back with ``restore`` if it cannot write it).
-        The overlay stays until ``done``, so that a ``Memory`` built meanwhile still counts these reads."""
+        """Everything pending, now the caller's to write (under the kernel lock, so nothing reads the counts between
+        this and the write); ``restore`` gives it back if the write does not commit."""
         with self._lock:
             reads, audits = self._reads, self._audits
-            self._reads, self._audits = [], []
+            self._reads, self._audits, self._pending = [], [], {}
             self._last_flush = time.monotonic()
             return reads, audits
-
-    def done(self, reads: list[tuple[str, float, str]]) -> None:
-        """``reads`` are in SQLite now: stop counting them on top of the stored counts."""
-        with self._lock:
-            for memory_id, _, _ in reads:
-                count, latest = self._pending.get(memory_id, (0, 0.0))
-                if count <= 1:
-                    self._pending.pop(memory_id, None)
-                else:
-                    self._pending[memory_id] = (count - 1, latest)
 
     def restore(self, reads: list[tuple[str, float, str]],
                 audits: list[tuple[float, str, str, str | None, str | None, str]]) -> None:
         with self._lock:
             self._reads[:0] = reads
             self._audits[:0] = audits
+            for memory_id, at, _ in reads:
+                count, latest = self._pending.get(memory_id, (0, at))
+                self._pending[memory_id] = (count + 1, max(latest, at))
 
     def __len__(self) -> int:
         return len(self._reads) + len(self._audits)
@@ -116,8 +111,17 @@ class ReadOps:
             except BackendError:
                 self.reads.restore(reads, audits)
                 raise
-            self.reads.done(reads)
             return len(reads) + len(audits)
+
+    def _join_pending_reads(self: Kernel) -> None:
+        """Write the pending reads in the current transaction (a change's: no extra commit), so that the audit log
+        keeps the order in which things happened. If the transaction rolls back they are pending again."""
+        if not len(self.reads):
+            return
+        reads, audits = self.reads.take()
+        self._tls.taken_reads.append((reads, audits))
+        self.store.record_reads_many(reads)
+        self.store.audit_many(audits)
 
     def _flush_reads_if_due(self: Kernel) -> None:
         if not self.reads.due():

@@ -99,3 +99,15 @@ def test_the_service_flushes_reads_when_no_syscall_comes(kernel, mem):
     while _access_rows(kernel) == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _access_rows(kernel) == 1
+
+
+def test_a_change_writes_the_pending_reads_first_so_the_audit_log_keeps_its_order(kernel, mem):
+    kernel.reads.flush_interval_s = 3600
+    mem.create_cube("team/r")
+    m = mem.write("team/r", "read, then changed")
+    mem.read(m.id)
+    mem.search("changed", "team/r")
+    mem.update(m.id, content="changed after two reads")
+    assert len(kernel.reads) == 0 and _access_rows(kernel) == 2  # in the update's transaction
+    ops = [r.op for r in mem.audit("team/r") if r.memory_id in (m.id, None) or r.op == "search"]
+    assert ops[-3:] == ["read", "search", "update"]
