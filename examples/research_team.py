@@ -170,9 +170,17 @@ class ResearchTeam:
         """Migrate the team's most-read finding to activation memory (a policy would do this on a schedule)."""
         findings = self.clients[PLANNER].list(self.team, tags=["finding"], limit=1000)
         hottest = max(findings, key=lambda m: (m.reads, -m.created_at.timestamp()))
-        (migrated,) = self.clients[PLANNER].migrate(hottest.id, Kind.ACTIVATION)
+        planner = self.clients[PLANNER]
+        # The same question with the same memory, before (its text is prefilled) and after (its KV cache is
+        # injected): the time to first token is what activation memory buys; the first token is the same.
+        before = planner.generate(QUESTION, memory=[hottest.id], max_new_tokens=1)
+        (migrated,) = planner.migrate(hottest.id, Kind.ACTIVATION)
+        after = planner.generate(QUESTION, memory=[hottest.id], max_new_tokens=1)
         return {"id": migrated.id, "content": migrated.content, "reads": hottest.reads, "kind": migrated.kind,
-                "version": migrated.version, "by": PLANNER}
+                "version": migrated.version, "by": PLANNER,
+                "ttft_s": {"as_text": round(before.ttft_s, 4), "as_kv_cache": round(after.ttft_s, 4)},
+                "prompt_tokens": {"as_text": before.prompt_tokens, "as_kv_cache": after.prompt_tokens},
+                "cached_tokens": after.cached_tokens, "same_first_token": before.text == after.text}
 
     def researcher(self, me: str) -> Any:
         def node(state: TeamState, config: RunnableConfig) -> dict[str, Any]:
@@ -303,6 +311,8 @@ def run(runtime: Runtime) -> dict[str, Any]:
             f"[{', '.join(v.provenance.source_refs)}]: {v.content[:60]}"
             for m, v in history
         ],
+        "versions_by_agent": {a: sum(1 for _, v in history if v.provenance.author == a)
+                              for a in (PLANNER, *RESEARCHERS, WRITER)},
         "memories_by_kind": {kind: dict(states) for kind, states in by_kind.items()},
         "latency_ms": {
             "syscalls": sum(len(t) for t in seconds.values()),
@@ -312,6 +322,73 @@ def run(runtime: Runtime) -> dict[str, Any]:
             "migrate": [round(s * 1000) for s in seconds["migrate"]],
         },
     }
+
+
+def report(summary: dict[str, Any]) -> Any:
+    """The run as a person reads it (``memos run`` prints this; ``memos run --json`` prints ``summary``)."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+    from rich.tree import Tree
+
+    def table(title: str, *columns: str) -> Table:
+        t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_edge=False)
+        for column in columns:
+            t.add_column(column, overflow="fold")
+        return t
+
+    def short(text: str, n: int = 70) -> str:
+        return text if len(text) <= n else text[: n - 1] + "…"
+
+    parts: list[Any] = [Text(f"Research team, {summary['rounds']} rounds, thread {summary['thread']}, "
+                             f"team cube {summary['team_cube']}", style="bold")]
+    agents = Tree("agents (versions they wrote in the team cube)")
+    roles = {PLANNER: "plans, promotes the most-read finding", WRITER: "corrects, drafts answers with the model",
+             **{a: "remembers findings, keeps a private note" for a in RESEARCHERS}}
+    for agent, count in summary["versions_by_agent"].items():
+        agents.add(f"{agent}: {roles[agent]} (versions: {count})")
+    parts.append(agents)
+
+    recalls = table("Who recalled whose memory", "recalled by", "written by", "memory")
+    for by, author, content in summary["recalled_across_agents"]:
+        recalls.add_row(by, author, short(content))
+    parts.append(recalls)
+
+    corrected = table(f"The correction ({summary['corrected']['id']})", "version", "author", "content")
+    for version, author, content in summary["corrected"]["versions"]:
+        corrected.add_row(str(version), author, short(content))
+    parts.append(corrected)
+
+    denials = table("Refused (and audited in the owner's log)", "agent", "tool", "answer")
+    for d in summary["denials"]:
+        denials.add_row(d["agent"], d["tool"], short(d["error"], 90))
+    parts.append(denials)
+    parts.append(Text("audit: " + "; ".join(summary["audited_denials"])))
+
+    migrations = table("Migration to activation memory (the same question, the same memory)", "memory", "reads",
+                       "TTFT as text", "TTFT as KV cache", "gain", "first token same")
+    for m in summary["migrations"]:
+        text_s, kv_s = m["ttft_s"]["as_text"], m["ttft_s"]["as_kv_cache"]
+        migrations.add_row(f"{m['id']} v{m['version']}: {short(m['content'], 40)}", str(m["reads"]),
+                           f"{text_s * 1000:.0f} ms", f"{kv_s * 1000:.0f} ms ({m['cached_tokens']} tokens cached)",
+                           f"{text_s / kv_s:.1f}x" if kv_s > 0 else "-", "yes" if m["same_first_token"] else "no")
+    parts.append(migrations)
+
+    generations = table("The writer's answers (local model)", "round", "memory", "prompt / cached tokens", "TTFT",
+                        "answer")
+    for g in summary["generations"]:
+        memory = f"{g['memory']['kv']} as KV, {g['memory']['text']} as text, {g['memory']['skipped']} skipped"
+        generations.add_row(str(g["round"]), memory, f"{g['prompt_tokens']} / {g['cached_tokens']}",
+                            f"{g['ttft_s'] * 1000:.0f} ms", short(g["answer"], 60))
+    parts.append(generations)
+
+    kinds = ", ".join(f"{kind}: " + ", ".join(f"{n} {state}" for state, n in states.items())
+                      for kind, states in summary["memories_by_kind"].items())
+    latency = summary["latency_ms"]
+    parts.append(Text(f"memories by kind: {kinds}\nsyscalls: {latency['syscalls']}, p50 {latency['p50']} ms, "
+                      f"p95 {latency['p95']} ms (without generate and migrate)"))
+    return Group(*parts)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if runtime.dashboard_url:
             print(f"Ray dashboard: {runtime.dashboard_url}")
         summary = module.run(runtime)
-        _print(summary)
+        if args.json or not hasattr(module, "report"):
+            _print(summary)
+        else:
+            from rich.console import Console
+
+            console = Console()
+            if not console.is_terminal:  # a file or a pipe: wide enough for the report's tables
+                console = Console(width=120)
+            console.print(module.report(summary))
     return 0
 
 
@@ -500,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--mode", default="auto", choices=["auto", "ray", "cluster", "inprocess"])
     p.add_argument("--no-dashboard", action="store_true", help="start the embedded Ray without its dashboard")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON (default: its report)")
     p.set_defaults(fn=cmd_run)
 
     def syscall_parser(name: str, help_: str) -> argparse.ArgumentParser:

@@ -53,6 +53,9 @@ class MiniLMEmbedder:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
+        from memos.models.quiet import quiet_libraries
+
+        quiet_libraries()
         self._torch = torch
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         self._model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).eval()

@@ -128,6 +128,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         ModelUnavailable: weights, tokenizer or the bundled package are missing, the cached conversion is
             unreadable, or ``spec.dtype`` is not supported.
     """
+    from memos.models.quiet import quiet_libraries
+
+    quiet_libraries()
     if spec.dtype not in _DTYPES:
         raise ModelUnavailable(f"unsupported dtype {spec.dtype!r}; use one of {', '.join(_DTYPES)}", dtype=spec.dtype)
     started = time.perf_counter()
