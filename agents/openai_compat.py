@@ -6,8 +6,9 @@ server, Ollama, OpenAI itself), over httpx: for real use, where the local model 
 
 It speaks the subset agents need: system/user/assistant/tool messages, tool calls (``bind_tools``), ``stop``,
 ``temperature``, ``max_tokens``, and token usage. The API key is sent only if given (never read from the
-environment: a key must not leak to an endpoint it was not meant for). Transport and HTTP errors are translated
-once, here, into ``memos.errors.BackendError`` naming the URL and status.
+environment: a key must not leak to an endpoint it was not meant for). The wire protocol and its error translation
+(``BackendError`` naming the URL and status) are ``memos.models.llm_openai.post_chat_completion``, shared with the
+language-model port.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr, SecretStr
 
-from memos.errors import BackendError
+from memos.models.llm_openai import post_chat_completion
 
 
 def to_openai_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
@@ -135,23 +136,10 @@ class OpenAICompatibleChatModel(BaseChatModel):
             body["max_tokens"] = self.max_tokens
         if stop:
             body["stop"] = stop
-        headers = {"Authorization": f"Bearer {self.api_key.get_secret_value()}"} if self.api_key else {}
-        url = self.base_url.rstrip("/") + "/chat/completions"
-        try:
-            # One client per model: connections and the TLS context are reused across calls.
-            self._http = self._http or httpx.Client(timeout=self.timeout)
-            response = self._http.post(url, json=body, headers=headers)
-            response.raise_for_status()
-            data = response.json()
-            choice = data["choices"][0]
-        except httpx.HTTPStatusError as exc:
-            raise BackendError(
-                f"chat endpoint {url} answered HTTP {exc.response.status_code}: {exc.response.text[:500]}",
-                url=url, status=exc.response.status_code,
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise BackendError(f"chat endpoint {url} failed: {exc}", url=url) from exc
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BackendError(f"chat endpoint {url} did not answer with a chat completion: {exc}", url=url) from exc
+        # One client per model: connections and the TLS context are reused across calls.
+        self._http = self._http or httpx.Client(timeout=self.timeout)
+        api_key = self.api_key.get_secret_value() if self.api_key else None
+        data = post_chat_completion(self._http, self.base_url, body, api_key=api_key)
+        choice = data["choices"][0]
         message = _ai_message(choice, data.get("usage"), data.get("model", self.model))
         return ChatResult(generations=[ChatGeneration(message=message)])

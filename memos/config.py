@@ -9,6 +9,9 @@
 | MEMOS_MODEL | smollm2 | the model host's model (``none`` disables it: plaintext memory only) |
 | MEMOS_MODEL_CACHE | ~/.cache/memos/models | converted models, shared by every data dir on the machine (keyed by the source file's sha256) |
 | MEMOS_POLICIES | (none) | policy files for the scheduler, separated by ``:`` |
+| MEMOS_LLM | rules | language model for memory work (ingest, summaries): ``rules``, ``local`` or ``openai`` |
+| MEMOS_LLM_URL, MEMOS_LLM_MODEL, MEMOS_LLM_API_KEY | (none) | the OpenAI-compatible endpoint of ``MEMOS_LLM=openai`` |
+| MEMOS_LLM_FALLBACK | (none) | ``rules``: answer with the rules where the model's JSON is unusable |
 | MEMOS_DASHBOARD_PORT, MEMOS_METRICS_PORT | 8265, 8081 | ports of the Ray dashboard and metrics export (``memos up``) |
 """
 
@@ -54,6 +57,13 @@ class Settings(BaseModel):
     activation_ram_bytes: int = 256 * 1024**2
     loaded_adapters: int = 2  # LoRA adapters kept ready in the model host's RAM (LRU)
     compose_method: Literal["rotate", "recompute"] = "recompute"  # exact; "rotate" is cheaper but approximate (docs/activation.md)
+    # The language model for memory work (memos.models.llm): "rules" (no model), "local" (the model host) or
+    # "openai" (llm_url + llm_model); llm_fallback="rules" answers where the model's structured output is unusable.
+    llm: Literal["rules", "local", "openai"] = "rules"
+    llm_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = Field(default=None, repr=False)
+    llm_fallback: Literal["rules"] | None = None
     # Lifecycle policy files the kernel's scheduler runs on their schedules (see docs/policies.md).
     policies: tuple[Path, ...] = ()
     ray_namespace: str = "memos"
@@ -76,6 +86,9 @@ class Settings(BaseModel):
             env["metrics_export_port"] = int(os.environ["MEMOS_METRICS_PORT"])
         if os.environ.get("MEMOS_POLICIES"):
             env["policies"] = tuple(Path(p) for p in os.environ["MEMOS_POLICIES"].split(":") if p)
+        for name in ("llm", "llm_url", "llm_model", "llm_api_key", "llm_fallback"):
+            if os.environ.get(f"MEMOS_{name.upper()}"):
+                env[name] = os.environ[f"MEMOS_{name.upper()}"]
         if os.environ.get("MEMOS_SQLITE_SYNC"):
             env["sqlite_synchronous"] = os.environ["MEMOS_SQLITE_SYNC"].upper()
         env.update({k: v for k, v in overrides.items() if v is not None or k == "model"})
