@@ -13,7 +13,8 @@ cannot call tools (the local model host):
    (activation memories as KV caches); any other model gets their text (read at the planned versions) in the
    system message.
 3. ``write_back``: what was learned (by default the answer; ``learn`` decides) is written to ``write_cube`` as the
-   agent, ``derived`` from the exact memory versions used, with ``source_refs`` naming the thread and the messages
+   agent, with source ``generated`` (the model's own words: untrusted, and search ranks it below observed facts of
+   equal relevance), ``derived_from`` the exact memory versions used, with ``source_refs`` naming the thread and the messages
    (``thread/<thread>/msg/<human id>``, ``.../msg/<answer id>``) and ``{"thread": ...}`` in metadata; the ids go
    to the state's ``written``.
 
@@ -138,7 +139,7 @@ class MemoryAgent:
         refs = [message_ref(thread, m.id) for m in (question, answer) if m is not None]
         written = [
             self.client.write(
-                self.write_cube, fact, tags=self.tags, source=Source.DERIVED if parents else Source.CONVERSATION,
+                self.write_cube, fact, tags=self.tags, source=Source.GENERATED,
                 derived_from=parents, source_refs=refs, metadata={"thread": thread},
             ).id
             for fact in self.learn(answer)

@@ -1,7 +1,7 @@
 """LangChain tools for the memory syscalls an agent needs, bound to the agent's own principal.
 
-``MemoryTools(client, cube=...)`` gives ``remember``, ``recall``, ``update_memory``, ``forget``, ``share`` and
-``memory_history``. Each is a thin wrapper over one or two client calls; the client's principal is the agent, so
+``MemoryTools(client, cube=...)`` gives ``remember``, ``recall``, ``update_memory``, ``forget``, ``share``,
+``memory_history`` and ``ingest`` (extract facts from conversation messages, docs/memory.md). Each is a thin wrapper over one or two client calls; the client's principal is the agent, so
 the kernel's ACLs apply to the agent exactly as to any caller, and every refusal is in the audit log.
 
 Contracts:
@@ -85,10 +85,12 @@ class MemoryTools:
         self.forget = self._forget_tool()
         self.share = self._share_tool()
         self.memory_history = self._history_tool()
+        self.ingest = self._ingest_tool()
 
     @property
     def tools(self) -> list[BaseTool]:
-        return [self.remember, self.recall, self.update_memory, self.forget, self.share, self.memory_history]
+        return [self.remember, self.recall, self.update_memory, self.forget, self.share, self.memory_history,
+                self.ingest]
 
     def _tool(self, fn: Callable[..., Any]) -> BaseTool:
         return StructuredTool.from_function(
@@ -127,15 +129,41 @@ class MemoryTools:
             this_thread_only: bool = False,
         ) -> tuple[str, list[dict[str, Any]]]:
             """Recall memories relevant to `query`, best first (hybrid search by meaning and words).
-            `tags` keeps only memories carrying all of them; `this_thread_only` only those from this conversation."""
+            `tags` keeps only memories carrying all of them; `this_thread_only` only those from this conversation.
+            Cubes of `cubes` that do not exist or that you may not read are skipped, and the answer says so."""
             metadata = {}
             if this_thread_only:
                 metadata["thread"] = require_thread(config, self.thread_id)
-            hits = self.client.search(query, cubes or self.recall_cubes, k=k, tags=tags or (), metadata=metadata)
-            text = "\n".join(f"[{h.score:.4f}] {_describe(h.memory)}" for h in hits) or "no memories found"
+            present, skipped = self._usable_cubes(cubes or self.recall_cubes)
+            note = "".join(f"skipped cube {c}: {why}\n" for c, why in skipped)
+            hits = self.client.search(query, present, k=k, tags=tags or (), metadata=metadata)
+            text = note + ("\n".join(f"[{h.score:.4f}] {_describe(h.memory)}" for h in hits) or "no memories found")
             return text, [{**h.memory.model_dump(mode="json"), "score": h.score} for h in hits]
 
         return self._tool(recall)
+
+    def _usable_cubes(self, cubes: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+        """The cubes of a list the agent may read, and the others with why (each refusal is audited by the kernel).
+        A list in which no cube is usable fails with the first cube's error, as one cube would.
+
+        Raises:
+            MemosError: no cube of the list is usable.
+        """
+        readable = {c.name for c in self.client.cubes()}
+        present, skipped, first = [], [], None
+        for cube in dict.fromkeys(cubes):
+            if cube in readable:
+                present.append(cube)
+                continue
+            try:
+                self.client.cube_info(cube)
+                present.append(cube)
+            except MemosError as exc:
+                first = first or exc
+                skipped.append((cube, f"{exc.code}: {exc.message}"))
+        if not present and first is not None:
+            raise first
+        return present, skipped
 
     def _update_tool(self) -> BaseTool:
         def update_memory(
@@ -171,6 +199,24 @@ class MemoryTools:
             return f"{principal} may now {right} {cube}", info.model_dump(mode="json")
 
         return self._tool(share)
+
+    def _ingest_tool(self) -> BaseTool:
+        def ingest(
+            messages: list[dict[str, Any]],
+            tool_call_id: Annotated[str, InjectedToolCallId],
+            config: RunnableConfig,
+            cube: str | None = None,
+            dry_run: bool = False,
+        ) -> tuple[str, dict[str, Any]]:
+            """Extract facts from conversation `messages` (each {content, speaker?, id?, at?}) into memory: each
+            fact is added, updates a memory, supersedes one it contradicts, or is skipped as known. Says why."""
+            thread = require_thread(config, self.thread_id)
+            named = [{**m, "id": m.get("id") or f"{message_ref(thread, tool_call_id)}#{i}"} for i, m in enumerate(messages)]
+            result = self.client.ingest(cube or self.cube, named, source=self.source, dry_run=dry_run)
+            text = "\n".join(f"{d.action}: {d.text} ({d.reason})" for d in result.decisions) or "no facts found"
+            return text, result.model_dump(mode="json")
+
+        return self._tool(ingest)
 
     def _history_tool(self) -> BaseTool:
         def memory_history(memory_id: str) -> tuple[str, list[dict[str, Any]]]:

@@ -27,14 +27,17 @@ from memos.types import (
     AuditRecord,
     ChatMessage,
     ContextPlan,
+    ConversationMessage,
     CubeInfo,
     Event,
     EventList,
     GenerateResult,
+    IngestResult,
     Job,
     Kind,
     Memory,
     MemoryRef,
+    RelatedMemory,
     Right,
     SearchHit,
     Source,
@@ -238,6 +241,20 @@ class Memos:
             sc.Fuse, ids=tuple(ids), cube=cube, content=content, tags=tuple(tags), keep_sources=keep_sources,
             metadata=metadata or {},
         )
+
+    def ingest(
+        self, cube: str, messages: Iterable[ConversationMessage | dict[str, Any]], *, source: Source | str = Source.CONVERSATION,
+        trust: Trust | str | None = None, tags: Iterable[str] = (), neighbours: int = 5, dry_run: bool = False,
+    ) -> IngestResult:
+        """Extract memories from conversation messages (``{"id", "speaker", "content", "at", "session"}``) and
+        decide add / update / invalidate / noop for each against what ``cube`` holds (docs/memory.md)."""
+        return self._do(sc.Ingest, cube=cube, messages=tuple(messages), source=Source(source), trust=Trust(trust) if trust else None,
+                        tags=tuple(tags), neighbours=neighbours, dry_run=dry_run)
+
+    def related(self, memory_id: str, *, k: int = 10, relations: Iterable[str] = (),
+                include_inactive: bool = False) -> tuple[RelatedMemory, ...]:
+        return self._do(sc.Related, id=memory_id, k=k, relations=tuple(relations),
+                        include_inactive=include_inactive).related
 
     def pin(self, memory_id: str) -> Memory:
         return self._do(sc.Pin, id=memory_id)

@@ -32,11 +32,13 @@ from memos.types import (
     AuditList,
     ChatMessage,
     ContextPlan,
+    ConversationMessage,
     CubeInfo,
     CubeList,
     CubeName,
     EventList,
     GenerateResult,
+    IngestResult,
     Job,
     JobList,
     KernelState,
@@ -46,6 +48,7 @@ from memos.types import (
     MemoryList,
     MemoryRef,
     Principal,
+    RelatedList,
     Right,
     SearchResult,
     Source,
@@ -488,6 +491,44 @@ class WriteMany(_Syscall):
     right: ClassVar[Right] = Right.WRITE
 
 
+# ------------------------------------------------------------------------------------------------ memory upkeep
+
+
+class Ingest(_Syscall):
+    """Extract memories from conversation ``messages`` into ``cube`` (a MemReader; docs/memory.md).
+
+    The configured language model (``MEMOS_LLM``: rules by default) extracts candidate facts; each is compared with
+    the nearest current memories of the cube and ``add``-ed, ``update``-d (a new version), ``invalidate``-s one it
+    contradicts (archived with ``valid_until``) or is a ``noop``. What is written has the message ids as
+    ``source_refs``, ``ingest:<extractor>`` as operation and a trust no higher than the input's. ``dry_run`` decides
+    and writes nothing."""
+
+    op: Literal["ingest"] = "ingest"
+    cube: CubeName
+    messages: tuple[ConversationMessage, ...] = Field(min_length=1, max_length=MAX_BATCH)
+    source: Source = Source.CONVERSATION
+    trust: Trust | None = None  # None: untrusted for tool/document sources, trusted otherwise
+    tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
+    neighbours: int = Field(default=5, ge=1, le=50)
+    dry_run: bool = False
+    result_type: ClassVar[type[BaseModel]] = IngestResult
+    right: ClassVar[Right] = Right.WRITE
+
+
+class Related(_Syscall):
+    """Memories linked to ``id``: stored links (``link``, ``supersedes``), provenance (``derived_from`` both ways),
+    the neighbouring memories of its session and memories with its speaker or subject, best first, at most ``k``.
+    Only memories in cubes the caller may read; only active ones unless ``include_inactive``."""
+
+    op: Literal["related"] = "related"
+    id: MemoryId
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    relations: tuple[str, ...] = ()  # only these relations (empty: all)
+    include_inactive: bool = False
+    result_type: ClassVar[type[BaseModel]] = RelatedList
+
+
+
 Syscall = Annotated[
     CreateCube
     | DropCube
@@ -520,7 +561,9 @@ Syscall = Annotated[
     | CancelJob
     | AssembleContext
     | Generate
-    | WriteMany,
+    | WriteMany
+    | Ingest
+    | Related,
     Field(discriminator="op"),
 ]
 
@@ -529,7 +572,7 @@ SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     for cls in (
         CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Purge, Archive, Restore, History,
         Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Snapshot, Migrate, Distill,
-        ListJobs, CancelJob, AssembleContext, Generate, WriteMany,
+        ListJobs, CancelJob, AssembleContext, Generate, WriteMany, Ingest, Related,
     )
 }
 
@@ -580,3 +623,4 @@ def to_wire(syscall: _Syscall) -> dict[str, Any]:
 
 
 SyscallBase = _Syscall
+

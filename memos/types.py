@@ -85,11 +85,21 @@ class State(StrEnum):
 
 
 class Source(StrEnum):
+    """Where a memory came from. ``generated`` is a model's own output (an agent's answer): always untrusted, and
+    search ranks it below what was observed (``GENERATED_WEIGHT``)."""
+
     CONVERSATION = "conversation"
     TOOL = "tool"
     DOCUMENT = "document"
     DERIVED = "derived"
     SYSTEM = "system"
+    GENERATED = "generated"
+
+
+#: Sources whose memories are untrusted unless the writer says otherwise; ``generated`` ones are untrusted always.
+UNTRUSTED_SOURCES = frozenset({Source.TOOL, Source.DOCUMENT, Source.GENERATED})
+#: A generated memory's fused search score is multiplied by this: an observed fact of equal relevance comes first.
+GENERATED_WEIGHT = 0.5
 
 
 class Trust(StrEnum):
@@ -479,3 +489,61 @@ class WriteManyResult(_Frozen):
     results: tuple[WriteOutcome, ...]
     written: int
     failed: int
+
+
+# ---------------------------------------------------------------------------------------------------------- ingest
+
+
+class ConversationMessage(_Frozen):
+    """One message given to ``ingest``. ``id`` is its reference (it becomes the ``source_refs`` of what is
+    extracted from it; default ``msg:<position>``); ``speaker`` names who said it (default: the role); ``at`` is when
+    it was said (relative dates in it are resolved against it); ``session`` groups messages of one sitting."""
+
+    id: str | None = Field(default=None, min_length=1, max_length=512)
+    role: str = Field(default="user", pattern=r"^(system|user|assistant|tool)$")
+    speaker: str | None = Field(default=None, min_length=1, max_length=128)
+    content: str = Field(max_length=32 * 1024)
+    at: datetime | None = None
+    session: str | None = Field(default=None, max_length=128)
+
+
+class IngestDecision(_Frozen):
+    """What ``ingest`` decided for one extracted fact, and why.
+
+    ``memory``: the memory version the decision wrote (add, invalidate: the new memory; update: the new version of
+    the target), None for noop and in a dry run. ``target``: the existing memory version the fact was compared with
+    and acted on (update: the version it replaced; invalidate: the version it superseded; noop: the one that already
+    says it)."""
+
+    action: Literal["add", "update", "invalidate", "noop"]
+    text: str
+    reason: str
+    source_refs: tuple[str, ...] = ()
+    memory: MemoryRef | None = None
+    target: MemoryRef | None = None
+
+
+class IngestResult(_Frozen):
+    extractor: str  # the language-model backend that extracted the facts (e.g. "rules")
+    decisions: tuple[IngestDecision, ...]
+    dry_run: bool = False
+
+    def counts(self) -> dict[str, int]:
+        out = {"add": 0, "update": 0, "invalidate": 0, "noop": 0}
+        for d in self.decisions:
+            out[d.action] += 1
+        return out
+
+
+class RelatedMemory(_Frozen):
+    """A memory linked to another, and how: ``relation`` is a stored link's relation (``supersedes``, ...), or
+    ``derived_from``/``derived`` (provenance), ``same_session`` (the next or previous memory of the session) or
+    ``same_subject`` (same speaker or subject in metadata); ``direction`` is ``out`` or ``in`` for stored links."""
+
+    memory: Memory
+    relation: str
+    direction: Literal["out", "in", "both"] = "out"
+
+
+class RelatedList(_Frozen):
+    related: tuple[RelatedMemory, ...]

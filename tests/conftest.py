@@ -17,6 +17,7 @@ from fakes import HashingEmbedder  # noqa: E402
 
 from memos.clock import ManualClock  # noqa: E402
 from memos.kernel import Kernel  # noqa: E402
+from memos.models.llm_rules import RuleBasedLanguageModel  # noqa: E402
 from memos.storage.sqlite import SqliteStore  # noqa: E402
 from memos.storage.vector import InMemoryVectorIndex  # noqa: E402
 
@@ -36,6 +37,6 @@ def model_port():
 @pytest.fixture
 def kernel(tmp_path: Path, clock: ManualClock, model_port) -> Kernel:
     k = Kernel(SqliteStore(tmp_path / "memos.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(),
-               clock=clock, model=model_port)
+               clock=clock, model=model_port, llm=RuleBasedLanguageModel())
     yield k
     k.close()

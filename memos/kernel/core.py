@@ -47,17 +47,21 @@ from memos.kernel.acl import allows, effective_right
 from memos.kernel.batch import BatchWriteOps
 from memos.kernel.context import ContextOps
 from memos.kernel.indexer import Indexer
+from memos.kernel.ingest import IngestOps
 from memos.kernel.jobs import JobTable
 from memos.kernel.observe import KernelObserver
 from memos.kernel.reads import ReadLog, ReadOps
 from memos.kernel.retrieval import Fused, reciprocal_rank_fusion
 from memos.kernel.tiering import ActivationBudget, TieringOps
 from memos.logging import get_logger
+from memos.models.llm import LanguageModel
 from memos.models.port import ModelPort
 from memos.storage.sqlite import SqliteStore, VersionRow
 from memos.storage.vector import Embedder, IndexQuery, VectorIndex, parse_entry_id
 from memos.types import (
+    GENERATED_WEIGHT,
     PRINCIPAL_RE,
+    UNTRUSTED_SOURCES,
     Ack,
     AuditList,
     AuditRecord,
@@ -111,7 +115,7 @@ def weakest(trusts: Iterable[Trust | str]) -> Trust:
     return Trust.UNTRUSTED if any(Trust(t) == Trust.UNTRUSTED for t in trusts) else Trust.TRUSTED
 
 
-class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps):
+class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps):
     """Owns the store, the vector index, the embedder and (optionally) a model host port; executes syscalls."""
 
     def __init__(
@@ -127,9 +131,11 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps):
         blob_dir: str | Path | None = None,
         budgets: ActivationBudget | None = None,
         read_flush_s: float | None = None,
+        llm: LanguageModel | None = None,
     ) -> None:
         self.store = store
         self.model = model
+        self.llm = llm  # the language model for memory work (ingest); the composition root chooses the backend
         self.blob_dir = Path(blob_dir) if blob_dir is not None else store.path.parent / "blobs"
         self.budgets = budgets or ActivationBudget()
         self.index = index
@@ -559,8 +565,10 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps):
         check_content(call.content)
         check_metadata(call.metadata)
         parents = self._parents(principal, call.derived_from)
-        default_trust = Trust.UNTRUSTED if call.source in (Source.TOOL, Source.DOCUMENT) else Trust.TRUSTED
-        trust = weakest([call.trust or default_trust, *(p.provenance.get("trust", "trusted") for p in parents)])
+        default_trust = Trust.UNTRUSTED if call.source in UNTRUSTED_SOURCES else Trust.TRUSTED
+        # A model's own output is never trusted, whatever the writer asks: it is what the model said, not a fact.
+        floor = [Trust.UNTRUSTED] if call.source == Source.GENERATED else []
+        trust = weakest([call.trust or default_trust, *floor, *(p.provenance.get("trust", "trusted") for p in parents)])
         now = self.clock.now()
         memory_id = self.new_id()
         provenance = Provenance(
@@ -820,10 +828,11 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps):
             row = rows.get(item.key)
             if row is None or not self._passes(row, f):
                 continue
+            if row.provenance.get("source") == Source.GENERATED:  # a model's own answer ranks below observed facts
+                item = Fused(item.key, item.score * GENERATED_WEIGHT, item.dense_rank, item.lexical_rank)
             hits.append((row, item))
-            if len(hits) == k:
-                break
-        return hits
+        hits.sort(key=lambda h: -h[1].score)  # stable: fusion order breaks ties
+        return hits[:k]
 
     @staticmethod
     def _passes(row: VersionRow, f: sc.SearchFilters) -> bool:

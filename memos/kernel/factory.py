@@ -8,6 +8,7 @@ from memos.clock import Clock
 from memos.config import Settings
 from memos.kernel.core import Kernel
 from memos.kernel.tiering import ActivationBudget
+from memos.models.llm import open_language_model
 from memos.models.port import ModelPort
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import Embedder
@@ -37,5 +38,5 @@ def open_kernel(
     budgets = ActivationBudget(disk_bytes=settings.activation_disk_bytes, max_memories=settings.activation_max_memories)
     return Kernel(
         store, index, embedder or open_embedder(settings), clock=clock, superusers=settings.superusers, model=model,
-        blob_dir=settings.blob_dir, budgets=budgets,
+        blob_dir=settings.blob_dir, budgets=budgets, llm=open_language_model(settings, model),
     )

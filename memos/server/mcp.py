@@ -1,4 +1,4 @@
-"""memos as an MCP server: remember, recall, update, forget, history and list_cubes as tools.
+"""memos as an MCP server: remember, recall, update, forget, history, list_cubes and ingest as tools.
 
 Built on the official SDK (``mcp.server.mcpserver.MCPServer``). Each tool is a syscall through the ``Memos``
 client, acting as the caller's principal, which comes from an API key (memos.server.keys) and from nothing else:
@@ -36,7 +36,7 @@ from memos.client import Memos
 from memos.errors import MemosError, PermissionDenied
 from memos.server.keys import Keys, hash_key
 from memos.transports import Transport
-from memos.types import CubeInfo, Memory
+from memos.types import CubeInfo, IngestResult, Memory
 
 INSTRUCTIONS = (
     "Long-term memory shared with other agents. Use recall before answering from memory, remember for facts worth "
@@ -287,6 +287,18 @@ def build_server(
     def list_cubes() -> CubesResult:
         """The cubes (memory namespaces) you may read."""
         return CubesResult(cubes=[CubeView.of(c) for c in client().cubes()])
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False))
+    @_tool_errors
+    def ingest(
+        messages: Annotated[list[dict[str, Any]], Field(
+            description="conversation messages, each {content, speaker?, id?, at? (ISO time), session?}")],
+        cube: Annotated[str | None, Field(description="the cube to maintain; the server's default if omitted")] = None,
+        dry_run: Annotated[bool, Field(description="decide and report, write nothing")] = False,
+    ) -> IngestResult:
+        """Extract facts from a conversation into memory: each is added, updates a memory, supersedes one it
+        contradicts, or is skipped as already known; every decision says why and which messages it came from."""
+        return client().ingest(target(cube), messages, dry_run=dry_run)
 
     return server
 

@@ -703,6 +703,48 @@ class SqliteStore:
         )
         return [_row_to_version(r) for r in rows]
 
+    def current_with_fact(self, cube: str, subject: str, attribute: str, limit: int = 10) -> list[VersionRow]:
+        """Current active versions in ``cube`` whose metadata states ``subject``'s ``attribute`` (compared without
+        case), newest first: the memories a new value of that property would contradict."""
+        rows = self._all(
+            f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.version = m.current_version AND m.cube = ? "
+            "AND m.state = 'active' AND lower(json_extract(v.metadata, '$.subject')) = ? "
+            "AND lower(json_extract(v.metadata, '$.attribute')) = ? ORDER BY v.valid_from DESC LIMIT ?",
+            (cube, subject.strip().lower(), attribute.strip().lower(), limit),
+        )
+        return [_row_to_version(r) for r in rows]
+
+    def session_neighbours(self, row: VersionRow, each_side: int = 1) -> list[VersionRow]:
+        """The memories of ``row``'s session (same cube, same ``metadata.session``) created just before and just
+        after it, nearest first; none when ``row`` has no session."""
+        session = row.metadata.get("session")
+        if session is None or isinstance(session, (dict, list)):
+            return []
+        base = (f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.version = m.current_version AND m.cube = ? "
+                "AND json_extract(v.metadata, '$.session') = ? AND m.id != ? ")
+        params = (row.cube, session, row.memory_id, row.created_at)
+        before = self._all(base + "AND m.created_at <= ? ORDER BY m.created_at DESC, m.rowid DESC LIMIT ?",
+                           (*params, each_side))
+        after = self._all(base + "AND m.created_at > ? ORDER BY m.created_at, m.rowid LIMIT ?", (*params, each_side))
+        return [_row_to_version(r) for pair in zip(before, after, strict=False) for r in pair] + [
+            _row_to_version(r) for r in (before[len(after):] + after[len(before):])
+        ]
+
+    def same_subject(self, row: VersionRow, limit: int = 5) -> list[VersionRow]:
+        """Current memories of ``row``'s cube about the same subject (``metadata.subject``) or, without one, by the
+        same speaker, nearest in time first."""
+        key = "subject" if isinstance(row.metadata.get("subject"), str) else "speaker"
+        value = row.metadata.get(key)
+        if not isinstance(value, str) or not value:
+            return []
+        rows = self._all(
+            f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.version = m.current_version AND m.cube = ? "
+            f"AND lower(json_extract(v.metadata, '$.{key}')) = ? AND m.id != ? "
+            "ORDER BY abs(m.created_at - ?), m.rowid LIMIT ?",
+            (row.cube, value.lower(), row.memory_id, row.created_at, limit),
+        )
+        return [_row_to_version(r) for r in rows]
+
     def current_memories(self, cubes: list[str]) -> list[VersionRow]:
         """Current versions of every memory in ``cubes`` (any state): the snapshot policies evaluate."""
         if not cubes:

@@ -23,7 +23,7 @@ from memos.server.mcp import build_server
 
 pytestmark = pytest.mark.integration
 
-TOOLS = {"remember", "remember_many", "recall", "update", "forget", "history", "list_cubes"}
+TOOLS = {"remember", "remember_many", "recall", "update", "forget", "history", "list_cubes", "ingest"}
 ALICE_KEY, BOB_KEY = "memos_mcp-alice", "memos_mcp-bob"
 
 

@@ -60,7 +60,8 @@ def test_the_answer_uses_the_assembled_memory_and_is_written_back_with_provenanc
     (written,) = out["written"]
     memory = mem.read(written)
     assert memory.content == "Sodium-ion is cheaper per kWh." and memory.tags == ("learned",)
-    assert memory.provenance.author == "agent:alice" and memory.provenance.source == "derived"
+    assert memory.provenance.author == "agent:alice" and memory.provenance.source == "generated"
+    assert memory.provenance.trust == "untrusted"  # the model's own words, not an observed fact
     assert memory.provenance.source_refs == (f"thread/t-1/msg/{human.id}", f"thread/t-1/msg/{answer.id}")
     assert [(r.id, r.version) for r in memory.provenance.derived_from] == [(i["memory_id"], i["version"]) for i in used]
     assert memory.metadata == {"thread": "t-1"}
@@ -90,12 +91,22 @@ def test_learn_decides_what_is_written(team):
     assert silent.compile().invoke({"messages": [HumanMessage("facts?")]}, config("t-1"))["written"] == []
 
 
-def test_a_turn_without_memory_is_a_conversation_source(mem):
+def test_a_turn_without_memory_is_still_generated(mem):
     mem.create_cube("empty")
     agent = MemoryAgent(mem, fake("hello"), cubes=["empty"], write_cube="empty")
     out = agent.compile().invoke({"messages": [HumanMessage("hi")]}, config("t-1"))
     memory = mem.read(out["written"][0])
-    assert memory.provenance.source == "conversation" and memory.provenance.derived_from == ()
+    assert memory.provenance.source == "generated" and memory.provenance.derived_from == ()
+    assert memory.provenance.trust == "untrusted"
+
+
+def test_a_learned_answer_ranks_below_an_observed_fact_of_equal_relevance(mem):
+    mem.create_cube("team/x")
+    agent = MemoryAgent(mem, fake("The launch is on Monday."), cubes=["team/x"], write_cube="team/x")
+    (learned,) = agent.compile().invoke({"messages": [HumanMessage("launch?")]}, config("t-1"))["written"]
+    observed = mem.write("team/x", "The launch is on Monday.")
+    assert [h.memory.id for h in mem.search("launch Monday", "team/x")] == [observed.id, learned]
+    assert mem.write("team/x", "x y z", source="generated", trust="trusted").provenance.trust == "untrusted"
 
 
 def test_write_back_needs_a_thread(team):

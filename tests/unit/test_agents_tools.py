@@ -108,6 +108,7 @@ def test_no_tool_lets_an_agent_into_another_agents_private_cube_and_every_attemp
         "forget": {"memory_id": note.id},
         "remember": {"content": "planted", "cube": "agent/alice/notes"},
         "share": {"cube": "agent/alice/notes", "principal": "agent:bob", "right": "write"},
+        "ingest": {"messages": [{"content": "I planted a fake fact here."}], "cube": "agent/alice/notes"},
     }
     assert set(attempts) == {t.name for t in bob.tools}
     for tool in bob.tools:
@@ -136,3 +137,25 @@ def test_tools_run_in_a_langgraph_tool_node_with_the_runs_thread(alice, mem):
     assert [m.type for m in out["messages"]] == ["human", "ai", "tool", "ai"]
     memory = mem.read(out["messages"][2].artifact["id"])
     assert memory.provenance.source_refs == ("thread/t-graph/msg/c1",)
+
+
+def test_recall_skips_a_missing_cube_of_a_list_and_says_so(alice, bob, mem):
+    call_tool(alice.remember, {"content": "the borrow checker rejects dangling references"}, THREAD)
+    _, result = call_tool(alice.recall, {"query": "borrow checker", "cubes": ["team/research", "team/gone"]}, THREAD)
+    assert result.status == "success"
+    assert result.content.splitlines()[0].startswith("skipped cube team/gone: not_found:")
+    assert result.artifact[0]["content"] == "the borrow checker rejects dangling references"
+    _, denied = call_tool(bob.recall, {"query": "x", "cubes": ["agent/alice/notes", "team/research"]}, THREAD)
+    assert denied.status == "success" and denied.content.startswith("skipped cube agent/alice/notes: denied:")
+    _, none = call_tool(alice.recall, {"query": "x", "cubes": ["team/gone"]}, THREAD)
+    assert none.status == "error" and none.content.startswith("not_found:")
+
+
+def test_ingest_tool_extracts_facts_naming_the_thread_and_message(alice, mem):
+    request, result = call_tool(alice.ingest, {"messages": [{"speaker": "Ana", "content": "I live in Lisbon. Hi!"}]},
+                                THREAD)
+    assert result.status == "success" and result.content.startswith("add: Ana lives in Lisbon.")
+    (decision,) = result.artifact["decisions"]
+    memory = mem.read(decision["memory"]["id"])
+    assert memory.provenance.source_refs == (f"thread/t-7/msg/{request.id}#0",)
+    assert memory.provenance.operation == "ingest:rules"

@@ -105,3 +105,11 @@ def test_import_memos_is_light():
             for _ in range(3)]
     assert all(out[1].strip() == "[]" for out in runs)
     assert min(float(out[0]) for out in runs) < 1.0
+
+
+def test_the_kernel_never_imports_a_language_model_backend():
+    """The kernel is given a ``LanguageModel`` (memos.models.llm); which backend is the composition root's choice."""
+    backends = ("memos.models.llm_rules", "memos.models.llm_local", "memos.models.llm_openai")
+    problems = [f"{name} imports {imported}" for name, file in modules() if name.startswith("memos.kernel.")
+                and name != "memos.kernel.factory" for imported in imports(file) if imported.startswith(backends)]
+    assert not problems, "\n".join(problems)
