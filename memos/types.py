@@ -96,15 +96,25 @@ class Source(StrEnum):
     GENERATED = "generated"
 
 
-#: Sources whose memories are untrusted unless the writer says otherwise; ``generated`` ones are untrusted always.
-UNTRUSTED_SOURCES = frozenset({Source.TOOL, Source.DOCUMENT, Source.GENERATED})
-#: A generated memory's fused search score is multiplied by this: an observed fact of equal relevance comes first.
-GENERATED_WEIGHT = 0.5
-
-
 class Trust(StrEnum):
     TRUSTED = "trusted"
     UNTRUSTED = "untrusted"
+
+
+#: Sources whose memories are untrusted unless the writer says otherwise; ``generated`` ones are untrusted always.
+UNTRUSTED_SOURCES = frozenset({Source.TOOL, Source.DOCUMENT, Source.GENERATED})
+
+
+def initial_trust(source: Source, requested: Trust | None) -> Trust:
+    """The trust a new memory from ``source`` gets before its parents are weighed: what the writer asks, else by
+    source; a model's own output (``generated``) is untrusted whatever the writer asks."""
+    if source == Source.GENERATED:
+        return Trust.UNTRUSTED
+    return requested or (Trust.UNTRUSTED if source in UNTRUSTED_SOURCES else Trust.TRUSTED)
+
+
+#: A generated memory's fused search score is multiplied by this: an observed fact of equal relevance comes first.
+GENERATED_WEIGHT = 0.5
 
 
 class Right(StrEnum):

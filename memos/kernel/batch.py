@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from memos import syscalls as sc
 from memos.cubes.plaintext import check_content, check_metadata, content_hash
 from memos.errors import InvalidSyscall, MemosError
-from memos.types import Provenance, Right, Source, State, Trust, WriteManyResult, WriteOutcome
+from memos.types import Provenance, Right, State, Trust, WriteManyResult, WriteOutcome, initial_trust
 
 if TYPE_CHECKING:
     from memos.kernel.core import Kernel
@@ -79,8 +79,7 @@ class BatchWriteOps:
         check_content(call.content)
         check_metadata(call.metadata)
         parents = self._parents(principal, call.derived_from)
-        default_trust = Trust.UNTRUSTED if call.source in (Source.TOOL, Source.DOCUMENT) else Trust.TRUSTED
-        trust = _weakest([call.trust or default_trust, *(p.provenance.get("trust", "trusted") for p in parents)])
+        trust = _weakest([initial_trust(call.source, call.trust), *(p.provenance.get("trust", "trusted") for p in parents)])
         memory_id = self.new_id()
         provenance = Provenance(
             author=principal, source=call.source, source_refs=call.source_refs, derived_from=call.derived_from,

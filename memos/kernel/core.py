@@ -61,7 +61,6 @@ from memos.storage.vector import Embedder, IndexQuery, VectorIndex, parse_entry_
 from memos.types import (
     GENERATED_WEIGHT,
     PRINCIPAL_RE,
-    UNTRUSTED_SOURCES,
     Ack,
     AuditList,
     AuditRecord,
@@ -85,6 +84,7 @@ from memos.types import (
     Stats,
     Trust,
     from_epoch,
+    initial_trust,
     to_epoch,
 )
 
@@ -565,10 +565,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps):
         check_content(call.content)
         check_metadata(call.metadata)
         parents = self._parents(principal, call.derived_from)
-        default_trust = Trust.UNTRUSTED if call.source in UNTRUSTED_SOURCES else Trust.TRUSTED
-        # A model's own output is never trusted, whatever the writer asks: it is what the model said, not a fact.
-        floor = [Trust.UNTRUSTED] if call.source == Source.GENERATED else []
-        trust = weakest([call.trust or default_trust, *floor, *(p.provenance.get("trust", "trusted") for p in parents)])
+        trust = weakest([initial_trust(call.source, call.trust), *(p.provenance.get("trust", "trusted") for p in parents)])
         now = self.clock.now()
         memory_id = self.new_id()
         provenance = Provenance(

@@ -32,7 +32,6 @@ from memos.kernel.memreader import Decision, Fact, Known, decide
 from memos.models.llm import FACTS_INSTRUCTION, FACTS_SCHEMA
 from memos.syscalls import SearchFilters
 from memos.types import (
-    UNTRUSTED_SOURCES,
     IngestDecision,
     IngestResult,
     MemoryRef,
@@ -40,9 +39,9 @@ from memos.types import (
     RelatedList,
     RelatedMemory,
     Right,
-    Source,
     State,
     Trust,
+    initial_trust,
 )
 
 if TYPE_CHECKING:
@@ -84,9 +83,7 @@ class IngestOps:
         ids = [t["id"] for t in self._turns(call)]
         if len(set(ids)) != len(ids):
             raise InvalidSyscall("ingest needs distinct message ids")
-        default = Trust.UNTRUSTED if call.source in UNTRUSTED_SOURCES else Trust.TRUSTED
-        trust = Trust.UNTRUSTED if call.source == Source.GENERATED else call.trust or default
-        return _IngestPlan(call.cube, trust)
+        return _IngestPlan(call.cube, initial_trust(call.source, call.trust))
 
     def _work_ingest(self: Kernel, call: Any, plan: _IngestPlan, job: Any = None) -> _Extraction:
         extracted = self.llm.extract(FACTS_INSTRUCTION, {"turns": self._turns(call)}, FACTS_SCHEMA)  # type: ignore[union-attr]

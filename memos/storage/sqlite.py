@@ -721,14 +721,14 @@ class SqliteStore:
         if session is None or isinstance(session, (dict, list)):
             return []
         base = (f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.version = m.current_version AND m.cube = ? "
-                "AND json_extract(v.metadata, '$.session') = ? AND m.id != ? ")
-        params = (row.cube, session, row.memory_id, row.created_at)
-        before = self._all(base + "AND m.created_at <= ? ORDER BY m.created_at DESC, m.rowid DESC LIMIT ?",
-                           (*params, each_side))
-        after = self._all(base + "AND m.created_at > ? ORDER BY m.created_at, m.rowid LIMIT ?", (*params, each_side))
-        return [_row_to_version(r) for pair in zip(before, after, strict=False) for r in pair] + [
-            _row_to_version(r) for r in (before[len(after):] + after[len(before):])
-        ]
+                "AND json_extract(v.metadata, '$.session') = ? AND (m.created_at, m.rowid) {} "
+                "(SELECT created_at, rowid FROM memories WHERE id = ?) ")
+        params = (row.cube, session, row.memory_id, each_side)
+        before = self._all(base.format("<") + "ORDER BY m.created_at DESC, m.rowid DESC LIMIT ?", params)
+        after = self._all(base.format(">") + "ORDER BY m.created_at, m.rowid LIMIT ?", params)
+        nearest_first = [r for pair in zip(before, after, strict=False) for r in pair]
+        nearest_first += before[len(after):] + after[len(before):]
+        return [_row_to_version(r) for r in nearest_first]
 
     def same_subject(self, row: VersionRow, limit: int = 5) -> list[VersionRow]:
         """Current memories of ``row``'s cube about the same subject (``metadata.subject``) or, without one, by the

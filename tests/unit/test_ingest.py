@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from memos.errors import InvalidSyscall, ModelUnavailable, PermissionDenied
+from memos.errors import InvalidSyscall, ModelUnavailable, NotFound, PermissionDenied
 from memos.kernel.memreader import Fact, Known, decide
 from memos.types import from_epoch
 
@@ -130,3 +130,23 @@ def test_decide_prefers_noop_then_property_then_refinement():
     berlin = Known("m_3", 1, "Mel lives in Berlin.", {"subject": "Mel", "attribute": "lives in", "value": "berlin"})
     assert decide(refined, [berlin]).action == "update"
     assert decide(Fact("Mel paints sunsets."), [berlin]).action == "add"
+
+
+def test_related_reads_links_provenance_session_neighbours_and_subject(mem):
+    mem.create_cube(CUBE)
+    result = mem.ingest(CUBE, [
+        msg("a", "Mel", "I adopted a puppy called Max."),
+        msg("b", "Ana", "I started pottery classes on Monday."),
+        msg("c", "Mel", "Max chews every shoe in the house."),
+        msg("z", "Mel", "I painted a sunrise over the lake.", session="2"),
+    ])
+    a, b, c, z = (d.memory.id for d in result.decisions)
+    summary = mem.write(CUBE, "Mel has a puppy, Max.", source="derived", derived_from=[(a, 1)])
+    related = {(r.memory.id, r.relation) for r in mem.related(b)}
+    assert {(a, "same_session"), (c, "same_session")} <= related and z not in {m for m, _ in related}
+    assert {(b, "same_session"), (summary.id, "derived"), (c, "same_subject"), (z, "same_subject")} <= {
+        (r.memory.id, r.relation) for r in mem.related(a)}
+    assert [r.memory.id for r in mem.related(summary.id, relations=["derived_from"])] == [a]
+    assert [r.relation for r in mem.related(a, k=1)] == ["derived"]
+    with pytest.raises(NotFound):  # a memory in a cube the caller cannot read is not revealed
+        mem.as_principal("agent:bob").related(a)
