@@ -256,6 +256,15 @@ class Memos:
         return self._do(sc.Related, id=memory_id, k=k, relations=tuple(relations),
                         include_inactive=include_inactive).related
 
+    def compress(
+        self, ids: str | Iterable[str], *, cube: str | None = None, max_bytes: int = 1024, keep_sources: bool = False,
+        tags: Iterable[str] = (), expected_versions: Iterable[int] | None = None,
+    ) -> Memory:
+        """Summarise memories into one new memory derived from them (the sources are archived unless kept)."""
+        ids = (ids,) if isinstance(ids, str) else tuple(ids)
+        return self._do(sc.Compress, ids=ids, cube=cube, max_bytes=max_bytes, keep_sources=keep_sources,
+                        tags=tuple(tags), expected_versions=tuple(expected_versions) if expected_versions else None)
+
     def pin(self, memory_id: str) -> Memory:
         return self._do(sc.Pin, id=memory_id)
 

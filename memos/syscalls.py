@@ -515,6 +515,33 @@ class Ingest(_Syscall):
     right: ClassVar[Right] = Right.WRITE
 
 
+class Compress(_Syscall):
+    """Summarise memories into one new memory in ``cube`` (default: the first source's), at most ``max_bytes``.
+
+    The summariser is the configured language model (``MEMOS_LLM``; the rule-based fallback is extractive). The
+    summary is ``derived`` from the sources at the versions summarised (``expected_versions``, when given, must be
+    current); the sources are archived unless ``keep_sources``. Trust is the weakest of the sources'."""
+
+    op: Literal["compress"] = "compress"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
+    ids: tuple[MemoryId, ...] = Field(min_length=1, max_length=64)
+    cube: CubeName | None = None
+    max_bytes: int = Field(default=1024, ge=16, le=MAX_CONTENT_BYTES)
+    keep_sources: bool = False
+    tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
+    expected_versions: tuple[Annotated[int, Field(ge=1, le=SQL_INT_MAX)], ...] | None = None
+    result_type: ClassVar[type[BaseModel]] = Memory
+    right: ClassVar[Right] = Right.WRITE
+
+    @model_validator(mode="after")
+    def _versions_match_ids(self) -> Compress:
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("compress needs distinct memory ids")
+        if self.expected_versions is not None and len(self.expected_versions) != len(self.ids):
+            raise ValueError(f"expected_versions has {len(self.expected_versions)} entries for {len(self.ids)} ids")
+        return self
+
+
 class Related(_Syscall):
     """Memories linked to ``id``: stored links (``link``, ``supersedes``), provenance (``derived_from`` both ways),
     the neighbouring memories of its session and memories with its speaker or subject, best first, at most ``k``.
@@ -563,7 +590,8 @@ Syscall = Annotated[
     | Generate
     | WriteMany
     | Ingest
-    | Related,
+    | Related
+    | Compress,
     Field(discriminator="op"),
 ]
 
@@ -572,7 +600,7 @@ SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     for cls in (
         CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Purge, Archive, Restore, History,
         Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Snapshot, Migrate, Distill,
-        ListJobs, CancelJob, AssembleContext, Generate, WriteMany, Ingest, Related,
+        ListJobs, CancelJob, AssembleContext, Generate, WriteMany, Ingest, Related, Compress,
     )
 }
 

@@ -2,7 +2,7 @@
 
 Archive, delete, pin and fuse are kernel syscalls (``memos.syscalls``) and are planned as such. Migration,
 distillation and compression are planned as the small frozen intents below, which the runner turns into kernel
-syscalls (``runner.to_syscall``: ``migrate``, ``distill``; compression has no syscall yet). Every action that changes one memory carries the version the engine saw
+syscalls (``runner.to_syscall``: ``migrate``, ``distill``, ``compress``). Every action that changes one memory carries the version the engine saw
 (``expected_version``), so a memory edited between the snapshot and the execution is refused with
 ``VersionConflict`` instead of being acted on by a decision made about its older self.
 """
@@ -47,7 +47,8 @@ class DistillIntent:
 
 @dataclass(frozen=True)
 class CompressIntent:
-    """Rewrite memory ``id``'s content (seen at ``expected_version``) in at most ``max_bytes``, as a new version."""
+    """Summarise memory ``id`` (seen at ``expected_version``) into a new memory of at most ``max_bytes`` derived
+    from it (the kernel's ``compress``); the source is archived unless ``keep_sources``."""
 
     op: ClassVar[str] = "compress"
 
@@ -55,6 +56,7 @@ class CompressIntent:
     cube: str
     max_bytes: int
     expected_version: int
+    keep_sources: bool = False
 
 
 Action = Archive | Delete | Pin | Fuse | MigrateIntent | DistillIntent | CompressIntent

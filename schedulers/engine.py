@@ -280,7 +280,8 @@ class _Evaluation:
             else:
                 ledger.drop_activation(fact)
         elif then.compress is not None:
-            syscall = CompressIntent(memory.id, memory.cube, then.compress.max_bytes, memory.version)
+            syscall = CompressIntent(memory.id, memory.cube, then.compress.max_bytes, memory.version,
+                                     then.compress.keep_sources)
             ledger.shrink_text(memory.cube, fact.content_bytes - then.compress.max_bytes)
         elif then.pin:
             syscall = Pin(id=memory.id)

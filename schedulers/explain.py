@@ -62,7 +62,8 @@ def describe(action: PlannedAction) -> str:
     if isinstance(call, MigrateIntent):
         return f"migrate {call.id}{version} {call.from_kind} -> {call.to}{where}"
     if isinstance(call, CompressIntent):
-        return f"compress {call.id}{version} to <= {format_size(call.max_bytes)}{where}"
+        sources = "kept" if call.keep_sources else "archived"
+        return f"compress {call.id}{version} into a summary of <= {format_size(call.max_bytes)} (source {sources}){where}"
     if isinstance(call, DistillIntent):
         return f"distill {len(call.sources)} memories into one {call.into} adapter{where}: {_ids(action)}"
     if isinstance(call, Fuse):

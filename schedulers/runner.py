@@ -32,7 +32,7 @@ from memos.schedulers.actions import CompressIntent, DistillIntent, MigrateInten
 from memos.schedulers.engine import CompiledPolicy, plan
 from memos.schedulers.loader import load_policy
 from memos.schedulers.snapshot import KernelSnapshot
-from memos.syscalls import Distill, Migrate, Snapshot
+from memos.syscalls import Compress, Distill, Migrate, Snapshot
 
 SCHEDULER_PRINCIPAL = "system"
 NOT_FAILED = frozenset({"ok", "not_executed"})  # every other action outcome is an error code
@@ -74,7 +74,7 @@ class RunReport:
 
 
 def to_syscall(action: PlannedAction) -> Any:
-    """The kernel syscall for a planned action, attributed to its rule (call ``executable`` first)."""
+    """The kernel syscall for a planned action, attributed to its rule."""
     call = action.syscall
     if isinstance(call, MigrateIntent):
         return Migrate(ids=(call.id,), to=call.to, expected_version=call.expected_version, policy_rule=action.policy_rule)
@@ -84,6 +84,9 @@ def to_syscall(action: PlannedAction) -> Any:
             ids=tuple(ref.id for ref in call.sources), expected_versions=tuple(ref.version for ref in call.sources),
             cube=call.cube, allow_untrusted=call.allow_untrusted, tags=("distilled", _tag(rule)), policy_rule=rule,
         )
+    if isinstance(call, CompressIntent):
+        return Compress(ids=(call.id,), max_bytes=call.max_bytes, keep_sources=call.keep_sources,
+                        expected_versions=(call.expected_version,), policy_rule=action.policy_rule)
     return call.model_copy(update={"policy_rule": action.policy_rule})
 
 
@@ -97,11 +100,6 @@ def is_long(action: PlannedAction) -> bool:
     return isinstance(action.syscall, DistillIntent)
 
 
-def executable(action: PlannedAction) -> str | None:
-    """None if this kernel can execute the action, else why not."""
-    if isinstance(action.syscall, CompressIntent):
-        return "compression needs a summariser, which this kernel does not have"
-    return None
 
 
 class PolicyRunner:
@@ -191,7 +189,6 @@ class PolicyRunner:
     def _run_action(self, action: PlannedAction, why_not: str | None = None) -> ActionOutcome:
         """Execute one action, or report it ``not_executed`` (``why_not``, or what this kernel cannot execute)."""
         ids = tuple(r.id for r in action.memories)
-        why_not = why_not or executable(action)
         if why_not is not None:
             return ActionOutcome(action.policy_rule, action.syscall.op, ids, "not_executed", why_not, action.cube)
         call = to_syscall(action)

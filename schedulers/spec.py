@@ -343,9 +343,11 @@ class FuseArgs(_Strict):
 
 
 class CompressArgs(_Strict):
-    """Rewrite a plaintext memory's content to at most ``max_bytes`` (a new version)."""
+    """Summarise a memory longer than ``max_bytes`` into a new memory of at most ``max_bytes``, derived from it; the
+    source is archived unless ``keep_sources``."""
 
     max_bytes: Annotated[Size, Field(gt=0)]
+    keep_sources: StrictBool = False
 
 
 ActionName = Literal["migrate", "distill", "fuse", "compress", "archive", "delete", "pin"]

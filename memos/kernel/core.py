@@ -45,6 +45,7 @@ from memos.errors import (
 )
 from memos.kernel.acl import allows, effective_right
 from memos.kernel.batch import BatchWriteOps
+from memos.kernel.consolidate import ConsolidateOps
 from memos.kernel.context import ContextOps
 from memos.kernel.indexer import Indexer
 from memos.kernel.ingest import IngestOps
@@ -115,7 +116,7 @@ def weakest(trusts: Iterable[Trust | str]) -> Trust:
     return Trust.UNTRUSTED if any(Trust(t) == Trust.UNTRUSTED for t in trusts) else Trust.TRUSTED
 
 
-class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps):
+class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps, ConsolidateOps):
     """Owns the store, the vector index, the embedder and (optionally) a model host port; executes syscalls."""
 
     def __init__(

@@ -98,7 +98,7 @@ class _MigratePlan:
 class TieringOps:
     """Kernel mixin: the ``migrate`` syscall, demotion, the budget and crash recovery of migrations."""
 
-    LONG_OPS = frozenset({"migrate", "generate", "distill", "ingest"})
+    LONG_OPS = frozenset({"migrate", "generate", "distill", "ingest", "compress"})
 
     def _require_model(self: Kernel, what: str) -> ModelPort:
         if self.model is None:
