@@ -35,6 +35,7 @@ from memos.types import (
     IngestResult,
     Job,
     Kind,
+    KVCompression,
     Memory,
     MemoryRef,
     RelatedMemory,
@@ -273,9 +274,10 @@ class Memos:
 
     # ------------------------------------------------------------------------------------------------ kinds, context
 
-    def migrate(self, ids: str | Iterable[str], to: Kind | str) -> tuple[Memory, ...]:
+    def migrate(self, ids: str | Iterable[str], to: Kind | str, *,
+                compression: KVCompression | str | None = None) -> tuple[Memory, ...]:
         ids = (ids,) if isinstance(ids, str) else tuple(ids)
-        return self._do(sc.Migrate, ids=ids, to=Kind(to)).memories
+        return self._do(sc.Migrate, ids=ids, to=Kind(to), compression=compression).memories
 
     def assemble_context(
         self, query: str, cubes: str | Iterable[str], *, token_budget: int = 512, k: int = 8

@@ -43,6 +43,7 @@ from memos.types import (
     JobList,
     KernelState,
     Kind,
+    KVCompression,
     Memory,
     MemoryId,
     MemoryList,
@@ -384,6 +385,8 @@ class Migrate(_Syscall):
     version is kind ``activation`` with the payload, its fingerprint and ``derived_from`` the plaintext version it
     was built from. ``to="plaintext"``: drop the payload, keep the text (a new version of kind ``plaintext``).
     Memories already of the target kind are left as they are and reported in the result.
+    ``compression`` (``to="activation"`` only; a ``KVCompression`` or its string, e.g. ``"int8+snapkv@0.5"``):
+    how the cache is stored; the payload records the method, its parameters and the kept token positions.
     """
 
     op: Literal["migrate"] = "migrate"
@@ -391,8 +394,15 @@ class Migrate(_Syscall):
     ids: tuple[MemoryId, ...] = Field(min_length=1, max_length=64)
     to: Kind
     expected_version: int | None = Field(default=None, ge=1)  # only with a single id
+    compression: KVCompression | None = None
     result_type: ClassVar[type[BaseModel]] = MemoryList
     right: ClassVar[Right] = Right.WRITE
+
+    @model_validator(mode="after")
+    def _compression_needs_activation(self) -> Migrate:
+        if self.compression is not None and self.to != Kind.ACTIVATION:
+            raise ValueError("compression applies to migrate(to='activation') only")
+        return self
 
 
 class Distill(_Syscall):

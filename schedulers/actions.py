@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from memos.syscalls import Archive, Delete, Fuse, Pin
-from memos.types import Kind, MemoryRef
+from memos.types import Kind, KVCompression, MemoryRef
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class MigrateIntent:
     from_kind: Kind
     to: Kind
     expected_version: int
+    compression: KVCompression | None = None  # promotion only: how the KV cache is stored
 
 
 @dataclass(frozen=True)

@@ -274,7 +274,7 @@ class _Evaluation:
     def _act(self, rule: CompiledRule, fact: Facts, reason: str) -> None:
         then, memory, ledger = rule.then, fact.memory, self.ledger
         if then.migrate is not None:
-            syscall = MigrateIntent(memory.id, memory.cube, memory.kind, then.migrate, memory.version)
+            syscall = MigrateIntent(memory.id, memory.cube, memory.kind, then.migrate, memory.version, then.compression)
             if then.promotes:
                 ledger.add_activation(self.snapshot.activation_estimates.get(memory.id, 0))
             else:

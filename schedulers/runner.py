@@ -77,7 +77,8 @@ def to_syscall(action: PlannedAction) -> Any:
     """The kernel syscall for a planned action, attributed to its rule."""
     call = action.syscall
     if isinstance(call, MigrateIntent):
-        return Migrate(ids=(call.id,), to=call.to, expected_version=call.expected_version, policy_rule=action.policy_rule)
+        return Migrate(ids=(call.id,), to=call.to, expected_version=call.expected_version, policy_rule=action.policy_rule,
+                       compression=call.compression)
     if isinstance(call, DistillIntent):
         rule = action.policy_rule
         return Distill(

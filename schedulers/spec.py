@@ -46,7 +46,7 @@ from memos.schedulers.units import (
     parse_size,
     quote,
 )
-from memos.types import Kind, Tag, Trust
+from memos.types import Kind, KVCompression, Tag, Trust
 
 Loc = tuple[str | int, ...]
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -387,6 +387,10 @@ class Then(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_then_json_schema)
 
     migrate: Kind | None = Field(default=None, description="plaintext (demote) or activation (promote).")
+    compression: KVCompression | None = Field(
+        default=None,
+        description="With migrate: activation, how the KV cache is stored, e.g. int8, snapkv@0.5, int8+sink_window@0.5.",
+    )
     distill: DistillArgs | None = None
     fuse: FuseArgs | None = None
     compress: CompressArgs | None = None
@@ -401,7 +405,9 @@ class Then(_Strict):
 
     @model_validator(mode="after")
     def _one_action(self) -> Then:
-        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        chosen = [name for name in type(self).model_fields if name != "compression" and getattr(self, name) is not None]
+        if self.compression is not None and self.migrate != Kind.ACTIVATION:
+            raise ValueError("compression goes with migrate: activation only")
         if len(chosen) != 1:
             listed = ", ".join(chosen) if chosen else "none"
             raise ValueError(f"set exactly one action (migrate, distill, fuse, compress, archive, delete, pin), got {listed}")
@@ -409,7 +415,8 @@ class Then(_Strict):
 
     @property
     def action(self) -> ActionName:
-        return next(name for name in type(self).model_fields if getattr(self, name) is not None)  # type: ignore[return-value]
+        return next(name for name in type(self).model_fields  # type: ignore[return-value]
+                    if name != "compression" and getattr(self, name) is not None)
 
     @property
     def verb(self) -> str:

@@ -38,6 +38,7 @@ class FakeModelPort:
         self.payload_bytes = payload_bytes
         self._fingerprint = Fingerprint(model_id="fake", config_hash="c", tokenizer_hash="t", dtype="float32")
         self.forgotten: list[str] = []
+        self.compressions: list[dict | None] = []
 
     def fingerprint(self):
         return self._fingerprint
@@ -45,17 +46,22 @@ class FakeModelPort:
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(t.split()) + 4 for t in texts]
 
-    def build_activation(self, text: str, path: str):
+    def build_activation(self, text: str, path: str, compression: dict | None = None):
+        """A compression is recorded (``self.compressions``) and, with a selection, halves the 'kept' tokens."""
         from pathlib import Path
 
         from memos.models.port import ActivationBuilt
         from memos.types import PayloadRef
 
+        self.compressions.append(compression)
         data = (text.encode() * (self.payload_bytes // max(1, len(text)) + 1))[: self.payload_bytes]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(data)
         ref = PayloadRef(path=path, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
-        return ActivationBuilt(payload=ref, fingerprint=self._fingerprint, tokens=len(text.split()))
+        tokens = len(text.split())
+        kept = tokens // 2 if compression and compression.get("select", "none") != "none" else tokens
+        return ActivationBuilt(payload=ref, fingerprint=self._fingerprint, tokens=tokens, kept_tokens=kept,
+                               compression=compression)
 
     def forget(self, paths: list[str]) -> None:
         self.forgotten.extend(paths)

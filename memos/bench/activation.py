@@ -34,6 +34,7 @@ from memos.models.host import ModelHost, memory_messages
 from memos.progress import Progress
 
 DEFAULT_SIZES = (256, 512, 1024, 2048)
+COMPRESSION_SIZES = (512, 2048)
 _PEOPLE = ("Mara Quill", "Tomas Reyk", "Ines Darrow", "Oskar Lind", "Priya Nand", "Hugo Vale", "Lena Sorrel",
            "Camil Brisk", "Noor Haddad", "Felix Ambry", "Yara Stone", "Dmitri Holt")
 _OBJECTS = ("brass key", "red notebook", "silver compass", "old radio", "green umbrella", "wooden flute",
@@ -324,8 +325,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--cache-dir", default=None, help="converted-model cache (default: $MEMOS_MODEL_CACHE or ~/.cache/memos/models)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="memory sizes in tokens")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help=f"memory sizes in tokens (default {' '.join(map(str, DEFAULT_SIZES))}; with --compression "
+                             f"{' '.join(map(str, COMPRESSION_SIZES))})")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per median (default 5; with --compression 3)")
+    parser.add_argument("--compression", nargs="*", default=None, metavar="METHOD",
+                        help="benchmark KV-cache compression instead: methods such as none int8 snapkv@0.5 "
+                             "int8+sink_window@0.5 (no METHOD: the default set); writes compression.json/md/png")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -335,7 +341,16 @@ def main(args: argparse.Namespace) -> int:
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_model_cache()
     host = ModelHost(ModelSpec(model=args.model, dtype=args.dtype, cache_dir=cache_dir, num_threads=args.threads))
-    report = run_activation_bench(host, args.out, tuple(args.sizes), args.repeats)
+    if args.compression is not None:
+        from memos.bench import kv_compression
+
+        methods = tuple(args.compression) or kv_compression.DEFAULT_METHODS
+        report = kv_compression.run_compression_bench(host, args.out, tuple(args.sizes or COMPRESSION_SIZES),
+                                                      methods, args.repeats or 3)
+        print(kv_compression.render_markdown(report), end="")
+        print(f"wrote {Path(args.out) / 'compression.json'}, compression.md, compression.png")
+        return 0
+    report = run_activation_bench(host, args.out, tuple(args.sizes or DEFAULT_SIZES), args.repeats or 5)
     print(render_markdown(report), end="")
     print(f"wrote {Path(args.out) / 'activation.json'}, activation.md, activation.png")
     return 0

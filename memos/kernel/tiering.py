@@ -38,7 +38,7 @@ from memos.errors import (
     VersionConflict,
     error_from_wire,
 )
-from memos.types import Kind, MemoryList, MemoryRef, Provenance, Right, State
+from memos.types import Kind, KVCompression, MemoryList, MemoryRef, Provenance, Right, State
 
 if TYPE_CHECKING:
     from memos.kernel.core import Kernel
@@ -151,7 +151,9 @@ class TieringOps:
         for done, item in enumerate(todo):
             if job is not None:
                 job.raise_if_cancelled()  # between memories: what was built is deleted by the abort
-            built[item.journal] = self.model.build_activation(item.row.content, str(item.path))  # type: ignore[union-attr]
+            # Only a compressed build passes the argument: ports written before compression keep working.
+            extra = {} if call.compression is None else {"compression": call.compression.model_dump()}
+            built[item.journal] = self.model.build_activation(item.row.content, str(item.path), **extra)  # type: ignore[union-attr]
             if job is not None:
                 job.progress(done + 1, len(todo))
         return built
@@ -181,6 +183,9 @@ class TieringOps:
                     fingerprint=result.fingerprint.model_dump(), payload=result.payload.model_dump(),
                 )
                 detail = {"tokens": result.tokens, "bytes": result.payload.size_bytes}
+                if result.compression is not None:
+                    method = KVCompression.model_validate(result.compression).method
+                    detail |= {"compression": method, "kept_tokens": result.kept_tokens}
             else:
                 new = self._append(
                     row, memory_id=row.memory_id, cube=row.cube, kind=plan.to.value, state=row.state,

@@ -137,18 +137,28 @@ class ModelHost:
             PayloadTooLarge: the block does not fit the model's context (or its sliding window).
             InvalidSyscall: no texts, or a malformed compression.
         """
+        spec = compression_spec(compression)
+        payload, scores = self.prefill_for(text, spec)
+        return compress(payload, spec, scores)
+
+    def prefill_for(self, text: str | Sequence[str], compression: KVCompression) -> tuple[KVPayload, torch.Tensor | None]:
+        """The uncompressed cache of ``text`` (as :meth:`build_kv` renders it) and the attention scores
+        ``compression``'s selection needs, ``[layers, kv_heads, tokens]`` (None for the unscored ones): the costly
+        half of :meth:`build_kv`; ``memos.models.kv_compression.compress`` does the rest.
+
+        Raises:
+            PayloadTooLarge / InvalidSyscall: as :meth:`build_kv`.
+        """
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise InvalidSyscall("build_kv needs at least one text")
-        spec = compression_spec(compression)
         blocks = memory_messages(texts)
         ids = self._encode(self._render(blocks, generation_prompt=False))
         self._check_fits(len(ids), "the memory block")
         messages = tuple(b["content"] for b in blocks)
-        if spec.select not in SCORED:
-            return compress(self._extend(None, ids, messages, exact=True), spec)
-        payload, scores = self._prefill_scored(ids, messages, spec)
-        return compress(payload, spec, scores)
+        if compression.select not in SCORED:
+            return self._extend(None, ids, messages, exact=True), None
+        return self._prefill_scored(ids, messages, compression)
 
     def load_kv(self, ref: PayloadRef) -> KVPayload:
         """Load a stored payload for this model.
