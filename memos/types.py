@@ -179,6 +179,12 @@ class PayloadRef(_Frozen):
     format: str = "safetensors"
 
 
+def _string_or_object_schema(schema: dict[str, Any]) -> None:
+    mapping = dict(schema)
+    schema.clear()
+    schema["anyOf"] = [{"type": "string", "description": "e.g. int8, snapkv@0.5, int8+sink_window@0.5"}, mapping]
+
+
 KVQuantize = Literal["none", "int8"]
 KVSelect = Literal["none", "sink_window", "heavy_hitter", "snapkv"]
 _KV_QUANTIZE = ("none", "int8")
@@ -203,6 +209,8 @@ class KVCompression(_Frozen):
     A string is accepted wherever this model is: parts joined by ``+``, a selection optionally with ``@keep``, e.g.
     ``"none"``, ``"int8"``, ``"snapkv@0.25"``, ``"int8+sink_window@0.5"`` (other fields at their defaults).
     """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_string_or_object_schema)
 
     quantize: KVQuantize = "none"
     select: KVSelect = "none"
