@@ -59,7 +59,7 @@ from langgraph.store.base import (
 from memos.agents.namespaces import NamespaceMap
 from memos.agents.provenance import message_ref, thread_of
 from memos.client import Memos
-from memos.errors import NotFound
+from memos.errors import NotFound, PermissionDenied
 from memos.syscalls import MAX_K
 from memos.types import CubeInfo, Memory, State
 
@@ -181,7 +181,13 @@ class MemosStore(BaseStore):
         if op.ttl is not None:
             raise NotImplementedError("MemosStore does not support TTLs; memos lifecycle policies archive and forget")
         cube = self.namespaces.cube(op.namespace)
-        memory = self._find(cube, op.key)
+        try:
+            memory = self._find(cube, op.key)
+        except PermissionDenied as exc:  # the lookup reads, but what the caller lacks for a put is write
+            raise PermissionDenied(
+                f"{self.client.principal} lacks the 'write' right on cube {cube!r} (a put writes)", cube=cube,
+                right="write",
+            ) from exc
         if op.value is None:
             if memory is not None:
                 self.client.delete(memory.id)

@@ -3,6 +3,7 @@
     memos up | status | down           a local Ray head with the dashboard and the kernel actor
     memos run FILE                     run a workflow (a module with ``run(runtime)``), print its summary
     memos cubes | search | read | history | write | stats | events | audit    one syscall each
+    memos cube create | grant | revoke                                       cubes and their rights
     memos migrate | context | generate                                       activation memory and the model
     memos distill | jobs | cancel                                            parametric memory, long operations
     memos policy check | explain | run                                       lifecycle policies
@@ -29,6 +30,8 @@ from typing import Any
 
 from memos.config import Settings
 from memos.errors import MemosError
+
+DEFAULT_PRINCIPAL = "user:cli"
 
 
 def _print(obj: Any) -> None:
@@ -175,7 +178,13 @@ def cmd_syscall(args: argparse.Namespace) -> int:
                 "distill", args.ids, target=args.replaces, quiet=args.quiet,
             )
         elif args.command == "jobs":
-            _print(mem.jobs(running_only=args.running))
+            jobs = mem.jobs(running_only=args.running)
+            if args.json:
+                _print(jobs)
+            else:
+                from memos.cli_tables import jobs_table, show
+
+                show(jobs_table(jobs), empty="no jobs you may see (running or recently ended)")
         elif args.command == "cancel":
             _print(mem.cancel(args.job_id))
         elif args.command == "context":
@@ -183,6 +192,18 @@ def cmd_syscall(args: argparse.Namespace) -> int:
         elif args.command == "generate":
             _print(mem.generate(args.prompt, cubes=args.cube or (), memory=args.memory or (),
                                 max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def cmd_cube(args: argparse.Namespace) -> int:
+    with _open(args) as runtime:
+        mem = runtime.client(args.principal)
+        if args.cube_command == "create":
+            _print(mem.create_cube(args.cube, args.description, exist_ok=args.exist_ok))
+        elif args.cube_command == "grant":
+            _print(mem.grant(args.cube, args.grantee, args.right))
+        else:
+            _print(mem.revoke(args.cube, args.grantee))
     return 0
 
 
@@ -294,7 +315,8 @@ def cmd_top(args: argparse.Namespace) -> int:
                 time.sleep(args.interval)
             except KeyboardInterrupt:
                 return 0
-            print("\x1b[2J\x1b[H", end="")
+            if sys.stdout.isatty():  # redraw in place on a terminal; into a file, frames follow each other
+                print("\x1b[2J\x1b[H", end="")
 
 
 def _top_frame(stats: Any, rate: float, recent: list[Any], runs: list[Any], jobs: list[Any] | None = None) -> str:
@@ -367,7 +389,12 @@ def cmd_policy(args: argparse.Namespace) -> int:
         if not reports:
             print("no policies are loaded (Settings.policies / MEMOS_POLICIES)", file=sys.stderr)
             return 1
-        _print(reports)
+        if args.json:
+            _print(reports)
+        else:
+            from memos.cli_tables import policy_runs_table, show
+
+            show(policy_runs_table(reports))
         return 0
     # explain: a dry run on the kernel's current state (read through the snapshot syscall, as the scheduler does)
     with _open(args) as runtime:
@@ -513,11 +540,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     def syscall_parser(name: str, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--as", dest="principal", default="user:cli", help="principal to act as (default user:cli)")
+        sp.add_argument("--as", dest="principal", default=DEFAULT_PRINCIPAL,
+                        help=f"principal to act as (default {DEFAULT_PRINCIPAL})")
         sp.set_defaults(fn=cmd_syscall)
         return sp
 
     syscall_parser("cubes", "list the cubes you may read")
+    cube = sub.add_parser("cube", help="create a cube, grant or revoke a right on it")
+    cube_sub = cube.add_subparsers(dest="cube_command", required=True)
+    for name, help_ in [("create", "create a cube (you become its admin)"),
+                        ("grant", "give a principal a right on a cube (admin)"),
+                        ("revoke", "take every right of a principal on a cube (admin)")]:
+        p = cube_sub.add_parser(name, help=help_)
+        p.add_argument("--as", dest="principal", default=DEFAULT_PRINCIPAL,
+                       help=f"principal to act as (default {DEFAULT_PRINCIPAL})")
+        p.add_argument("cube")
+        if name == "create":
+            p.add_argument("--description", default="")
+            p.add_argument("--exist-ok", action="store_true", help="no error when the cube exists")
+        else:
+            p.add_argument("grantee", metavar="principal")
+        if name == "grant":
+            p.add_argument("right", choices=["read", "write", "admin"])
+        p.set_defaults(fn=cmd_cube)
     p = syscall_parser("write", "write a memory")
     p.add_argument("cube")
     p.add_argument("content")
@@ -560,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_policy)
     p = policy_sub.add_parser("run", help="evaluate the kernel's loaded policies now and execute their actions")
     p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true", help="the run reports as JSON (times as epoch seconds)")
     p.set_defaults(fn=cmd_policy)
 
     p = syscall_parser("migrate", "move memories to another kind (activation builds their KV cache)")
@@ -576,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr")
     p = syscall_parser("jobs", "long operations (distillations, migrations) running or recently ended")
     p.add_argument("--running", action="store_true", help="only the running ones")
+    p.add_argument("--json", action="store_true", help="the jobs as JSON (default: a table)")
     p = syscall_parser("cancel", "stop a running job (it commits nothing)")
     p.add_argument("job_id")
     p = syscall_parser("context", "which memories a query would get within a token budget, and why")
@@ -660,7 +707,19 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except MemosError as exc:
         print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        hint = _hint(exc, getattr(args, "principal", None))
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
         return 2
+
+
+def _hint(exc: MemosError, principal: str | None) -> str | None:
+    """What to try when the default principal is refused: it is an ordinary principal with no rights of its own."""
+    if principal != DEFAULT_PRINCIPAL or exc.code not in ("not_found", "denied"):
+        return None
+    return (f"commands act as {DEFAULT_PRINCIPAL}, which sees only the cubes it created or was granted; act as another "
+            f"principal with --as (e.g. --as system, the superuser), or have the cube's admin run "
+            f"'memos cube grant CUBE {DEFAULT_PRINCIPAL} read'")
 
 
 if __name__ == "__main__":

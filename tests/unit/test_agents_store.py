@@ -162,10 +162,11 @@ def test_memories_written_by_agents_are_items_keyed_by_memory_id(store, mem):
 def test_acls_apply_to_the_stores_principal(store, mem):
     store.put(("private", "alice"), "secret", {"v": 1})
     bob = MemosStore(mem.as_principal("agent:bob"))
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(PermissionDenied, match="'read' right"):
         bob.get(("private", "alice"), "secret")
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(PermissionDenied, match="'write' right") as refused:  # the right a put needs, not the lookup's
         bob.put(("private", "alice"), "secret", {"v": 2})
+    assert refused.value.details == {"cube": "private/alice", "right": "write"}
     assert bob.list_namespaces() == [] and bob.search(()) == []
     denied = [r for r in mem.audit("private/alice") if r.outcome == "denied"]
     assert {r.principal for r in denied} == {"agent:bob"}
