@@ -39,12 +39,16 @@ class FakeModelPort:
         self._fingerprint = Fingerprint(model_id="fake", config_hash="c", tokenizer_hash="t", dtype="float32")
         self.forgotten: list[str] = []
         self.compressions: list[dict | None] = []
+        self.context_tokens = 2048
 
     def fingerprint(self):
         return self._fingerprint
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(t.split()) + 4 for t in texts]
+
+    def context_length(self) -> int:
+        return self.context_tokens
 
     def build_activation(self, text: str, path: str, compression: dict | None = None):
         """A compression is recorded (``self.compressions``) and, with a selection, halves the 'kept' tokens."""

@@ -64,6 +64,7 @@ class RayModelPort:
     def __init__(self, actor: Any) -> None:
         self.actor = actor
         self._fingerprint: Fingerprint | None = None
+        self._context_length: int | None = None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         import ray
@@ -83,6 +84,11 @@ class RayModelPort:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return self._call("count_tokens", texts)
+
+    def context_length(self) -> int:
+        if self._context_length is None:  # fixed for the life of the actor
+            self._context_length = int(self._call("context_length"))
+        return self._context_length
 
     def build_activation(self, text: str | list[str], path: str, compression: dict[str, Any] | None = None
                          ) -> ActivationBuilt:

@@ -115,6 +115,11 @@ class ModelHost:
     def fingerprint(self) -> Fingerprint:
         return self.loaded.fingerprint
 
+    @property
+    def context_length(self) -> int:
+        """The most positions the model takes (its config's ``max_position_embeddings``)."""
+        return self._max_positions
+
     def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` on its own (no chat template, no special tokens added)."""
         return len(self._encode(text))

@@ -93,6 +93,10 @@ class ModelPort(Protocol):
         """Tokens each text takes as a memory block in a prompt."""
         ...
 
+    def context_length(self) -> int:
+        """The most positions (prompt, memory and answer together) the model takes."""
+        ...
+
     def build_activation(self, text: str | list[str], path: str, compression: dict[str, Any] | None = None
                          ) -> ActivationBuilt:
         """Compute the KV cache of ``text`` as a memory block (a list: consecutive blocks, one cache), compressed as

@@ -69,6 +69,9 @@ class ModelService:
     def fingerprint(self) -> Fingerprint:
         return self.host.fingerprint
 
+    def context_length(self) -> int:
+        return self.host.context_length
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         with self._lock:
             return [self.host.memory_tokens([t]) for t in texts]
@@ -192,14 +195,19 @@ class LazyModelService:
                 self._service = open_model_service(self.settings)
             return self._service
 
-    def fingerprint(self) -> Fingerprint:
-        return self.service().fingerprint()
+    # Every other method of the port is the service's, with its signature (passed through as is, so the two cannot
+    # drift apart; tests/unit/test_model_attachment.py checks that the lazy port has every method of the port).
+    def fingerprint(self, *args: Any, **kwargs: Any) -> Fingerprint:
+        return self.service().fingerprint(*args, **kwargs)
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return self.service().count_tokens(texts)
+    def count_tokens(self, *args: Any, **kwargs: Any) -> list[int]:
+        return self.service().count_tokens(*args, **kwargs)
 
-    def build_activation(self, text: str, path: str) -> ActivationBuilt:
-        return self.service().build_activation(text, path)
+    def context_length(self, *args: Any, **kwargs: Any) -> int:
+        return self.service().context_length(*args, **kwargs)
+
+    def build_activation(self, *args: Any, **kwargs: Any) -> ActivationBuilt:
+        return self.service().build_activation(*args, **kwargs)
 
     def ram_usage(self) -> dict[str, int]:
         return self.service().ram_usage()
@@ -210,23 +218,20 @@ class LazyModelService:
                     "adapter_loads": 0, "distillations_running": 0}
         return self._service.usage_counts()
 
-    def generate(
-        self, messages: list[dict[str, str]], *, kv: list[KVBlock], texts: list[str], max_new_tokens: int,
-        adapter: KVBlock | None = None,
-    ) -> Generation:
-        return self.service().generate(messages, kv=kv, texts=texts, max_new_tokens=max_new_tokens, adapter=adapter)
+    def generate(self, *args: Any, **kwargs: Any) -> Generation:
+        return self.service().generate(*args, **kwargs)
 
-    def start_distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> DistillStatus:
-        return self.service().start_distill(facts, path, config)
+    def start_distill(self, *args: Any, **kwargs: Any) -> DistillStatus:
+        return self.service().start_distill(*args, **kwargs)
 
-    def distill_status(self, job_id: str) -> DistillStatus:
-        return self.service().distill_status(job_id)
+    def distill_status(self, *args: Any, **kwargs: Any) -> DistillStatus:
+        return self.service().distill_status(*args, **kwargs)
 
-    def cancel_distill(self, job_id: str) -> DistillStatus:
-        return self.service().cancel_distill(job_id)
+    def cancel_distill(self, *args: Any, **kwargs: Any) -> DistillStatus:
+        return self.service().cancel_distill(*args, **kwargs)
 
-    def forget_distill(self, job_id: str) -> None:
-        self.service().forget_distill(job_id)
+    def forget_distill(self, *args: Any, **kwargs: Any) -> None:
+        self.service().forget_distill(*args, **kwargs)
 
     def forget(self, paths: list[str]) -> None:
         if self._service is not None:

@@ -58,3 +58,16 @@ def test_converted_models_are_cached_per_machine_not_per_data_dir(tmp_path, monk
     assert Settings(home=tmp_path / "a").model_cache_dir == Settings(home=tmp_path / "b").model_cache_dir
     monkeypatch.setenv("MEMOS_MODEL_CACHE", str(tmp_path / "shared"))
     assert Settings(home=tmp_path / "a").model_cache_dir == Path(tmp_path / "shared")
+
+
+def test_the_lazy_port_has_every_method_of_the_model_port():
+    from memos.models.port import ModelPort
+
+    wanted = {name for name in vars(ModelPort) if not name.startswith("_")}
+    assert wanted <= {name for name in vars(LazyModelService) if not name.startswith("_")}
+
+
+def test_the_lazy_port_passes_every_argument_through(tmp_path, opened):
+    lazy = LazyModelService(Settings(home=tmp_path))
+    built = lazy.build_activation("a memory to cache", str(tmp_path / "kv"), {"select": "snapkv"})
+    assert built.kept_tokens < built.tokens and lazy.context_length() == 2048
