@@ -56,7 +56,9 @@ def _open(args: argparse.Namespace, *, mode: str = "local") -> Any:
         return Runtime.start(settings, mode="cluster")
     if args.command not in _MODEL_COMMANDS:  # loading the model takes seconds; most commands never touch it
         settings = settings.model_copy(update={"model": None})
-    return Runtime.start(settings, mode="inprocess" if mode == "local" else mode)  # type: ignore[arg-type]
+    # The data dir's lock names this command to whoever opens the home meanwhile (memos.storage.owner).
+    return Runtime.start(settings, mode="inprocess" if mode == "local" else mode,  # type: ignore[arg-type]
+                         owner=f"memos {args.command}")
 
 
 _MODEL_COMMANDS = frozenset({"migrate", "distill", "context", "generate", "serve"})  # serve exposes them all
@@ -449,6 +451,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_binding(args.host, tls_cert=args.tls_cert, tls_key=args.tls_key, allow_insecure=args.insecure)
         keys = KeyFile(_keys_path(args))
         with _open(args) as runtime:
+            lock = getattr(getattr(getattr(runtime.transport, "service", None), "kernel", None), "home_lock", None)
+            if lock is not None:  # this process owns the home: say where it answers, for the next opener's error
+                lock.set_endpoint(f"{'https' if args.tls_cert else 'http'}://{args.host}:{args.port}")
             serve(
                 runtime.transport, keys, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
                 allow_insecure=args.insecure, max_body_bytes=args.max_body, mcp=args.mcp, mcp_default_cube=args.cube,

@@ -76,6 +76,11 @@ class Memos:
         The model host (``Settings.model``, the bundled SmolLM2 by default) is attached lazily: it is loaded on the
         first call that needs it (``migrate(to="activation")``, ``assemble_context``, ``generate``, ``distill``),
         so plaintext work never pays for it. ``model=None`` leaves it out (those calls raise ``ModelUnavailable``).
+
+        This process owns ``home`` until ``close`` (``memos.storage.owner``).
+
+        Raises:
+            DataDirInUse: another process owns ``home`` (``memos serve``, ``memos up``, another embedded kernel).
         """
         from memos.config import Settings
         from memos.kernel.factory import open_kernel
@@ -87,7 +92,7 @@ class Memos:
             from memos.models.service import LazyModelService
 
             model = LazyModelService(config)
-        kernel = open_kernel(config, model=model)
+        kernel = open_kernel(config, model=model, owner="Memos.embedded")
         return cls(InProcessTransport(KernelService(kernel)), principal)
 
     def as_principal(self, principal: str) -> Memos:

@@ -19,6 +19,7 @@ for callers that do not know memos::
     ├── ModelUnavailable (RuntimeError)    code "model"          weights missing or model host not running
     ├── Cancelled (RuntimeError)           code "cancelled"      a long operation was cancelled (``cancel``)
     └── BackendError (RuntimeError)        code "backend"        a storage/index/transport failure (translated)
+        └── DataDirInUse                   code "in_use"         another process owns the data dir (names it)
 
 Third-party exceptions are translated once, at the backend edge, with ``raise ... from exc``. ``error_from_wire``
 rebuilds the right class from a ``{"code", "message", "details"}`` dict, which is how errors cross Ray and HTTP.
@@ -105,6 +106,12 @@ class BackendError(MemosError, RuntimeError):
     code = "backend"
 
 
+class DataDirInUse(BackendError):
+    """Another process owns the data dir (``memos.storage.owner``); ``details`` name its owner, pid and endpoint."""
+
+    code = "in_use"
+
+
 _BY_CODE: dict[str, type[MemosError]] = {
     cls.code: cls
     for cls in (
@@ -123,6 +130,7 @@ _BY_CODE: dict[str, type[MemosError]] = {
         ModelUnavailable,
         Cancelled,
         BackendError,
+        DataDirInUse,
     )
 }
 

@@ -27,7 +27,15 @@ class Runtime:
         self._host = host
 
     @classmethod
-    def start(cls, settings: Settings | None = None, *, mode: Mode = "auto", dashboard: bool = True) -> Runtime:
+    def start(cls, settings: Settings | None = None, *, mode: Mode = "auto", dashboard: bool = True,
+              owner: str = "Runtime.start(mode='inprocess')") -> Runtime:
+        """A runtime on ``settings`` (default: from the environment). ``owner`` names this process in the data dir's
+        lock when the kernel runs in it (``inprocess``), for the error a second opener gets.
+
+        Raises:
+            DataDirInUse: ``inprocess``, and another process owns the data dir.
+            BackendError: ``cluster``, and no cluster answers.
+        """
         settings = settings or Settings.from_env()
         if mode == "inprocess":
             from memos.kernel.factory import open_kernel
@@ -37,7 +45,7 @@ class Runtime:
                 from memos.models.service import LazyModelService
 
                 model = LazyModelService(settings)  # loaded by the first call that needs it
-            kernel = open_kernel(settings, model=model)
+            kernel = open_kernel(settings, model=model, owner=owner)
             return cls(settings, InProcessTransport(KernelService.with_policies(kernel, settings.policies)),
                        mode="inprocess")
         from memos.hosting import ray_host

@@ -36,7 +36,7 @@ def loopback_env() -> None:
 class KernelActor(KernelService):
     """The kernel process: owns the SQLite file and the Chroma path of ``settings.home``."""
 
-    def __init__(self, settings: dict[str, Any], model_actor: Any = None) -> None:
+    def __init__(self, settings: dict[str, Any], model_actor: Any = None, owner: str = "a Ray kernel actor") -> None:
         # Ray pins OMP threads to the actor's num_cpus; the embedder should use the machine (torch is imported later).
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
         from memos.hosting.model_actor import RayModelPort
@@ -48,7 +48,7 @@ class KernelActor(KernelService):
         log_dir.mkdir(parents=True, exist_ok=True)
         configure_logging(stream=open(log_dir / "kernel.jsonl", "a", buffering=1))  # noqa: SIM115 (lives with the actor)
         model = RayModelPort(model_actor) if model_actor is not None else None
-        service = KernelService.with_policies(open_kernel(cfg, model=model), cfg.policies)
+        service = KernelService.with_policies(open_kernel(cfg, model=model, owner=owner), cfg.policies)
         super().__init__(service.kernel, service.policies)
         from memos.hosting.metrics import RayMetricsObserver
 
@@ -95,8 +95,9 @@ def _start_actors(settings: Settings, *, detached: bool) -> dict[str, Any]:
             settings.model_dump(mode="json"), cpus
         )
         actors["model"] = model
+    owner = "the kernel actor of memos up" if detached else "the kernel actor of an embedded Ray (Runtime.start)"
     actors["kernel"] = _remote_class().options(name=settings.kernel_actor, **options).remote(
-        settings.model_dump(mode="json"), model
+        settings.model_dump(mode="json"), model, owner
     )
     return actors
 

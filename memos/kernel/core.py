@@ -57,6 +57,7 @@ from memos.kernel.tiering import ActivationBudget, TieringOps
 from memos.logging import get_logger
 from memos.models.llm import LanguageModel
 from memos.models.port import ModelPort
+from memos.storage.owner import HomeLock
 from memos.storage.sqlite import SqliteStore, VersionRow
 from memos.storage.vector import Embedder, IndexQuery, VectorIndex, parse_entry_id
 from memos.types import (
@@ -135,6 +136,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps, Consolid
         llm: LanguageModel | None = None,
     ) -> None:
         self.store = store
+        self.home_lock: HomeLock | None = None  # set by open_kernel, which took it before opening the store
         self.model = model
         self.llm = llm  # the language model for memory work (ingest); the composition root chooses the backend
         self.blob_dir = Path(blob_dir) if blob_dir is not None else store.path.parent / "blobs"
@@ -178,6 +180,8 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps, Consolid
         self.flush_reads()
         self.index.close()
         self.store.close()
+        if self.home_lock is not None:  # memos.storage.owner: the data dir is free for the next owner
+            self.home_lock.release()
 
     # -------------------------------------------------------------------------------------------------- entry
 

@@ -10,6 +10,7 @@ from memos.kernel.core import Kernel
 from memos.kernel.tiering import ActivationBudget
 from memos.models.llm import open_language_model
 from memos.models.port import ModelPort
+from memos.storage.owner import HomeLock
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import Embedder
 
@@ -23,20 +24,39 @@ def open_embedder(settings: Settings) -> Embedder:
 
 
 def open_kernel(
-    settings: Settings, *, embedder: Embedder | None = None, clock: Clock | None = None, model: ModelPort | None = None
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    clock: Clock | None = None,
+    model: ModelPort | None = None,
+    owner: str = "an embedded kernel (Memos.embedded / Runtime inprocess)",
+    endpoint: str | None = None,
 ) -> Kernel:
-    """The kernel that owns ``settings.home``. Only one process may hold it open (Chroma's rule).
+    """The kernel that owns ``settings.home``, for this process's lifetime or until ``close``.
 
-    ``model`` is the model host (in-process ``ModelService`` or the Ray actor's proxy); without one, activation
-    memory and ``generate`` raise ``ModelUnavailable``.
+    The home's lock (``memos.storage.owner``) is taken first, as ``owner`` (answering at ``endpoint``, if any):
+    nothing in the home is opened, and no crash recovery runs, unless this process owns it. ``model`` is the model
+    host (in-process ``ModelService`` or the Ray actor's proxy); without one, activation memory and ``generate``
+    raise ``ModelUnavailable``.
+
+    Raises:
+        DataDirInUse: another process owns the home (the error names it and what to do instead).
     """
     from memos.storage.chroma import ChromaIndex
 
     settings.home.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
-    index = ChromaIndex(url=settings.chroma_url) if settings.chroma_url else ChromaIndex(settings.chroma_path)
-    budgets = ActivationBudget(disk_bytes=settings.activation_disk_bytes, max_memories=settings.activation_max_memories)
-    return Kernel(
-        store, index, embedder or open_embedder(settings), clock=clock, superusers=settings.superusers, model=model,
-        blob_dir=settings.blob_dir, budgets=budgets, llm=open_language_model(settings, model),
-    )
+    lock = HomeLock.acquire(settings.home, owner, endpoint=endpoint)
+    try:
+        store = SqliteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
+        index = ChromaIndex(url=settings.chroma_url) if settings.chroma_url else ChromaIndex(settings.chroma_path)
+        budgets = ActivationBudget(disk_bytes=settings.activation_disk_bytes,
+                                   max_memories=settings.activation_max_memories)
+        kernel = Kernel(
+            store, index, embedder or open_embedder(settings), clock=clock, superusers=settings.superusers,
+            model=model, blob_dir=settings.blob_dir, budgets=budgets, llm=open_language_model(settings, model),
+        )
+    except BaseException:
+        lock.release()
+        raise
+    kernel.home_lock = lock
+    return kernel

@@ -66,6 +66,7 @@ HTTP_STATUS: dict[str, int] = {
     "corrupt": 500,  # stored data failed its checksum: the server's fault, not the caller's
     "model": 503,
     "backend": 503,
+    "in_use": 503,  # the data dir is owned by another process (a deployment problem, not the caller's)
     "capacity": 507,
 }
 DEFAULT_HOST = "127.0.0.1"
