@@ -8,6 +8,11 @@ The YAML is composed into nodes first (they carry line marks) and constructed fr
 pydantic error path (``("rules", 2, "when", "reads", "within")``) can be walked down the node tree to its line.
 Beyond the schema, the loader refuses duplicate keys (YAML would silently keep the last) and everything
 :func:`memos.schedulers.spec.semantic_problems` finds. All problems of a file are reported at once.
+
+Aliases (``*name``) are allowed, but what they expand to is bounded *before* anything is constructed or validated:
+a few lines of nested aliases ("billion laughs") expand to billions of nodes, and constructing or validating them
+takes hours and gigabytes. A file whose nodes, with every alias followed, exceed ``MAX_EXPANDED_NODES`` is refused
+with the line of the anchor that blows up. Counting is linear in the file (each distinct node is sized once).
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from memos.errors import PolicyError
 from memos.schedulers.engine import CompiledPolicy, compile_policy
 from memos.schedulers.spec import Loc, PolicySpec, format_loc, semantic_problems
 from memos.schedulers.units import quote
+
+#: Nodes a policy may expand to with its aliases followed; the shipped policies have a few hundred.
+MAX_EXPANDED_NODES = 20_000
 
 _QUOTED = re.compile(r"'([^']*)'")
 # Nouns for "unknown <noun> 'x'" by the key whose value is wrong.
@@ -122,14 +130,61 @@ def _error(filename: str, problems: list[Problem]) -> PolicyError:
     return PolicyError("\n".join(lines), problems=lines, file=filename)
 
 
+class _TooLarge(Exception):
+    def __init__(self, node: Node, size: int) -> None:
+        self.node, self.size = node, size
+
+
 def _compose(text: str) -> tuple[Node | None, Any]:
-    """The YAML root node (with line marks) and the data constructed from that same node."""
+    """The YAML root node (with line marks) and the data constructed from that same node.
+
+    Raises:
+        _TooLarge: aliases expand the document past ``MAX_EXPANDED_NODES`` (checked before constructing anything).
+    """
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
+        if root is not None:
+            _check_expansion(root)
         return root, (loader.construct_document(root) if root is not None else None)
     finally:
         loader.dispose()
+
+
+def _check_expansion(root: Node) -> None:
+    """Raise ``_TooLarge`` naming the node to blame if ``root`` expands past the bound with its aliases followed.
+
+    Sizes are computed once per distinct node (aliases share nodes), children before parents, without recursion.
+    The node blamed is the smallest one over the bound on the path of largest children: the anchor that explodes.
+    """
+    sizes: dict[int, int] = {}
+
+    def children(node: Node) -> list[Node]:
+        if isinstance(node, MappingNode):
+            return [n for pair in node.value for n in pair]
+        if isinstance(node, SequenceNode):
+            return list(node.value)
+        return []
+
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in sizes:
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children(node) if id(child) not in sizes)
+            continue
+        # Capped: the exact count of a bomb is astronomically large and only its exceeding the bound matters.
+        sizes[id(node)] = min(1 + sum(sizes[id(child)] for child in children(node)), 10 * MAX_EXPANDED_NODES)
+    if sizes[id(root)] <= MAX_EXPANDED_NODES:
+        return
+    node = root
+    while True:
+        bigger = [child for child in children(node) if sizes[id(child)] > MAX_EXPANDED_NODES]
+        if not bigger:
+            raise _TooLarge(node, sizes[id(node)])
+        node = max(bigger, key=lambda child: sizes[id(child)])
 
 
 def _parse(text: str, filename: str) -> tuple[PolicySpec | None, Node | None, list[Problem]]:
@@ -141,6 +196,13 @@ def _parse(text: str, filename: str) -> tuple[PolicySpec | None, Node | None, li
     except RecursionError:
         # PyYAML composes recursively: thousands of nested brackets exhaust the stack.
         return None, None, [Problem(filename, 1, "<yaml>", "invalid YAML: nested too deeply")]
+    except _TooLarge as exc:
+        at_least = "at least " if exc.size >= 10 * MAX_EXPANDED_NODES else ""
+        return None, None, [Problem(
+            filename, exc.node.start_mark.line + 1, "<yaml>",
+            f"aliases expand this value to {at_least}{exc.size:,} nodes (the limit is {MAX_EXPANDED_NODES:,}): "
+            "an alias bomb, or a policy to write without aliases",
+        )]
     if root is None or not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else 1
         found = "an empty file" if root is None else f"a {type(data).__name__}"
