@@ -14,6 +14,7 @@ gives a sibling client for another principal on the same transport (used by mult
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -144,11 +145,15 @@ class Memos:
         source_refs: Iterable[str] = (),
         derived_from: Iterable[MemoryRef | tuple[str, int]] = (),
         trust: Trust | str | None = None,
+        idempotency_key: str | None = None,
     ) -> Memory:
+        """Write a memory. Every call carries an idempotency key (a fresh one unless given): a transport that resends
+        it after a lost answer (a restarted kernel actor) gets the memory it wrote, never a duplicate."""
         refs = tuple(r if isinstance(r, MemoryRef) else MemoryRef(id=r[0], version=r[1]) for r in derived_from)
         return self._do(
             sc.Write, cube=cube, content=content, metadata=metadata or {}, tags=tuple(tags), source=Source(source),
             source_refs=tuple(source_refs), derived_from=refs, trust=Trust(trust) if trust else None,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
         )
 
     def write_many(self, items: Iterable[sc.Write | dict[str, Any] | str], *, cube: str | None = None) -> WriteManyResult:

@@ -44,7 +44,7 @@ class Settings(BaseModel):
 
     home: Path = Field(default_factory=default_home)
     chroma_url: str | None = None
-    embedder: str = "all-MiniLM-L6-v2"  # or a local sentence-transformers model directory
+    embedder: str = "all-MiniLM-L6-v2"  # or a local sentence-transformers model directory, or "hashing" (no model)
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     superusers: tuple[str, ...] = ("system",)
     # The language model behind activation memory and generate: "smollm2" (bundled), a .gguf file, a local

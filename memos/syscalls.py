@@ -136,6 +136,9 @@ class Write(_Syscall):
     source_refs: tuple[Annotated[str, Field(max_length=512)], ...] = Field(default=(), max_length=64)
     derived_from: tuple[MemoryRef, ...] = Field(default=(), max_length=64)
     trust: Trust | None = None  # None: untrusted for tool/document sources, trusted otherwise
+    # Client-generated (the Python client makes one per call): a retry with the same key, by the same principal,
+    # after the write committed returns the memory it wrote instead of writing it again (kept for IDEMPOTENCY_KEEP_S).
+    idempotency_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{8,128}$")
     result_type: ClassVar[type[BaseModel]] = Memory
     right: ClassVar[Right] = Right.WRITE
 
@@ -662,3 +665,19 @@ def to_wire(syscall: _Syscall) -> dict[str, Any]:
 
 SyscallBase = _Syscall
 
+
+#: How long the kernel remembers a write's idempotency key (a retry later than this writes again).
+IDEMPOTENCY_KEEP_S = 24 * 3600.0
+
+#: Syscalls that change nothing a retry could duplicate: a transport may resend them after a lost answer (a killed
+#: kernel). A syscall outside this set is resent only when it carries an ``idempotency_key``. (``read`` and
+#: ``assemble_context`` count as uses of what they return; a resent one may count twice.)
+RETRY_SAFE_OPS = frozenset({
+    "list_cubes", "cube_info", "read", "list", "search", "history", "stats", "events", "audit", "snapshot", "jobs",
+    "assemble_context",
+})
+
+
+def retry_safe(syscall: dict[str, Any]) -> bool:
+    """Whether a transport may resend this wire syscall when it cannot tell if it ran (see ``RETRY_SAFE_OPS``)."""
+    return syscall.get("op") in RETRY_SAFE_OPS or bool(syscall.get("idempotency_key"))

@@ -23,6 +23,7 @@ from typing import Any
 
 from memos.config import Settings
 from memos.errors import BackendError, MemosError, ModelUnavailable
+from memos.syscalls import retry_safe
 from memos.transports import KernelService, unwrap
 
 GAUGE_PERIOD_S = 5.0
@@ -48,7 +49,8 @@ class KernelActor(KernelService):
         log_dir.mkdir(parents=True, exist_ok=True)
         configure_logging(stream=open(log_dir / "kernel.jsonl", "a", buffering=1))  # noqa: SIM115 (lives with the actor)
         model = RayModelPort(model_actor) if model_actor is not None else None
-        service = KernelService.with_policies(open_kernel(cfg, model=model, owner=owner), cfg.policies)
+        kernel = open_kernel(cfg, model=model, owner=owner, lock_wait_s=KERNEL_LOCK_WAIT_S)
+        service = KernelService.with_policies(kernel, cfg.policies)
         super().__init__(service.kernel, service.policies)
         from memos.hosting.metrics import RayMetricsObserver
 
@@ -75,11 +77,22 @@ class KernelActor(KernelService):
         super().close()
 
 
+#: Ray restarts a kernel actor whose process died (kill -9, OOM, a crash) as often as it dies; each restart opens
+#: the data dir again and recovers it (index outbox replay, interrupted migrations rolled back). A constructor that
+#: raises (a corrupt database, a data dir owned by another process) is not restarted: the actor stays DEAD.
+KERNEL_MAX_RESTARTS = -1
+#: How long a (re)starting kernel actor waits for the data dir's lock: the process it replaces may still be exiting.
+KERNEL_LOCK_WAIT_S = 30.0
+#: How long the Ray transport keeps resending a retry-safe call while the kernel actor restarts.
+RETRY_FOR_S = 120.0
+
+
 def _remote_class() -> Any:
     import ray
 
-    # Threaded: a long syscall (generate, migrate) releases the kernel while the model host works.
-    return ray.remote(num_cpus=0, max_restarts=0, max_concurrency=16)(KernelActor)
+    # Threaded: a long syscall (generate, migrate) releases the kernel while the model host works. Ray never resends
+    # a call itself (max_task_retries=0): RayTransport resends only what is safe to resend (memos.syscalls.retry_safe).
+    return ray.remote(num_cpus=0, max_restarts=KERNEL_MAX_RESTARTS, max_task_retries=0, max_concurrency=16)(KernelActor)
 
 
 def _start_actors(settings: Settings, *, detached: bool) -> dict[str, Any]:
@@ -103,34 +116,59 @@ def _start_actors(settings: Settings, *, detached: bool) -> dict[str, Any]:
 
 
 class RayTransport:
-    """Envelope calls to the kernel actor. Actor death becomes ``BackendError``."""
+    """Envelope calls to the kernel actor, resent safely while Ray restarts it.
 
-    def __init__(self, actor: Any) -> None:
+    When the actor's process dies, a call in flight fails and calls made meanwhile wait for the restart. A call whose
+    answer was lost is resent, for up to ``retry_for_s``, only if resending cannot do it twice
+    (``memos.syscalls.retry_safe``: reads, and writes, which carry an idempotency key); any other call fails with
+    ``BackendError`` saying it may or may not have committed. ``retries`` counts the resends (for benchmarks).
+    """
+
+    def __init__(self, actor: Any, *, retry_for_s: float = RETRY_FOR_S, timeout_s: float | None = None) -> None:
         self.actor = actor
+        self.retry_for_s = retry_for_s
+        self.timeout_s = timeout_s  # per call; None waits as long as the call takes (a distillation takes minutes)
+        self.retries = 0
 
-    def _get(self, ref: Any) -> Any:
+    def _get(self, submit: Any, *, safe: bool) -> Any:
         import ray
 
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayError as exc:
-            raise BackendError(f"kernel actor unreachable: {exc}") from exc
+        deadline = time.monotonic() + self.retry_for_s
+        pause = 0.05
+        while True:
+            try:
+                return ray.get(submit(), timeout=self.timeout_s)
+            except ray.exceptions.RayActorError as exc:
+                if not safe:
+                    raise BackendError(
+                        f"the kernel actor died during this call, which may or may not have committed (look before "
+                        f"repeating it; Ray restarts the kernel, 'memos status' shows it): {exc}", restarting=True,
+                    ) from exc
+                if time.monotonic() >= deadline:
+                    raise BackendError(f"kernel actor unreachable for {self.retry_for_s:.0f} s ('memos status' tells "
+                                       f"why): {exc}") from exc
+            except ray.exceptions.RayError as exc:
+                raise BackendError(f"kernel actor unreachable: {exc}") from exc
+            self.retries += 1
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
-        return self._get(self.actor.call.remote(principal, syscall, trace_id))
+        return self._get(lambda: self.actor.call.remote(principal, syscall, trace_id), safe=retry_safe(syscall))
 
     def call_batch(self, principal: str, syscalls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self._get(self.actor.call_batch.remote(principal, syscalls))
+        return self._get(lambda: self.actor.call_batch.remote(principal, syscalls),
+                         safe=all(retry_safe(s) for s in syscalls))
 
     def ping(self) -> dict[str, Any]:
-        return self._get(self.actor.ping.remote())
+        return self._get(lambda: self.actor.ping.remote(), safe=True)
 
     def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
-        answer = self._get(self.actor.run_policy_envelope.remote(name))
+        answer = self._get(lambda: self.actor.run_policy_envelope.remote(name), safe=False)
         return unwrap(answer)
 
     def doctor(self, repair: bool = False) -> dict[str, Any]:
-        return self._get(self.actor.doctor.remote(repair))
+        return self._get(lambda: self.actor.doctor.remote(repair), safe=True)
 
     def close(self) -> None:
         """The actor belongs to the Ray host, not to this transport; nothing to release here."""
@@ -293,6 +331,46 @@ def connect(settings: Settings) -> RayHost:
         ray.shutdown()
         raise BackendError(f"memos cluster at {info.get('address')} is not reachable: {exc}") from exc
     return RayHost(RayTransport(actors["kernel"]), info.get("dashboard_url"), info.get("metrics_url"), False, actors)
+
+
+def kernel_health(settings: Settings) -> dict[str, Any] | None:
+    """What Ray says of the kernel actor of ``memos up`` (call while connected): ``state`` (ALIVE, RESTARTING,
+    DEAD, ...), ``restarts``, ``pid``, ``death_cause``; None when Ray knows no such actor. The newest actor of that
+    name wins (earlier ``memos up`` sessions leave DEAD ones behind only in their own, stopped, cluster).
+
+    Raises:
+        BackendError: Ray's state API did not answer.
+    """
+    from ray.util.state import list_actors
+
+    try:
+        rows = list_actors(filters=[("name", "=", settings.kernel_actor)], detail=True, timeout=10,
+                           raise_on_missing_output=False)
+    except Exception as exc:  # the state API raises RayStateApiException, ConnectionError, ...
+        raise BackendError(f"Ray's state API did not answer: {exc}") from exc
+    rows = [r for r in rows if getattr(r, "ray_namespace", settings.ray_namespace) == settings.ray_namespace]
+    if not rows:
+        return None
+    alive = [r for r in rows if r.state != "DEAD"]
+    row = (alive or rows)[-1]
+    cause = getattr(row, "death_cause", None)
+    return {"state": row.state, "restarts": int(getattr(row, "num_restarts", 0) or 0), "pid": row.pid,
+            "death_cause": json.dumps(cause, default=str)[:500] if cause else None}
+
+
+def health_advice(health: dict[str, Any] | None) -> str:
+    """One line for ``memos status``: what the kernel actor's state means and the command that fixes it."""
+    if health is None:
+        return "Ray knows no kernel actor: run 'memos down' then 'memos up'"
+    state, restarts = health["state"], health["restarts"]
+    if state == "ALIVE":
+        return f"kernel actor ALIVE (pid {health['pid']}), restarted {restarts} time(s) by Ray"
+    if state in ("RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY"):
+        return (f"kernel actor {state} (restarted {restarts} time(s)): Ray is bringing it back and recovering the "
+                "data dir; clients resend reads and writes meanwhile. Check again in a few seconds; if it stays "
+                "there, 'memos down' then 'memos up'")
+    return (f"kernel actor {state}: {health.get('death_cause') or 'no cause recorded'}. Fix: 'memos down' then "
+            "'memos up' (the data dir is recovered at start)")
 
 
 def down(settings: Settings) -> bool:

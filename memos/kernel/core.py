@@ -43,6 +43,7 @@ from memos.errors import (
     PermissionDenied,
     VersionConflict,
 )
+from memos.kernel import idempotency
 from memos.kernel.acl import allows, effective_right
 from memos.kernel.batch import BatchWriteOps
 from memos.kernel.consolidate import ConsolidateOps
@@ -177,11 +178,13 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps, Consolid
             self.log.warning("vector index reconciled at start", added=report.added, removed=report.removed)
 
     def close(self) -> None:
-        self.flush_reads()
-        self.index.close()
-        self.store.close()
-        if self.home_lock is not None:  # memos.storage.owner: the data dir is free for the next owner
-            self.home_lock.release()
+        try:
+            self.flush_reads()
+            self.index.close()
+            self.store.close()
+        finally:
+            if self.home_lock is not None:  # memos.storage.owner: the data dir is free for the next owner
+                self.home_lock.release()
 
     # -------------------------------------------------------------------------------------------------- entry
 
@@ -567,6 +570,8 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps, Consolid
 
     def _op_write(self, principal: str, call: sc.Write) -> Memory:
         self._require_cube(principal, call.cube, Right.WRITE)
+        if (done := idempotency.replayed(self.store, principal, call, self.to_memory)) is not None:
+            return done  # a retry of a write that committed: the memory it wrote, not a second one
         check_content(call.content)
         check_metadata(call.metadata)
         parents = self._parents(principal, call.derived_from)
@@ -582,6 +587,7 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps, Consolid
             None, memory_id=memory_id, cube=call.cube, kind="plaintext", state=State.ACTIVE, content=call.content,
             metadata=call.metadata, tags=tuple(dict.fromkeys(call.tags)), provenance=provenance, now=now,
         )
+        idempotency.remember(self.store, principal, call, memory_id, 1, now)
         self._audit_ok(principal, call.op, call.cube, memory_id)
         self._emit("written", call.cube, memory_id, principal, version=1, trust=trust.value)
         return self.to_memory(row)

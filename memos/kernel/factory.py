@@ -16,8 +16,14 @@ from memos.storage.vector import Embedder
 
 
 def open_embedder(settings: Settings) -> Embedder:
+    """The embedder ``settings.embedder`` names: all-MiniLM-L6-v2 (default), a sentence-transformers directory, or
+    ``"hashing"`` (feature hashing, no model: for soaks and tests where a model load per start would dominate)."""
     from memos.models.embedder import DEFAULT_EMBEDDER, MiniLMEmbedder
 
+    if settings.embedder == "hashing":
+        from memos.models.hashing import HashingEmbedder
+
+        return HashingEmbedder()
     if settings.embedder == DEFAULT_EMBEDDER:
         return MiniLMEmbedder()
     return MiniLMEmbedder(Path(settings.embedder))
@@ -31,13 +37,15 @@ def open_kernel(
     model: ModelPort | None = None,
     owner: str = "an embedded kernel (Memos.embedded / Runtime inprocess)",
     endpoint: str | None = None,
+    lock_wait_s: float = 0.0,
 ) -> Kernel:
     """The kernel that owns ``settings.home``, for this process's lifetime or until ``close``.
 
     The home's lock (``memos.storage.owner``) is taken first, as ``owner`` (answering at ``endpoint``, if any):
     nothing in the home is opened, and no crash recovery runs, unless this process owns it. ``model`` is the model
     host (in-process ``ModelService`` or the Ray actor's proxy); without one, activation memory and ``generate``
-    raise ``ModelUnavailable``.
+    raise ``ModelUnavailable``. ``lock_wait_s``: how long to wait for the lock (a restarted owner whose predecessor
+    is still exiting); 0 fails at once.
 
     Raises:
         DataDirInUse: another process owns the home (the error names it and what to do instead).
@@ -45,7 +53,7 @@ def open_kernel(
     from memos.storage.chroma import ChromaIndex
 
     settings.home.mkdir(parents=True, exist_ok=True)
-    lock = HomeLock.acquire(settings.home, owner, endpoint=endpoint)
+    lock = HomeLock.acquire(settings.home, owner, endpoint=endpoint, wait_s=lock_wait_s)
     try:
         store = SqliteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
         index = ChromaIndex(url=settings.chroma_url) if settings.chroma_url else ChromaIndex(settings.chroma_path)

@@ -53,8 +53,9 @@ class HomeLock:
         self.record = record
 
     @classmethod
-    def acquire(cls, home: str | Path, owner: str, *, endpoint: str | None = None) -> HomeLock:
-        """Take the lock of ``home`` for this process, as ``owner`` (a short description for the error others get).
+    def acquire(cls, home: str | Path, owner: str, *, endpoint: str | None = None, wait_s: float = 0.0) -> HomeLock:
+        """Take the lock of ``home`` for this process, as ``owner`` (a short description for the error others get),
+        waiting up to ``wait_s`` for a holder to let go (0: fail at once).
 
         Raises:
             DataDirInUse: another process (or another open in this one) holds it; names its owner and pid.
@@ -62,11 +63,16 @@ class HomeLock:
         path = Path(home) / LOCK_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + wait_s
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise _in_use(Path(home), path) from None
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise _in_use(Path(home), path) from None
+                    time.sleep(0.1)
         except BaseException:
             os.close(fd)
             raise

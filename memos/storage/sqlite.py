@@ -91,6 +91,13 @@ CREATE TABLE IF NOT EXISTS migrations (
     started_at REAL NOT NULL, ended_at REAL, detail TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS migrations_open ON migrations(state);
+-- Idempotency keys of writes (client-generated): a retried write that had committed answers with the original memory.
+CREATE TABLE IF NOT EXISTS idempotency (
+    principal TEXT NOT NULL, key TEXT NOT NULL, op TEXT NOT NULL, request_hash TEXT NOT NULL,
+    memory_id TEXT NOT NULL, version INTEGER NOT NULL, at REAL NOT NULL, PRIMARY KEY (principal, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency(at);
+CREATE INDEX IF NOT EXISTS idempotency_by_memory ON idempotency(memory_id);
 """
 
 
@@ -440,6 +447,8 @@ class SqliteStore:
         self._exec("DELETE FROM links WHERE source = ? OR target = ?", (memory_id, memory_id))
         self._exec("DELETE FROM access_log WHERE memory_id = ?", (memory_id,))
         self._exec("DELETE FROM memories WHERE id = ?", (memory_id,))
+        # The key stays (a retry must not write the memory again) but not the hash of what was written.
+        self._exec("UPDATE idempotency SET request_hash = '' WHERE memory_id = ?", (memory_id,))
 
     # ------------------------------------------------------------------------------------------------ usage
 
@@ -755,3 +764,21 @@ class SqliteStore:
             cubes,
         )
         return [_row_to_version(r) for r in rows]
+
+    # ------------------------------------------------------------------------------------------------ idempotency
+
+    def idempotent_result(self, principal: str, key: str) -> tuple[str, str, str, int] | None:
+        """What the syscall with idempotency ``key`` of ``principal`` committed: (op, request hash, memory id,
+        version); None if no such syscall committed (within the retention of keys)."""
+        row = self._one("SELECT op, request_hash, memory_id, version FROM idempotency WHERE principal = ? AND key = ?",
+                        (principal, key))
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]), int(row[3]))
+
+    def remember_idempotent(self, principal: str, key: str, op: str, request_hash: str, memory_id: str, version: int,
+                            at: float, *, keep_s: float) -> None:
+        """Record, in the syscall's own transaction, what ``key`` committed; forget keys older than ``keep_s``."""
+        self._exec("DELETE FROM idempotency WHERE at < ?", (at - keep_s,))
+        self._exec(
+            "INSERT INTO idempotency(principal, key, op, request_hash, memory_id, version, at) VALUES (?,?,?,?,?,?,?)",
+            (principal, key, op, request_hash, memory_id, version, at),
+        )

@@ -154,8 +154,9 @@ def test_yaml_aliases_are_not_expanded_when_checking_keys() -> None:
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
     with pytest.raises(PolicyError) as caught:
         parse_spec("\n".join(lines) + "\n", "x.yaml")
-    assert len(caught.value.details["problems"]) == 9
-    assert all(len(problem) < 300 for problem in caught.value.details["problems"])
+    # Refused before the keys are checked: the aliases expand past the bound (memos.schedulers.loader).
+    [problem] = caught.value.details["problems"]
+    assert "aliases expand this value" in problem and len(problem) < 300
 
 
 def test_shorthands_and_defaults() -> None:
