@@ -524,13 +524,14 @@ def cmd_bench_soak(args: argparse.Namespace) -> int:
     if args.kill_actor:  # Ray restarts the kernel actor; clients resend: nothing lost, nothing twice
         from memos.bench.actor_soak import run_actor_soak
 
-        low, high = (float(x) for x in args.kill_after.split(",")) if args.kill_after != "0.05,1.5" else (2.0, 4.0)
+        low, high = (float(x) for x in (args.kill_after or "2,4").split(","))
         report = run_actor_soak(args.cycles, writers=args.writers, kill_every_s=(low, high), home=args.bench_home,
-                                out_dir=args.out, seed=args.seed, embedder=args.embedder)
+                                out_dir=args.out, seed=args.seed,
+                                embedder="hashing" if args.embedder == "hashing" else "all-MiniLM-L6-v2")
         return 1 if report["acknowledged_writes_lost"] or report["duplicated"] else 0
     from memos.bench.soak import run_crash_soak
 
-    low, high = (float(x) for x in args.kill_after.split(","))
+    low, high = (float(x) for x in (args.kill_after or "0.05,1.5").split(","))
     result = run_crash_soak(
         args.cycles, home=args.bench_home, out_dir=args.out, seed=args.seed, kill_after_s=(low, high),
         embedder=args.embedder, dense_sample=args.dense_sample,
@@ -703,12 +704,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("soak", help="SIGKILL the kernel at random points, restart, verify everything acknowledged")
     p.add_argument("--cycles", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kill-after", default="0.05,1.5", help="min,max seconds before each kill")
+    p.add_argument("--kill-after", help="min,max seconds before each kill (default 0.05,1.5; with --kill-actor 2,4)")
     p.add_argument("--embedder", default="hashing", choices=["hashing", "minilm"])
     p.add_argument("--dense-sample", type=int, default=25)
     p.add_argument("--kill-actor", action="store_true",
                    help="instead: SIGKILL the kernel actor on a local Ray --cycles times under concurrent writers; Ray "
-                        "restarts it (kill window default 2,4 s); reports lost, duplicated and unreachable seconds")
+                        "restarts it; reports lost, duplicated and unreachable seconds")
     p.add_argument("--writers", type=int, default=4, help="concurrent writers with --kill-actor")
     p.add_argument("--home", dest="bench_home", help="data dir (default: a temporary one)")
     p.add_argument("--out", default="bench-results/soak")

@@ -259,6 +259,7 @@ def up(settings: Settings) -> dict[str, Any]:
         _ensure_auth_token()
     # A free GCS port, not Ray's default 6379, which another Ray on this machine (e.g. an embedded one) may hold.
     gcs_address = f"127.0.0.1:{_free_port()}"
+    began = time.time()
     cmd = [
         _ray_cli(), "start", "--head", f"--port={gcs_address.rpartition(':')[2]}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={settings.dashboard_port}", f"--metrics-export-port={settings.metrics_export_port}",
@@ -274,12 +275,15 @@ def up(settings: Settings) -> dict[str, Any]:
         # A head that failed half-way (e.g. a port taken) leaves its GCS and dashboard running: stop them. Ray names
         # the session after the pid of the process that made it.
         for partial in Path(tempfile.gettempdir(), "ray").glob(f"session_*_{proc.pid}"):
-            _stop_session(str(partial), gcs_address=gcs_address)
+            stop_processes(session_processes(str(partial), gcs_address, since=began))
         raise BackendError(f"ray start failed: {stderr.strip()[-2000:]}")
     import ray
 
-    # The session `ray start` just made; stopped again if anything below fails, so a failed `up` leaves nothing.
-    session_dir = str(Path(tempfile.gettempdir(), "ray", "session_latest").resolve())
+    # The session `ray start` just made, and the processes it started, recorded now: `memos down` stops those (and
+    # what they started since, e.g. workers), and only those. Stopped again if anything below fails.
+    made = sorted(Path(tempfile.gettempdir(), "ray").glob(f"session_*_{proc.pid}"))
+    session_dir = str(made[-1] if made else Path(tempfile.gettempdir(), "ray", "session_latest").resolve())
+    processes = session_processes(session_dir, gcs_address, since=began)
     try:
         context = ray.init(address="auto", namespace=settings.ray_namespace, log_to_driver=False)
         actors = _start_actors(settings, detached=True)
@@ -295,10 +299,11 @@ def up(settings: Settings) -> dict[str, Any]:
             # `ray start` turns token auth on by default; clients of an existing cluster must be told to send the token.
             "auth_mode": os.environ.get("RAY_AUTH_MODE", "token"),
             "started_at": time.time(),
+            "processes": processes,
         }
     except Exception:
         ray.shutdown()
-        _stop_session(session_dir)
+        stop_processes(processes)
         raise
     settings.cluster_file.parent.mkdir(parents=True, exist_ok=True)
     settings.cluster_file.write_text(json.dumps(info, indent=2))
@@ -374,7 +379,9 @@ def health_advice(health: dict[str, Any] | None) -> str:
 
 
 def down(settings: Settings) -> bool:
-    """Stop the kernel actor and the Ray head ``memos up`` started. Returns False if none was recorded."""
+    """Stop the kernel actor and the Ray head ``memos up`` started: the processes ``up`` recorded and their
+    descendants, never a process that merely names the session (a ``tail -f`` of its log, a Prometheus reading its
+    config). Returns False if no cluster was recorded."""
     info = cluster_info(settings)
     if info is None:
         return False
@@ -387,29 +394,66 @@ def down(settings: Settings) -> bool:
         ray.shutdown()
     except BackendError:
         pass  # already gone: still stop the head and forget it
-    _stop_session(info.get("session_dir"), gcs_address=info.get("address"))
+    recorded = info.get("processes")
+    if recorded is None:  # a cluster.json from before processes were recorded: Ray's own components of the session
+        recorded = [p for p in session_processes(info.get("session_dir"), info.get("address"), since=0.0)
+                    if p["ray"]]
+    stop_processes(recorded)
     settings.cluster_file.unlink(missing_ok=True)
     return True
 
 
-def _stop_session(session_dir: str | None, timeout: float = 15.0, *, gcs_address: str | None = None) -> None:
-    """Stop only the processes of the Ray session ``memos up`` started (``ray stop`` would stop every Ray on the
-    machine): those whose command line names the session or its GCS address (the Ray client server names only the
-    address), and their descendants (the dashboard's module processes name neither)."""
+def _is_ray_component(name: str, cmdline: str) -> bool:
+    return name in ("raylet", "gcs_server") or any(
+        mark in cmdline for mark in ("ray/_private/", "ray/dashboard/", "ray/autoscaler/", "default_worker.py", "ray::")
+    )
+
+
+def session_processes(session_dir: str | None, gcs_address: str | None, *, since: float) -> list[dict[str, Any]]:
+    """The processes of a Ray session that started at or after ``since`` (epoch s): those whose command line names
+    the session or its GCS address (the Ray client server names only the address), with their descendants (the
+    dashboard's module processes name neither). Each as ``{"pid", "create_time", "name", "ray"}``; ``ray`` says it
+    looks like a Ray component. Never this process."""
     import psutil
 
-    if not session_dir:
-        subprocess.run([_ray_cli(), "stop"], capture_output=True, text=True, timeout=120)
-        return
-    name = Path(session_dir).name
-    procs: dict[int, Any] = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    if not session_dir and not gcs_address:
+        return []
+    name = Path(session_dir).name if session_dir else None
+    found: dict[int, Any] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         cmdline = " ".join(proc.info.get("cmdline") or ())
-        ours = name in cmdline or (gcs_address is not None and f"--address={gcs_address}" in cmdline)
-        if ours and proc.pid != os.getpid():
-            procs[proc.pid] = proc
-            with contextlib.suppress(psutil.Error):
-                procs.update({child.pid: child for child in proc.children(recursive=True) if child.pid != os.getpid()})
+        ours = (name is not None and name in cmdline) or (gcs_address is not None and f"--address={gcs_address}" in cmdline)
+        if not ours or proc.pid == os.getpid() or (proc.info.get("create_time") or 0) < since - 1.0:
+            continue
+        found[proc.pid] = proc
+        with contextlib.suppress(psutil.Error):
+            found.update({c.pid: c for c in proc.children(recursive=True) if c.pid != os.getpid()})
+    out = []
+    for proc in found.values():
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(proc.cmdline())
+            out.append({"pid": proc.pid, "create_time": proc.create_time(), "name": proc.name(),
+                        "ray": _is_ray_component(proc.name(), cmdline)})
+    return sorted(out, key=lambda p: p["pid"])
+
+
+def stop_processes(recorded: list[dict[str, Any]], timeout: float = 15.0) -> list[int]:
+    """Stop the recorded processes that still run (same pid *and* start time: a reused pid is someone else's) and
+    their descendants: SIGTERM, then SIGKILL after ``timeout``. Returns the pids stopped."""
+    import psutil
+
+    procs: dict[int, Any] = {}
+    for record in recorded:
+        try:
+            proc = psutil.Process(int(record["pid"]))
+            if abs(proc.create_time() - float(record["create_time"])) > 0.5:
+                continue
+        except (psutil.Error, KeyError, TypeError, ValueError):
+            continue
+        procs[proc.pid] = proc
+        with contextlib.suppress(psutil.Error):
+            procs.update({c.pid: c for c in proc.children(recursive=True)})
+    procs.pop(os.getpid(), None)
     for proc in procs.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
@@ -418,3 +462,4 @@ def _stop_session(session_dir: str | None, timeout: float = 15.0, *, gcs_address
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(alive, timeout=5.0)  # until the killed ones let go of their ports
+    return sorted(procs)

@@ -34,11 +34,16 @@ def test_up_status_down_and_metrics_on_the_ray_export(tmp_path):
     up = memos(home, "up")
     assert up.returncode == 0, up.stdout + up.stderr
     info = json.loads((home / "cluster.json").read_text())
+    # Someone follows a session log: `memos down` must leave that process alone (issue 13: it killed it).
+    tail = subprocess.Popen(["tail", "-f", str(Path(info["session_dir"]) / "logs" / "raylet.out")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert info["dashboard_url"] == f"http://127.0.0.1:{DASHBOARD_PORT}"
+        assert any(p["name"] == "raylet" for p in info["processes"]), info["processes"]
         status = memos(home, "status")
         assert status.returncode == 0, status.stdout + status.stderr
         assert "memos is running" in status.stdout and info["dashboard_url"] in status.stdout
+        assert "kernel actor ALIVE" in status.stdout, status.stdout
 
         assert memos(home, "write", "--as", "agent:ops", "ops/notes", "x").returncode == 2  # no such cube: typed error
         code = (
@@ -68,7 +73,11 @@ def test_up_status_down_and_metrics_on_the_ray_export(tmp_path):
         assert metric_values(text, "ray_memos_syscall_latency_seconds_count")
     finally:
         down = memos(home, "down")
+        tail_survived = tail.poll() is None
+        tail.kill()
+        tail.wait(timeout=30)
     assert down.returncode == 0 and "memos is down" in down.stdout
+    assert tail_survived, "memos down killed a process it did not start"
     assert memos(home, "status").returncode == 1
 
 
