@@ -20,6 +20,16 @@ from memos.errors import BackendError, CorruptPayload
 from memos.types import PayloadRef
 
 
+def shown(path: str | Path) -> str:
+    """A blob's path as errors show it: from the data dir's ``blobs/`` on (``blobs/ab/m_....safetensors``), or its
+    file name. An error may travel to a remote caller (HTTP, MCP): it never carries the server's absolute paths."""
+    parts = Path(path).parts
+    if "blobs" in parts:
+        at = len(parts) - 1 - parts[::-1].index("blobs")
+        return "/".join(parts[at:])
+    return Path(path).name
+
+
 def write_payload(path: str | Path, data: bytes, *, what: str) -> PayloadRef:
     """Write ``data`` to ``path`` atomically (replacing any file there) and return its reference.
 
@@ -30,7 +40,7 @@ def write_payload(path: str | Path, data: bytes, *, what: str) -> PayloadRef:
     try:
         _write_atomically(path, data)
     except OSError as exc:
-        raise BackendError(f"cannot write {what} {path}: {exc}", path=str(path)) from exc
+        raise BackendError(f"cannot write {what} {shown(path)}: {exc.strerror}", path=shown(path)) from exc
     return PayloadRef(path=str(path), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
 
 
@@ -46,16 +56,18 @@ def read_verified(ref: PayloadRef, *, what: str) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise CorruptPayload(f"{what} {path} is missing", path=str(path)) from exc
+        raise CorruptPayload(f"{what} {shown(path)} is missing", path=shown(path)) from exc
     except OSError as exc:
-        raise BackendError(f"cannot read {what} {path}: {exc}", path=str(path)) from exc
+        raise BackendError(f"cannot read {what} {shown(path)}: {exc.strerror}", path=shown(path)) from exc
     if len(data) != ref.size_bytes:
         raise CorruptPayload(
-            f"{what} {path} has {len(data)} bytes, expected {ref.size_bytes} (truncated or rewritten)", path=str(path)
+            f"{what} {shown(path)} has {len(data)} bytes, expected {ref.size_bytes} (truncated or rewritten)",
+            path=shown(path),
         )
     digest = hashlib.sha256(data).hexdigest()
     if digest != ref.sha256:
-        raise CorruptPayload(f"{what} {path} is altered: sha256 {digest}, expected {ref.sha256}", path=str(path))
+        raise CorruptPayload(f"{what} {shown(path)} is altered: sha256 {digest}, expected {ref.sha256}",
+                             path=shown(path))
     return data
 
 

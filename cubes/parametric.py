@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from memos.cubes.activation import check_fingerprint
-from memos.cubes.blobs import read_header, read_verified, write_payload
+from memos.cubes.blobs import read_header, read_verified, shown, write_payload
 from memos.errors import CorruptPayload
 from memos.types import Fingerprint, MemoryRef, PayloadRef
 
@@ -169,7 +169,7 @@ def load_adapter(ref: PayloadRef, expected: Fingerprint) -> AdapterPayload:
             raise ValueError(f"tensors not named in the header: {sorted(tensors)[:5]}")
         return AdapterPayload(info=info, weights=weights)
     except (SafetensorError, KeyError, ValueError) as exc:
-        raise CorruptPayload(f"{_WHAT} {ref.path} is malformed: {exc}", path=ref.path) from exc
+        raise CorruptPayload(f"{_WHAT} {shown(ref.path)} is malformed: {exc}", path=shown(ref.path)) from exc
 
 
 def adapter_info(ref: PayloadRef) -> AdapterInfo:

@@ -490,11 +490,14 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from memos.server.keys import add_key, hash_key, revoke_keys
+    from memos.server.keys import add_key, hash_key, revoke_keys, superuser_warning
 
     path = _keys_path(args)
     try:
         if args.keys_command == "add":
+            warning = superuser_warning(args.principal, _settings(args).superusers)
+            if warning:
+                print(warning, file=sys.stderr)
             key = add_key(path, args.principal)
             print(key)
             print(f"a key for {args.principal}, shown once; {path} keeps only its sha256 {hash_key(key)}", file=sys.stderr)

@@ -238,7 +238,9 @@ class _Guard:
             await self.app(scope, receive, send_hardened)
             return
         headers = Headers(scope=scope)
-        principal = self.keys.principal_for(_bearer(headers.get("authorization")))
+        authorizations = headers.getlist("authorization")
+        # Two Authorization headers are ambiguous (which key acts?): refused like a missing key.
+        principal = self.keys.principal_for(_bearer(authorizations[0])) if len(authorizations) == 1 else None
         if principal is None:
             denied = PermissionDenied("a valid API key is required: 'Authorization: Bearer <key>'", reason="unauthenticated")
             response = error_response(denied, status=401, headers={"WWW-Authenticate": 'Bearer realm="memos"'})
@@ -276,10 +278,13 @@ def _caller(
         PermissionDenied: ``X-Memos-Principal`` names someone else.
     """
     principal = request.scope[PRINCIPAL_SCOPE_KEY]
-    if asserted is not None and asserted != principal:
-        raise PermissionDenied(
-            f"this API key acts as {principal!r}, not {asserted!r}", principal=principal, asserted=asserted
-        )
+    # Every X-Memos-Principal header is checked, not just the first one FastAPI hands over: a second header naming
+    # someone else must not pass because a proxy or a client library put the matching one first.
+    for claimed in [asserted, *request.headers.getlist("x-memos-principal")]:
+        if claimed is not None and claimed != principal:
+            raise PermissionDenied(
+                f"this API key acts as {principal!r}, not {claimed!r}", principal=principal, asserted=claimed
+            )
     return principal
 
 

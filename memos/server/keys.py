@@ -203,6 +203,16 @@ def add_key(path: str | Path, principal: str) -> str:
     return key
 
 
+def superuser_warning(principal: str, superusers: tuple[str, ...] | frozenset[str]) -> str | None:
+    """The warning ``memos keys add`` prints for a key that acts as a superuser (``system`` by default): such a key
+    reads, changes and purges every cube, whatever its grants. None for any other principal."""
+    if principal not in superusers:
+        return None
+    return (f"warning: {principal!r} is a superuser: this key can read, change and purge every cube and sees every "
+            "audit record. Give agents and people their own principals with grants; keep a superuser key for "
+            "operators, stored like a root password ('memos keys revoke " + principal + "' removes it)")
+
+
 def revoke_keys(path: str | Path, principal: str) -> int:
     """Remove every key of ``principal`` from ``path``; return how many were removed.
 

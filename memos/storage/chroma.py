@@ -57,7 +57,8 @@ class ChromaIndex:
                 collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
             )
         except Exception as exc:  # chromadb raises many unrelated types; translate once, here
-            raise BackendError(f"chroma: cannot open the vector index ({exc})", path=str(path), url=url) from exc
+            raise BackendError(f"chroma: cannot open the vector index ({exc})",
+                               path=Path(path).name if path else None, url=url) from exc
 
     def upsert(self, entries: list[IndexEntry]) -> None:
         try:

@@ -210,7 +210,8 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
         except sqlite3.DatabaseError as exc:
-            raise CorruptPayload(f"cannot open the memos database {self.path}: {exc}", path=str(self.path)) from exc
+            # The file's name, not its absolute path: errors may reach remote callers (HTTP, MCP).
+            raise CorruptPayload(f"cannot open the memos database {self.path.name}: {exc}", path=self.path.name) from exc
         self._depth = 0
 
     def close(self) -> None:
@@ -267,7 +268,7 @@ class SqliteStore:
             self._exec("RELEASE item")
 
     def _error(self, exc: sqlite3.Error, sql: str) -> BackendError:
-        return BackendError(f"sqlite {self.path}: {exc}", sql=sql.split()[0], path=str(self.path))
+        return BackendError(f"sqlite {self.path.name}: {exc}", sql=sql.split()[0], path=self.path.name)
 
     def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         try:
