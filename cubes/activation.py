@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memos.cubes.blobs import read_header, read_verified, write_payload
+from memos.cubes.blobs import read_header, read_verified, shown, write_payload
 from memos.errors import CorruptPayload, FingerprintMismatch
 from memos.types import Fingerprint, KVCompression, PayloadRef
 
@@ -232,9 +232,9 @@ def load_kv(ref: PayloadRef, expected: Fingerprint) -> KVPayload:
         FingerprintMismatch: a sound file built for another model (the message names the differing fields).
     """
     data = read_verified(ref, what=_WHAT)
-    path = ref.path
-    payload = _parse(data, name=str(path))
-    check_fingerprint(payload.fingerprint, expected, what=f"{_WHAT} {path}")
+    name = shown(ref.path)  # errors name the file from the data dir's blobs/ on, never the absolute path
+    payload = _parse(data, name=name)
+    check_fingerprint(payload.fingerprint, expected, what=f"{_WHAT} {name}")
     return payload
 
 

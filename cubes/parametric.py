@@ -160,8 +160,8 @@ def load_adapter(ref: PayloadRef, expected: Fingerprint) -> AdapterPayload:
     from safetensors.torch import load
 
     data = read_verified(ref, what=_WHAT)
-    info = _parse_info(data, ref.path)
-    check_fingerprint(info.fingerprint, expected, what=f"{_WHAT} {ref.path}")
+    info = _parse_info(data, shown(ref.path))
+    check_fingerprint(info.fingerprint, expected, what=f"{_WHAT} {shown(ref.path)}")
     try:
         tensors = load(data)
         weights = {m: (tensors.pop(f"{m}.lora_A"), tensors.pop(f"{m}.lora_B")) for m in info.modules}
@@ -178,7 +178,7 @@ def adapter_info(ref: PayloadRef) -> AdapterInfo:
     Raises:
         CorruptPayload: missing, truncated, altered or malformed file.
     """
-    return _parse_info(read_verified(ref, what=_WHAT), ref.path)
+    return _parse_info(read_verified(ref, what=_WHAT), shown(ref.path))
 
 
 def _parse_info(data: bytes, name: str) -> AdapterInfo:
