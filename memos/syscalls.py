@@ -674,7 +674,7 @@ IDEMPOTENCY_KEEP_S = 24 * 3600.0
 #: ``assemble_context`` count as uses of what they return; a resent one may count twice.)
 RETRY_SAFE_OPS = frozenset({
     "list_cubes", "cube_info", "read", "list", "search", "history", "stats", "events", "audit", "snapshot", "jobs",
-    "assemble_context",
+    "assemble_context", "related",
 })
 
 
