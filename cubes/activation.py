@@ -32,6 +32,7 @@ torch and safetensors are imported lazily: the kernel imports this module (types
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,18 @@ class KVPayload:
     def num_layers(self) -> int:
         return len(self.keys)
 
+    def to(self, device: str) -> KVPayload:
+        """The same payload with its tensors on ``device`` (itself when they are already there); positions stay on
+        the CPU (they index, they are not computed with)."""
+        if str(self.keys[0].device) == device or (device == "cuda" and self.keys[0].device.type == "cuda"):
+            return self
+
+        def move(ts: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...] | None:
+            return None if ts is None else tuple(t.to(device) for t in ts)
+
+        return dataclasses.replace(self, keys=move(self.keys), values=move(self.values),  # type: ignore[arg-type]
+                                   key_scales=move(self.key_scales), value_scales=move(self.value_scales))
+
     def dense(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Per layer ``(keys, values)`` in the fingerprint's dtype: the tensors themselves, or new dequantised ones
         for an int8 payload (``int8 * scale``)."""
@@ -194,14 +207,14 @@ def save_kv(payload: KVPayload, path: str | Path) -> PayloadRef:
 
     tensors: dict[str, Any] = {}
     for i, (k, v) in enumerate(zip(payload.keys, payload.values, strict=True)):
-        tensors[f"layers.{i}.keys"] = k.contiguous()
-        tensors[f"layers.{i}.values"] = v.contiguous()
+        tensors[f"layers.{i}.keys"] = k.cpu().contiguous()
+        tensors[f"layers.{i}.values"] = v.cpu().contiguous()
         if payload.key_scales is not None and payload.value_scales is not None:
-            tensors[f"layers.{i}.key_scales"] = payload.key_scales[i].contiguous()
-            tensors[f"layers.{i}.value_scales"] = payload.value_scales[i].contiguous()
+            tensors[f"layers.{i}.key_scales"] = payload.key_scales[i].cpu().contiguous()
+            tensors[f"layers.{i}.value_scales"] = payload.value_scales[i].cpu().contiguous()
     tensors["token_ids"] = torch.tensor(payload.token_ids, dtype=torch.int64)
     if payload.positions is not None:
-        tensors["positions"] = payload.positions.to(torch.int32).contiguous()
+        tensors["positions"] = payload.positions.cpu().to(torch.int32).contiguous()
     fp = payload.fingerprint
     metadata = {
         "format": FORMAT,

@@ -7,6 +7,8 @@
 | MEMOS_SQLITE_SYNC | FULL | SQLite synchronous mode (FULL survives power loss; NORMAL survives process crashes) |
 | MEMOS_LOG_LEVEL | WARNING | structlog level |
 | MEMOS_MODEL | smollm2 | the model host's model (``none`` disables it: plaintext memory only) |
+| MEMOS_MODEL_DEVICE | auto | where the model runs: ``auto`` (a CUDA GPU if torch sees one, else the CPU), ``cpu``, ``cuda``, ``cuda:<n>`` |
+| MEMOS_MODEL_DTYPE | auto | ``auto`` (float32 on the CPU, bfloat16 or float16 on a GPU), ``float32``, ``bfloat16``, ``float16`` |
 | MEMOS_MODEL_CACHE | ~/.cache/memos/models | converted models, shared by every data dir on the machine (keyed by the source file's sha256) |
 | MEMOS_POLICIES | (none) | policy files for the scheduler, separated by ``:`` |
 | MEMOS_LLM | rules | language model for memory work (ingest, summaries): ``rules``, ``local`` or ``openai`` |
@@ -50,11 +52,14 @@ class Settings(BaseModel):
     # The language model behind activation memory and generate: "smollm2" (bundled), a .gguf file, a local
     # Hugging Face causal-LM directory, or None for no model host (plaintext memory only).
     model: str | None = "smollm2"
-    model_dtype: Literal["float32", "bfloat16"] = "float32"
+    # "auto": float32 on the CPU, bfloat16 (or float16) on a GPU; device "auto": the first CUDA GPU if torch sees one.
+    model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    model_device: str = "auto"
     model_cache: Path = Field(default_factory=default_model_cache)
     activation_disk_bytes: int | None = 2 * 1024**3
     activation_max_memories: int | None = None
     activation_ram_bytes: int = 256 * 1024**2
+    activation_gpu_bytes: int = 1024**3  # the GPU tier of loaded caches (used only when the model runs on a GPU)
     loaded_adapters: int = 2  # LoRA adapters kept ready in the model host's RAM (LRU)
     compose_method: Literal["rotate", "recompute"] = "recompute"  # exact; "rotate" is cheaper but approximate (docs/activation.md)
     # The language model for memory work (memos.models.llm): "rules" (no model), "local" (the model host) or
@@ -80,6 +85,10 @@ class Settings(BaseModel):
         if os.environ.get("MEMOS_MODEL"):
             value = os.environ["MEMOS_MODEL"]
             env["model"] = None if value.lower() == "none" else value
+        if os.environ.get("MEMOS_MODEL_DEVICE"):
+            env["model_device"] = os.environ["MEMOS_MODEL_DEVICE"]
+        if os.environ.get("MEMOS_MODEL_DTYPE"):
+            env["model_dtype"] = os.environ["MEMOS_MODEL_DTYPE"]
         if os.environ.get("MEMOS_DASHBOARD_PORT"):
             env["dashboard_port"] = int(os.environ["MEMOS_DASHBOARD_PORT"])
         if os.environ.get("MEMOS_METRICS_PORT"):

@@ -322,7 +322,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``memos bench activation``."""
     parser.add_argument("--out", default="bench-results/activation", help="output directory")
     parser.add_argument("--model", default="smollm2", help="'smollm2', a .gguf file or a local HF model directory")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="auto: float32 on the CPU, bfloat16 (or float16) on a GPU")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:<n>")
     parser.add_argument("--cache-dir", default=None, help="converted-model cache (default: $MEMOS_MODEL_CACHE or ~/.cache/memos/models)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable core)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
@@ -340,7 +342,8 @@ def main(args: argparse.Namespace) -> int:
     from memos.models.loader import ModelSpec
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_model_cache()
-    host = ModelHost(ModelSpec(model=args.model, dtype=args.dtype, cache_dir=cache_dir, num_threads=args.threads))
+    host = ModelHost(ModelSpec(model=args.model, dtype=args.dtype, cache_dir=cache_dir, num_threads=args.threads,
+                               device=args.device))
     if args.compression is not None:
         from memos.bench import kv_compression
 

@@ -99,6 +99,8 @@ class ModelHost:
         # Threads are a process-wide setting: the host owns its process's compute, so it sets them.
         self.num_threads = configure_threads(self.spec.num_threads)
         self.loaded: LoadedModel = load_model(self.spec)
+        #: Where the model runs ("cpu", "cuda", "cuda:<n>"): inputs and injected caches are moved there.
+        self.device = self.loaded.device
         self._model = self.loaded.model
         self._tokenizer = self.loaded.tokenizer
         self._max_positions = int(getattr(self._model.config, "max_position_embeddings", 0) or 1 << 31)
@@ -250,7 +252,7 @@ class ModelHost:
             position = cached
             for i in range(max_new_tokens):
                 out = self._model(
-                    input_ids=torch.tensor([step]), position_ids=torch.arange(position, position + len(step))[None],
+                    input_ids=self._ids(step), position_ids=self._positions(position, len(step)),
                     past_key_values=cache, use_cache=True, logits_to_keep=1,
                 )
                 position += len(step)
@@ -273,6 +275,12 @@ class ModelHost:
         )
 
     # ------------------------------------------------------------------------------------------------ internals
+
+    def _ids(self, ids: Sequence[int]) -> torch.Tensor:
+        return self._torch.tensor([list(ids)], device=self.device)
+
+    def _positions(self, start: int, count: int) -> torch.Tensor:
+        return self._torch.arange(start, start + count, device=self.device)[None]
 
     def _encode(self, text: str) -> list[int]:
         # Rendered prompts already hold their special tokens; adding a BOS here would shift every position.
@@ -304,7 +312,7 @@ class ModelHost:
         at construction, so it owns a copy and generation never writes to ``kv``'s tensors."""
         if kv is None:
             return self._dynamic_cache(config=self._model.config)
-        data = [(k.unsqueeze(0), v.unsqueeze(0)) for k, v in kv.dense()]
+        data = [(k.unsqueeze(0).to(self.device), v.unsqueeze(0).to(self.device)) for k, v in kv.dense()]
         return self._dynamic_cache(ddp_cache_data=data, config=self._model.config)
 
     def _extend(self, base: KVPayload | None, ids: Sequence[int], messages: tuple[str, ...], *, exact: bool) -> KVPayload:
@@ -314,7 +322,7 @@ class ModelHost:
         start = base.num_tokens if base else 0
         with torch.inference_mode():
             cache = self._cache_of(base)
-            self._model(input_ids=torch.tensor([list(ids)]), position_ids=torch.arange(start, start + len(ids))[None],
+            self._model(input_ids=self._ids(ids), position_ids=self._positions(start, len(ids)),
                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         return self._payload_of(cache, base, ids, messages, exact=exact)
 
@@ -361,12 +369,12 @@ class ModelHost:
         with torch.inference_mode():
             cache = self._cache_of(None)
             if first_scored:
-                self._model(input_ids=torch.tensor([list(ids[:first_scored])]), past_key_values=cache, use_cache=True,
+                self._model(input_ids=self._ids(ids[:first_scored]), past_key_values=cache, use_cache=True,
                             logits_to_keep=1)
             with self._eager_attention():
                 for start in range(first_scored, n, _SCORE_CHUNK):
                     chunk = list(ids[start:start + _SCORE_CHUNK])
-                    out = self._model(input_ids=torch.tensor([chunk]), past_key_values=cache, use_cache=True,
+                    out = self._model(input_ids=self._ids(chunk), past_key_values=cache, use_cache=True,
                                       logits_to_keep=1, output_attentions=True)
                     # Each chunk's queries see keys 0..start+len(chunk)-1; later keys got no attention from them.
                     part = attention_to_scores([a[0] for a in out.attentions], kv_heads)
@@ -395,8 +403,8 @@ class ModelHost:
         for payload in payloads:
             # float64 angles: offset * inv_freq reaches thousands of radians, where float32 loses ~1e-3 rad.
             angles = offset * inv_freq.double()
-            cos = torch.cat([angles.cos(), angles.cos()]).float()
-            sin = torch.cat([angles.sin(), angles.sin()]).float()
+            cos = torch.cat([angles.cos(), angles.cos()]).float().to(payload.keys[0].device)
+            sin = torch.cat([angles.sin(), angles.sin()]).float().to(payload.keys[0].device)
             for layer, (k, v) in enumerate(payload.dense()):
                 keys[layer].append(_rotate(k, cos, sin) if offset else k)
                 values[layer].append(v)
@@ -435,7 +443,8 @@ class ModelHost:
         torch = self._torch
         if greedy:
             return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        # On the CPU: the seeded generator is a CPU generator, whatever device the model runs on.
+        probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=generator).item())
 
 

@@ -76,7 +76,7 @@ def select_positions(compression: KVCompression, n: int, layers: int, heads: int
     if scores is None or tuple(scores.shape) != (layers, heads, n):
         raise ValueError(f"{compression.select} needs scores [layers={layers}, heads={heads}, n={n}], "
                          f"got {None if scores is None else tuple(scores.shape)}")
-    scores = scores.float()
+    scores = scores.float().cpu()
     if compression.select == "snapkv" and compression.pool > 1:
         flat = scores.reshape(layers * heads, 1, n)
         scores = torch.nn.functional.avg_pool1d(flat, compression.pool, stride=1, padding=compression.pool // 2,
@@ -118,7 +118,7 @@ def compress(payload: KVPayload, compression: KVCompression, scores: torch.Tenso
     if compression.select != "none":
         heads = keys[0].shape[0]
         positions = select_positions(compression, payload.num_tokens, payload.num_layers, heads, scores)
-        index = [p.unsqueeze(-1).expand(-1, -1, k.shape[-1]) for p, k in zip(positions, keys, strict=True)]
+        index = [p.to(k.device).unsqueeze(-1).expand(-1, -1, k.shape[-1]) for p, k in zip(positions, keys, strict=True)]
         keys = tuple(torch.gather(k, 1, i) for k, i in zip(keys, index, strict=True))
         values = tuple(torch.gather(v, 1, i) for v, i in zip(values, index, strict=True))
         positions = positions.to(torch.int32)

@@ -27,6 +27,7 @@ The :class:`~memos.types.Fingerprint` is computed once per load:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -42,8 +43,8 @@ from memos.errors import ModelUnavailable
 from memos.types import Fingerprint
 
 DEFAULT_MODEL = "smollm2"
-Dtype = Literal["float32", "bfloat16"]
-_DTYPES = ("float32", "bfloat16")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # Config fields that name where or how the weights were stored, not what the model computes.
 _CONFIG_NOISE = frozenset(
@@ -67,7 +68,11 @@ class ModelSpec:
     Attributes:
         model: ``"smollm2"`` (the bundled default), a path to a ``.gguf`` file, or a local Hugging Face causal-LM
             directory.
-        dtype: weights and KV-cache dtype, ``"float32"`` or ``"bfloat16"`` (this CPU runs bf16 natively, ~2x faster).
+        dtype: weights and KV-cache dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (float32 on
+            the CPU; on a GPU bfloat16 where it is supported, else float16). The fingerprint holds the resolved dtype.
+        device: ``"auto"`` (the first CUDA GPU when torch sees one, else the CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:<n>"``. Payloads are valid across devices (the fingerprint does not name one): a cache built on
+            a GPU loads on a CPU host of the same model and dtype.
         cache_dir: where converted GGUF models are kept (the kernel passes ``<data dir>/models``); ``None`` converts
             on every load.
         model_id: overrides the fingerprint's model id (see the module docstring).
@@ -78,6 +83,7 @@ class ModelSpec:
 
     model: str = DEFAULT_MODEL
     dtype: Dtype = "float32"
+    device: str = "auto"
     cache_dir: Path | None = None
     model_id: str | None = None
     num_threads: int | None = None
@@ -92,6 +98,7 @@ class LoadedModel:
     fingerprint: Fingerprint
     source: Path
     load_s: float
+    device: str = "cpu"
 
 
 def bundled_smollm2_gguf() -> Path:
@@ -133,6 +140,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     quiet_libraries()
     if spec.dtype not in _DTYPES:
         raise ModelUnavailable(f"unsupported dtype {spec.dtype!r}; use one of {', '.join(_DTYPES)}", dtype=spec.dtype)
+    device, dtype = resolve_device(spec.device, spec.dtype)
+    spec = dataclasses.replace(spec, dtype=dtype)  # type: ignore[arg-type]
     started = time.perf_counter()
     if spec.model == DEFAULT_MODEL:
         model, tokenizer, source, model_id = _load_gguf(bundled_smollm2_gguf(), spec)
@@ -142,9 +151,32 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         source = Path(spec.model)
         model, tokenizer = _load_hf_dir(source, spec.dtype)
         model_id = source.resolve().name
-    model.eval()
+    model.to(device).eval()
     fingerprint = compute_fingerprint(model, tokenizer, model_id=spec.model_id or model_id, dtype=spec.dtype)
-    return LoadedModel(model, tokenizer, fingerprint, source, time.perf_counter() - started)
+    return LoadedModel(model, tokenizer, fingerprint, source, time.perf_counter() - started, device)
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, str]:
+    """The device and dtype ``device`` / ``dtype`` (see :class:`ModelSpec`) mean on this machine.
+
+    Raises:
+        ModelUnavailable: a CUDA device was asked for and torch sees none (or not that one), or an unknown device.
+    """
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = device.partition(":")[2]
+        if not torch.cuda.is_available() or (index and (not index.isdigit() or int(index) >= torch.cuda.device_count())):
+            raise ModelUnavailable(
+                f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA devices "
+                f"(torch {torch.__version__}); use device 'auto' or 'cpu'", device=device)
+        if dtype == "auto":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    elif device != "cpu":
+        raise ModelUnavailable(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<n>'", device=device)
+    return device, "float32" if dtype == "auto" else dtype
 
 
 def compute_fingerprint(model: Any, tokenizer: Any, *, model_id: str, dtype: str) -> Fingerprint:
@@ -261,4 +293,4 @@ def _load_hf_dir(path: Path, dtype: str) -> tuple[Any, Any]:
 def _torch_dtype(dtype: str) -> Any:
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

@@ -1,11 +1,14 @@
-"""The model host as the kernel sees it (``memos.models.port.ModelPort``): a ``ModelHost`` plus the RAM tier
-of activation memory.
+"""The model host as the kernel sees it (``memos.models.port.ModelPort``): a ``ModelHost`` plus the GPU and RAM
+tiers of activation memory.
 
-**RAM tier.** Loaded KV payloads are kept in an LRU keyed by file path and sha256, bounded by ``ram_budget_bytes``
-(counted with ``payload_nbytes``). A payload not in RAM is loaded from disk, which checks its size, sha256 and the
-model fingerprint every time. When the budget is exceeded the least recently used payloads are dropped from RAM
-(they stay on disk; the kernel's disk budget and demotion are separate). Payloads are immutable: generation works
-on a fresh cache built from them.
+**Tiers.** Loaded KV payloads are kept in LRUs keyed by file path and sha256, each bounded in bytes (counted with
+``payload_nbytes``, so a compressed payload costs its compressed size): the **GPU tier** (``gpu_budget_bytes``,
+payloads on the model's device; only when the model runs on a GPU) above the **RAM tier** (``ram_budget_bytes``,
+CPU copies) above the disk (the kernel's disk budget and demotion, separate). A payload in neither tier is loaded
+from disk, which checks its size, sha256 and the model fingerprint every time, and enters the RAM tier; on a GPU
+host it is then copied into the GPU tier. The tiers are inclusive: a payload evicted from the GPU tier (least
+recently used first) is still in RAM, one evicted from RAM is still on disk; each tier keeps at least the payload
+just used, even above its budget. Payloads are immutable: generation works on a fresh cache built from them.
 
 **Several activation memories** are joined with ``ModelHost.compose`` (``compose_method``, default
 ``"recompute"``: exact, it prefills the blocks after the first; ``"rotate"``: RoPE re-rotation, cheap but approximate,
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,53 @@ from memos.types import Fingerprint
 DEFAULT_RAM_BUDGET = 256 * 1024 * 1024
 
 
+DEFAULT_GPU_BUDGET = 1024 * 1024 * 1024
+
+
+class Tier:
+    """One LRU tier of loaded payloads: ``key -> (payload, nbytes)``, bounded by ``budget_bytes``.
+
+    Not thread-safe (the service's lock guards it). Eviction order: least recently used first (``get`` and ``put``
+    refresh), never the entry just put.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, str]) -> Any | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        self._entries.move_to_end(key)
+        return hit[0]
+
+    def put(self, key: tuple[str, str], payload: Any, nbytes: int) -> list[tuple[str, str]]:
+        """Keep ``payload``; return the keys evicted to stay within the budget."""
+        self.drop([key])
+        self._entries[key] = (payload, nbytes)
+        self.bytes += nbytes
+        evicted = []
+        while self.bytes > self.budget_bytes and len(self._entries) > 1:
+            old_key, (_, old_bytes) = self._entries.popitem(last=False)
+            self.bytes -= old_bytes
+            evicted.append(old_key)
+        return evicted
+
+    def drop(self, keys: list[tuple[str, str]]) -> None:
+        for key in keys:
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self.bytes -= entry[1]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(list(self._entries))
+
+
 def open_model_service(settings: Settings, *, num_threads: int | None = None) -> ModelService:
     """The model service ``settings`` describe (its model must not be None).
 
@@ -36,9 +87,9 @@ def open_model_service(settings: Settings, *, num_threads: int | None = None) ->
     """
     assert settings.model is not None, "open_model_service needs Settings.model"
     spec = ModelSpec(model=settings.model, dtype=settings.model_dtype, cache_dir=settings.model_cache_dir,
-                     num_threads=num_threads)
+                     num_threads=num_threads, device=settings.model_device)
     return ModelService(spec, ram_budget_bytes=settings.activation_ram_bytes, compose_method=settings.compose_method,
-                        adapter_budget=settings.loaded_adapters)
+                        adapter_budget=settings.loaded_adapters, gpu_budget_bytes=settings.activation_gpu_bytes)
 
 
 class ModelService:
@@ -52,12 +103,14 @@ class ModelService:
         ram_budget_bytes: int = DEFAULT_RAM_BUDGET,
         compose_method: ComposeMethod = "recompute",
         adapter_budget: int = 2,
+        gpu_budget_bytes: int = DEFAULT_GPU_BUDGET,
     ) -> None:
         self.host = host or ModelHost(spec)
         self.ram_budget_bytes = ram_budget_bytes
         self.compose_method = compose_method
-        self._ram: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
-        self._ram_bytes = 0
+        self._ram = Tier(ram_budget_bytes)
+        # A GPU tier only where the model runs on one (on the CPU the RAM tier already holds what generation uses).
+        self._gpu = Tier(gpu_budget_bytes) if self.host.device != "cpu" else None
         self._lock = threading.RLock()
         from memos.models.adapters import AdapterPool
         from memos.models.distill_jobs import DistillJobs
@@ -95,8 +148,10 @@ class ModelService:
     def usage_counts(self) -> dict[str, int]:
         """``ram_usage`` without waiting for the model (for metrics: a generation may hold it for seconds; the
         counts may then be a moment old)."""
-        return {"payloads": len(self._ram), "bytes": self._ram_bytes, "budget": self.ram_budget_bytes,
-                "adapters": len(self._adapters._ready), "adapter_loads": self._adapters.loads,
+        gpu = self._gpu
+        return {"payloads": len(self._ram), "bytes": self._ram.bytes, "budget": self.ram_budget_bytes,
+                "gpu_payloads": len(gpu) if gpu else 0, "gpu_bytes": gpu.bytes if gpu else 0,
+                "gpu_budget": gpu.budget_bytes if gpu else 0, "adapters": len(self._adapters._ready), "adapter_loads": self._adapters.loads,
                 "distillations_running": self._distills.running()}
 
     def start_distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> DistillStatus:
@@ -117,27 +172,26 @@ class ModelService:
         with self._lock:
             self._adapters.forget(paths)
             drop = set(paths)
-            for key in [k for k in self._ram if k[0] in drop]:
-                _, nbytes = self._ram.pop(key)
-                self._ram_bytes -= nbytes
+            for tier in (self._ram, self._gpu):
+                if tier is not None:
+                    tier.drop([k for k in tier if k[0] in drop])
 
     def _load(self, block: KVBlock, from_disk: list[str], evicted: list[str]) -> Any:
+        """The payload of ``block`` from the highest tier holding it (loading it from disk into RAM, then onto the
+        GPU, where missing); RAM evictions are reported in ``evicted``."""
         from memos.cubes.activation import payload_nbytes
 
         key = (block.payload.path, block.payload.sha256)
-        hit = self._ram.get(key)
-        if hit is not None:
-            self._ram.move_to_end(key)
-            return hit[0]
-        payload = self.host.load_kv(block.payload)
-        from_disk.append(block.memory_id)
-        nbytes = payload_nbytes(payload)
-        self._ram[key] = (payload, nbytes)
-        self._ram_bytes += nbytes
-        while self._ram_bytes > self.ram_budget_bytes and len(self._ram) > 1:
-            old_key, (_, old_bytes) = self._ram.popitem(last=False)
-            self._ram_bytes -= old_bytes
-            evicted.append(old_key[0])
+        if self._gpu is not None and (hit := self._gpu.get(key)) is not None:
+            return hit
+        payload = self._ram.get(key)
+        if payload is None:
+            payload = self.host.load_kv(block.payload)
+            from_disk.append(block.memory_id)
+            evicted.extend(old[0] for old in self._ram.put(key, payload, payload_nbytes(payload)))
+        if self._gpu is not None:
+            payload = payload.to(self.host.device)
+            self._gpu.put(key, payload, payload_nbytes(payload))  # what it evicts stays in RAM
         return payload
 
     def generate(
