@@ -198,13 +198,15 @@ class Memos:
         trust: Trust | str | None = None,
         authors: Iterable[str] = (),
         sources: Iterable[Source | str] = (),
+        expand: int = 0,
     ) -> tuple[SearchHit, ...]:
         cube_list = (cubes,) if isinstance(cubes, str) else tuple(cubes)
         filters = sc.SearchFilters(
             tags=tuple(tags), metadata=metadata or {}, trust=Trust(trust) if trust else None,
             authors=tuple(authors), sources=tuple(Source(s) for s in sources),
         )
-        return self._do(sc.Search, query=query, cubes=cube_list, k=k, as_of=as_of, mode=mode, filters=filters).hits
+        return self._do(sc.Search, query=query, cubes=cube_list, k=k, as_of=as_of, mode=mode, filters=filters,
+                        expand=expand).hits
 
     def update(
         self,

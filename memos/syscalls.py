@@ -181,6 +181,8 @@ class Search(_Syscall):
     """Hybrid search (dense + lexical, fused by reciprocal rank) over one or more cubes.
 
     With ``as_of`` the search sees each memory as it was at that instant (versions valid then, active then).
+    With ``expand`` each hit brings up to that many memories linked to it (stored links, provenance, session
+    neighbours, same subject; see ``related``) at a fraction of its score (``EXPAND_DECAY``); not with ``as_of``.
     Hits count as uses of the memories returned.
     """
 
@@ -191,6 +193,8 @@ class Search(_Syscall):
     filters: SearchFilters = SearchFilters()
     as_of: datetime | None = None
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    # Link expansion: each hit may bring up to ``expand`` memories linked to it (``related``), scored below it.
+    expand: int = Field(default=0, ge=0, le=8)
     result_type: ClassVar[type[BaseModel]] = SearchResult
 
 

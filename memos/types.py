@@ -332,12 +332,14 @@ class CubeInfo(_Frozen):
 
 
 class SearchHit(_Frozen):
-    """A search result. ``score`` is the fused score; the per-retriever ranks say why it was found."""
+    """A search result. ``score`` is the fused score; the per-retriever ranks say why it was found, and ``via`` how
+    a hit added by link expansion is linked to the hit that brought it (``same_session of m_...``)."""
 
     memory: Memory
     score: float
     dense_rank: int | None = None
     lexical_rank: int | None = None
+    via: str | None = None
 
 
 class SearchResult(_Frozen):

@@ -776,13 +776,16 @@ class Kernel(TieringOps, ContextOps, BatchWriteOps, ReadOps, IngestOps, Consolid
         cubes = tuple(dict.fromkeys(call.cubes))
         at = to_epoch(call.as_of) if call.as_of is not None else None
         hits = self._search_hits(principal, call.query, cubes, call.k, call.filters, at=at, mode=call.mode)
+        via: dict[int, str] = {}
+        if call.expand and at is None:
+            hits, via = self._expand_hits(principal, hits, cubes, call.filters, call.k, call.expand)
         self._record_reads([row.memory_id for row, _ in hits], principal, self.clock.now())
         self._audit_read(principal, call.op, cubes[0] if len(cubes) == 1 else None,
                        detail=f"{len(hits)} hits in {','.join(cubes)}"[:1000])
         fresh = self.store.versions_by_rowid(row.rowid for row, _ in hits)
         return SearchResult(hits=tuple(
             SearchHit(memory=self.to_memory(fresh.get(row.rowid, row)), score=item.score,
-                      dense_rank=item.dense_rank, lexical_rank=item.lexical_rank)
+                      dense_rank=item.dense_rank, lexical_rank=item.lexical_rank, via=via.get(row.rowid))
             for row, item in hits
         ))
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from memos.errors import InvalidSyscall, ModelUnavailable
 from memos.kernel.memreader import Decision, Fact, Known, decide
+from memos.kernel.retrieval import Fused
 from memos.models.llm import FACTS_INSTRUCTION, FACTS_SCHEMA
 from memos.syscalls import SearchFilters
 from memos.types import (
@@ -43,6 +44,9 @@ from memos.types import (
     Trust,
     initial_trust,
 )
+
+#: A memory brought into search results by link expansion scores this fraction of the hit that brought it.
+EXPAND_DECAY = 0.9
 
 if TYPE_CHECKING:
     from memos.kernel.core import Kernel
@@ -218,6 +222,30 @@ class IngestOps:
             seen.add(memory_id)
             out.append((other, relation, direction))
         return out
+
+    def _expand_hits(
+        self: Kernel, principal: str, hits: list[tuple[VersionRow, Fused]], cubes: tuple[str, ...],
+        filters: SearchFilters, k: int, per_hit: int,
+    ) -> tuple[list[tuple[VersionRow, Fused]], dict[int, str]]:
+        """Hits plus up to ``per_hit`` linked memories of each (in the searched cubes, passing the filters), each
+        scored ``EXPAND_DECAY`` times the hit that brought it; best ``k``. Returns them and, by row id, how each
+        added one is linked."""
+        present = {row.memory_id for row, _ in hits}
+        added: list[tuple[VersionRow, Fused]] = []
+        via: dict[int, str] = {}
+        for row, item in hits:
+            taken = 0
+            for other, relation, _ in self._related_rows(principal, row):
+                if taken == per_hit:
+                    break
+                if other.memory_id in present or other.cube not in cubes or not self._passes(other, filters):
+                    continue
+                present.add(other.memory_id)
+                taken += 1
+                added.append((other, Fused(other.rowid, item.score * EXPAND_DECAY, None, None)))
+                via[other.rowid] = f"{relation} of {row.memory_id}"
+        merged = sorted([*hits, *added], key=lambda h: -h[1].score)[:k]
+        return merged, via
 
     def _may_read(self: Kernel, principal: str, cube: str) -> bool:
         from memos.kernel.acl import allows

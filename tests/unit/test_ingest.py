@@ -150,3 +150,27 @@ def test_related_reads_links_provenance_session_neighbours_and_subject(mem):
     assert [r.relation for r in mem.related(a, k=1)] == ["derived"]
     with pytest.raises(NotFound):  # a memory in a cube the caller cannot read is not revealed
         mem.as_principal("agent:bob").related(a)
+
+
+def test_search_expands_hits_to_linked_neighbours(mem):
+    mem.create_cube(CUBE)
+    result = mem.ingest(CUBE, [
+        msg("a", "Mel", "I adopted a puppy last week."),
+        msg("b", "Mel", "His name is Max and he loves the beach."),
+        msg("c", "Ana", "Pottery classes start again in autumn.", session="2"),
+    ])
+    a, b, c = (d.memory.id for d in result.decisions)
+    plain = mem.search("adopted puppy", CUBE, k=3, mode="lexical")
+    assert [h.memory.id for h in plain] == [a]
+    expanded = mem.search("adopted puppy", CUBE, k=3, mode="lexical", expand=1)
+    assert [h.memory.id for h in expanded] == [a, b]
+    assert expanded[1].via == f"same_session of {a}" and expanded[1].score == pytest.approx(0.9 * expanded[0].score)
+    assert expanded[1].dense_rank is None and expanded[1].lexical_rank is None
+    assert c not in {h.memory.id for h in mem.search("adopted puppy", CUBE, k=5, mode="lexical", expand=2)}
+    mem.create_cube("team/other")
+    other = mem.write("team/other", "Max the puppy, adopted")
+    mem.link(a, other.id, "mentions")
+    linked = mem.search("adopted puppy", CUBE, k=5, mode="lexical", expand=1)
+    assert [h.via for h in linked] == [None, f"same_session of {a}"]  # the link leads out of the searched cube
+    both = mem.search("puppy", [CUBE, "team/other"], k=5, mode="lexical", expand=1, tags=["none-has-this"])
+    assert both == ()  # expansion obeys the filters as the hits do
