@@ -4,6 +4,7 @@
     memos run FILE                     run a workflow (a module with ``run(runtime)``), print its summary
     memos cubes | search | read | history | write | stats | events | audit    one syscall each
     memos cube create | grant | revoke                                       cubes and their rights
+    memos ingest CUBE --file conversation.json                               extract memories, show the decisions
     memos migrate | context | generate                                       activation memory and the model
     memos distill | jobs | cancel                                            parametric memory, long operations
     memos policy check | explain | run                                       lifecycle policies
@@ -12,7 +13,7 @@
     memos serve [--mcp] [--tls-cert C --tls-key K]   the HTTP API (and MCP over HTTP) for API keys
     memos mcp                          an MCP server on stdio, acting as the key in $MEMOS_API_KEY
     memos keys add|revoke PRINCIPAL    API keys, stored as hashes in <home>/keys.yaml
-    memos bench retrieval ...          benchmarks (see docs/)
+    memos bench retrieval | extraction ...   benchmarks (see docs/)
 
 Commands that touch memory go through the running cluster if ``memos up`` started one, else open the data dir in
 this process (only one process may own it).
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from memos.config import Settings
-from memos.errors import MemosError
+from memos.errors import InvalidSyscall, MemosError
 
 DEFAULT_PRINCIPAL = "user:cli"
 
@@ -54,7 +55,8 @@ def _open(args: argparse.Namespace, *, mode: str = "local") -> Any:
     settings = _settings(args)
     if cluster_info(settings) is not None:
         return Runtime.start(settings, mode="cluster")
-    if args.command not in _MODEL_COMMANDS:  # loading the model takes seconds; most commands never touch it
+    uses_model = args.command in _MODEL_COMMANDS or (args.command == "ingest" and settings.llm == "local")
+    if not uses_model:  # loading the model takes seconds; most commands never touch it
         settings = settings.model_copy(update={"model": None})
     # The data dir's lock names this command to whoever opens the home meanwhile (memos.storage.owner).
     return Runtime.start(settings, mode="inprocess" if mode == "local" else mode,  # type: ignore[arg-type]
@@ -174,6 +176,8 @@ def cmd_syscall(args: argparse.Namespace) -> int:
             _print(mem.search(args.query, args.cube, k=args.k))
         elif args.command == "history":
             _print(mem.history(args.id))
+        elif args.command == "ingest":
+            return _ingest(mem, args)
         elif args.command == "stats":
             _print(mem.stats())
         elif args.command == "audit":
@@ -215,6 +219,30 @@ def cmd_cube(args: argparse.Namespace) -> int:
             _print(mem.grant(args.cube, args.grantee, args.right))
         else:
             _print(mem.revoke(args.cube, args.grantee))
+    return 0
+
+
+def _ingest(mem: Any, args: argparse.Namespace) -> int:
+    """``memos ingest CUBE --file conversation.json``: one line per decision (action, memory, text, why, refs)."""
+    try:
+        data = json.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidSyscall(f"{args.file}: cannot read a JSON conversation: {exc}") from exc
+    messages = data.get("messages") if isinstance(data, dict) else data
+    if not isinstance(messages, list):
+        raise InvalidSyscall(f"{args.file}: expected a list of messages or {{\"messages\": [...]}}")
+    if not args.dry_run:
+        mem.create_cube(args.cube, exist_ok=True)  # a conversation's first ingest makes its cube
+    result = mem.ingest(args.cube, messages, dry_run=args.dry_run)
+    if args.json:
+        _print(result)
+        return 0
+    for d in result.decisions:
+        where = f"{d.memory.id} v{d.memory.version}" if d.memory else (f"({d.target.id} v{d.target.version})" if d.target else "-")
+        print(f"{d.action.upper():<10} {where:<28} {d.text}")
+        print(f"{'':<10} why: {d.reason}; from {', '.join(d.source_refs) or 'no message'}")
+    counts = ", ".join(f"{n} {a}" for a, n in result.counts().items())
+    print(f"{len(result.decisions)} facts by {result.extractor}: {counts}" + (" (dry run: nothing written)" if result.dry_run else ""))
     return 0
 
 
@@ -599,6 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cube")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=5)
+    p = syscall_parser("ingest", "extract memories from a conversation file into a cube (made if missing); "
+                              "show each decision and why")
+    p.add_argument("cube")
+    p.add_argument("--file", required=True, type=Path,
+                   help="JSON: a list of messages {content, speaker?, id?, at?, session?} or {\"messages\": [...]}")
+    p.add_argument("--dry-run", action="store_true", help="decide and show, write nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = syscall_parser("history", "every version of a memory with provenance")
     p.add_argument("id")
     syscall_parser("stats", "memories by kind and state")
@@ -722,6 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     activation_bench.add_arguments(p)
     p.set_defaults(fn=activation_bench.main)
+    p = bench.add_parser("extraction", help="LoCoMo through ingest vs one memory per turn: memories, recall, latency")
+    from memos.bench import extraction as extraction_bench
+
+    extraction_bench.add_arguments(p)
+    p.set_defaults(fn=extraction_bench.main)
     p = bench.add_parser("parametric", help="distil 20/50/100 invented facts: time, bytes, recall with/without, locality")
     from memos.bench import parametric as parametric_bench
 

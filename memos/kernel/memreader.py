@@ -28,13 +28,15 @@ _WORD = re.compile(r"[a-z0-9']+")
 _STOP_TEXT = """
 a an the and or but of to in on at for with from by is are was were be been it its this that these those as so very
 really just also then than there here i me my we our you your he she his her they them their said
+yesterday today tonight tomorrow last next week weekend month year ago recently
 """
 _STOP = frozenset(_STOP_TEXT.split())
 
 
 def words(text: str) -> set[str]:
-    """Content words of ``text``, lower case; a leading ``[date]`` stamp is not content."""
-    text = re.sub(r"^\[[^\]]*\]\s*", "", text.lower())
+    """Content words of ``text``, lower case; a leading ``[date]`` stamp, resolved dates in parentheses and relative
+    date words are not content (the same fact said on another day is the same fact)."""
+    text = re.sub(r"\([^)]*\)", " ", re.sub(r"^\[[^\]]*\]\s*", "", text.lower()))
     return {w.strip("'") for w in _WORD.findall(text) if w.strip("'") and w.strip("'") not in _STOP}
 
 
@@ -111,7 +113,7 @@ def decide(fact: Fact, neighbours: list[Known]) -> Decision:
     for known in neighbours:
         if fact.key is not None and fact.key == known.key and _value(fact.value) == _value(known.metadata["value"]):
             return Decision("noop", fact, known, f"{known.memory_id} v{known.version} already says "
-                            f"{fact.subject}'s {fact.attribute} is {fact.value}")
+                            f"{fact.subject} / {fact.attribute}: {fact.value}")
         overlap = jaccard(mine, words(known.content))
         if overlap >= SAME:
             return Decision("noop", fact, known, f"{known.memory_id} v{known.version} says the same "
@@ -120,9 +122,9 @@ def decide(fact: Fact, neighbours: list[Known]) -> Decision:
         if fact.key is not None and fact.key == known.key:
             old, new = _value(known.metadata["value"]), _value(fact.value)
             if words(old) and words(old) <= words(new):
-                return Decision("update", fact, known, f"refines {fact.subject}'s {fact.attribute}: {old!r} -> {new!r}")
+                return Decision("update", fact, known, f"refines {fact.subject} / {fact.attribute}: {old!r} -> {new!r}")
             return Decision("invalidate", fact, known, f"contradicts {known.memory_id} v{known.version}: "
-                            f"{fact.subject}'s {fact.attribute} was {old!r}, now {new!r}")
+                            f"{fact.subject} / {fact.attribute} was {old!r}, now {new!r}")
     for known in neighbours:
         theirs = words(known.content)
         overlap = jaccard(mine, theirs)

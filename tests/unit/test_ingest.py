@@ -174,3 +174,25 @@ def test_search_expands_hits_to_linked_neighbours(mem):
     assert [h.via for h in linked] == [None, f"same_session of {a}"]  # the link leads out of the searched cube
     both = mem.search("puppy", [CUBE, "team/other"], k=5, mode="lexical", expand=1, tags=["none-has-this"])
     assert both == ()  # expansion obeys the filters as the hits do
+
+
+def test_cli_ingest_shows_each_decision_and_why(mem, tmp_path, capsys):
+    import argparse
+    import json
+
+    from memos.cli import _ingest
+
+    conversation = tmp_path / "conversation.json"
+    conversation.write_text(json.dumps({"messages": [
+        {"id": "m1", "speaker": "Mel", "content": "I live in Boston."},
+        {"id": "m2", "speaker": "Mel", "content": "I moved to Berlin."},
+    ]}), encoding="utf-8")
+    args = argparse.Namespace(cube="team/chat", file=conversation, dry_run=False, json=False)
+    assert _ingest(mem, args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ADD ") and lines[0].endswith("Mel lives in Boston.")
+    assert lines[2].startswith("INVALIDATE ") and "was 'boston', now 'berlin'; from m2" in lines[3]
+    assert lines[-1] == "2 facts by rules: 1 add, 0 update, 1 invalidate, 0 noop"
+    conversation.write_text("{not json")
+    with pytest.raises(InvalidSyscall, match="cannot read a JSON conversation"):
+        _ingest(mem, args)
