@@ -13,7 +13,7 @@ from typing import TextIO
 
 from memos.errors import PolicyError
 from memos.schedulers.explain import explain
-from memos.schedulers.loader import check_files, load_policy
+from memos.schedulers.loader import check_files, check_warnings, load_policy
 from memos.schedulers.snapshot import KernelSnapshot
 
 
@@ -28,7 +28,11 @@ def main_check(argv: Sequence[str], out: TextIO | None = None, err: TextIO | Non
         print(problem, file=err)
     if problems:
         return 1
-    print(f"ok: {len(argv)} {'policy' if len(argv) == 1 else 'policies'} valid", file=out)
+    warnings = check_warnings(argv)
+    for warning in warnings:
+        print(f"warning: {warning}", file=err)
+    noun = "policy" if len(argv) == 1 else "policies"
+    print(f"ok: {len(argv)} {noun} valid" + (f", {len(warnings)} warning(s)" if warnings else ""), file=out)
     return 0
 
 

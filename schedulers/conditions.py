@@ -53,6 +53,9 @@ def compile_when(when: When) -> tuple[Condition, ...]:
         conditions.append(_elapsed("idle for", "", when.idle_for, lambda f: f.idle))
     if when.unchanged_for is not None:
         conditions.append(_elapsed("unchanged for", "", when.unchanged_for, lambda f: f.unchanged))
+    if when.resident_for is not None:
+        conditions.append(_elapsed(f"{'/'.join(when.kind or ('its kind',))} for", "", when.resident_for,
+                                   lambda f: f.resident))
     if when.size is not None:
         conditions.append(_size(when.size))
     if when.reads is not None:

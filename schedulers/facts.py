@@ -12,7 +12,7 @@ import bisect
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from memos.schedulers.retention import RetentionScore, last_use, score
+from memos.schedulers.retention import RetentionScore, kind_since, last_use, score
 from memos.schedulers.spec import BudgetName, Budgets, Retention
 from memos.types import Kind, Memory, MemoryRef, State, to_epoch
 
@@ -25,7 +25,7 @@ class Facts:
     """
 
     __slots__ = (
-        "activation_bytes", "age", "content_bytes", "idle", "last_use", "memory", "now", "unchanged",
+        "activation_bytes", "age", "content_bytes", "idle", "last_use", "memory", "now", "resident", "unchanged",
         "_params", "_read_times", "_ref", "_score",
     )
 
@@ -36,6 +36,7 @@ class Facts:
         self.last_use = last_use(memory)
         self.idle = max(0.0, now - self.last_use)
         self.unchanged = max(0.0, now - to_epoch(memory.updated_at))
+        self.resident = max(0.0, now - kind_since(memory))
         self.content_bytes = len(memory.content.encode("utf-8"))
         # Bytes held against the activation budget: the KV cache of an active activation memory.
         payload = memory.payload

@@ -32,8 +32,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from memos.errors import PolicyError
 from memos.schedulers.engine import CompiledPolicy, compile_policy
-from memos.schedulers.spec import Loc, PolicySpec, format_loc, semantic_problems
-from memos.schedulers.units import quote
+from memos.schedulers.spec import Loc, PolicySpec, flapping_warnings, format_loc, semantic_problems
+from memos.schedulers.units import quote, yaml_words
 
 #: Nodes a policy may expand to with its aliases followed; the shipped policies have a few hundred.
 MAX_EXPANDED_NODES = 20_000
@@ -111,6 +111,24 @@ def check_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
             problems.append(str(Problem(filename, line, "name", f"policy {spec.name!r} is also defined in {names[spec.name]}")))
         names.setdefault(spec.name, filename)
     return problems
+
+
+def check_warnings(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """What is valid but likely wrong in the given (valid) policy files, formatted like problems: rule pairs that
+    can flap (:func:`memos.schedulers.spec.flapping_warnings`). Files with problems give no warnings."""
+    warnings: list[str] = []
+    for path in paths:
+        try:
+            text = _read(path)
+        except PolicyError:
+            continue
+        spec, root, problems = _parse(text, str(path))
+        if spec is None or root is None or problems:
+            continue
+        for loc, message in flapping_warnings(spec):
+            line, shown = _locate(root, loc)
+            warnings.append(str(Problem(str(path), line, format_loc(shown), message)))
+    return warnings
 
 
 # ---------------------------------------------------------------------------------------------------- internals
@@ -312,7 +330,9 @@ def _message(err: Any, loc: Loc) -> str:
         return "required key is missing"
     if kind in ("enum", "literal_error"):
         noun = next((_NOUNS.get(p, "value") for p in reversed(loc) if isinstance(p, str)), "value")
-        expected = ", ".join(_QUOTED.findall(ctx.get("expected", ""))) or ctx.get("expected", "")
+        expected = ", ".join(_QUOTED.findall(ctx.get("expected", ""))) or yaml_words(str(ctx.get("expected", "")))
+        if expected == "true":  # an action flag such as `archive: true`: it is there or it is not
+            return f"expected true (or leave the key out), got {quote(err['input'])}"
         return f"unknown {noun} {quote(err['input'])}; expected one of {expected}"
     if kind == "too_short" and loc == ("rules",):
         return "a policy needs at least one rule"
@@ -336,12 +356,15 @@ def _message(err: Any, loc: Loc) -> str:
     bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
     if kind in bounds:
         limit = next(iter(ctx.values()))
-        return f"must be {bounds[kind]} {limit}, got {quote(err['input'])}"
+        hint = ""
+        if kind == "less_than_equal" and limit == 1.0 and isinstance(err["input"], int | float) and err["input"] > 1:
+            hint = f" (a fraction: 0.9 means 90%; did you mean {err['input'] / 100:g}?)"
+        return f"must be {bounds[kind]} {quote(limit)}, got {quote(err['input'])}{hint}"
     if kind == "too_short":
         return f"needs at least {ctx.get('min_length')} item(s)"
     if kind == "too_long":
         return f"allows at most {ctx.get('max_length')} item(s)"
-    text = str(err["msg"])
+    text = yaml_words(str(err["msg"]))
     return text[:1].lower() + text[1:]
 
 

@@ -42,12 +42,30 @@ class RetentionScore:
         return f"{self.value:.2f}"
 
 
+def is_migration(memory: Memory) -> bool:
+    """Whether the memory's current version only changed its kind (a migration, by a policy or by hand)."""
+    return memory.provenance.operation.startswith("migrate:")
+
+
 def last_use(memory: Memory) -> float:
-    """Epoch seconds of the latest creation, update or read of the memory."""
-    times = [to_epoch(memory.created_at), to_epoch(memory.updated_at)]
+    """Epoch seconds of the latest creation, update or read of the memory.
+
+    A migration is not a use: when the current version is one, its time does not count (otherwise a demotion would
+    make the memory look freshly used, and the promote/demote pair would flap). The update before it is then not
+    known here either, so idle time counts from the later of the creation and the last read.
+    """
+    times = [to_epoch(memory.created_at)]
+    if not is_migration(memory):
+        times.append(to_epoch(memory.updated_at))
     if memory.last_read_at is not None:
         times.append(to_epoch(memory.last_read_at))
     return max(times)
+
+
+def kind_since(memory: Memory) -> float:
+    """Epoch seconds of the current version: the migration that gave the memory its kind, or a later version (so
+    the residency it gives is never longer than the true one)."""
+    return to_epoch(memory.updated_at)
 
 
 def importance(memory: Memory, params: Retention) -> float:

@@ -35,6 +35,7 @@ from pydantic import (
     PlainSerializer,
     StrictBool,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -151,6 +152,7 @@ Count = Annotated[int, Field(strict=True, ge=0)]
 Fraction = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]
 Weight = Annotated[float, Field(strict=True, gt=0.0, allow_inf_nan=False)]
 Ratio = Annotated[float, Field(strict=True, ge=0.0, allow_inf_nan=False)]
+MAX_PRESSURE = 10.0  # a budget pressure above this is a percentage typed for a fraction (90 for 0.9)
 MemoryState = Literal["active", "archived"]
 KindSet = Annotated[
     tuple[Kind, ...], BeforeValidator(_listify, json_schema_input_type=Kind | list[Kind]), Field(min_length=1)
@@ -281,6 +283,16 @@ class BudgetPressure(_Strict):
     above: Ratio | None = None
     below: Ratio | None = None
 
+    @field_validator("above", "below")
+    @classmethod
+    def _a_fraction_not_a_percentage(cls, value: float | None) -> float | None:
+        if value is not None and value > MAX_PRESSURE:
+            raise ValueError(
+                f"budget pressure is used / limit (0.9 = 90% of the budget, 1.2 = 20% over it); {value:g} would be "
+                f"{value:g} times the budget: did you mean {value / 100:g}?"
+            )
+        return value
+
     @model_validator(mode="after")
     def _bounded(self) -> BudgetPressure:
         if self.below is None and self.above is None:
@@ -296,8 +308,12 @@ class When(_Strict):
     kind: KindSet | None = Field(default=None, description="One kind or a list of kinds.")
     state: StateSet | None = Field(default=None, description="active (default) and/or archived.")
     older_than: Duration | None = Field(default=None, description="Created at least this long ago.")
-    idle_for: Duration | None = Field(default=None, description="Not read, written or updated for this long.")
+    idle_for: Duration | None = Field(
+        default=None, description="Not read, written or updated for this long (a migration is not a use).")
     unchanged_for: Duration | None = Field(default=None, description="Current version at least this old.")
+    resident_for: Duration | None = Field(
+        default=None, description="Has had its current kind at least this long (a migration restarts it): hysteresis "
+        "against promote/demote flapping.")
     reads: Reads | None = None
     retention: Score | None = Field(default=None, description="Retention score range (0..1).")
     trust: Trust | None = None
@@ -525,6 +541,42 @@ def semantic_problems(spec: PolicySpec) -> list[tuple[Loc, str]]:
             )
         problems.extend(_dead_rule_problems(rule, where))
     return problems
+
+
+def flapping_warnings(spec: PolicySpec) -> list[tuple[Loc, str]]:
+    """Promote/demote rule pairs of one policy that can move the same memory back and forth with no new traffic.
+
+    A promotion on reads within a window ``W`` and a demotion after ``idle_for: I`` flap when ``I < W``: the reads
+    that promoted the memory still count after it is demoted, so the next evaluation promotes it again, and so on
+    until they age out of the window. The pair is safe when the demotion waits as long as the window (``idle_for``
+    or ``resident_for`` >= ``W``) or the promotion makes a demoted memory wait as long (``resident_for`` >= ``W``).
+    A promotion on lifetime reads (no ``within``) never ages out: with any demotion it flaps for ever. Demotions of
+    stale caches (``stale: true``) are not counted: what they drop is rebuilt from the current text, once.
+    """
+    warnings: list[tuple[Loc, str]] = []
+    rules = list(enumerate(spec.rules))
+    promotions = [(i, r) for i, r in rules if r.then.migrate == Kind.ACTIVATION and r.when.reads is not None
+                  and r.when.reads.at_least is not None]
+    # A demotion of stale caches is not undone by the same reads: the promotion builds a fresh cache.
+    demotions = [(i, r) for i, r in rules if r.then.migrate == Kind.PLAINTEXT and not r.when.stale]
+    for pi, promote in promotions:
+        window = promote.when.reads.within  # type: ignore[union-attr]
+        for di, demote in demotions:
+            pair = f"rules {promote.name!r} (promote) and {demote.name!r} (demote)"
+            if window is None:
+                if (promote.when.resident_for or 0) == 0:
+                    warnings.append((("rules", pi, "when", "reads"),
+                                     f"{pair} flap: lifetime reads never age out, so a demoted memory is promoted "
+                                     "again at the next run; give reads a 'within' window"))
+                continue
+            waits = max(demote.when.idle_for or 0, demote.when.resident_for or 0, promote.when.resident_for or 0)
+            if waits < window:
+                warnings.append((("rules", di, "when"),
+                                 f"{pair} can flap: the reads that promote a memory count for {format_duration(window)}, "
+                                 f"but it is demoted after {format_duration(waits) if waits else 'no wait'}, then "
+                                 f"promoted again by the same reads; set resident_for: {format_duration(window)} on "
+                                 f"{demote.name!r} (or idle_for >= the window)"))
+    return warnings
 
 
 def _dead_rule_problems(rule: Rule, where: Loc) -> list[tuple[Loc, str]]:

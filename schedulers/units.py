@@ -48,8 +48,20 @@ _QUOTE.maxtuple = _QUOTE.maxlist = _QUOTE.maxdict = _QUOTE.maxset = 4
 
 
 def quote(value: object) -> str:
-    """``repr(value)``, cut short for messages."""
+    """``value`` as its author wrote it in YAML (``true``, ``null``, ``{above: 90}``; strings quoted), cut short for
+    messages: a policy author never sees a Python value such as ``True`` or ``None``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, dict | list | tuple):
+        return yaml_words(_QUOTE.repr(value))
     return _QUOTE.repr(value)
+
+
+def yaml_words(text: str) -> str:
+    """Python's literals in a message made by a library, in YAML's words."""
+    return re.sub(r"\b(True|False|None)\b", lambda m: {"True": "true", "False": "false", "None": "null"}[m[1]], text)
 
 
 def parse_duration(value: object) -> float:
