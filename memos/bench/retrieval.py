@@ -31,7 +31,7 @@ from typing import Any
 from memos import syscalls as sc
 from memos.bench.locomo import CATEGORY_NAMES, Conversation, Session, Turn, load_locomo
 from memos.bench.metrics import percentile, recall_table
-from memos.kernel.core import Kernel
+from memos.kernel.kernel import Kernel
 from memos.kernel.retrieval import RRF_K
 from memos.models.embedder import MiniLMEmbedder
 from memos.progress import Progress

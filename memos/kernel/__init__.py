@@ -1,5 +1,6 @@
-"""The memos kernel: syscalls in, typed results or typed errors out. See ``memos.kernel.core``."""
+"""The memos kernel: syscalls in, typed results or typed errors out. See ``memos.kernel.kernel``."""
 
-from memos.kernel.core import Kernel, content_hash, new_memory_id
+from memos.kernel.kernel import Kernel
+from memos.kernel.versions import content_hash, new_memory_id
 
 __all__ = ["Kernel", "content_hash", "new_memory_id"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from memos.clock import Clock
 from memos.config import Settings
-from memos.kernel.core import Kernel
-from memos.kernel.tiering import ActivationBudget
+from memos.kernel.kernel import Kernel
+from memos.kernel.ops.kinds import ActivationBudget
 from memos.models.llm import open_language_model
 from memos.models.port import ModelPort
 from memos.storage.owner import HomeLock

@@ -3,7 +3,7 @@
 What a read records: the memory's read count and last read time (``memories.reads``, ``last_read_at``), one
 ``access_log`` row (what ``reads: {within: ...}`` policy conditions and retention count), and the audit record of
 the read-only syscall (``search``, ``read``, ``list``, ``history``, ``assemble_context``). All of it goes to a
-``ReadLog`` in memory; ``Kernel.flush_reads`` writes what is pending in one transaction. It runs:
+``ReadLog`` in memory; ``Kernel.flush_reads`` (``flush_reads``) writes what is pending in one transaction. It runs:
 - when a syscall ends and ``flush_interval_s`` (2 s by default) has passed since the last flush;
 - every ``flush_interval_s`` from the ``KernelService``'s flusher thread (so that reads do not wait for the next
   syscall);
@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 from memos.errors import BackendError
 
 if TYPE_CHECKING:
-    from memos.kernel.core import Kernel
+    from memos.kernel.context import CallContext
+    from memos.kernel.kernel import Kernel
 
 DEFAULT_FLUSH_INTERVAL_S = 2.0
 
@@ -83,50 +84,54 @@ class ReadLog:
         return len(self._reads) + len(self._audits)
 
 
-class ReadOps:
-    """Kernel mixin: recording reads through the ``ReadLog`` and flushing it."""
+def record_reads(ctx: CallContext, memory_ids: list[str], at: float) -> None:
+    """Count reads of ``memory_ids`` by the caller (pending until the next flush)."""
+    ctx.kernel.reads.record(memory_ids, ctx.principal, at)
 
-    def _record_reads(self: Kernel, memory_ids: list[str], principal: str, at: float) -> None:
-        self.reads.record(memory_ids, principal, at)
 
-    def _audit_read(self: Kernel, principal: str, op: str, cube: str | None, memory_id: str | None = None,
-                    detail: str = "") -> None:
-        self.reads.audit(self.clock.now(), principal, op, cube, memory_id, detail[:1000])
+def audit_read(ctx: CallContext, op: str, cube: str | None, memory_id: str | None = None, detail: str = "") -> None:
+    """The audit record of a read-only syscall (pending until the next flush)."""
+    ctx.kernel.reads.audit(ctx.kernel.clock.now(), ctx.principal, op, cube, memory_id, detail[:1000])
 
-    def flush_reads(self: Kernel) -> int:
-        """Write every pending read and read-only audit record in one transaction (joining the current one when
-        called inside the kernel). Returns how many were written.
 
-        Raises:
-            BackendError: they could not be written; they stay pending for the next flush.
-        """
-        with self._lock:
-            reads, audits = self.reads.take()
-            if not reads and not audits:
-                return 0
-            try:
-                with self.store.transaction():
-                    self.store.record_reads_many(reads)
-                    self.store.audit_many(audits)
-            except BackendError:
-                self.reads.restore(reads, audits)
-                raise
-            return len(reads) + len(audits)
+def join_pending_reads(ctx: CallContext) -> None:
+    """Write the pending reads in the current transaction (a change's: no extra commit), so that the audit log
+    keeps the order in which things happened. If the transaction rolls back they are pending again
+    (``Kernel.in_transaction`` gives back what ``ctx.taken_reads`` holds)."""
+    kernel = ctx.kernel
+    if not len(kernel.reads):
+        return
+    reads, audits = kernel.reads.take()
+    ctx.taken_reads.append((reads, audits))
+    kernel.store.record_reads_many(reads)
+    kernel.store.audit_many(audits)
 
-    def _join_pending_reads(self: Kernel) -> None:
-        """Write the pending reads in the current transaction (a change's: no extra commit), so that the audit log
-        keeps the order in which things happened. If the transaction rolls back they are pending again."""
-        if not len(self.reads):
-            return
-        reads, audits = self.reads.take()
-        self._tls.taken_reads.append((reads, audits))
-        self.store.record_reads_many(reads)
-        self.store.audit_many(audits)
 
-    def _flush_reads_if_due(self: Kernel) -> None:
-        if not self.reads.due():
-            return
+def flush_reads(kernel: Kernel) -> int:
+    """Write every pending read and read-only audit record in one transaction (joining the current one when
+    called inside the kernel). Returns how many were written.
+
+    Raises:
+        BackendError: they could not be written; they stay pending for the next flush.
+    """
+    with kernel.lock:
+        reads, audits = kernel.reads.take()
+        if not reads and not audits:
+            return 0
         try:
-            self.flush_reads()
-        except BackendError as exc:  # the syscall that triggered it succeeded; the reads stay pending
-            self.log.error("read counters not flushed", error=exc.message, pending=len(self.reads))
+            with kernel.store.transaction():
+                kernel.store.record_reads_many(reads)
+                kernel.store.audit_many(audits)
+        except BackendError:
+            kernel.reads.restore(reads, audits)
+            raise
+        return len(reads) + len(audits)
+
+
+def flush_reads_if_due(kernel: Kernel) -> None:
+    if not kernel.reads.due():
+        return
+    try:
+        flush_reads(kernel)
+    except BackendError as exc:  # the syscall that triggered it succeeded; the reads stay pending
+        kernel.log.error("read counters not flushed", error=exc.message, pending=len(kernel.reads))

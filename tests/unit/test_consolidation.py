@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from memos.errors import InvalidState, VersionConflict
-from memos.kernel.consolidate import cut_to_bytes
+from memos.kernel.ops.consolidate import cut_to_bytes
 from memos.schedulers.explain import describe
 from memos.schedulers.loader import load_policy
 from memos.schedulers.runner import PolicyRunner

@@ -1,6 +1,6 @@
 """``compress``: a summary memory written by the summariser, derived from its sources at exact versions.
 
-A long operation (``Kernel._run_long``):
+A long operation (``memos.kernel.longops``):
 - *plan* (under the kernel): the caller needs ``write`` on the summary's cube and on each source (``read`` with
   ``keep_sources``); every source is active and not an adapter; ``expected_versions``, when given, are current;
 - *work* (kernel released): the language model (``memos.models.llm``; the rule-based fallback is extractive)
@@ -18,11 +18,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memos.errors import InvalidState, InvalidSyscall, ModelUnavailable, VersionConflict
+from memos.kernel.authz import policy_rule, require_cube, require_memory
+from memos.kernel.context import CallContext
+from memos.kernel.longops import LongOperation
+from memos.kernel.versions import (
+    check_expected,
+    derived_provenance,
+    first_version,
+    next_version,
+    to_memory,
+    weakest,
+)
 from memos.models.llm import SUMMARY_INSTRUCTION, SUMMARY_SCHEMA
 from memos.types import Kind, Memory, MemoryRef, Provenance, Right, Source, State
 
 if TYPE_CHECKING:
-    from memos.kernel.core import Kernel
     from memos.storage.sqlite import VersionRow
 
 
@@ -48,15 +58,15 @@ def cut_to_bytes(text: str, limit: int) -> str:
     return head.rstrip(" ,;:") + "…"
 
 
-class ConsolidateOps:
-    """Kernel mixin: ``compress`` (long operation)."""
+class CompressOp(LongOperation):
+    """``compress(ids)`` (see the module docstring)."""
 
-    def _plan_compress(self: Kernel, principal: str, call: Any) -> _CompressPlan:
-        if self.llm is None:
+    def plan(self, ctx: CallContext, call: Any) -> _CompressPlan:
+        if ctx.kernel.llm is None:
             raise ModelUnavailable("compress needs a summariser (a language model); this kernel has none")
-        rule = self._policy_rule(principal, call)
+        rule = policy_rule(ctx, call)
         needed = Right.READ if call.keep_sources else Right.WRITE
-        sources = [self._require_memory(principal, i, needed) for i in call.ids]
+        sources = [require_memory(ctx, i, needed) for i in call.ids]
         for i, row in enumerate(sources):
             if row.state != State.ACTIVE:
                 raise InvalidState(f"memory {row.memory_id} is {row.state}; only active memories are compressed",
@@ -65,29 +75,28 @@ class ConsolidateOps:
                 raise InvalidSyscall(f"memory {row.memory_id} is an adapter: its knowledge is in its weights",
                                      memory_id=row.memory_id)
             if call.expected_versions is not None:
-                self._check_expected(row, call.expected_versions[i])
+                check_expected(row, call.expected_versions[i])
         cube = call.cube or sources[0].cube
-        self._require_cube(principal, cube, Right.WRITE)
+        require_cube(ctx, cube, Right.WRITE)
         return _CompressPlan(cube, sources, rule)
 
-    def _work_compress(self: Kernel, call: Any, plan: _CompressPlan, job: Any = None) -> _Summary:
+    def work(self, ctx: CallContext, call: Any, plan: _CompressPlan, job: Any = None) -> _Summary:
         texts = [row.content for row in plan.sources]
-        out = self.llm.extract(SUMMARY_INSTRUCTION, {"texts": texts}, SUMMARY_SCHEMA)  # type: ignore[union-attr]
+        out = ctx.kernel.llm.extract(SUMMARY_INSTRUCTION, {"texts": texts}, SUMMARY_SCHEMA)  # type: ignore[union-attr]
         text = " ".join(str(out.data["summary"]).split())
         if not text:
             raise InvalidState("the summariser found nothing to keep in these memories")
         return _Summary(cut_to_bytes(text, call.max_bytes), out.by)
 
-    def _abort_compress(self: Kernel, principal: str, plan: _CompressPlan) -> None:
+    def abort(self, ctx: CallContext, plan: _CompressPlan) -> None:
         """Nothing to undo: planning a compression changes nothing."""
 
-    def _commit_compress(self: Kernel, principal: str, call: Any, plan: _CompressPlan, out: _Summary) -> Memory:
-        from memos.kernel.core import weakest
-
-        now = self.clock.now()
+    def commit(self, ctx: CallContext, call: Any, plan: _CompressPlan, out: _Summary) -> Memory:
+        kernel = ctx.kernel
+        now = kernel.clock.now()
         current = []
         for row in plan.sources:
-            latest = self.store.get_version(row.memory_id)
+            latest = kernel.store.get_version(row.memory_id)
             if latest is None or latest.version != row.version or latest.state != State.ACTIVE:
                 raise VersionConflict(
                     f"memory {row.memory_id} changed while it was being summarised (was v{row.version})",
@@ -97,27 +106,22 @@ class ConsolidateOps:
         refs = tuple(MemoryRef(id=r.memory_id, version=r.version) for r in current)
         tags = tuple(dict.fromkeys(call.tags or [t for r in current for t in r.tags]))[:32]
         provenance = Provenance(
-            author=principal, source=Source.DERIVED, derived_from=refs, operation=f"compress:{out.by}",
+            author=ctx.principal, source=Source.DERIVED, derived_from=refs, operation=f"compress:{out.by}",
             policy_rule=plan.rule, trust=weakest(r.provenance.get("trust", "trusted") for r in current),
         )
-        memory_id = self.new_id()
-        self.store.insert_memory(memory_id, plan.cube, "plaintext", State.ACTIVE.value, now)
-        row = self._append(
-            None, memory_id=memory_id, cube=plan.cube, kind="plaintext", state=State.ACTIVE, content=out.text,
-            metadata={"summarised": len(current), "summariser": out.by}, tags=tags, provenance=provenance, now=now,
+        memory_id = kernel.new_id()
+        row = first_version(
+            ctx, memory_id=memory_id, cube=plan.cube, kind="plaintext", provenance=provenance, content=out.text,
+            metadata={"summarised": len(current), "summariser": out.by}, tags=tags, at=now,
         )
         if not call.keep_sources:
             for s in current:
-                retired = Provenance.model_validate(s.provenance).model_copy(update={
-                    "author": principal, "operation": "compress:retired", "source_refs": (memory_id,),
-                    "policy_rule": plan.rule,
-                })
-                self._append(
-                    s, memory_id=s.memory_id, cube=s.cube, kind=s.kind, state=State.ARCHIVED, content=s.content,
-                    metadata=s.metadata, tags=s.tags, provenance=retired, now=now, fingerprint=s.fingerprint,
-                    payload=s.payload,
+                retired = derived_provenance(
+                    s, author=ctx.principal, operation="compress:retired", source_refs=(memory_id,),
+                    policy_rule=plan.rule,
                 )
-        self._audit_ok(principal, call.op, plan.cube, memory_id, detail=",".join(call.ids)[:1000])
-        self._emit("compressed", plan.cube, memory_id, principal, sources=list(call.ids), rule=plan.rule,
-                   kept=call.keep_sources, summariser=out.by)
-        return self.to_memory(row)
+                next_version(ctx, s, retired, at=now, state=State.ARCHIVED)
+        ctx.audit_ok(call.op, plan.cube, memory_id, detail=",".join(call.ids)[:1000])
+        ctx.emit("compressed", plan.cube, memory_id, ctx.principal, sources=list(call.ids), rule=plan.rule,
+                 kept=call.keep_sources, summariser=out.by)
+        return to_memory(ctx, row)

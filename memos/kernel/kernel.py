@@ -1,0 +1,344 @@
+"""The kernel: one synchronous, deterministic entry point, ``Kernel.execute(principal, syscall)``.
+
+Contract of ``execute``:
+- the principal is checked against the cube's grants before anything is read or written; a denial raises
+  ``PermissionDenied`` naming the cube and the missing right, and is written to the audit log;
+- a memory addressed by id in a cube the principal cannot read at all is reported ``NotFound`` (its existence is
+  not revealed); the audit log still records the denial;
+- each syscall runs in one SQLite transaction and returns only after it committed (then the vector index is
+  brought up to date from the outbox);
+- every change is a new immutable version with provenance; nothing is overwritten;
+- errors are ``MemosError`` subclasses; the kernel keeps serving after any of them.
+
+Time comes from the injected clock and ids from the injected factory, so tests are reproducible.
+
+The kernel is thread-safe: a syscall holds the kernel lock for its transaction(s); long operations (``migrate``,
+``distill``, ``generate``) release it while the model host works, so other syscalls proceed meanwhile.
+
+Where things live: this module runs calls (transactions, dispatch, failure audit, observers); each syscall's
+handler is in ``memos.kernel.ops`` (keyed by syscall class); per-call state is a ``CallContext``
+(``memos.kernel.context``); rights checks are in ``memos.kernel.authz``; writing versions in
+``memos.kernel.versions``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from memos import syscalls as sc
+from memos.clock import Clock, SystemClock
+from memos.errors import BackendError, Cancelled, InvalidSyscall, MemosError, PermissionDenied
+from memos.kernel.authz import DEFAULT_SUPERUSERS, Concealed
+from memos.kernel.context import CallContext, PendingEvent
+from memos.kernel.indexer import Indexer
+from memos.kernel.jobs import JobTable
+from memos.kernel.observe import KernelObserver
+from memos.kernel.ops import HANDLERS, LONG_OPS, LongOperation
+from memos.kernel.ops.kinds import ActivationBudget, recover_migrations
+from memos.kernel.reads import ReadLog, flush_reads, flush_reads_if_due
+from memos.kernel.versions import new_memory_id
+from memos.logging import get_logger
+from memos.models.llm import LanguageModel
+from memos.models.port import ModelPort
+from memos.storage.owner import HomeLock
+from memos.storage.sqlite import SqliteStore
+from memos.storage.vector import Embedder, VectorIndex
+from memos.types import PRINCIPAL_RE, Job
+
+
+def _storable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters and encodable as UTF-8 (lone surrogates escaped): what a refused call
+    brought, whatever it is, can still be written to the audit log."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _query_of(call: Any) -> str | None:
+    """The text a searching syscall embeds (embedding is the slow part of a search: done before taking the kernel)."""
+    if (call.op == "search" and call.mode != "lexical") or call.op == "assemble_context":
+        return call.query
+    if call.op == "generate" and call.cubes and not call.memory:
+        users = [m.content for m in call.messages if m.role == "user"]
+        return users[-1][:4096] if users else None
+    return None
+
+
+class Kernel:
+    """Owns the store, the vector index, the embedder and (optionally) a model host port; executes syscalls."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        index: VectorIndex,
+        embedder: Embedder,
+        *,
+        clock: Clock | None = None,
+        new_id: Callable[[], str] = new_memory_id,
+        superusers: Iterable[str] = DEFAULT_SUPERUSERS,
+        model: ModelPort | None = None,
+        blob_dir: str | Path | None = None,
+        budgets: ActivationBudget | None = None,
+        read_flush_s: float | None = None,
+        llm: LanguageModel | None = None,
+    ) -> None:
+        self.store = store
+        self.home_lock: HomeLock | None = None  # set by open_kernel, which took it before opening the store
+        self.model = model
+        self.llm = llm  # the language model for memory work (ingest); the composition root chooses the backend
+        self.blob_dir = Path(blob_dir) if blob_dir is not None else store.path.parent / "blobs"
+        self.budgets = budgets or ActivationBudget()
+        self.index = index
+        self.embedder = embedder
+        self.clock = clock or SystemClock()
+        self.new_id = new_id
+        self.superusers = frozenset(superusers)
+        self.syscall_counts: Counter[str] = Counter()
+        self.reads = ReadLog() if read_flush_s is None else ReadLog(read_flush_s)  # memos.kernel.reads
+        self.latencies: dict[str, deque[float]] = {}
+        self.observers: list[KernelObserver] = []
+        self.log = get_logger("memos.kernel")
+        # One syscall at a time holds the kernel; long operations (model work) release it between their phases, and
+        # index updates (embedding) run after it is released (memos.kernel.indexer, "Locking").
+        self.lock = threading.RLock()
+        self.indexer = Indexer(store, index, embedder, store_lock=self.lock)
+        self.jobs = JobTable(self.clock.now)
+        self.job_poll_s = 0.25  # how often a long operation polls the model host for progress
+        self._start()
+        recover_migrations(self, CallContext(self, "system"))
+
+    def _start(self) -> None:
+        """Start-up check: the index must have been built by the same embedder; then replay and reconcile."""
+        previous = self.store.get_meta("embedder")
+        if previous is not None and previous != self.embedder.name:
+            self.log.warning("embedder changed; rebuilding the vector index", previous=previous, now=self.embedder.name)
+            self.index.delete(sorted(self.index.ids()))
+        with self.store.transaction():
+            self.store.set_meta("embedder", self.embedder.name)
+        report = self.indexer.reconcile()
+        if not report.consistent:
+            self.log.warning("vector index reconciled at start", added=report.added, removed=report.removed)
+
+    def close(self) -> None:
+        try:
+            self.flush_reads()
+            self.index.close()
+            self.store.close()
+        finally:
+            if self.home_lock is not None:  # memos.storage.owner: the data dir is free for the next owner
+                self.home_lock.release()
+
+    # -------------------------------------------------------------------------------------------------- entry
+
+    def execute(self, principal: str, syscall: Any, *, trace_id: str | None = None) -> BaseModel:
+        """Run one syscall as ``principal``. ``syscall`` is a syscall object or its wire dict.
+
+        Raises:
+            MemosError: the typed error of the failure (see memos.errors); nothing was changed.
+        """
+        started = time.perf_counter()
+        trace_id = trace_id or uuid.uuid4().hex[:16]
+        op = syscall.get("op") if isinstance(syscall, dict) else getattr(syscall, "op", None)
+        cube = None
+        ctx = CallContext(self, principal)
+        try:
+            if not isinstance(principal, str) or not (PRINCIPAL_RE.match(principal)):
+                raise InvalidSyscall(f"invalid principal {principal!r}")
+            call = sc.parse_syscall(syscall)
+            op = call.op
+            query = _query_of(call)
+            if query:
+                ctx.query_vectors[query] = self.embedder.embed([query])[0]
+            cube = getattr(call, "cube", None) or getattr(call, "name", None)
+            long_op = LONG_OPS.get(type(call))
+            if long_op is not None:
+                result = self._run_long(ctx, long_op, call)
+            else:
+                handler = HANDLERS[type(call)]
+                result = self.in_transaction(ctx, lambda: handler(ctx, call))
+        except MemosError as exc:
+            with self.lock:
+                self.record_failure(ctx, str(op), cube, exc)
+            self._log(trace_id, principal, op, cube, started, exc.code, exc.message)
+            self._deliver(ctx.take_events(), (str(op), exc.code, started))
+            raise
+        with self.lock:
+            self.syscall_counts[op] += 1
+            self.latencies.setdefault(op, deque(maxlen=256)).append(time.perf_counter() - started)
+        self._log(trace_id, principal, op, cube, started, "ok")
+        self._deliver(ctx.take_events(), (op, "ok", started))
+        flush_reads_if_due(self)
+        return result
+
+    def in_transaction(self, ctx: CallContext, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` holding the kernel, in one SQLite transaction; then run the after-commit work ``ctx``
+        collected (files to delete, index updates). On an exception nothing is committed, and the after-commit work
+        and the pending events are dropped."""
+        outermost = ctx.depth == 0
+        with self.lock:
+            queued_before = self.store.outbox_writes
+            ctx.depth += 1
+            ctx.after_commit_work = []
+            if outermost:
+                ctx.taken_reads = []
+            try:
+                with self.store.transaction():
+                    result = fn()
+            except BaseException:
+                ctx.after_commit_work = []
+                if outermost:
+                    for reads, audits in ctx.taken_reads:  # rolled back with the change: pending again
+                        self.reads.restore(reads, audits)
+                ctx.events.clear()
+                ctx.depth -= 1
+                raise
+            for action in ctx.after_commit_work:
+                action()
+            ctx.after_commit_work = []
+            ctx.depth -= 1
+            queued = self.store.outbox_writes != queued_before
+        if not outermost or not queued:  # nested: the outermost call flushes; a read has nothing to wait for
+            return result
+        # Outside the kernel: concurrent writers' entries are embedded in one batch. The syscall still returns only
+        # after its own entries are indexed (read-your-writes), or after the failure was logged (the outbox keeps it).
+        self._flush_index()
+        return result
+
+    def _deliver(self, events: list[PendingEvent], syscall: tuple[str, str, float] | None = None) -> None:
+        """Tell the observers what committed (and, for a syscall, its outcome and latency). An observer's failure
+        never fails the caller."""
+        if not self.observers:
+            return
+        duration = time.perf_counter() - syscall[2] if syscall is not None else 0.0
+        for observer in self.observers:
+            try:
+                if syscall is not None:
+                    observer.syscall(syscall[0][:64], syscall[1], duration)
+                for type_, cube, data in events:
+                    observer.event(type_, cube, data)
+            except Exception as exc:  # noqa: BLE001 -- an observer is outside the kernel's contract: report, never propagate
+                self.log.error("kernel observer failed", observer=type(observer).__name__, error=repr(exc))
+
+    def flush_reads(self) -> int:
+        """Write the pending reads now (``memos.kernel.reads.flush_reads``). Returns how many were written."""
+        return flush_reads(self)
+
+    def execute_batch(self, principal: str, syscalls: list[Any]) -> list[BaseModel | MemosError]:
+        """Run several syscalls in order, each in its own transaction; failures are returned in place, not raised."""
+        if len(syscalls) > sc.MAX_BATCH:
+            raise InvalidSyscall(f"a batch holds at most {sc.MAX_BATCH} syscalls, got {len(syscalls)}")
+        out: list[BaseModel | MemosError] = []
+        for call in syscalls:
+            try:
+                out.append(self.execute(principal, call))
+            except MemosError as exc:
+                out.append(exc)
+        return out
+
+    def record_event(
+        self, type_: str, cube: str | None, memory_id: str | None, principal: str | None, data: dict[str, Any]
+    ) -> None:
+        """Record an event that no syscall made (a policy evaluation, a failed policy action) in the outbox, in its
+        own transaction, and tell the observers once it committed. ``cube`` decides who sees it: the readers of that
+        cube, or superusers only when it is None.
+
+        Raises:
+            BackendError: the event could not be written (nothing was recorded).
+        """
+        ctx = CallContext(self, principal or "system")
+        self.in_transaction(ctx, lambda: ctx.emit(type_, cube, memory_id, principal, **data))
+        self._deliver(ctx.take_events())
+
+    # -------------------------------------------------------------------------------------------------- long ops
+
+    def _run_long(self, ctx: CallContext, op: LongOperation, call: Any) -> BaseModel:
+        """plan (transaction) -> work (model host, kernel released) -> commit (transaction); abort undoes the plan.
+
+        Work worth following (a plan whose ``job_args`` says so) runs as a job: ``jobs`` shows its progress and
+        ``cancel`` stops it (``memos.kernel.jobs``)."""
+        plan = self.in_transaction(ctx, lambda: op.plan(ctx, call))
+        job_args = op.job_args(plan)
+        job = self.jobs.start(call.op, ctx.principal, **job_args) if job_args is not None else None
+        try:
+            try:
+                outcome = op.work(ctx, call, plan, job)
+            except MemosError:
+                self.in_transaction(ctx, lambda: op.abort(ctx, plan))
+                raise
+            except Exception as exc:  # noqa: BLE001 -- the model host is a backend: translate its failures once, here
+                self.in_transaction(ctx, lambda: op.abort(ctx, plan))
+                raise BackendError(f"model host failed during {call.op}: {exc}", op=call.op) from exc
+            try:
+                result = self.in_transaction(ctx, lambda: op.commit(ctx, call, plan, outcome))
+            except MemosError:
+                self.in_transaction(ctx, lambda: op.abort(ctx, plan))
+                raise
+        except MemosError as exc:
+            if job is not None:
+                job.end("cancelled" if isinstance(exc, Cancelled) else "failed", f"{exc.code}: {exc.message}")
+                if job_args.get("rule") is None:  # a policy's failed action is reported by the scheduler's report
+                    self._report_failed_job(job.snapshot(), exc)
+            raise
+        if job is not None:
+            job.end("done")
+        return result
+
+    def _report_failed_job(self, job: Job, exc: MemosError) -> None:
+        try:
+            self.record_event("job_failed", job.cubes[0] if job.cubes else None, job.target or next(iter(job.memory_ids), None),
+                              job.principal, {"job": job.id, "op": job.op, "code": exc.code, "message": exc.message[:500],
+                                              "memories": list(job.memory_ids)})
+        except MemosError as event_exc:  # the operation's own error is what the caller must see
+            self.log.error("could not record job_failed", job=job.id, error=event_exc.message)
+
+    # -------------------------------------------------------------------------------------------------- failures
+
+    def _log(self, trace_id: str, principal: str, op: Any, cube: Any, started: float, outcome: str, error: str = "") -> None:
+        fields = {
+            "trace_id": trace_id,
+            "principal": principal,
+            "syscall": op,
+            "cube": cube,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "outcome": outcome,
+        }
+        if error:
+            self.log.info("syscall failed", error=error, **fields)
+        else:
+            self.log.info("syscall", **fields)
+
+    def record_failure(self, ctx: CallContext, op: str, cube: Any, exc: MemosError) -> None:
+        """Audit a failed syscall in its own transaction (the failed one rolled back); denials become events."""
+        if isinstance(exc, Concealed):
+            exc = exc.denial
+        detail_cube = exc.details.get("cube", cube)
+        cube_name = detail_cube if isinstance(detail_cube, str) else None
+        memory_id = exc.details.get("memory_id")
+        if isinstance(memory_id, str):
+            # A failure about a memory belongs to the memory's cube: filed under the syscall's cube, it would show
+            # the memory's id and state to that cube's admins, who may not read it.
+            cube_name = self.store.memory_cube(memory_id) or cube_name
+        who, what = _storable(str(ctx.principal), 128), _storable(op, 64)
+        try:
+            with self.store.transaction():
+                self.store.audit(
+                    self.clock.now(), who, what, cube_name, memory_id if isinstance(memory_id, str) else None,
+                    exc.code, _storable(exc.message, 1000),
+                )
+                if isinstance(exc, PermissionDenied):
+                    ctx.emit("denied", cube_name, None, who, op=what, right=exc.details.get("right"))
+        except BackendError as audit_exc:
+            self.log.error("audit write failed", error=str(audit_exc), op=op)
+
+    def _flush_index(self) -> None:
+        try:
+            self.indexer.flush()
+        except BackendError as exc:
+            # The syscall committed: the outbox keeps the change and the next flush or start-up retries it.
+            self.log.error("vector index update deferred", error=str(exc), pending=self.store.pending_index_count())

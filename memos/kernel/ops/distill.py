@@ -1,0 +1,174 @@
+"""``distill(ids, cube)``: parametric memory, one adapter trained on a set of memories.
+
+A long operation (``memos.kernel.longops``): *plan* (checks; the journal row of the adapter file), *work* (the model
+host trains the adapter; the kernel is not held; progress goes into the job and a cancellation is forwarded),
+*commit* (a new parametric memory, or the next version of the one ``replaces`` names, retrained on the current
+versions of its sources), *abort* (the journal row rolled back, the file deleted).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memos.errors import Cancelled, InvalidState, InvalidSyscall, MemosError, VersionConflict, error_from_wire
+from memos.kernel.authz import policy_rule, require_cube, require_memory
+from memos.kernel.context import CallContext
+from memos.kernel.longops import LongOperation, require_model
+from memos.kernel.versions import check_expected, delete_blob, first_version, next_version, to_memory
+from memos.types import Kind, MemoryRef, Provenance, Right, State
+
+if TYPE_CHECKING:
+    from memos.kernel.jobs import RunningJob
+    from memos.models.port import DistillStatus
+    from memos.storage.sqlite import VersionRow
+
+
+@dataclass
+class DistillPlan:
+    memory_id: str
+    cube: str
+    path: Path
+    journal: int
+    sources: list[VersionRow]
+    rule: str | None
+    replaces: VersionRow | None = None  # retraining: the parametric memory that gets the new version
+
+
+class DistillOp(LongOperation):
+    def plan(self, ctx: CallContext, call: Any) -> DistillPlan:
+        kernel = ctx.kernel
+        require_model(ctx, "distill")
+        rule = policy_rule(ctx, call)
+        replaces, ids, cube = None, call.ids, call.cube
+        if call.replaces is not None:
+            replaces = require_memory(ctx, call.replaces, Right.WRITE)
+            if replaces.kind != Kind.PARAMETRIC or replaces.state == State.DELETED:
+                raise InvalidState(f"memory {replaces.memory_id} is a {replaces.state} {replaces.kind} memory; replaces "
+                                   "names a parametric memory to retrain", memory_id=replaces.memory_id)
+            if cube is not None and cube != replaces.cube:
+                raise InvalidSyscall(f"memory {replaces.memory_id} is in cube {replaces.cube!r}, not {cube!r}")
+            cube = replaces.cube
+            if not ids:  # retrain on what it was trained on, at the current versions; what was deleted is forgotten
+                refs = dict.fromkeys(ref["id"] for ref in replaces.provenance.get("derived_from", ()))
+                rows = [kernel.store.get_version(memory_id) for memory_id in refs]
+                ids = tuple(r.memory_id for r in rows if r is not None and r.state == State.ACTIVE)
+                if not ids:
+                    raise InvalidState(f"no source of {replaces.memory_id} is active any more; delete it instead",
+                                       memory_id=replaces.memory_id)
+        assert cube is not None  # the syscall's validator: cube or replaces
+        require_cube(ctx, cube, Right.WRITE)
+        sources = [require_memory(ctx, m, Right.READ) for m in dict.fromkeys(ids)]
+        if call.expected_versions is not None:
+            for memory_id, expected in zip(call.ids, call.expected_versions, strict=True):
+                check_expected(next(r for r in sources if r.memory_id == memory_id), expected)
+        for row in sources:
+            if row.state != State.ACTIVE or row.kind == Kind.PARAMETRIC:
+                raise InvalidState(f"memory {row.memory_id} is a {row.state} {row.kind} memory; distill takes active "
+                                   "plaintext or activation memories", memory_id=row.memory_id)
+            if row.provenance.get("trust") == "untrusted" and not call.allow_untrusted:
+                raise InvalidSyscall(
+                    f"memory {row.memory_id} is untrusted (source {row.provenance.get('source')}); untrusted memories "
+                    "are not distilled into parametric memory unless allow_untrusted is set", memory_id=row.memory_id,
+                )
+        memory_id = replaces.memory_id if replaces is not None else kernel.new_id()
+        version = replaces.current_version + 1 if replaces is not None else 1
+        path = kernel.blob_dir / "parametric" / f"{memory_id}-v{version}.adapter.safetensors"
+        journal = kernel.store.journal_start(memory_id, version - 1, Kind.PARAMETRIC.value, str(path), rule,
+                                             ctx.principal, kernel.clock.now())
+        return DistillPlan(memory_id, cube, path, journal, sources, rule, replaces)
+
+    def job_args(self, plan: DistillPlan) -> dict[str, Any]:
+        return {"cubes": [plan.cube, *(r.cube for r in plan.sources)], "memory_ids": [r.memory_id for r in plan.sources],
+                "target": plan.memory_id, "rule": plan.rule, "phase": "train"}
+
+    def work(self, ctx: CallContext, call: Any, plan: DistillPlan, job: RunningJob | None) -> DistillStatus:
+        """Start the training on the model host, follow it (progress into the job), forward a cancellation."""
+        kernel = ctx.kernel
+        model = require_model(ctx, "distill")
+        facts = [{"id": r.memory_id, "version": r.version, "text": r.content} for r in plan.sources]
+        config = {"steps": call.steps} if call.steps else {}
+        status = model.start_distill(facts, str(plan.path), config)
+        cancel_sent = False
+        try:
+            while status.state == "running":
+                if job is None or cancel_sent:
+                    time.sleep(kernel.job_poll_s)
+                elif job.wait_cancel(kernel.job_poll_s):
+                    model.cancel_distill(status.job_id)
+                    cancel_sent = True
+                status = model.distill_status(status.job_id)
+                if job is not None:
+                    job.progress(status.step, status.total, phase=status.phase, loss=status.loss)
+        finally:
+            try:
+                model.forget_distill(status.job_id)  # cancels it if this kernel thread is leaving early
+            except MemosError as exc:
+                kernel.log.warning("could not forget a distillation job", job=status.job_id, error=exc.message)
+        if status.state == "done" and status.payload is not None:
+            return status
+        if status.state == "cancelled":
+            if job is not None:
+                job.raise_if_cancelled()
+            raise Cancelled(f"the model host cancelled distillation {status.job_id}")
+        if status.error:
+            raise error_from_wire(status.error)
+        raise InvalidState(f"distillation {status.job_id} ended {status.state} without an adapter")
+
+    def commit(self, ctx: CallContext, call: Any, plan: DistillPlan, built: Any) -> Any:
+        from memos.syscalls import MAX_CONTENT_BYTES
+
+        kernel, store = ctx.kernel, ctx.kernel.store
+        now = kernel.clock.now()
+        previous = None
+        if plan.replaces is not None:
+            previous = store.get_version(plan.memory_id)
+            if previous is None or previous.version != plan.replaces.version:
+                raise VersionConflict(f"memory {plan.memory_id} changed while it was being retrained; nothing was kept",
+                                      memory_id=plan.memory_id, expected=plan.replaces.version)
+        for row in plan.sources:
+            current = store.get_version(row.memory_id)
+            if current is None or current.version != row.version:
+                raise VersionConflict(f"memory {row.memory_id} changed while it was being distilled; nothing was kept",
+                                      memory_id=row.memory_id, expected=row.version)
+        # The text of what the adapter knows: searchable, and the knowledge that survives the adapter.
+        content = "\n".join(r.content for r in plan.sources)
+        if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
+            content = content.encode("utf-8")[: MAX_CONTENT_BYTES - 64].decode("utf-8", "ignore") + "\n[...]"
+        ev = built.evaluation or {}
+        provenance = Provenance(
+            author=ctx.principal, source="derived", operation="distill", policy_rule=plan.rule,
+            derived_from=tuple(MemoryRef(id=r.memory_id, version=r.version) for r in plan.sources),
+            trust="untrusted" if any(r.provenance.get("trust") == "untrusted" for r in plan.sources) else "trusted",
+        )
+        metadata = {"distill": {k: ev.get(k) for k in (
+            "facts", "steps", "recall_with", "recall_without", "held_out_recall_with", "held_out_recall_without",
+            "locality_delta", "train_s", "final_loss",
+        )}}
+        tags = tuple(dict.fromkeys(call.tags)) or (previous.tags if previous is not None else ())
+        fields: dict[str, Any] = {
+            "kind": Kind.PARAMETRIC.value, "content": content, "metadata": metadata, "tags": tags,
+            "fingerprint": (built.fingerprint or kernel.model.fingerprint()).model_dump(),  # type: ignore[union-attr]
+            "payload": built.payload.model_dump(),
+        }
+        if previous is None:
+            row = first_version(ctx, memory_id=plan.memory_id, cube=plan.cube, provenance=provenance, at=now, **fields)
+        else:
+            row = next_version(ctx, previous, provenance, at=now, state=State.ACTIVE, **fields)
+        if previous is not None and previous.stale:
+            store.set_stale(plan.memory_id, False)  # trained on its sources' current versions again
+            row = store.get_version(plan.memory_id)  # type: ignore[assignment]
+        store.journal_end(plan.journal, "done", now)
+        ctx.audit_ok("distill", plan.cube, plan.memory_id,
+                     detail=f"{len(plan.sources)} memories" + (f", v{row.version}" if previous is not None else ""))
+        ctx.emit("distilled", plan.cube, plan.memory_id, ctx.principal, rule=plan.rule, sources=len(plan.sources),
+                 version=row.version, recall_with=ev.get("recall_with"), recall_without=ev.get("recall_without"),
+                 locality_delta=ev.get("locality_delta"), bytes=built.payload.size_bytes)
+        return to_memory(ctx, row)
+
+    def abort(self, ctx: CallContext, plan: DistillPlan) -> None:
+        kernel = ctx.kernel
+        kernel.store.journal_end(plan.journal, "rolled_back", kernel.clock.now(), "failed before commit")
+        ctx.after_commit(lambda p=plan.path: delete_blob(kernel, p))

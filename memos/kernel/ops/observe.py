@@ -1,0 +1,135 @@
+"""Observability syscalls: stats, events, the audit log, snapshots, and the jobs table (list, cancel)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from memos import syscalls as sc
+from memos.errors import InvalidState, NotFound, PermissionDenied
+from memos.kernel.authz import readable_cubes, require_cube, visible_job
+from memos.kernel.context import CallContext
+from memos.kernel.reads import join_pending_reads
+from memos.kernel.versions import to_memory
+from memos.types import (
+    AuditList,
+    AuditRecord,
+    Event,
+    EventList,
+    Job,
+    JobList,
+    KernelState,
+    Right,
+    State,
+    Stats,
+    from_epoch,
+)
+
+
+def stats(ctx: CallContext, call: sc.GetStats) -> Stats:
+    kernel = ctx.kernel
+    cubes = readable_cubes(ctx)
+    memories: dict[str, dict[str, int]] = {}
+    size: Counter[str] = Counter()
+    for _, kind, state, n, b in kernel.store.counts(cubes):
+        memories.setdefault(kind, {}).setdefault(state, 0)
+        memories[kind][state] += n
+        size[kind] += b
+    return Stats(
+        cubes=len(cubes), memories=memories, versions=kernel.store.version_count(cubes), bytes=dict(size),
+        syscalls=dict(kernel.syscall_counts), latency_ms=latency_summary(kernel.latencies),
+    )
+
+
+def latency_summary(latencies: dict[str, deque[float]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for op, window in list(latencies.items()):
+        values = sorted(window)
+        if values:
+            out[op] = {
+                "p50": round(values[len(values) // 2] * 1000, 3),
+                "p95": round(values[min(len(values) - 1, int(len(values) * 0.95))] * 1000, 3),
+            }
+    return out
+
+
+def events(ctx: CallContext, call: sc.GetEvents) -> EventList:
+    if ctx.principal in ctx.kernel.superusers and not call.cubes:
+        cubes = None
+    else:
+        readable = set(readable_cubes(ctx))
+        for cube in call.cubes:
+            require_cube(ctx, cube, Right.READ)
+        cubes = [c for c in (call.cubes or sorted(readable)) if c in readable]
+    rows = ctx.kernel.store.events(call.since, call.limit, cubes, call.types, call.latest)
+    found = tuple(
+        Event(seq=r[0], at=from_epoch(r[1]), type=r[2], cube=r[3], memory_id=r[4], principal=r[5], data=json.loads(r[6]))
+        for r in rows
+    )
+    next_seq = found[-1].seq if found else max(call.since, 0)
+    return EventList(events=found, next_seq=next_seq)
+
+
+def jobs(ctx: CallContext, call: sc.ListJobs) -> JobList:
+    listed = [j for j in ctx.kernel.jobs.all() if visible_job(ctx, j)]
+    if call.running_only:
+        listed = [j for j in listed if j.state == "running"]
+    return JobList(jobs=tuple(listed))
+
+
+def cancel(ctx: CallContext, call: sc.CancelJob) -> Job:
+    handle = ctx.kernel.jobs.get(call.job_id)
+    job = handle.snapshot()
+    if not visible_job(ctx, job):
+        raise NotFound(f"no job {call.job_id}", job_id=call.job_id)  # existence concealed, as for memories
+    if ctx.principal != job.principal and ctx.principal not in ctx.kernel.superusers:
+        for cube in job.cubes:
+            require_cube(ctx, cube, Right.WRITE)
+    if job.state != "running":
+        raise InvalidState(f"job {job.id} has already ended ({job.state})", job_id=job.id, state=job.state)
+    handle.request_cancel(ctx.principal)
+    ctx.audit_ok("cancel", job.cubes[0] if job.cubes else None, job.target,
+                 detail=f"{job.id} ({job.op}, started by {job.principal})")
+    return handle.snapshot()
+
+
+def snapshot(ctx: CallContext, call: sc.Snapshot) -> KernelState:
+    store = ctx.kernel.store
+    cubes = list(dict.fromkeys(call.cubes)) or [c[0] for c in store.list_cubes()]
+    for cube in cubes:
+        require_cube(ctx, cube, Right.ADMIN)
+    join_pending_reads(ctx)  # policies count reads: they see every read made so far
+    now = ctx.kernel.clock.now()
+    rows = [r for r in store.current_memories(cubes) if r.state != State.DELETED]
+    activation = sum(r.payload["size_bytes"] for r in store.current_of_kind("activation") if r.payload)
+    return KernelState(
+        at=from_epoch(now), memories=tuple(to_memory(ctx, r) for r in rows),
+        read_times={k: tuple(v) for k, v in store.read_times(cubes, now - call.read_window_s).items()},
+        activation_bytes=activation,
+    )
+
+
+def audit(ctx: CallContext, call: sc.GetAudit) -> AuditList:
+    if call.cube is None:
+        if ctx.principal not in ctx.kernel.superusers:
+            raise PermissionDenied(f"{ctx.principal} may read the audit log of a cube it administers; name the cube",
+                                   right="admin")
+    else:
+        require_cube(ctx, call.cube, Right.ADMIN)
+    rows = ctx.kernel.store.audit_records(call.cube, call.since, call.limit)
+    return AuditList(records=tuple(
+        AuditRecord(seq=r[0], at=from_epoch(r[1]), principal=r[2], op=r[3], cube=r[4], memory_id=r[5], outcome=r[6], detail=r[7])
+        for r in rows
+    ))
+
+
+HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {
+    sc.GetStats: stats,
+    sc.GetEvents: events,
+    sc.ListJobs: jobs,
+    sc.CancelJob: cancel,
+    sc.Snapshot: snapshot,
+    sc.GetAudit: audit,
+}

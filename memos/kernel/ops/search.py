@@ -1,0 +1,268 @@
+"""Search and request-time scheduling: ``search`` (hybrid retrieval) and ``assemble_context`` (which memory a
+request gets, and how).
+
+``assemble_context(query, cubes, token_budget, k)``:
+1. hybrid search for ``query`` (the caller needs read on every cube), best ``k`` first;
+2. each hit is *kv* if it is an activation memory whose payload was built for the loaded model and is not stale
+   (its tokens are cached: no prefill), else *text* (its tokens are prefilled);
+3. hits are taken in score order; at equal relevance (scores within 1e-9) the cheaper one (kv) comes first;
+4. a text hit that does not fit the remaining ``token_budget`` is skipped, with the reason; kv hits use no budget
+   but their cached tokens are capped by the model's context (``MAX_CACHED_TOKENS``).
+Every decision carries a reason. Token counts come from the model host's tokenizer, or are estimated
+(characters / 4, ``estimated=True``) when no model host is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from memos import syscalls as sc
+from memos.kernel.authz import require_cube
+from memos.kernel.context import CallContext
+from memos.kernel.ops.related import related_rows
+from memos.kernel.reads import audit_read, record_reads
+from memos.kernel.retrieval import Fused, reciprocal_rank_fusion
+from memos.kernel.versions import to_memory
+from memos.storage.sqlite import VersionRow
+from memos.storage.vector import IndexQuery, parse_entry_id
+from memos.types import (
+    GENERATED_WEIGHT,
+    ContextItem,
+    ContextPlan,
+    Kind,
+    Right,
+    SearchHit,
+    SearchResult,
+    Source,
+    State,
+    to_epoch,
+)
+
+_CANDIDATES = 50  # per retriever, at least; more for larger k
+#: A memory brought into search results by link expansion scores this fraction of the hit that brought it.
+EXPAND_DECAY = 0.9
+MAX_CACHED_TOKENS = 8192
+_TIE = 1e-9
+
+
+# ------------------------------------------------------------------------------------------------------ search
+
+def search(ctx: CallContext, call: sc.Search) -> SearchResult:
+    store = ctx.kernel.store
+    cubes = tuple(dict.fromkeys(call.cubes))
+    at = to_epoch(call.as_of) if call.as_of is not None else None
+    hits = search_hits(ctx, call.query, cubes, call.k, call.filters, at=at, mode=call.mode)
+    via: dict[int, str] = {}
+    if call.expand and at is None:
+        hits, via = expand_hits(ctx, hits, cubes, call.filters, call.k, call.expand)
+    record_reads(ctx, [row.memory_id for row, _ in hits], ctx.kernel.clock.now())
+    audit_read(ctx, call.op, cubes[0] if len(cubes) == 1 else None, detail=f"{len(hits)} hits in {','.join(cubes)}"[:1000])
+    fresh = store.versions_by_rowid(row.rowid for row, _ in hits)
+    return SearchResult(hits=tuple(
+        SearchHit(memory=to_memory(ctx, fresh.get(row.rowid, row)), score=item.score,
+                  dense_rank=item.dense_rank, lexical_rank=item.lexical_rank, via=via.get(row.rowid))
+        for row, item in hits
+    ))
+
+
+def search_hits(
+    ctx: CallContext, query: str, cubes: tuple[str, ...], k: int, f: sc.SearchFilters, *,
+    at: float | None = None, mode: str = "hybrid",
+) -> list[tuple[VersionRow, Fused]]:
+    """Hybrid retrieval with ACL checks and filters; best first. Does not count reads (callers decide)."""
+    store, index = ctx.kernel.store, ctx.kernel.index
+    for cube in cubes:
+        require_cube(ctx, cube, Right.READ)
+    limit = max(_CANDIDATES, k * 5)
+    dense: list[tuple[str, int]] = []
+    if mode in ("hybrid", "dense"):
+        equals = {"trust": f.trust.value} if f.trust else {}
+        one_of: dict[str, tuple[str, ...]] = {}
+        if f.kinds:
+            one_of["kind"] = tuple(x.value for x in f.kinds)
+        if f.authors:
+            one_of["author"] = tuple(f.authors)
+        if f.sources:
+            one_of["source"] = tuple(x.value for x in f.sources)
+        q = IndexQuery(embedding=ctx.query_vector(query), cubes=cubes, limit=limit, at=at, equals=equals, one_of=one_of)
+        dense = [parse_entry_id(eid) for eid, _ in index.query(q)]
+    lexical: list[int] = []
+    if mode in ("hybrid", "lexical"):
+        lexical = [rowid for rowid, _ in store.lexical(query, cubes, at, limit)]
+    dense_rows = {}
+    for mid, version in dense:
+        r = store.get_version(mid, version)
+        if r is not None:
+            dense_rows[r.rowid] = r
+    rows = {**dense_rows, **store.versions_by_rowid(r for r in lexical if r not in dense_rows)}
+    hits = []
+    for item in reciprocal_rank_fusion(list(dense_rows), lexical):
+        row = rows.get(item.key)
+        if row is None or not _passes(row, f):
+            continue
+        if row.provenance.get("source") == Source.GENERATED:  # a model's own answer ranks below observed facts
+            item = Fused(item.key, item.score * GENERATED_WEIGHT, item.dense_rank, item.lexical_rank)
+        hits.append((row, item))
+    hits.sort(key=lambda h: -h[1].score)  # stable: fusion order breaks ties
+    return hits[:k]
+
+
+def expand_hits(
+    ctx: CallContext, hits: list[tuple[VersionRow, Fused]], cubes: tuple[str, ...], filters: sc.SearchFilters, k: int,
+    per_hit: int,
+) -> tuple[list[tuple[VersionRow, Fused]], dict[int, str]]:
+    """Hits plus up to ``per_hit`` linked memories of each (in the searched cubes, passing the filters), each
+    scored ``EXPAND_DECAY`` times the hit that brought it; best ``k``. Returns them and, by row id, how each
+    added one is linked."""
+    present = {row.memory_id for row, _ in hits}
+    added: list[tuple[VersionRow, Fused]] = []
+    via: dict[int, str] = {}
+    for row, item in hits:
+        taken = 0
+        for other, relation, _ in related_rows(ctx, row):
+            if taken == per_hit:
+                break
+            if other.memory_id in present or other.cube not in cubes or not _passes(other, filters):
+                continue
+            present.add(other.memory_id)
+            taken += 1
+            added.append((other, Fused(other.rowid, item.score * EXPAND_DECAY, None, None)))
+            via[other.rowid] = f"{relation} of {row.memory_id}"
+    merged = sorted([*hits, *added], key=lambda h: -h[1].score)[:k]
+    return merged, via
+
+
+def _passes(row: VersionRow, f: sc.SearchFilters) -> bool:
+    prov = row.provenance
+    if row.state != State.ACTIVE:
+        return False
+    if f.tags and not set(f.tags) <= set(row.tags):
+        return False
+    if any(row.metadata.get(k) != v for k, v in f.metadata.items()):
+        return False
+    if f.trust and prov.get("trust", "trusted") != f.trust.value:
+        return False
+    if f.kinds and row.kind not in {k.value for k in f.kinds}:
+        return False
+    if f.authors and prov.get("author") not in f.authors:
+        return False
+    return not (f.sources and prov.get("source") not in {s.value for s in f.sources})
+
+
+# ------------------------------------------------------------------------------------------------------ context
+
+def usable_kv(ctx: CallContext, row: VersionRow) -> str | None:
+    """None if the row's activation payload can be injected, else why not."""
+    model = ctx.kernel.model
+    if row.kind != Kind.ACTIVATION or row.payload is None:
+        return "plaintext memory"
+    if row.stale:
+        return "activation cache is stale (a source changed)"
+    if model is None:
+        return "no model host to inject the cache"
+    if row.fingerprint != model.fingerprint().model_dump():
+        return "activation cache was built for another model"
+    return None
+
+
+def usable_adapter(ctx: CallContext, row: VersionRow, *, allow_stale: bool = False) -> str | None:
+    """None if the row's adapter can be applied, else why not."""
+    model = ctx.kernel.model
+    if row.kind != Kind.PARAMETRIC or row.payload is None:
+        return "not an adapter"
+    if row.state != State.ACTIVE:
+        return f"adapter is {row.state}"
+    if row.stale and not allow_stale:
+        return "adapter is stale (a source changed since it was trained)"
+    if model is None:
+        return "no model host to apply the adapter"
+    if row.fingerprint != model.fingerprint().model_dump():
+        return "adapter was trained on another base model"
+    return None
+
+
+def plan_items(
+    ctx: CallContext, candidates: list[tuple[VersionRow, float, str]], token_budget: int
+) -> tuple[list[ContextItem], bool]:
+    """Decide kv / text / skip for (row, score, why-found) candidates, best first."""
+    model = ctx.kernel.model
+    texts = [row.content for row, _, _ in candidates]
+    if model is not None and texts:
+        counts, estimated = model.count_tokens(texts), False
+    else:
+        counts, estimated = [len(t) // 4 + 8 for t in texts], True
+    options = []
+    for (row, score, found), tokens in zip(candidates, counts, strict=True):
+        unusable = usable_kv(ctx, row)
+        options.append((row, score, found, tokens, unusable))
+    # Best first; at equal relevance the cheaper (an injectable cache) first.
+    options.sort(key=lambda o: (-round(o[1] / _TIE) * _TIE, o[4] is not None))
+    items: list[ContextItem] = []
+    left, cached = token_budget, 0
+    # The best usable adapter among the candidates is applied; under it, KV caches are not valid (they were
+    # computed without it), so activation memories go in as text.
+    adapter = next((o[0].memory_id for o in options if usable_adapter(ctx, o[0]) is None), None)
+    for row, score, found, tokens, unusable in options:
+        common = {"memory_id": row.memory_id, "version": row.version, "kind": row.kind, "score": score}
+        if row.kind == Kind.PARAMETRIC:
+            why = usable_adapter(ctx, row)
+            if row.memory_id == adapter:
+                items.append(ContextItem(**common, use="adapter", tokens=0,
+                                         reason=f"{found}; adapter trained on its sources: no prompt tokens"))
+            else:
+                items.append(ContextItem(**common, use="skip", tokens=tokens,
+                                         reason=f"{found}; {why or 'another adapter is applied'}"))
+            continue
+        if adapter is not None and unusable is None:
+            unusable = "activation cache not valid under an adapter"
+        if unusable is None and cached + tokens <= MAX_CACHED_TOKENS:
+            cached += tokens
+            items.append(ContextItem(**common, use="kv", tokens=0, cached_tokens=tokens,
+                                     reason=f"{found}; activation cache for the loaded model: {tokens} tokens, no prefill"))
+        elif tokens <= left:
+            left -= tokens
+            why = unusable if unusable != "plaintext memory" else "plaintext"
+            items.append(ContextItem(**common, use="text", tokens=tokens,
+                                     reason=f"{found}; {why}: {tokens} prompt tokens"))
+        else:
+            items.append(ContextItem(**common, use="skip", tokens=tokens,
+                                     reason=f"{found}; {tokens} tokens exceed the {left} left of the budget"))
+    return items, estimated
+
+
+def assemble(ctx: CallContext, query: str, cubes: tuple[str, ...], k: int, token_budget: int,
+             filters: sc.SearchFilters) -> tuple[ContextPlan, dict[str, VersionRow]]:
+    hits = search_hits(ctx, query, cubes, k, filters)
+    candidates = []
+    for rank, (row, item) in enumerate(hits, 1):
+        ranks = ", ".join(x for x in (
+            f"dense {item.dense_rank}" if item.dense_rank else "", f"lexical {item.lexical_rank}" if item.lexical_rank else ""
+        ) if x)
+        candidates.append((row, item.score, f"search rank {rank} ({ranks})"))
+    items, estimated = plan_items(ctx, candidates, token_budget)
+    return context_plan(query, token_budget, items, estimated), {r.memory_id: r for r, _ in hits}
+
+
+def context_plan(query: str, budget: int, items: list[ContextItem], estimated: bool) -> ContextPlan:
+    return ContextPlan(
+        query=query, token_budget=budget, items=tuple(items),
+        text_tokens=sum(i.tokens for i in items if i.use == "text"),
+        cached_tokens=sum(i.cached_tokens for i in items if i.use == "kv"), estimated=estimated,
+        adapter=next((i.memory_id for i in items if i.use == "adapter"), None),
+    )
+
+
+def assemble_context(ctx: CallContext, call: sc.AssembleContext) -> ContextPlan:
+    cubes = tuple(dict.fromkeys(call.cubes))
+    plan, _ = assemble(ctx, call.query, cubes, call.k, call.token_budget, call.filters)
+    record_reads(ctx, [i.memory_id for i in plan.used], ctx.kernel.clock.now())
+    audit_read(ctx, call.op, cubes[0] if len(cubes) == 1 else None,
+               detail=f"{len(plan.used)} of {len(plan.items)} memories, {plan.text_tokens} text tokens")
+    return plan
+
+
+HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {
+    sc.Search: search,
+    sc.AssembleContext: assemble_context,
+}
