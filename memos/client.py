@@ -172,6 +172,8 @@ class Memos:
                 data = dict(item)
             if cube is not None:
                 data.setdefault("cube", cube)
+            if not data.get("idempotency_key"):  # each item its own: a resent call writes nothing twice
+                data["idempotency_key"] = uuid.uuid4().hex
             wire.append(data)
         return self._do(sc.WriteMany, items=tuple(wire))
 

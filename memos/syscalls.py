@@ -684,4 +684,8 @@ RETRY_SAFE_OPS = frozenset({
 
 def retry_safe(syscall: dict[str, Any]) -> bool:
     """Whether a transport may resend this wire syscall when it cannot tell if it ran (see ``RETRY_SAFE_OPS``)."""
+    if syscall.get("op") == "write_many":  # safe when every item carries its key
+        items = syscall.get("items")
+        return isinstance(items, list | tuple) and bool(items) and all(
+            isinstance(i, dict) and i.get("idempotency_key") for i in items)
     return syscall.get("op") in RETRY_SAFE_OPS or bool(syscall.get("idempotency_key"))

@@ -95,3 +95,24 @@ def test_the_client_gives_every_write_its_own_key(mem):
 def test_only_reads_and_keyed_writes_are_retry_safe():
     assert sc.retry_safe({"op": "search"}) and sc.retry_safe({"op": "write", "idempotency_key": "k-0000000009"})
     assert not sc.retry_safe({"op": "write"}) and not sc.retry_safe({"op": "update"})
+
+
+def test_a_resent_write_many_writes_each_item_once(kernel, mem):
+    mem.create_cube("team/x")
+    items = [{"cube": "team/x", "content": f"fact {i}", "idempotency_key": f"k-batch-{i:04d}"} for i in range(3)]
+    first = kernel.execute("agent:alice", {"op": "write_many", "items": items})
+    again = kernel.execute("agent:alice", {"op": "write_many", "items": [*items, {"cube": "team/x", "content": "new",
+                                                                                  "idempotency_key": "k-batch-0003"}]})
+    assert [o.id for o in again.results[:3]] == [o.id for o in first.results] and again.results[3].ok
+    assert len(memories(kernel)) == 4
+
+
+def test_the_client_keys_every_item_of_a_write_many(mem):
+    mem.create_cube("team/x")
+    sent = []
+    call = mem.transport.call
+    mem.transport.call = lambda principal, syscall, trace_id=None: sent.append(syscall) or call(principal, syscall, trace_id)
+    mem.write_many(["a", "b"], cube="team/x")
+    keys = [item["idempotency_key"] for item in sent[0]["items"]]
+    assert all(keys) and len(set(keys)) == 2 and sc.retry_safe(sent[0])
+    assert not sc.retry_safe({"op": "write_many", "items": [{"cube": "team/x", "content": "a"}]})

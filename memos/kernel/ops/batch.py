@@ -9,7 +9,9 @@ Contract:
   its place with its typed error; the other items are written. No item is ever half written;
 - each memory gets version 1 with its own provenance (author the caller, operation ``write``), its own audit record
   and its own ``written`` event, exactly as a single ``write`` would;
-- a failure of the transaction itself (the store) fails the whole call: nothing was written.
+- a failure of the transaction itself (the store) fails the whole call: nothing was written;
+- an item may carry an ``idempotency_key`` (the Python client gives each one): an item resent after it committed
+  answers with the memory it wrote and writes nothing (memos.kernel.idempotency), so a whole resent call is safe.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from memos import syscalls as sc
 from memos.cubes.plaintext import check_content, check_metadata, content_hash
 from memos.errors import InvalidSyscall, MemosError
+from memos.kernel import idempotency
 from memos.kernel.authz import require_cube, require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.reads import join_pending_reads
@@ -58,7 +61,12 @@ def write_many(ctx: CallContext, call: sc.WriteMany) -> WriteManyResult:
                 if cube not in writable:
                     require_cube(ctx, cube, Right.WRITE)
                     writable.add(cube)
+                done = idempotency.replayed(kernel.store, ctx.principal, write, lambda row: row)
+                if done is not None:  # a resent item that committed: its memory, not a second one
+                    outcomes.append(WriteOutcome(id=done.memory_id, version=done.version))
+                    continue
                 memory_id = _write_item(ctx, write, now)
+                idempotency.remember(kernel.store, ctx.principal, write, memory_id, 1, now)
         except MemosError as exc:
             del events[events_mark:], after[after_mark:]
             kernel.record_failure(ctx, call.op, cube, exc)  # joins this transaction
