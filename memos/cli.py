@@ -48,19 +48,53 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _open(args: argparse.Namespace, *, mode: str = "local") -> Any:
-    """A runtime for one CLI command: the running cluster if any, else the kernel in this process."""
+    """A runtime for one CLI command: the running cluster if any; else the `memos serve` that owns the data dir,
+    over HTTP, when $MEMOS_API_KEY is set; else the kernel in this process (which fails with ``DataDirInUse``,
+    naming the owner, if another process owns the data dir)."""
     from memos.hosting.ray_host import cluster_info
     from memos.runtime import Runtime
 
     settings = _settings(args)
     if cluster_info(settings) is not None:
         return Runtime.start(settings, mode="cluster")
+    # serve owns the home itself; doctor and policy need the kernel's own methods, which HTTP does not carry.
+    served = _served(settings) if args.command not in ("serve", "doctor", "policy") else None
+    if served is not None:
+        return served
     uses_model = args.command in _MODEL_COMMANDS or (args.command == "ingest" and settings.llm == "local")
     if not uses_model:  # loading the model takes seconds; most commands never touch it
         settings = settings.model_copy(update={"model": None})
     # The data dir's lock names this command to whoever opens the home meanwhile (memos.storage.owner).
     return Runtime.start(settings, mode="inprocess" if mode == "local" else mode,  # type: ignore[arg-type]
                          owner=f"memos {args.command}")
+
+
+def _served(settings: Settings) -> Any:
+    """A runtime over HTTP to the `memos serve` that owns ``settings.home`` (it records its URL in the data dir's
+    lock, memos.storage.owner), acting with $MEMOS_API_KEY ($MEMOS_CA_FILE for a private CA); None without a key or
+    a serving owner."""
+    import os
+
+    from memos.storage.owner import read_owner
+
+    owner, key = read_owner(settings.home), os.environ.get("MEMOS_API_KEY")
+    if not owner or not owner.get("endpoint") or not key:
+        return None
+    from memos.runtime import Runtime
+    from memos.transports_http import HttpTransport
+
+    transport = HttpTransport(owner["endpoint"], key, ca_file=os.environ.get("MEMOS_CA_FILE") or None)
+    return Runtime(settings, transport, mode="http")
+
+
+def _client(runtime: Any, principal: str) -> Any:
+    """The client a command acts through: over HTTP the key decides who acts, unless ``--as`` named someone (then
+    the server checks that the key is theirs)."""
+    from memos.client import Memos
+
+    if runtime.mode == "http" and principal == DEFAULT_PRINCIPAL:
+        return Memos(runtime.transport)
+    return runtime.client(principal)
 
 
 _MODEL_COMMANDS = frozenset({"migrate", "distill", "context", "generate", "serve"})  # serve exposes them all
@@ -165,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_syscall(args: argparse.Namespace) -> int:
     with _open(args) as runtime:
-        mem = runtime.client(args.principal)
+        mem = _client(runtime, args.principal)
         if args.command == "cubes":
             _print(mem.cubes())
         elif args.command == "write":
@@ -212,7 +246,7 @@ def cmd_syscall(args: argparse.Namespace) -> int:
 
 def cmd_cube(args: argparse.Namespace) -> int:
     with _open(args) as runtime:
-        mem = runtime.client(args.principal)
+        mem = _client(runtime, args.principal)
         if args.cube_command == "create":
             _print(mem.create_cube(args.cube, args.description, exist_ok=args.exist_ok))
         elif args.cube_command == "grant":
@@ -336,7 +370,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     """A refreshing terminal summary: memories by kind and state, bytes by tier, syscall rate and latency, recent
     migrations and evictions, recent policy runs. Ctrl-C to stop; --once prints one frame."""
     with _open(args) as runtime:
-        mem = runtime.client(args.principal)
+        mem = _client(runtime, args.principal)
         last_counts, last_at = None, None
         while True:
             stats = mem.stats()
@@ -490,7 +524,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with _open(args) as runtime:
             lock = getattr(getattr(getattr(runtime.transport, "service", None), "kernel", None), "home_lock", None)
             if lock is not None:  # this process owns the home: say where it answers, for the next opener's error
-                lock.set_endpoint(f"{'https' if args.tls_cert else 'http'}://{args.host}:{args.port}")
+                local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104 (a wildcard bind)
+                lock.set_endpoint(f"{'https' if args.tls_cert else 'http'}://{local}:{args.port}")
             serve(
                 runtime.transport, keys, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
                 allow_insecure=args.insecure, max_body_bytes=args.max_body, mcp=args.mcp, mcp_default_cube=args.cube,

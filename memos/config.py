@@ -3,6 +3,7 @@
 | variable | default | meaning |
 |---|---|---|
 | MEMOS_HOME | ~/.memos | data dir: SQLite, Chroma, blobs, model cache, cluster file |
+| MEMOS_EMBEDDER | all-MiniLM-L6-v2 | the embedder: that model, a sentence-transformers directory, or ``hashing`` (no model) |
 | MEMOS_CHROMA_URL | (embedded) | use a Chroma server instead of the embedded PersistentClient |
 | MEMOS_SQLITE_SYNC | FULL | SQLite synchronous mode (FULL survives power loss; NORMAL survives process crashes) |
 | MEMOS_LOG_LEVEL | WARNING | structlog level |
@@ -80,6 +81,8 @@ class Settings(BaseModel):
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         env: dict[str, object] = {}
+        if os.environ.get("MEMOS_EMBEDDER"):
+            env["embedder"] = os.environ["MEMOS_EMBEDDER"]
         if os.environ.get("MEMOS_CHROMA_URL"):
             env["chroma_url"] = os.environ["MEMOS_CHROMA_URL"]
         if os.environ.get("MEMOS_MODEL"):

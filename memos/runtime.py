@@ -5,6 +5,9 @@
 - ``"ray"``: always start an embedded local Ray (127.0.0.1, with the dashboard) and the kernel actor in it;
 - ``"cluster"``: attach to ``memos up``'s cluster or fail;
 - ``"inprocess"``: the kernel in this process, no Ray (fast; for scripts and tests).
+
+A runtime with mode ``"http"`` wraps an ``HttpTransport`` to a `memos serve` that owns the data dir (the CLI builds
+one when ``$MEMOS_API_KEY`` is set: memos.cli._served).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ def _hint(owner: dict[str, Any]) -> str:
     endpoint = owner.get("endpoint")
     if what.startswith("memos serve"):
         where = f" at {endpoint}" if endpoint else ""
-        return f"talk to it over HTTP{where} (HttpTransport with an API key), or stop it and use `memos up`"
+        return (f"talk to it over HTTP{where} (HttpTransport with an API key; `memos` commands do so when "
+                "$MEMOS_API_KEY is set), or stop it and use `memos up`")
     if "memos up" in what:
         return "use `memos` commands or Runtime.start(mode='cluster'): they go through the running cluster"
     return "close it first, or run `memos up` once and let every process connect to that cluster"

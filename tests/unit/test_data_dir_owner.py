@@ -132,3 +132,51 @@ def test_the_lock_records_its_endpoint_once_the_owner_listens(tmp_path):
     finally:
         lock.release()
     assert read_owner(tmp_path) is None
+
+
+def test_the_cli_talks_to_the_serving_owner_over_http_when_it_has_a_key(tmp_path):
+    """`memos serve` owns the home and records its URL; with $MEMOS_API_KEY a `memos` command goes to it over HTTP
+    (acting as the key's principal), without one it fails naming the server."""
+    import socket
+    import urllib.request
+
+    home = tmp_path / "home"
+    env = {**os.environ, "MEMOS_HOME": str(home), "MEMOS_MODEL": "none", "MEMOS_EMBEDDER": "hashing"}
+    env.pop("MEMOS_API_KEY", None)
+
+    def memos(*args, key=None):
+        extra = {"MEMOS_API_KEY": key} if key else {}
+        return subprocess.run([sys.executable, "-m", "memos.cli", *args], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=120)
+
+    key = memos("keys", "add", "agent:ops").stdout.strip()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "memos.cli", "serve", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() else "no answer"
+                time.sleep(0.3)
+        assert read_owner(home)["endpoint"] == f"http://127.0.0.1:{port}"
+
+        made = memos("cube", "create", "ops/notes", key=key)
+        assert made.returncode == 0, made.stderr
+        written = memos("write", "ops/notes", "the runbook lives in the wiki", key=key)
+        assert written.returncode == 0, written.stderr
+        assert json.loads(written.stdout)["provenance"]["author"] == "agent:ops"
+        found = memos("search", "ops/notes", "runbook", key=key)
+        assert json.loads(found.stdout)[0]["memory"]["id"] == json.loads(written.stdout)["id"]
+
+        refused = memos("write", "ops/notes", "no key, no entry")
+        assert refused.returncode == 2 and f"memos serve, pid {server.pid}" in refused.stderr
+        assert f"http://127.0.0.1:{port}" in refused.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
