@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memos import __version__
 from memos import syscalls as sc
+from memos.cubes.blobs import shown
 from memos.errors import MemosError, PayloadTooLarge, PermissionDenied
 from memos.logging import get_logger
 from memos.server.keys import Keys
@@ -164,10 +165,25 @@ def error_response(exc: MemosError, *, status: int | None = None, headers: dict[
     return _JSON({"error": exc.to_wire()}, status_code=status or HTTP_STATUS.get(exc.code, 500), headers=headers)
 
 
+def without_server_paths(value: Any) -> Any:
+    """``value`` with every payload reference (``{"payload": {"path": ...}}``, at any depth) naming its file from the
+    data dir's ``blobs/`` on: a remote caller never learns the server's absolute paths. (In-process and Ray clients,
+    on the server's machines, get the path the model host loads.)"""
+    if isinstance(value, dict):
+        out = {key: without_server_paths(item) for key, item in value.items()}
+        ref = out.get("payload")
+        if isinstance(ref, dict) and isinstance(ref.get("path"), str):
+            out["payload"] = {**ref, "path": shown(ref["path"])}
+        return out
+    if isinstance(value, list):
+        return [without_server_paths(item) for item in value]
+    return value
+
+
 def _answer(answer: dict[str, Any], headers: dict[str, str]) -> _JSON:
     if "error" in answer:
         return _JSON(answer, status_code=HTTP_STATUS.get(str(answer["error"].get("code")), 500), headers=headers)
-    return _JSON(answer["ok"], headers=headers)
+    return _JSON(without_server_paths(answer["ok"]), headers=headers)
 
 
 # ------------------------------------------------------------------------------------------------------ the guard
@@ -375,7 +391,7 @@ def create_app(
     @app.post("/v1/batch", response_model=BatchResponse, responses=_ERRORS, tags=["generic"], operation_id="batch")
     def batch(body: BatchRequest, principal: Principal) -> _JSON:
         """Run syscalls in order, each in its own transaction; each result or error comes back in its place."""
-        return _JSON({"results": transport.call_batch(principal, body.syscalls)})
+        return _JSON({"results": without_server_paths(transport.call_batch(principal, body.syscalls))})
 
     @app.get("/v1/whoami", response_model=Caller, responses=_ERRORS, tags=["generic"], operation_id="whoami")
     def whoami(principal: Principal) -> _JSON:

@@ -4,6 +4,7 @@ reach a remote caller name files relative to the data dir, never the server's ab
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,29 @@ def test_storage_errors_name_files_relative_to_the_data_dir(tmp_path):
     for error in (missing.value, corrupt.value):
         assert str(tmp_path) not in str(error) and str(tmp_path) not in str(error.details), error
     assert "memos.sqlite3" in str(corrupt.value)
+
+
+def test_payload_refs_over_http_name_their_file_from_the_data_dir(tmp_path):
+    from fakes import FakeModelPort, HashingEmbedder
+
+    from memos.kernel import Kernel
+    from memos.storage.vector import InMemoryVectorIndex
+    from memos.transports import InProcessTransport, KernelService
+
+    kernel = Kernel(SqliteStore(tmp_path / "memos.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(),
+                    HashingEmbedder(), model=FakeModelPort())
+    transport = InProcessTransport(KernelService(kernel))
+    headers = {"Authorization": f"Bearer {ALICE}"}
+    with TestClient(create_app(transport, KeyRing.of_keys({ALICE: "agent:alice"}))) as client:
+        client.post("/v1/syscalls/create_cube", json={"name": "team/x"}, headers=headers)
+        memory = client.post("/v1/syscalls/write", json={"cube": "team/x", "content": "a fact"}, headers=headers).json()
+        migrated = client.post("/v1/syscalls/migrate", json={"ids": [memory["id"]], "to": "activation"}, headers=headers)
+        assert migrated.status_code == 200, migrated.text
+        read = client.post("/v1/syscalls/read", json={"id": memory["id"]}, headers=headers).json()
+        batch = client.post("/v1/batch", json={"syscalls": [{"op": "read", "id": memory["id"]}]}, headers=headers).json()
+    for answer in (migrated.text, read, batch):
+        assert str(tmp_path) not in json.dumps(answer)
+    assert read["payload"]["path"].startswith("blobs/") and read["payload"]["path"].endswith(".safetensors")
+    assert batch["results"][0]["ok"]["payload"]["path"] == read["payload"]["path"]
+    assert Path(kernel.store.get_version(memory["id"]).payload["path"]).is_absolute()  # the host loads this one
+    transport.close()
