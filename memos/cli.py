@@ -92,7 +92,7 @@ def _client(runtime: Any, principal: str) -> Any:
     the server checks that the key is theirs)."""
     from memos.client import Memos
 
-    if runtime.mode == "http" and principal == DEFAULT_PRINCIPAL:
+    if getattr(runtime, "mode", None) == "http" and principal == DEFAULT_PRINCIPAL:
         return Memos(runtime.transport)
     return runtime.client(principal)
 
