@@ -181,7 +181,7 @@ def attribute_dates(sentence: str, said: date | None) -> str:
 
 _NAME = r"(?P<s>[A-Z][\w\-]*(?: [A-Z][\w\-]*)?)"
 _VALUE = r"(?P<v>[^.!?;]+?)"
-_END = (r"\s*(?:\(|,| and | but | because | (?:last|next|this|yesterday|today|tonight|tomorrow|recently|since|for)\b|"
+_END = (r"\s*(?:\(|,| and | but | because | (?:now|last|next|this|yesterday|today|tonight|tomorrow|recently|since|for)\b|"
         r"[.!?;]|$)")
 _PATTERNS: list[tuple[re.Pattern[str], str | None]] = [
     (re.compile(rf"{_NAME}'s (?P<a>favou?rite [\w ]+?) (?:is|are|was) (?:now )?{_VALUE}{_END}"), None),

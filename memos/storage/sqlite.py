@@ -740,6 +740,26 @@ class SqliteStore:
         nearest_first += before[len(after):] + after[len(before):]
         return [_row_to_version(r) for r in nearest_first]
 
+    def insertion_neighbours(self, memory_ids: Iterable[str]) -> dict[str, list[VersionRow]]:
+        """For each memory, the current active memories inserted just before and after it in its cube that share
+        its ``metadata.session`` (a conversation's turns are written in order): its neighbours in the session."""
+        ids = list(dict.fromkeys(memory_ids))
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._all(
+            f"WITH c AS (SELECT m.id, m.rowid AS r, m.cube, json_extract(v.metadata, '$.session') AS s FROM {_FROM} "
+            f"WHERE m.id IN ({marks}) AND v.version = m.current_version AND s IS NOT NULL) "
+            f"SELECT c.id, {_VERSION_COLUMNS} FROM c JOIN memories m ON m.rowid IN (c.r - 1, c.r + 1) AND m.cube = c.cube "
+            "JOIN versions v ON v.memory_id = m.id AND v.version = m.current_version "
+            "WHERE m.state = 'active' AND json_extract(v.metadata, '$.session') = c.s",
+            ids,
+        )
+        out: dict[str, list[VersionRow]] = {}
+        for r in rows:
+            out.setdefault(r[0], []).append(_row_to_version(r[1:]))
+        return out
+
     def same_subject(self, row: VersionRow, limit: int = 5) -> list[VersionRow]:
         """Current memories of ``row``'s cube about the same subject (``metadata.subject``) or, without one, by the
         same speaker, nearest in time first."""

@@ -47,3 +47,36 @@ def test_fts_query_syntax_cannot_leak(mem):
     mem.write("team/a", "plain text")
     for q in ['"unbalanced', "NEAR(a b)", "a AND OR NOT", "col:val", "*", "()"]:
         mem.search(q, "team/a", mode="lexical")
+
+
+def test_hybrid_rerank_pure_parts():
+    from memos.kernel.retrieval import asks_when, is_dated, named_in
+
+    assert asks_when("When did Mel adopt Max?") and asks_when("how long has Ana painted?")
+    assert not asks_when("Where does Mel live?")
+    assert is_dated("[8 May 2023] Mel went there yesterday") and is_dated("in 2019 we met")
+    assert not is_dated("[8 May 2023] Mel likes tea")
+    assert named_in("What did Mel paint?", {"Mel", "Ana"}) == "Mel"
+    assert named_in("Did Mel meet Ana?", {"Mel", "Ana"}) is None and named_in("who?", {"Mel"}) is None
+
+
+def test_hybrid_search_prefers_the_named_speaker_and_knows_session_neighbours(mem, kernel):
+    mem.create_cube("team/chat")
+    meta = {"session": 1}
+    ana = mem.write("team/chat", "I painted a lake at sunrise", metadata={**meta, "speaker": "Ana"})
+    mel = mem.write("team/chat", "I painted a lake at sunrise", metadata={**meta, "speaker": "Mel"})
+    after = mem.write("team/chat", "it hangs in the hallway now", metadata={**meta, "speaker": "Mel"})
+    other = mem.write("team/chat", "unrelated words entirely", metadata={"session": 2, "speaker": "Mel"})
+    hits = mem.search("what did Mel paint", "team/chat", k=3)
+    assert hits[0].memory.id == mel.id  # same words as Ana's, but Mel is named
+    near = kernel.store.insertion_neighbours([mel.id, after.id, other.id])
+    assert {n.memory_id for n in near[mel.id]} == {ana.id, after.id}
+    assert [n.memory_id for n in near[after.id]] == [mel.id] and other.id not in near  # session 2 is alone
+
+
+def test_a_when_question_prefers_a_dated_memory(mem):
+    mem.create_cube("team/chat")
+    plain = mem.write("team/chat", "Mel adopted a dog named Max")
+    dated = mem.write("team/chat", "Mel adopted a dog named Max last week")
+    assert mem.search("when did Mel adopt Max", "team/chat", k=2)[0].memory.id == dated.id
+    assert mem.search("did Mel adopt Max", "team/chat", k=2)[0].memory.id == plain.id

@@ -22,7 +22,17 @@ from memos.kernel.authz import require_cube
 from memos.kernel.context import CallContext
 from memos.kernel.ops.related import related_rows
 from memos.kernel.reads import audit_read, record_reads
-from memos.kernel.retrieval import Fused, reciprocal_rank_fusion
+from memos.kernel.retrieval import (
+    LEXICAL_WEIGHT,
+    NEIGHBOUR_WEIGHT,
+    SPEAKER_BOOST,
+    TEMPORAL_BOOST,
+    Fused,
+    asks_when,
+    is_dated,
+    named_in,
+    reciprocal_rank_fusion,
+)
 from memos.kernel.versions import to_memory
 from memos.storage.sqlite import VersionRow
 from memos.storage.vector import IndexQuery, parse_entry_id
@@ -97,15 +107,49 @@ def search_hits(
             dense_rows[r.rowid] = r
     rows = {**dense_rows, **store.versions_by_rowid(r for r in lexical if r not in dense_rows)}
     hits = []
-    for item in reciprocal_rank_fusion(list(dense_rows), lexical):
+    weight = LEXICAL_WEIGHT if mode == "hybrid" else 1.0
+    for item in reciprocal_rank_fusion(list(dense_rows), lexical, lexical_weight=weight):
         row = rows.get(item.key)
         if row is None or not _passes(row, f):
             continue
         if row.provenance.get("source") == Source.GENERATED:  # a model's own answer ranks below observed facts
             item = Fused(item.key, item.score * GENERATED_WEIGHT, item.dense_rank, item.lexical_rank)
         hits.append((row, item))
+    if mode == "hybrid":
+        hits = _rerank(ctx, query, hits, f, at)
     hits.sort(key=lambda h: -h[1].score)  # stable: fusion order breaks ties
     return hits[:k]
+
+
+def _rerank(ctx: CallContext, query: str, hits: list[tuple[VersionRow, Fused]], f: sc.SearchFilters,
+            at: float | None) -> list[tuple[VersionRow, Fused]]:
+    """Speaker, temporal and session-neighbour reranking of fused hits (memos.kernel.retrieval, steps 2-4)."""
+    names = {str(r.metadata.get(key)) for r, _ in hits for key in ("speaker", "subject") if r.metadata.get(key)}
+    named = named_in(query, names)
+    temporal = asks_when(query)
+    scored = []
+    for row, item in hits:
+        factor = 1.0
+        if named is not None and named in (row.metadata.get("speaker"), row.metadata.get("subject")):
+            factor *= 1 + SPEAKER_BOOST
+        if temporal and is_dated(row.content):
+            factor *= 1 + TEMPORAL_BOOST
+        scored.append((row, Fused(item.key, item.score * factor, item.dense_rank, item.lexical_rank)))
+    if at is not None or not scored:
+        return scored
+    score = {row.memory_id: item.score for row, item in scored}
+    neighbours = ctx.kernel.store.insertion_neighbours(score)
+    out, extra = [], {}
+    for row, item in scored:
+        near = max((score.get(n.memory_id, 0.0) for n in neighbours.get(row.memory_id, ())), default=0.0)
+        out.append((row, Fused(item.key, item.score + NEIGHBOUR_WEIGHT * near, item.dense_rank, item.lexical_rank)))
+        for n in neighbours.get(row.memory_id, ()):
+            if n.memory_id not in score and _passes(n, f):
+                gain = NEIGHBOUR_WEIGHT * item.score
+                if gain > extra.get(n.memory_id, (None, 0.0))[1]:
+                    extra[n.memory_id] = (n, gain)
+    out += [(n, Fused(n.rowid, gain, None, None)) for n, gain in extra.values()]
+    return out
 
 
 def expand_hits(
