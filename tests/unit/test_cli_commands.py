@@ -87,7 +87,7 @@ def test_a_job_row_shows_progress_loss_and_local_times():
 
     from rich.console import Console
 
-    from memos.cli_tables import jobs_table
+    from memos.cli.tables import jobs_table
     from memos.types import Job
 
     start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -180,7 +180,7 @@ def test_cli_ingest_shows_each_decision_and_why(mem, tmp_path, capsys):
     import argparse
     import json
 
-    from memos.cli import _ingest
+    from memos.cli.memory import _ingest
 
     conversation = tmp_path / "conversation.json"
     conversation.write_text(json.dumps({"messages": [

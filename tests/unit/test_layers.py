@@ -21,7 +21,7 @@ LAYERS = [
     {"memos.client"},
     {"memos.runtime"},
     {"memos.agents"},
-    {"memos.cli", "memos.cli_tables", "memos.server", "memos.bench"},
+    {"memos.cli", "memos.server", "memos.bench"},
 ]
 
 # Third-party fences: module prefix -> where it may be imported.

@@ -318,7 +318,7 @@ def test_reconcile_reports_its_progress(kernel):
 
 
 def test_top_shows_policy_runs_and_failed_actions(kernel, clock):
-    from memos.cli import _top_frame
+    from memos.cli.observe import _top_frame
 
     alice = Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
     alice.create_cube("team/x")
@@ -390,7 +390,7 @@ def test_top_shows_the_newest_migrations_of_a_long_log(kernel, monkeypatch, caps
         def client(self, principal):
             return alice.as_principal(principal)
 
-    monkeypatch.setattr(cli, "_open", lambda args: Runtime())
+    monkeypatch.setattr(cli.common, "open_runtime", lambda args: Runtime())
     assert cli.main(["top", "--once", "--as", "agent:alice"]) == 0
     frame = capsys.readouterr().out
     shown = [line.split()[2] for line in frame.split("recent migrations and evictions:")[1].splitlines()[1:9]]
