@@ -30,7 +30,8 @@ class HashingEmbedder:
 
 class FakeModelPort:
     """A model host double for kernel unit tests: 'builds' a payload file of a fixed size, counts words as tokens.
-    It has no model, so it cannot generate; the real host is exercised by tests/integration."""
+    It has no model: ``generate`` only checks the payloads it is given (as the real host does) and answers with a
+    count; the real host is exercised by tests/integration."""
 
     def __init__(self, payload_bytes: int = 1000) -> None:
         from memos.types import Fingerprint
@@ -69,6 +70,21 @@ class FakeModelPort:
 
     def forget(self, paths: list[str]) -> None:
         self.forgotten.extend(paths)
+
+    def generate(self, messages, *, kv, texts, max_new_tokens, adapter=None):
+        """Checks every payload as the real host does (the file is there and its sha256 matches), else raises
+        CorruptPayload; answers with the number of memories it was given."""
+        from pathlib import Path
+
+        from memos.errors import CorruptPayload
+        from memos.models.port import Generation
+
+        for block in [*kv, *([adapter] if adapter is not None else [])]:
+            path = Path(block.payload.path)
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != block.payload.sha256:
+                raise CorruptPayload(f"payload of memory {block.memory_id} is missing or altered", memory_id=block.memory_id)
+        return Generation(text=f"{len(kv)} kv, {len(texts)} text", finish_reason="stop", prompt_tokens=1,
+                          cached_tokens=0, ttft_s=0.0, total_s=0.0)
 
     # Distillation as the real host runs it (a background job the kernel polls), with scripted "training" of
     # ``distill_steps`` steps; while ``hold`` is an Event not yet set, each step waits for it (or for a cancel).
