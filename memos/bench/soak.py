@@ -414,7 +414,7 @@ def verify(service: KernelService, expected: dict[str, Any], rng: random.Random,
         dense_misses += int(memory_id not in {h["memory"]["id"] for h in hits["ok"]["hits"]})
     doctor = service.doctor(repair=True)
     blobs = [p for p in kernel.blob_dir.rglob("*") if p.is_file()] if kernel.blob_dir.exists() else []
-    referenced = kernel.store.referenced_payload_paths()
+    referenced = kernel.store.all_payload_paths()  # a file no version references is an orphan
     return {
         "lost": {key: lost[key] for key in LOSS_KEYS},
         "purged_left": purged_left,

@@ -4,8 +4,15 @@
 version n+1 of ``row``'s memory, carrying over every field that ``changes`` does not name (``kind``, ``state``,
 ``content``, ``metadata``, ``tags``, ``fingerprint``, ``payload``). Both enforce the activation invariant
 (``settle_kind``: a current activation version is active and encodes exactly its content; any other change drops
-the payload and demotes it to plaintext), delete a payload file no current version references once the change
-commits, and mark memories derived from an older version stale.
+the payload and demotes it to plaintext) and mark memories derived from an older version stale when the knowledge
+changed (content, state, metadata or tags; not a change of kind alone).
+
+**Payload lifetime follows versions, not kinds.** A KV-cache or adapter file lives as long as a version that can
+become current again references it: a new version that stops using it (archive, update, demotion, retraining)
+leaves the file in place, so ``rollback`` to that version finds it. Files are deleted by ``purge`` and
+``drop_cube`` (every version's), by the activation budget (``memos.kernel.budget``: kept caches first), and by a
+failed or interrupted migration (its own new file). A rollback to a version whose cache was evicted rebuilds it;
+one whose file is missing otherwise is refused (``memos.kernel.ops.rollback``).
 """
 
 from __future__ import annotations
@@ -110,10 +117,8 @@ def _append(
     kernel = ctx.kernel
     version = 1 if row is None else row.current_version + 1
     kind, payload, demoted = settle_kind(row, kind, str(state), content, payload)
-    old = row.payload if row is not None else None
-    if old is not None and (payload is None or payload["path"] != old["path"]):
-        # The current version no longer references this payload: delete the file once the change commits.
-        ctx.after_commit(lambda p=Path(old["path"]): delete_blob(kernel, p))
+    # The previous payload file is kept even when this version does not use it: a rollback can make its version
+    # current again. Purge deletes it; the activation budget may evict it (memos.kernel.budget).
     if demoted:
         fingerprint = None
         ctx.emit("evicted", cube, memory_id, provenance.author, tier="disk", reason=provenance.operation,
@@ -124,18 +129,29 @@ def _append(
         content_hash=content_hash(content), size_bytes=len(content.encode("utf-8")) + (payload or {}).get("size_bytes", 0),
         fingerprint=fingerprint, payload=payload, at=now,
     )
-    mark_children_stale(ctx, memory_id, version)
+    if row is None or not _same_knowledge(row, str(state), content, metadata, tags):
+        mark_children_stale(ctx, memory_id, version)
     new = kernel.store.get_version(memory_id, version)
     assert new is not None and new.version == version
     return new
 
 
+def _same_knowledge(row: VersionRow, state: str, content: str, metadata: dict[str, Any], tags: tuple[str, ...]) -> bool:
+    """A version that changes only the kind (a promotion or demotion: payload, fingerprint) holds what ``row``
+    held: memories derived from ``row``'s memory still reflect it and are not marked stale."""
+    return (state, content, metadata, tuple(tags)) == (row.state, row.content, row.metadata, tuple(row.tags))
+
+
 def settle_kind(row: VersionRow | None, kind: str, state: str, content: str,
                 payload: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None, bool]:
-    """Enforce the activation invariant for a new version: returns (kind, payload, demoted)."""
+    """Enforce the activation invariant for a new version: returns (kind, payload, demoted).
+
+    A payload carried over from ``row`` encodes ``row``'s content; a payload the caller brings (a migration's new
+    cache, a rollback's cache of the version it restores) encodes the ``content`` it comes with."""
     if kind != Kind.ACTIVATION or row is None or payload is None:
         return kind, payload, False
-    if state == State.ACTIVE and content == row.content:
+    carried = row.payload is not None and payload.get("path") == row.payload.get("path")
+    if state == State.ACTIVE and (content == row.content or not carried):
         return kind, payload, False
     return Kind.PLAINTEXT.value, None, True
 

@@ -597,20 +597,25 @@ class SqliteStore:
         return [_row_to_version(r) for r in rows]
 
     def all_payload_paths(self) -> set[str]:
-        """Payload paths of current parametric versions and of every version of parametric memories."""
+        """Payload paths of every version of every memory (a file no version references is garbage)."""
+        return {json.loads(p)["path"] for (p,) in self._all("SELECT payload FROM versions WHERE payload IS NOT NULL")}
+
+    def cube_payload_paths(self, cube: str) -> set[str]:
+        """Payload paths of every version of every memory of ``cube`` (what dropping it deletes)."""
         return {json.loads(p)["path"] for (p,) in self._all(
-            "SELECT payload FROM versions WHERE payload IS NOT NULL AND kind = 'parametric'"
+            "SELECT payload FROM versions WHERE payload IS NOT NULL AND cube = ?", (cube,)
         )}
 
-    def referenced_payload_paths(self) -> set[str]:
-        """Payload paths of current versions (a blob not in here and not in an open migration is garbage)."""
-        paths = set()
-        for (payload,) in self._all(
-            "SELECT v.payload FROM versions v JOIN memories m ON m.id = v.memory_id AND v.version = m.current_version "
-            "WHERE v.payload IS NOT NULL"
-        ):
-            paths.add(json.loads(payload)["path"])
-        return paths
+    def kept_activation_payloads(self) -> list[tuple[str, str, int, dict[str, Any], float]]:
+        """(memory id, cube, version, payload, valid_to) of activation versions that are not current and whose
+        payload the memory's current version does not use: the caches kept for a rollback, oldest first."""
+        rows = self._all(
+            "SELECT v.memory_id, v.cube, v.version, v.payload, v.valid_to FROM versions v JOIN memories m "
+            "ON m.id = v.memory_id WHERE v.kind = 'activation' AND v.payload IS NOT NULL "
+            "AND v.version != m.current_version ORDER BY v.valid_to"
+        )
+        current = {r.memory_id: (r.payload or {}).get("path") for r in self.current_of_kind("activation")}
+        return [(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows if json.loads(r[3])["path"] != current.get(r[0])]
 
     # ------------------------------------------------------------------------------------------------ links
 

@@ -13,7 +13,7 @@ from fakes import FakeModelPort, HashingEmbedder
 
 from memos.errors import InvalidState
 from memos.kernel import Kernel
-from memos.kernel.tiering import ActivationBudget
+from memos.kernel.budget import ActivationBudget
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import InMemoryVectorIndex
 from memos.types import Kind

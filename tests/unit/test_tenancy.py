@@ -13,7 +13,7 @@ import pytest
 from fakes import FakeModelPort
 
 from memos.errors import Cancelled, CapacityExceeded, InvalidSyscall, MemosError
-from memos.kernel.tiering import ActivationBudget
+from memos.kernel.budget import ActivationBudget
 from memos.types import Kind
 
 BOB = "agent:bob"

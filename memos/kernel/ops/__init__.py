@@ -1,12 +1,13 @@
 """The syscall handlers, grouped by concern and keyed by syscall class.
 
 - ``cubes``: create, drop, list, describe, grant, revoke;
-- ``memories``: write, read, list, update, lifecycle, history, rollback, link, fuse, pin; ``batch``: write_many;
+- ``memories``: write, read, list, update, lifecycle, history, link, fuse, pin; ``batch``: write_many;
 - ``search``: search and assemble_context;
 - ``observe``: stats, events, audit, snapshot, jobs, cancel;
 - ``kinds``: migrate (a long operation), demotion, the activation budget, crash recovery;
 - ``related``: what links a memory;
-- ``distill``, ``generate``, ``ingest``, ``consolidate`` (compress): the other long operations
+- ``distill``, ``generate``, ``ingest``, ``consolidate`` (compress), ``rollback`` (it may rebuild an evicted
+  cache): the other long operations
   (``memos.kernel.longops``).
 
 A handler is ``handler(ctx: CallContext, call) -> result``; it runs inside the call's transaction.
@@ -26,6 +27,7 @@ from memos.kernel.ops.distill import DistillOp
 from memos.kernel.ops.generate import GenerateOp
 from memos.kernel.ops.ingest import IngestOp
 from memos.kernel.ops.kinds import MigrateOp
+from memos.kernel.ops.rollback import RollbackOp
 
 HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {
     **cubes.HANDLERS, **memories.HANDLERS, **batch.HANDLERS, **search.HANDLERS, **observe.HANDLERS,
@@ -33,7 +35,7 @@ HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {
 }
 LONG_OPS: dict[type[Any], LongOperation] = {
     sc.Migrate: MigrateOp(), sc.Distill: DistillOp(), sc.Generate: GenerateOp(), sc.Ingest: IngestOp(),
-    sc.Compress: CompressOp(),
+    sc.Compress: CompressOp(), sc.Rollback: RollbackOp(),
 }
 
 _missing = set(sc.SYSCALL_TYPES.values()) - set(HANDLERS) - set(LONG_OPS)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from memos import syscalls as sc
 from memos.errors import AlreadyExists, InvalidSyscall, NotFound
 from memos.kernel.authz import readable_cubes, require_cube
 from memos.kernel.context import CallContext
+from memos.kernel.versions import delete_blob
 from memos.types import Ack, CubeInfo, CubeList, Grant, Right, from_epoch
 
 
@@ -47,12 +49,18 @@ def create_cube(ctx: CallContext, call: sc.CreateCube) -> CubeInfo:
 
 def drop_cube(ctx: CallContext, call: sc.DropCube) -> Ack:
     require_cube(ctx, call.name, Right.ADMIN)
-    store = ctx.kernel.store
+    kernel, store = ctx.kernel, ctx.kernel.store
+    paths = store.cube_payload_paths(call.name)
+    count = len(store.current_memories([call.name]))
+    # Recorded before the cube goes, so the records belong to this incarnation of the name.
+    ctx.audit_ok(call.op, call.name, detail=f"purged {count} memories")
+    ctx.emit("cube_dropped", call.name, None, ctx.principal, purged=count)
     purged = store.delete_cube(call.name)
+    assert len(purged) == count
     ctx.after_commit(store.erase_freed)
-    ctx.audit_ok(call.op, call.name, detail=f"purged {len(purged)} memories")
-    ctx.emit("cube_dropped", call.name, None, ctx.principal, purged=len(purged))
-    return Ack(detail=f"dropped {call.name} and {len(purged)} memories")
+    for path in sorted(paths):  # the payload files of every version of every memory
+        ctx.after_commit(lambda p=Path(path): delete_blob(kernel, p))
+    return Ack(detail=f"dropped {call.name} and {count} memories")
 
 
 def list_cubes(ctx: CallContext, call: sc.ListCubes) -> CubeList:

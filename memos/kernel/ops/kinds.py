@@ -13,13 +13,11 @@ text it does not hold.
 ``started``), *work* (the model host builds the payload file; the kernel is not held), *commit* (a transaction:
 the version and the journal row ``done``, or nothing). A failure rolls the journal row back and deletes the file.
 At start-up, journal rows still ``started`` (a crash mid-migration) are rolled back and their files deleted, and
-payload files that no current version references are removed: every memory is either fully migrated or not at all.
+payload files that no version references are removed: every memory is either fully migrated or not at all.
 
-**Activation budget** (disk tier): total payload bytes of current activation versions and their count. When a
-migration would exceed it, activation memories are demoted to plaintext in this order: unpinned only; least
-recently used first (last read, else last change); then fewest reads; never the ones being migrated. Pinned
-memories are never evicted. If the budget still cannot be met, the migration fails with ``CapacityExceeded``.
-The RAM tier (loaded payloads) is the model host's LRU (``memos.models.service``).
+**Activation budget** (disk tier): per cube and under a global cap, enforced when a migration commits; what is
+evicted, in which order and for whom is ``memos.kernel.budget``. The RAM tier (loaded payloads) is the model
+host's LRU (``memos.models.service``).
 """
 
 from __future__ import annotations
@@ -28,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memos.errors import CapacityExceeded, InvalidState, InvalidSyscall, VersionConflict
+from memos.errors import InvalidState, InvalidSyscall, VersionConflict
 from memos.kernel.authz import policy_rule, require_memory
+from memos.kernel.budget import ActivationBudget, enforce_activation_budget
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
 from memos.kernel.versions import check_expected, delete_blob, derived_provenance, next_version, to_memory
@@ -40,17 +39,6 @@ if TYPE_CHECKING:
     from memos.kernel.kernel import Kernel
     from memos.models.port import ActivationBuilt
     from memos.storage.sqlite import VersionRow
-
-GIB = 1024**3
-
-
-@dataclass(frozen=True)
-class ActivationBudget:
-    """Limits of the activation disk tier (None: unlimited)."""
-
-    disk_bytes: int | None = 2 * GIB
-    max_memories: int | None = None
-
 
 @dataclass
 class _Planned:
@@ -170,49 +158,6 @@ class MigrateOp(LongOperation):
                 ctx.after_commit(lambda p=item.path: delete_blob(kernel, p))
 
 
-# ------------------------------------------------------------------------------------------------ demotion
-
-def demote(ctx: CallContext, row: VersionRow, *, principal: str, reason: str, rule: str | None = None) -> VersionRow:
-    """Version n+1 of an activation memory as plaintext (its payload file is deleted once the change commits)."""
-    prov = derived_provenance(
-        row, author=principal, operation="migrate:plaintext", policy_rule=rule,
-        derived_from=(MemoryRef(id=row.memory_id, version=row.version),), source_refs=(),
-    )
-    new = next_version(ctx, row, prov, kind=Kind.PLAINTEXT.value, fingerprint=None, payload=None)
-    ctx.emit("evicted", row.cube, row.memory_id, principal, tier="disk", reason=reason, version=new.version)
-    return new
-
-
-def enforce_activation_budget(ctx: CallContext, keep: set[str]) -> None:
-    budget = ctx.kernel.budgets
-    rows = ctx.kernel.store.current_of_kind(Kind.ACTIVATION.value)
-    total = sum(r.payload["size_bytes"] for r in rows if r.payload)
-    count = len(rows)
-
-    def over() -> bool:
-        return (budget.disk_bytes is not None and total > budget.disk_bytes) or (
-            budget.max_memories is not None and count > budget.max_memories
-        )
-
-    # Eviction order: unpinned only, least recently used first, then fewest reads (see the module docstring).
-    candidates = sorted(
-        (r for r in rows if not r.pinned and r.memory_id not in keep),
-        key=lambda r: (r.last_read_at if r.last_read_at is not None else r.valid_from, r.reads),
-    )
-    for row in candidates:
-        if not over():
-            return
-        demote(ctx, row, principal="system", reason="activation disk budget")
-        total -= row.payload["size_bytes"] if row.payload else 0
-        count -= 1
-    if over():
-        raise CapacityExceeded(
-            f"the activation budget ({budget.disk_bytes} bytes, {budget.max_memories} memories) cannot hold "
-            f"{count} caches of {total} bytes without evicting pinned memories or the ones being migrated",
-            bytes=total, memories=count,
-        )
-
-
 # ------------------------------------------------------------------------------------------------ recovery
 
 def recover_migrations(kernel: Kernel, ctx: CallContext) -> None:
@@ -232,12 +177,14 @@ def recover_migrations(kernel: Kernel, ctx: CallContext) -> None:
         return rolled
 
     rolled = kernel.in_transaction(ctx, recover)
-    referenced = store.referenced_payload_paths()
-    # Payloads of every version are kept for parametric memories (archive and restore keep the adapter); only
-    # files no version references are garbage.
-    referenced |= store.all_payload_paths()
+    # A payload lives as long as a version that can become current again references it (memos.kernel.versions):
+    # only files no version references are garbage.
+    referenced = store.all_payload_paths()
     orphans = [p for d in ("activation", "parametric") for p in (kernel.blob_dir / d).glob("*") if str(p) not in referenced]
     for path in orphans:
         path.unlink(missing_ok=True)
     if rolled or orphans:
         kernel.log.warning("recovered interrupted migrations", rolled_back=rolled, orphan_blobs=len(orphans))
+
+
+__all__ = ["ActivationBudget", "MigrateOp", "recover_migrations"]

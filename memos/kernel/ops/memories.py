@@ -1,5 +1,6 @@
-"""Memory syscalls: write, read, list, update, the lifecycle (delete, archive, restore, purge), history, rollback,
-links, fuse and pins. Every change is a new version (``memos.kernel.versions``)."""
+"""Memory syscalls: write, read, list, update, the lifecycle (delete, archive, restore, purge), history, links,
+fuse and pins (``rollback``, which may rebuild a cache, is a long operation: ``memos.kernel.ops.rollback``). Every
+change is a new version (``memos.kernel.versions``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from memos import syscalls as sc
 from memos.cubes.plaintext import check_content, check_metadata
-from memos.errors import InvalidState, InvalidSyscall, NotFound
+from memos.errors import InvalidState, InvalidSyscall
 from memos.kernel import idempotency
 from memos.kernel.authz import policy_rule, require_cube, require_memory
 from memos.kernel.context import CallContext
@@ -147,31 +148,6 @@ def history(ctx: CallContext, call: sc.History) -> MemoryList:
     return MemoryList(memories=tuple(to_memory(ctx, r) for r in ctx.kernel.store.history(call.id)))
 
 
-def rollback(ctx: CallContext, call: sc.Rollback) -> Memory:
-    row = require_memory(ctx, call.id, Right.WRITE)
-    check_expected(row, call.expected_version)
-    if row.state == State.DELETED:
-        raise InvalidState(f"memory {row.memory_id} is deleted; restore it before rolling back", memory_id=row.memory_id)
-    target = ctx.kernel.store.get_version(call.id, call.to_version)
-    if target is None:
-        raise NotFound(f"memory {call.id} has no version {call.to_version}", memory_id=call.id, version=call.to_version)
-    if target.kind != row.kind:
-        raise InvalidState(
-            f"version {call.to_version} is {target.kind} and the memory is now {row.kind}; migrate instead",
-            memory_id=call.id,
-        )
-    provenance = derived_provenance(
-        target, author=ctx.principal, operation=f"rollback:v{call.to_version}", source_refs=(), policy_rule=None,
-    )
-    new = next_version(
-        ctx, row, provenance, content=target.content, metadata=target.metadata, tags=target.tags,
-        fingerprint=target.fingerprint, payload=target.payload,
-    )
-    ctx.audit_ok(call.op, row.cube, row.memory_id, detail=f"v{new.version}=v{call.to_version}")
-    ctx.emit("rolled_back", row.cube, row.memory_id, ctx.principal, version=new.version, to_version=call.to_version)
-    return to_memory(ctx, new)
-
-
 def link(ctx: CallContext, call: sc.LinkMemories) -> Ack:
     source = require_memory(ctx, call.source, Right.WRITE)
     require_memory(ctx, call.target, Right.READ)
@@ -243,7 +219,6 @@ HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {
     sc.Restore: restore,
     sc.Purge: purge,
     sc.History: history,
-    sc.Rollback: rollback,
     sc.LinkMemories: link,
     sc.Fuse: fuse,
     sc.Pin: pin,
