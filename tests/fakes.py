@@ -110,6 +110,8 @@ class FakeModelPort:
         from memos.types import PayloadRef
 
         def update(**changes):
+            if job_id not in self._distills:  # forgotten by the kernel (it left early)
+                return
             status, _ = self._distills[job_id]
             self._distills[job_id] = (status.model_copy(update=changes), cancel)
 

@@ -110,9 +110,22 @@ def policy_rule(ctx: CallContext, call: Any) -> str | None:
     return rule
 
 
-def visible_job(ctx: CallContext, job: Job) -> bool:
-    """A job is seen by its starter, superusers, and whoever may read every cube it touches."""
+def job_view(ctx: CallContext, job: Job) -> Job | None:
+    """The job as the caller may see it, or None when it may not see it at all.
+
+    Its starter, superusers and whoever may read every cube it touches see all of it. The admins of a
+    distillation's target cube (its first cube) see it too, so that they may cancel it: only the cubes they can
+    read, and no source memory ids (sources may lie in cubes they cannot read)."""
     if ctx.principal in ctx.kernel.superusers or ctx.principal == job.principal:
-        return True
+        return job
     readable = set(readable_cubes(ctx))
-    return all(cube in readable for cube in job.cubes)
+    if all(cube in readable for cube in job.cubes):
+        return job
+    if job.op == "distill" and job.cubes and target_admin(ctx, job):
+        return job.model_copy(update={"cubes": tuple(c for c in job.cubes if c in readable), "memory_ids": ()})
+    return None
+
+
+def target_admin(ctx: CallContext, job: Job) -> bool:
+    """The caller administers the cube a distillation job trains into."""
+    return job.op == "distill" and bool(job.cubes) and allows(right_on(ctx.kernel, ctx.principal, job.cubes[0]), Right.ADMIN)

@@ -38,6 +38,7 @@ from memos.clock import Clock, SystemClock
 from memos.errors import BackendError, Cancelled, InvalidSyscall, MemosError, PermissionDenied
 from memos.kernel.authz import DEFAULT_SUPERUSERS, Concealed
 from memos.kernel.context import CallContext, PendingEvent
+from memos.kernel.distill_queue import DistillQueue
 from memos.kernel.indexer import Indexer
 from memos.kernel.jobs import JobTable
 from memos.kernel.observe import KernelObserver
@@ -110,6 +111,10 @@ class Kernel:
         self.indexer = Indexer(store, index, embedder, store_lock=self.lock)
         self.jobs = JobTable(self.clock.now)
         self.job_poll_s = 0.25  # how often a long operation polls the model host for progress
+        # Distillation: turns between principals, and how much of the trainer one job may take (distill_queue).
+        self.distill_queue = DistillQueue()
+        self.distill_max_steps = 1000
+        self.distill_max_s = 3600.0
         self._start()
         recover_migrations(self, CallContext(self, "system"))
 

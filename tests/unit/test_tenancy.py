@@ -153,7 +153,7 @@ def test_distillations_wait_in_a_queue_and_take_turns_by_principal(mem, kernel, 
 
 
 def test_a_principal_may_queue_only_a_few_distillations(mem, kernel, model_port):
-    kernel.distill_queue_per_principal = 1
+    kernel.distill_queue.per_principal = 1
     mem.create_cube("team/a")
     ids = [mem.write("team/a", f"fact {i}").id for i in range(3)]
     model_port.hold = threading.Event()
@@ -239,7 +239,7 @@ def test_an_adapter_in_a_shared_cube_does_not_copy_private_text(mem):
     seen = mem.as_principal(BOB).read(adapter.id)
     assert "2468" not in seen.content and "2468" not in str(seen.metadata)
     assert "Tuesdays" in seen.content  # what the shared cube already holds is still searchable
-    assert "2468" not in " ".join(h.memory.content for h in mem.as_principal(BOB).search("PIN", ["team/shared"]).hits)
+    assert "2468" not in " ".join(h.memory.content for h in mem.as_principal(BOB).search("PIN", ["team/shared"]))
     with pytest.raises(MemosError):  # bob cannot distil alice's private text into the shared cube
         mem.as_principal(BOB).distill([private.id], "team/shared")
 

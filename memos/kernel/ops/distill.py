@@ -9,6 +9,7 @@ versions of its sources), *abort* (the journal row rolled back, the file deleted
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,14 +54,20 @@ class DistillOp(LongOperation):
             cube = replaces.cube
             if not ids:  # retrain on what it was trained on, at the current versions; what was deleted is forgotten
                 refs = dict.fromkeys(ref["id"] for ref in replaces.provenance.get("derived_from", ()))
-                rows = [kernel.store.get_version(memory_id) for memory_id in refs]
-                ids = tuple(r.memory_id for r in rows if r is not None and r.state == State.ACTIVE)
+                # Rights first, state after: a source in a cube the caller cannot read is NotFound whatever its
+                # state (concealed like any unreadable memory); a purged one is forgotten.
+                rows = [require_memory(ctx, m, Right.READ) for m in refs if kernel.store.memory_cube(m) is not None]
+                ids = tuple(r.memory_id for r in rows if r.state == State.ACTIVE)
                 if not ids:
                     raise InvalidState(f"no source of {replaces.memory_id} is active any more; delete it instead",
                                        memory_id=replaces.memory_id)
         assert cube is not None  # the syscall's validator: cube or replaces
         require_cube(ctx, cube, Right.WRITE)
         sources = [require_memory(ctx, m, Right.READ) for m in dict.fromkeys(ids)]
+        if call.steps is not None and call.steps > kernel.distill_max_steps:
+            raise InvalidSyscall(f"distill takes at most {kernel.distill_max_steps} steps on this server, not "
+                                 f"{call.steps} (a bound per job, so that no caller holds the trainer for hours)",
+                                 steps=call.steps, limit=kernel.distill_max_steps)
         if call.expected_versions is not None:
             for memory_id, expected in zip(call.ids, call.expected_versions, strict=True):
                 check_expected(next(r for r in sources if r.memory_id == memory_id), expected)
@@ -81,17 +88,24 @@ class DistillOp(LongOperation):
         return DistillPlan(memory_id, cube, path, journal, sources, rule, replaces)
 
     def job_args(self, plan: DistillPlan) -> dict[str, Any]:
+        # The target cube first: its admins may cancel the job (memos.kernel.authz.job_view).
         return {"cubes": [plan.cube, *(r.cube for r in plan.sources)], "memory_ids": [r.memory_id for r in plan.sources],
-                "target": plan.memory_id, "rule": plan.rule, "phase": "train"}
+                "target": plan.memory_id, "rule": plan.rule, "phase": "queued"}
 
     def work(self, ctx: CallContext, call: Any, plan: DistillPlan, job: RunningJob | None) -> DistillStatus:
-        """Start the training on the model host, follow it (progress into the job), forward a cancellation."""
+        """Wait for a turn (``memos.kernel.distill_queue``), start the training on the model host, follow it
+        (progress into the job), forward a cancellation, stop it at the time bound."""
+        with ctx.kernel.distill_queue.turn(ctx.principal, job):
+            return self._train(ctx, call, plan, job)
+
+    def _train(self, ctx: CallContext, call: Any, plan: DistillPlan, job: RunningJob | None) -> DistillStatus:
         kernel = ctx.kernel
         model = require_model(ctx, "distill")
         facts = [{"id": r.memory_id, "version": r.version, "text": r.content} for r in plan.sources]
         config = {"steps": call.steps} if call.steps else {}
+        deadline = time.monotonic() + kernel.distill_max_s
         status = model.start_distill(facts, str(plan.path), config)
-        cancel_sent = False
+        cancel_sent = timed_out = False
         try:
             while status.state == "running":
                 if job is None or cancel_sent:
@@ -99,6 +113,10 @@ class DistillOp(LongOperation):
                 elif job.wait_cancel(kernel.job_poll_s):
                     model.cancel_distill(status.job_id)
                     cancel_sent = True
+                if not timed_out and time.monotonic() > deadline:
+                    model.cancel_distill(status.job_id)
+                    cancel_sent = timed_out = True
+                    break
                 status = model.distill_status(status.job_id)
                 if job is not None:
                     job.progress(status.step, status.total, phase=status.phase, loss=status.loss)
@@ -107,6 +125,9 @@ class DistillOp(LongOperation):
                 model.forget_distill(status.job_id)  # cancels it if this kernel thread is leaving early
             except MemosError as exc:
                 kernel.log.warning("could not forget a distillation job", job=status.job_id, error=exc.message)
+        if timed_out:
+            raise Cancelled(f"distillation {status.job_id} ran past its time bound of {kernel.distill_max_s:g} s "
+                            "(distill_max_s) and was stopped; nothing was kept", limit_s=kernel.distill_max_s)
         if status.state == "done" and status.payload is not None:
             return status
         if status.state == "cancelled":
@@ -133,8 +154,14 @@ class DistillOp(LongOperation):
             if current is None or current.version != row.version:
                 raise VersionConflict(f"memory {row.memory_id} changed while it was being distilled; nothing was kept",
                                       memory_id=row.memory_id, expected=row.version)
-        # The text of what the adapter knows: searchable, and the knowledge that survives the adapter.
-        content = "\n".join(r.content for r in plan.sources)
+        # The text of what the adapter knows: searchable, and the knowledge that survives the adapter. Only the
+        # sources of the adapter's own cube are copied: another cube's text stays in its cube (its readers are not
+        # this cube's), named by count and cube.
+        content = "\n".join(r.content for r in plan.sources if r.cube == plan.cube)
+        elsewhere = Counter(r.cube for r in plan.sources if r.cube != plan.cube)
+        if elsewhere:
+            where = ", ".join(f"{n} from {cube}" for cube, n in sorted(elsewhere.items()))
+            content += ("\n" if content else "") + f"[also trained on memories whose text stays in their cubes: {where}]"
         if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
             content = content.encode("utf-8")[: MAX_CONTENT_BYTES - 64].decode("utf-8", "ignore") + "\n[...]"
         ev = built.evaluation or {}

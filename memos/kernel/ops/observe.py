@@ -9,7 +9,7 @@ from typing import Any
 
 from memos import syscalls as sc
 from memos.errors import InvalidState, NotFound, PermissionDenied
-from memos.kernel.authz import readable_cubes, require_cube, visible_job
+from memos.kernel.authz import job_view, readable_cubes, require_cube, target_admin
 from memos.kernel.context import CallContext
 from memos.kernel.reads import join_pending_reads
 from memos.kernel.versions import to_memory
@@ -73,18 +73,20 @@ def events(ctx: CallContext, call: sc.GetEvents) -> EventList:
 
 
 def jobs(ctx: CallContext, call: sc.ListJobs) -> JobList:
-    listed = [j for j in ctx.kernel.jobs.all() if visible_job(ctx, j)]
+    listed = [v for v in (job_view(ctx, j) for j in ctx.kernel.jobs.all()) if v is not None]
     if call.running_only:
         listed = [j for j in listed if j.state == "running"]
     return JobList(jobs=tuple(listed))
 
 
 def cancel(ctx: CallContext, call: sc.CancelJob) -> Job:
+    """Its starter, superusers, whoever may write every cube it touches, and the admins of a distillation's target
+    cube may cancel a job (a queued one leaves the queue)."""
     handle = ctx.kernel.jobs.get(call.job_id)
     job = handle.snapshot()
-    if not visible_job(ctx, job):
+    if job_view(ctx, job) is None:
         raise NotFound(f"no job {call.job_id}", job_id=call.job_id)  # existence concealed, as for memories
-    if ctx.principal != job.principal and ctx.principal not in ctx.kernel.superusers:
+    if ctx.principal != job.principal and ctx.principal not in ctx.kernel.superusers and not target_admin(ctx, job):
         for cube in job.cubes:
             require_cube(ctx, cube, Right.WRITE)
     if job.state != "running":
@@ -92,7 +94,7 @@ def cancel(ctx: CallContext, call: sc.CancelJob) -> Job:
     handle.request_cancel(ctx.principal)
     ctx.audit_ok("cancel", job.cubes[0] if job.cubes else None, job.target,
                  detail=f"{job.id} ({job.op}, started by {job.principal})")
-    return handle.snapshot()
+    return job_view(ctx, handle.snapshot())  # type: ignore[return-value]
 
 
 def snapshot(ctx: CallContext, call: sc.Snapshot) -> KernelState:
