@@ -59,6 +59,14 @@ class Settings(BaseModel):
     model_cache: Path = Field(default_factory=default_model_cache)
     activation_disk_bytes: int | None = 2 * 1024**3
     activation_max_memories: int | None = None
+    # Per cube, under the global cap above (docs/activation.md, "Budgets and tenants"); None: only the global cap.
+    activation_cube_disk_bytes: int | None = None
+    activation_cube_max_memories: int | None = None
+    # Distillation turns (docs/parametric.md): steps a caller may ask for, how long one job may train, jobs waiting
+    # per principal.
+    distill_max_steps: int = Field(default=1000, ge=1)
+    distill_max_s: float = Field(default=3 * 3600.0, gt=0)
+    distill_queue_per_principal: int = Field(default=4, ge=1)
     activation_ram_bytes: int = 256 * 1024**2
     activation_gpu_bytes: int = 1024**3  # the GPU tier of loaded caches (used only when the model runs on a GPU)
     loaded_adapters: int = 2  # LoRA adapters kept ready in the model host's RAM (LRU)

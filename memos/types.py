@@ -326,6 +326,8 @@ class CubeInfo(_Frozen):
     grants: tuple[Grant, ...] = ()
     memories: dict[str, int] = Field(default_factory=dict)  # state -> count of current versions
     bytes: int = 0
+    # This life of the name: a cube dropped and created again is a new incarnation, with its own audit log and events.
+    incarnation: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------- results
@@ -369,6 +371,7 @@ class Event(_Frozen):
     memory_id: str | None = None
     principal: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    incarnation: str | None = None  # of ``cube`` when the event was recorded
 
 
 class EventList(_Frozen):
@@ -385,6 +388,7 @@ class AuditRecord(_Frozen):
     memory_id: str | None
     outcome: str  # "ok" or an error code
     detail: str = ""
+    incarnation: str | None = None  # of ``cube`` when the record was written
 
 
 class AuditList(_Frozen):
@@ -398,8 +402,9 @@ class Stats(_Frozen):
     memories: dict[str, dict[str, int]]  # kind -> state -> count (current versions)
     versions: int
     bytes: dict[str, int]  # kind -> bytes of current versions
+    # Server-wide for superusers; for anyone else, of the readable cubes only (memos.kernel.callstats).
     syscalls: dict[str, int] = Field(default_factory=dict)  # op -> count since start (this kernel process)
-    latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)  # op -> {p50, p95} of its last 256 calls
+    latency_ms: dict[str, dict[str, float]] = Field(default_factory=dict)  # op -> {p50, p95} of its recent calls
 
 
 class Job(_Frozen):

@@ -57,8 +57,10 @@ def open_kernel(
     try:
         store = SqliteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
         index = ChromaIndex(url=settings.chroma_url) if settings.chroma_url else ChromaIndex(settings.chroma_path)
-        budgets = ActivationBudget(disk_bytes=settings.activation_disk_bytes,
-                                   max_memories=settings.activation_max_memories)
+        budgets = ActivationBudget(
+            disk_bytes=settings.activation_disk_bytes, max_memories=settings.activation_max_memories,
+            cube_disk_bytes=settings.activation_cube_disk_bytes, cube_max_memories=settings.activation_cube_max_memories,
+        )
         kernel = Kernel(
             store, index, embedder or open_embedder(settings), clock=clock, superusers=settings.superusers,
             model=model, blob_dir=settings.blob_dir, budgets=budgets, llm=open_language_model(settings, model),
@@ -67,4 +69,7 @@ def open_kernel(
         lock.release()
         raise
     kernel.home_lock = lock
+    kernel.distill_max_steps = settings.distill_max_steps
+    kernel.distill_max_s = settings.distill_max_s
+    kernel.distill_queue.per_principal = settings.distill_queue_per_principal
     return kernel

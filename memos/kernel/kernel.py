@@ -26,7 +26,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from memos import syscalls as sc
 from memos.clock import Clock, SystemClock
 from memos.errors import BackendError, Cancelled, InvalidSyscall, MemosError, PermissionDenied
 from memos.kernel.authz import DEFAULT_SUPERUSERS, Concealed
+from memos.kernel.callstats import CallStats
 from memos.kernel.context import CallContext, PendingEvent
 from memos.kernel.distill_queue import DistillQueue
 from memos.kernel.indexer import Indexer
@@ -100,9 +100,8 @@ class Kernel:
         self.clock = clock or SystemClock()
         self.new_id = new_id
         self.superusers = frozenset(superusers)
-        self.syscall_counts: Counter[str] = Counter()
         self.reads = ReadLog() if read_flush_s is None else ReadLog(read_flush_s)  # memos.kernel.reads
-        self.latencies: dict[str, deque[float]] = {}
+        self.call_stats = CallStats()  # what ``stats`` reports, server-wide and per cube
         self.observers: list[KernelObserver] = []
         self.log = get_logger("memos.kernel")
         # One syscall at a time holds the kernel; long operations (model work) release it between their phases, and
@@ -114,7 +113,7 @@ class Kernel:
         # Distillation: turns between principals, and how much of the trainer one job may take (distill_queue).
         self.distill_queue = DistillQueue()
         self.distill_max_steps = 1000
-        self.distill_max_s = 3600.0
+        self.distill_max_s = 3 * 3600.0
         self._start()
         recover_migrations(self, CallContext(self, "system"))
 
@@ -173,9 +172,8 @@ class Kernel:
             self._log(trace_id, principal, op, cube, started, exc.code, exc.message)
             self._deliver(ctx.take_events(), (str(op), exc.code, started))
             raise
-        with self.lock:
-            self.syscall_counts[op] += 1
-            self.latencies.setdefault(op, deque(maxlen=256)).append(time.perf_counter() - started)
+        where = cube if isinstance(cube, str) else getattr(result, "cube", None)
+        self.call_stats.record(op, where if isinstance(where, str) else None, time.perf_counter() - started)
         self._log(trace_id, principal, op, cube, started, "ok")
         self._deliver(ctx.take_events(), (op, "ok", started))
         flush_reads_if_due(self)

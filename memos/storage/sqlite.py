@@ -16,6 +16,7 @@ import json
 import re
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cubes (
-    name TEXT PRIMARY KEY, owner TEXT NOT NULL, description TEXT NOT NULL, created_at REAL NOT NULL
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, description TEXT NOT NULL, created_at REAL NOT NULL,
+    incarnation TEXT
 );
 CREATE TABLE IF NOT EXISTS grants (
     cube TEXT NOT NULL REFERENCES cubes(name) ON DELETE CASCADE,
@@ -68,12 +70,12 @@ CREATE TABLE IF NOT EXISTS links (
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, principal TEXT NOT NULL, op TEXT NOT NULL,
-    cube TEXT, memory_id TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL
+    cube TEXT, memory_id TEXT, outcome TEXT NOT NULL, detail TEXT NOT NULL, incarnation TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_cube ON audit(cube, seq);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, type TEXT NOT NULL,
-    cube TEXT, memory_id TEXT, principal TEXT, data TEXT NOT NULL
+    cube TEXT, memory_id TEXT, principal TEXT, data TEXT NOT NULL, incarnation TEXT
 );
 -- `memos top` asks for the newest events of a few types each frame: an index walk, not a scan of the history.
 CREATE INDEX IF NOT EXISTS events_by_type ON events(type, seq);
@@ -190,6 +192,11 @@ def fts_query(text: str, max_terms: int = 32) -> str | None:
     return " OR ".join(f'"{w}"' for w in content[:max_terms]) or None
 
 
+def new_incarnation() -> str:
+    """A new id for one life of a cube name (created, dropped, created again: two incarnations)."""
+    return "inc_" + uuid.uuid4().hex[:16]
+
+
 class SqliteStore:
     """All SQL of memos. Thread-safe by a lock: the kernel is synchronous, transports may call from threads."""
 
@@ -206,6 +213,7 @@ class SqliteStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            self._add_incarnations()
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -298,8 +306,36 @@ class SqliteStore:
 
     # ------------------------------------------------------------------------------------------------ cubes, grants
 
-    def insert_cube(self, name: str, owner: str, description: str, at: float) -> None:
-        self._exec("INSERT INTO cubes(name, owner, description, created_at) VALUES (?,?,?,?)", (name, owner, description, at))
+    def _add_incarnations(self) -> None:
+        """Databases made before cube incarnations: add the columns, give each cube an incarnation, and file the
+        audit and event records of a cube name under the incarnation that exists now (records of names dropped
+        before this version cannot be told apart from the current cube's)."""
+        for table in ("cubes", "audit", "events"):
+            columns = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if "incarnation" not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN incarnation TEXT")
+        missing = [r[0] for r in self._db.execute("SELECT name FROM cubes WHERE incarnation IS NULL")]
+        if not missing:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        for name in missing:
+            self._db.execute("UPDATE cubes SET incarnation = ? WHERE name = ?", (new_incarnation(), name))
+        for table in ("audit", "events"):
+            self._db.execute(f"UPDATE {table} SET incarnation = (SELECT incarnation FROM cubes WHERE name = {table}.cube) "
+                             "WHERE incarnation IS NULL AND cube IS NOT NULL")
+        self._db.execute("COMMIT")
+
+    def insert_cube(self, name: str, owner: str, description: str, at: float, incarnation: str | None = None) -> str:
+        """Create cube ``name``; returns its incarnation (``incarnation`` or a new one)."""
+        incarnation = incarnation or new_incarnation()
+        self._exec("INSERT INTO cubes(name, owner, description, created_at, incarnation) VALUES (?,?,?,?,?)",
+                   (name, owner, description, at, incarnation))
+        return incarnation
+
+    def cube_incarnation(self, name: str) -> str | None:
+        """The incarnation of the cube named ``name`` now (None: no such cube)."""
+        row = self._one("SELECT incarnation FROM cubes WHERE name = ?", (name,))
+        return row[0] if row else None
 
     def get_cube(self, name: str) -> tuple[str, str, str, float] | None:
         row = self._one("SELECT name, owner, description, created_at FROM cubes WHERE name = ?", (name,))
@@ -633,34 +669,40 @@ class SqliteStore:
 
     # ------------------------------------------------------------------------------------------------ audit, events
 
+    # Audit records and events are filed under the incarnation of their cube at the time (the subquery), so a name
+    # dropped and created again starts with an empty log.
+
     def audit(self, at: float, principal: str, op: str, cube: str | None, memory_id: str | None, outcome: str, detail: str) -> None:
         self._exec(
-            "INSERT INTO audit(at, principal, op, cube, memory_id, outcome, detail) VALUES (?,?,?,?,?,?,?)",
-            (at, principal, op, cube, memory_id, outcome, detail[:1000]),
+            "INSERT INTO audit(at, principal, op, cube, memory_id, outcome, detail, incarnation) "
+            "VALUES (?,?,?,?,?,?,?,(SELECT incarnation FROM cubes WHERE name = ?))",
+            (at, principal, op, cube, memory_id, outcome, detail[:1000], cube),
         )
 
     def audit_records(self, cube: str | None, since: int, limit: int) -> list[tuple[Any, ...]]:
+        """(seq, at, principal, op, cube, memory id, outcome, detail, incarnation): every record (None), or those of
+        the current incarnation of ``cube``."""
+        columns = "seq, at, principal, op, cube, memory_id, outcome, detail, incarnation"
         if cube is None:
-            return self._all(
-                "SELECT seq, at, principal, op, cube, memory_id, outcome, detail FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
-                (since, limit),
-            )
+            return self._all(f"SELECT {columns} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit))
         return self._all(
-            "SELECT seq, at, principal, op, cube, memory_id, outcome, detail FROM audit WHERE cube = ? AND seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (cube, since, limit),
+            f"SELECT {columns} FROM audit WHERE cube = ? AND incarnation IS (SELECT incarnation FROM cubes WHERE name = ?) "
+            "AND seq > ? ORDER BY seq LIMIT ?",
+            (cube, cube, since, limit),
         )
 
     def emit(self, at: float, type_: str, cube: str | None, memory_id: str | None, principal: str | None, data: dict[str, Any]) -> None:
         self._exec(
-            "INSERT INTO events(at, type, cube, memory_id, principal, data) VALUES (?,?,?,?,?,?)",
-            (at, type_, cube, memory_id, principal, json.dumps(data, sort_keys=True, default=str)),
+            "INSERT INTO events(at, type, cube, memory_id, principal, data, incarnation) "
+            "VALUES (?,?,?,?,?,?,(SELECT incarnation FROM cubes WHERE name = ?))",
+            (at, type_, cube, memory_id, principal, json.dumps(data, sort_keys=True, default=str), cube),
         )
 
     def events(self, since: int, limit: int, cubes: list[str] | None, types: tuple[str, ...] = (),
                latest: bool = False) -> list[tuple[Any, ...]]:
         """Events after ``since`` in seq order: the first ``limit`` (or with ``latest`` the last ``limit``), of the
-        given cubes (None: all) and types (empty: all)."""
+        given cubes' current incarnations (None: every event) and types (empty: all). Rows are (seq, at, type, cube,
+        memory id, principal, data, incarnation)."""
         if cubes is not None and not cubes:
             return []
         where, params = ["seq > ?"], [since]
@@ -668,8 +710,10 @@ class SqliteStore:
             if values is not None:
                 where.append(f"{column} IN ({','.join('?' * len(values))})")
                 params.extend(values)
+        if cubes is not None:
+            where.append("incarnation IS (SELECT c.incarnation FROM cubes c WHERE c.name = events.cube)")
         rows = self._all(
-            f"SELECT seq, at, type, cube, memory_id, principal, data FROM events WHERE {' AND '.join(where)} "
+            f"SELECT seq, at, type, cube, memory_id, principal, data, incarnation FROM events WHERE {' AND '.join(where)} "
             f"ORDER BY seq {'DESC' if latest else ''} LIMIT ?",
             (*params, limit),
         )

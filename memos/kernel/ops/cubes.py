@@ -28,7 +28,7 @@ def cube_info(ctx: CallContext, name: str) -> CubeInfo:
     return CubeInfo(
         name=cube[0], owner=cube[1], description=cube[2], created_at=from_epoch(cube[3]),
         grants=tuple(Grant(principal=p, right=r) for p, r in store.grants(name)),
-        memories=dict(counts), bytes=total,
+        memories=dict(counts), bytes=total, incarnation=store.cube_incarnation(name),
     )
 
 
@@ -58,6 +58,7 @@ def drop_cube(ctx: CallContext, call: sc.DropCube) -> Ack:
     purged = store.delete_cube(call.name)
     assert len(purged) == count
     ctx.after_commit(store.erase_freed)
+    ctx.after_commit(lambda: kernel.call_stats.forget_cube(call.name))
     for path in sorted(paths):  # the payload files of every version of every memory
         ctx.after_commit(lambda p=Path(path): delete_blob(kernel, p))
     return Ack(detail=f"dropped {call.name} and {count} memories")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +29,8 @@ from memos.types import (
 
 
 def stats(ctx: CallContext, call: sc.GetStats) -> Stats:
+    """Counts over the cubes the caller may read; syscall figures server-wide for superusers, else of those cubes
+    only (``memos.kernel.callstats``)."""
     kernel = ctx.kernel
     cubes = readable_cubes(ctx)
     memories: dict[str, dict[str, int]] = {}
@@ -37,22 +39,11 @@ def stats(ctx: CallContext, call: sc.GetStats) -> Stats:
         memories.setdefault(kind, {}).setdefault(state, 0)
         memories[kind][state] += n
         size[kind] += b
+    calls, latency = kernel.call_stats.view(None if ctx.principal in kernel.superusers else cubes)
     return Stats(
         cubes=len(cubes), memories=memories, versions=kernel.store.version_count(cubes), bytes=dict(size),
-        syscalls=dict(kernel.syscall_counts), latency_ms=latency_summary(kernel.latencies),
+        syscalls=calls, latency_ms=latency,
     )
-
-
-def latency_summary(latencies: dict[str, deque[float]]) -> dict[str, dict[str, float]]:
-    out = {}
-    for op, window in list(latencies.items()):
-        values = sorted(window)
-        if values:
-            out[op] = {
-                "p50": round(values[len(values) // 2] * 1000, 3),
-                "p95": round(values[min(len(values) - 1, int(len(values) * 0.95))] * 1000, 3),
-            }
-    return out
 
 
 def events(ctx: CallContext, call: sc.GetEvents) -> EventList:
@@ -65,7 +56,8 @@ def events(ctx: CallContext, call: sc.GetEvents) -> EventList:
         cubes = [c for c in (call.cubes or sorted(readable)) if c in readable]
     rows = ctx.kernel.store.events(call.since, call.limit, cubes, call.types, call.latest)
     found = tuple(
-        Event(seq=r[0], at=from_epoch(r[1]), type=r[2], cube=r[3], memory_id=r[4], principal=r[5], data=json.loads(r[6]))
+        Event(seq=r[0], at=from_epoch(r[1]), type=r[2], cube=r[3], memory_id=r[4], principal=r[5], data=json.loads(r[6]),
+              incarnation=r[7])
         for r in rows
     )
     next_seq = found[-1].seq if found else max(call.since, 0)
@@ -122,7 +114,8 @@ def audit(ctx: CallContext, call: sc.GetAudit) -> AuditList:
         require_cube(ctx, call.cube, Right.ADMIN)
     rows = ctx.kernel.store.audit_records(call.cube, call.since, call.limit)
     return AuditList(records=tuple(
-        AuditRecord(seq=r[0], at=from_epoch(r[1]), principal=r[2], op=r[3], cube=r[4], memory_id=r[5], outcome=r[6], detail=r[7])
+        AuditRecord(seq=r[0], at=from_epoch(r[1]), principal=r[2], op=r[3], cube=r[4], memory_id=r[5], outcome=r[6],
+                    detail=r[7], incarnation=r[8])
         for r in rows
     ))
 
