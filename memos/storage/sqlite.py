@@ -503,9 +503,12 @@ class SqliteStore:
         )
 
     def audit_many(self, rows: list[tuple[float, str, str, str | None, str | None, str]]) -> None:
-        """(at, principal, op, cube, memory id, detail) per successful call, outcome ``ok``."""
+        """(at, principal, op, cube, memory id, detail) per successful call, outcome ``ok``; filed under the cube's
+        incarnation now (pending reads are flushed before any change, a drop included)."""
         self._executemany(
-            "INSERT INTO audit(at, principal, op, cube, memory_id, outcome, detail) VALUES (?,?,?,?,?,'ok',?)", rows
+            "INSERT INTO audit(at, principal, op, cube, memory_id, outcome, detail, incarnation) "
+            "VALUES (?,?,?,?,?,'ok',?,(SELECT incarnation FROM cubes WHERE name = ?))",
+            [(*row, row[3]) for row in rows],
         )
 
     def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
