@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from memos.config import Settings
-from memos.errors import BackendError, MemosError, ModelUnavailable
+from memos.errors import BackendError, DataDirInUse, MemosError, ModelUnavailable
+from memos.storage.owner import read_owner
 from memos.syscalls import retry_safe
 from memos.transports import KernelService, unwrap
 
@@ -139,6 +140,8 @@ class RayTransport:
             try:
                 return ray.get(submit(), timeout=self.timeout_s)
             except ray.exceptions.RayActorError as exc:
+                if exc.actor_init_failed:  # its constructor raised: Ray does not restart it, waiting is pointless
+                    raise BackendError(f"the kernel actor failed to start ('memos status' tells why): {exc}") from exc
                 if not safe:
                     raise BackendError(
                         f"the kernel actor died during this call, which may or may not have committed (look before "
@@ -252,6 +255,9 @@ def _ensure_auth_token() -> None:
 def up(settings: Settings) -> dict[str, Any]:
     """``memos up``: a local Ray head with the dashboard and a detached kernel actor. Returns the cluster info."""
     loopback_env()
+    if (owner := read_owner(settings.home)) is not None:  # the kernel actor could never take the data dir
+        raise DataDirInUse(f"the data dir {settings.home} is owned by {owner.get('owner')}, pid {owner.get('pid')}: "
+                           "stop it before 'memos up'", **{k: owner.get(k) for k in ("owner", "pid", "endpoint")})
     # `ray start` enables token auth unless RAY_AUTH_MODE says otherwise; this driver must send the token too, and
     # Ray reads the mode when it is imported.
     os.environ.setdefault("RAY_AUTH_MODE", "token")

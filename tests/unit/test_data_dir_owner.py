@@ -180,3 +180,15 @@ def test_the_cli_talks_to_the_serving_owner_over_http_when_it_has_a_key(tmp_path
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_memos_up_refuses_a_data_dir_another_process_owns_before_starting_ray(tmp_path):
+    from memos.hosting.ray_host import up
+
+    lock = HomeLock.acquire(tmp_path, "memos serve", endpoint="http://127.0.0.1:8765")
+    try:
+        with pytest.raises(DataDirInUse, match=f"memos serve, pid {os.getpid()}"):
+            up(Settings(home=tmp_path, model=None))
+    finally:
+        lock.release()
+    assert not (tmp_path / "cluster.json").exists()
