@@ -16,6 +16,12 @@
 | memos_memories | gauge | cube, kind, state (current versions) | ``refresh_gauges`` |
 | memos_bytes | gauge | cube, kind | ``refresh_gauges`` |
 | memos_jobs | gauge | op, state (running; and ended jobs still listed: done, cancelled, failed) | ``refresh_jobs`` |
+| memos_kernel_heartbeat_timestamp_seconds | gauge | | ``refresh_gauges``: the kernel actor is alive and refreshing |
+| memos_budget_limit / memos_budget_used | gauge | scope (``kernel`` or ``policy:<name>``), budget | ``refresh_budgets``: the kernel's activation disk tier (``activation_disk_bytes``, ``activation_memories``) and each loaded policy's ``activation_bytes`` over the cubes it governs |
+| memos_distillation_loss | gauge | job | ``refresh_jobs``: the last training loss of each listed distillation (its loss curve over time) |
+| memos_policy_info | gauge (1) | policy, source, sha256 (first 16 hex of the policy file as it is on disk now) | ``refresh_policies``: the loaded policies |
+| memos_policy_interval_seconds | gauge | policy | ``refresh_policies``: ``schedule.every`` (0 for a cron schedule) |
+| memos_policy_last_run_timestamp_seconds / memos_policy_last_success_timestamp_seconds | gauge | policy | every policy evaluation; success: no action failed |
 | memos_model_ram_payloads / memos_model_ram_bytes | gauge | | model host: KV payloads in its RAM tier |
 | memos_model_adapters_loaded | gauge | | model host: adapters ready in its pool (at most its budget) |
 | memos_model_adapter_loads_total | counter | | model host: adapters loaded from disk (pool misses) |
@@ -29,7 +35,10 @@ Only this module and the rest of memos.hosting import ray.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 LATENCY_BOUNDARIES = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -87,6 +96,22 @@ class RayMetricsObserver:
         self._bytes = metrics.Gauge("memos_bytes", description="Bytes of current versions by cube and kind.",
                                     tag_keys=("cube", "kind"))
         self._seen: set[tuple[str, str, str]] = set()
+        self._heartbeat = metrics.Gauge("memos_kernel_heartbeat_timestamp_seconds",
+                                        description="When the kernel actor last refreshed its gauges (epoch seconds).")
+        self._budget_limit = metrics.Gauge("memos_budget_limit", description="A budget's limit (bytes or memories).",
+                                           tag_keys=("scope", "budget"))
+        self._budget_used = metrics.Gauge("memos_budget_used", description="What a budget holds now.",
+                                          tag_keys=("scope", "budget"))
+        self._policy_info = metrics.Gauge("memos_policy_info", description="A loaded policy (1), with its file's hash.",
+                                          tag_keys=("policy", "source", "sha256"))
+        self._policy_interval = metrics.Gauge("memos_policy_interval_seconds", tag_keys=("policy",),
+                                              description="Seconds between a policy's evaluations (0: cron).")
+        self._policy_last_run = metrics.Gauge("memos_policy_last_run_timestamp_seconds", tag_keys=("policy",),
+                                              description="When the policy was last evaluated (epoch seconds).")
+        self._policy_last_ok = metrics.Gauge("memos_policy_last_success_timestamp_seconds", tag_keys=("policy",),
+                                             description="When an evaluation of the policy last ended with no failed action.")
+        self._loss = metrics.Gauge("memos_distillation_loss", tag_keys=("job",),
+                                   description="The last training loss reported by a distillation job.")
         self._jobs = metrics.Gauge("memos_jobs", description="Kernel jobs (long operations) by op and state.",
                                    tag_keys=("op", "state"))
         self._job_series: set[tuple[str, str]] = set()
@@ -110,14 +135,34 @@ class RayMetricsObserver:
             self._distillations.inc(1)
 
     def policy_run(self, policy: str, duration_s: float, outcomes: Mapping[str, int]) -> None:
+        now = time.time()
+        self._policy_last_run.set(now, {"policy": policy})
+        if all(outcome in ("ok", "not_executed") for outcome, count in outcomes.items() if count):
+            self._policy_last_ok.set(now, {"policy": policy})
         self._policy_runs.inc(1, {"policy": policy})
         self._policy_seconds.observe(duration_s, {"policy": policy})
         for outcome, count in outcomes.items():
             if count:
                 self._policy_actions.inc(count, {"policy": policy, "outcome": outcome})
 
+    def refresh_budgets(self, rows: list[tuple[str, str, float | None, float]]) -> None:
+        """Set ``memos_budget_limit``/``memos_budget_used`` from (scope, budget, limit or None, used) rows (see
+        ``budget_rows``); an unlimited budget has no limit series."""
+        for scope, budget, limit, used in rows:
+            tags = {"scope": scope, "budget": budget}
+            if limit is not None:
+                self._budget_limit.set(limit, tags)
+            self._budget_used.set(used, tags)
+
+    def refresh_policies(self, policies: list[tuple[str, str, str, float]]) -> None:
+        """Set ``memos_policy_info`` and ``memos_policy_interval_seconds`` from (name, source, sha256, interval)."""
+        for name, source, digest, interval in policies:
+            self._policy_info.set(1, {"policy": name, "source": source, "sha256": digest})
+            self._policy_interval.set(interval, {"policy": name})
+
     def refresh_gauges(self, counts: list[tuple[str, str, str, int, int]]) -> None:
         """Set the gauges from ``SqliteStore.counts`` rows; series that vanished are set to 0."""
+        self._heartbeat.set(time.time())
         current: set[tuple[str, str, str]] = set()
         size: dict[tuple[str, str], int] = {}
         for cube, kind, state, n, b in counts:
@@ -135,11 +180,44 @@ class RayMetricsObserver:
         counts: dict[tuple[str, str], int] = {}
         for job in jobs:
             counts[(job.op, job.state)] = counts.get((job.op, job.state), 0) + 1
+            if job.op == "distill" and job.loss is not None:
+                self._loss.set(job.loss, {"job": job.id})
         for key in self._job_series - counts.keys():
             counts[key] = 0
         for (op, state), n in counts.items():
             self._jobs.set(n, {"op": op, "state": state})
         self._job_series = set(counts)
+
+
+def budget_rows(kernel: Any, policies: Iterable[Any]) -> list[tuple[str, str, float | None, float]]:
+    """(scope, budget, limit, used) of the kernel's activation disk tier and of each policy's ``activation_bytes``
+    budget over the cubes it governs (the bytes of current activation payloads)."""
+    rows = kernel.store.current_of_kind("activation")
+    sizes = [(r.cube, r.payload["size_bytes"]) for r in rows if r.payload]
+    budgets = kernel.budgets
+    out: list[tuple[str, str, float | None, float]] = [
+        ("kernel", "activation_disk_bytes", budgets.disk_bytes, float(sum(b for _, b in sizes))),
+        ("kernel", "activation_memories", budgets.max_memories, float(len(rows))),
+    ]
+    for policy in policies:
+        limit = policy.spec.budgets.activation_bytes
+        if limit is not None:
+            used = sum(b for cube, b in sizes if policy.governs(cube))
+            out.append((f"policy:{policy.name}", "activation_bytes", float(limit), float(used)))
+    return out
+
+
+def policy_rows(policies: Iterable[Any]) -> list[tuple[str, str, str, float]]:
+    """(name, source, sha256 of the source file as it is now on disk, interval) of each loaded policy."""
+    out = []
+    for policy in policies:
+        source = policy.source or ""
+        try:
+            digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16] if source else ""
+        except OSError:
+            digest = "unreadable"
+        out.append((policy.name, source, digest, float(policy.interval_s or 0.0)))
+    return out
 
 
 class ModelMetrics:

@@ -67,11 +67,17 @@ class KernelActor(KernelService):
             return {"error": exc.to_wire()}
 
     def _refresh_gauges(self) -> None:
-        """Memory counts by cube/kind/state for the dashboard, every GAUGE_PERIOD_S (reads only; SQLite is locked)."""
+        """Memory counts by cube/kind/state, budgets and loaded policies for the dashboard and alerts, every
+        GAUGE_PERIOD_S (reads only; SQLite is locked)."""
+        from memos.hosting.metrics import budget_rows, policy_rows
+
         while not self._stop.wait(GAUGE_PERIOD_S):
             cubes = [c[0] for c in self.kernel.store.list_cubes()]
             self.metrics.refresh_gauges(self.kernel.store.counts(cubes))
             self.metrics.refresh_jobs(self.kernel.jobs.all())
+            loaded = list(self.policies.policies.values()) if self.policies is not None else []
+            self.metrics.refresh_budgets(budget_rows(self.kernel, loaded))
+            self.metrics.refresh_policies(policy_rows(loaded))
 
     def close(self) -> None:
         self._stop.set()
