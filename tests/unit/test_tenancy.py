@@ -275,3 +275,21 @@ def test_stats_show_a_principal_only_the_cubes_it_can_read(mem):
     assert "search" not in stats.latency_ms
     whole = mem.as_principal("system").stats()
     assert whole.syscalls["write"] == 4 and whole.syscalls["search"] == 1
+
+
+def test_a_distillation_waits_while_the_model_host_trains_for_another_kernel(mem, kernel, model_port, monkeypatch):
+    """Kernels that share one model host each queue their own jobs; the host refuses a second training
+    (CapacityExceeded) and the kernel waits for it instead of failing its caller."""
+    mem.create_cube("team/a")
+    ids = [mem.write("team/a", "a fact").id]
+    busy = {"left": 3}
+    real = model_port.start_distill
+
+    def busy_then_free(facts, path, config):
+        if busy["left"]:
+            busy["left"] -= 1
+            raise CapacityExceeded("1 distillation(s) running; at most 1 at once")
+        return real(facts, path, config)
+
+    monkeypatch.setattr(model_port, "start_distill", busy_then_free)
+    assert mem.distill(ids, "team/a").kind == Kind.PARAMETRIC and busy["left"] == 0

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memos.errors import Cancelled, InvalidState, InvalidSyscall, MemosError, VersionConflict, error_from_wire
+from memos.errors import (
+    Cancelled,
+    CapacityExceeded,
+    InvalidState,
+    InvalidSyscall,
+    MemosError,
+    VersionConflict,
+    error_from_wire,
+)
 from memos.kernel.authz import policy_rule, require_cube, require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
@@ -98,13 +106,28 @@ class DistillOp(LongOperation):
         with ctx.kernel.distill_queue.turn(ctx.principal, job):
             return self._train(ctx, call, plan, job)
 
+    @staticmethod
+    def _start(ctx: CallContext, model: Any, facts: list[dict[str, Any]], path: str, config: dict[str, Any],
+               job: RunningJob | None) -> DistillStatus:
+        """Start the training; while the model host is busy with another kernel's job (kernels that share one model
+        host each have their own queue), wait for it, still cancellable, instead of failing."""
+        while True:
+            try:
+                return model.start_distill(facts, path, config)
+            except CapacityExceeded:
+                if job is None:
+                    raise
+                job.progress(0, 0, phase="queued")
+                if job.wait_cancel(ctx.kernel.job_poll_s):
+                    job.raise_if_cancelled()
+
     def _train(self, ctx: CallContext, call: Any, plan: DistillPlan, job: RunningJob | None) -> DistillStatus:
         kernel = ctx.kernel
         model = require_model(ctx, "distill")
         facts = [{"id": r.memory_id, "version": r.version, "text": r.content} for r in plan.sources]
         config = {"steps": call.steps} if call.steps else {}
+        status = self._start(ctx, model, facts, str(plan.path), config, job)
         deadline = time.monotonic() + kernel.distill_max_s
-        status = model.start_distill(facts, str(plan.path), config)
         cancel_sent = timed_out = False
         try:
             while status.state == "running":
