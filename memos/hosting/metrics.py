@@ -41,6 +41,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from memos.kernel.budget import kept_bytes
+
 LATENCY_BOUNDARIES = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 POLICY_RUN_BOUNDARIES = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0]
 
@@ -190,13 +192,14 @@ class RayMetricsObserver:
 
 
 def budget_rows(kernel: Any, policies: Iterable[Any]) -> list[tuple[str, str, float | None, float]]:
-    """(scope, budget, limit, used) of the kernel's activation disk tier and of each policy's ``activation_bytes``
-    budget over the cubes it governs (the bytes of current activation payloads)."""
+    """(scope, budget, limit, used) of the kernel's activation disk tier (current caches and the kept caches of older
+    versions, as ``memos.kernel.budget`` counts them) and of each policy's ``activation_bytes`` budget over the cubes
+    it governs (the bytes of current activation payloads)."""
     rows = kernel.store.current_of_kind("activation")
     sizes = [(r.cube, r.payload["size_bytes"]) for r in rows if r.payload]
     budgets = kernel.budgets
     out: list[tuple[str, str, float | None, float]] = [
-        ("kernel", "activation_disk_bytes", budgets.disk_bytes, float(sum(b for _, b in sizes))),
+        ("kernel", "activation_disk_bytes", budgets.disk_bytes, float(sum(b for _, b in sizes) + kept_bytes(kernel.store))),
         ("kernel", "activation_memories", budgets.max_memories, float(len(rows))),
     ]
     for policy in policies:

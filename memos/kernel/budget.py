@@ -37,7 +37,7 @@ from memos.types import Kind, MemoryRef, Right
 
 if TYPE_CHECKING:
     from memos.kernel.context import CallContext
-    from memos.storage.sqlite import VersionRow
+    from memos.storage.sqlite import SqliteStore, VersionRow
 
 GIB = 1024**3
 REASON = "activation disk budget"
@@ -114,6 +114,16 @@ def _kept_files(ctx: CallContext) -> dict[str, tuple[str, str, list[int], int]]:
         elif Path(path).exists():
             kept[path] = (memory_id, cube, [version], int(payload.get("size_bytes", 0)))
     return kept
+
+
+def kept_bytes(store: SqliteStore) -> int:
+    """Bytes of the kept caches on disk (older versions' caches no current version uses): they count against the
+    disk budget with the current ones."""
+    seen: dict[str, int] = {}
+    for _memory, _cube, _version, payload, _valid_to in store.kept_activation_payloads():
+        if payload["path"] not in seen and Path(payload["path"]).exists():
+            seen[payload["path"]] = int(payload.get("size_bytes", 0))
+    return sum(seen.values())
 
 
 def _lru(row: VersionRow) -> tuple[float, int]:

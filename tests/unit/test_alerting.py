@@ -87,6 +87,11 @@ def test_budget_rows_count_activation_payloads_per_kernel_and_per_policy(tmp_pat
     assert rows[("kernel", "activation_disk_bytes")] == (kernel.budgets.disk_bytes, 1400.0)
     assert rows[("kernel", "activation_memories")] == (None, 2.0)
     assert rows[("policy:team", "activation_bytes")] == (1024.0, 700.0)  # only the cubes it governs
+    demoted = mem.list("other/b")[0]
+    mem.migrate(demoted.id, "plaintext")  # its cache is kept for a rollback: still on disk, still counted
+    rows = {(scope, budget): (limit, used) for scope, budget, limit, used in metrics.budget_rows(kernel, [policy])}
+    assert rows[("kernel", "activation_disk_bytes")] == (kernel.budgets.disk_bytes, 1400.0)
+    assert rows[("kernel", "activation_memories")] == (None, 1.0)
     ((name, source, digest, interval),) = metrics.policy_rows([policy])
     assert (name, source, interval) == ("team", str(policy_file), 300.0) and len(digest) == 16
     policy_file.write_text(policy_file.read_text() + "# edited\n")
