@@ -150,6 +150,30 @@ def test_changing_the_text_demotes_and_keeps_the_cache_for_a_rollback(mem):
     assert not Path(a.payload.path).exists() and not Path(b.payload.path).exists()
 
 
+def test_rollback_after_archive_restore_and_remigration_serves_the_cache_on_the_real_model(tmp_path, model_service):
+    """Issue 13's scenario on the real host: write, migrate (v2), archive (v3), restore (v4), migrate (v5), rollback
+    to v2: generate injects the cache (it answered corrupt); then, the cache evicted by the budget, a rollback to v5
+    rebuilds it."""
+    mem = client(tmp_path, model_service, activation_max_memories=1)
+    try:
+        mem.create_cube("team/kv")
+        m = mem.write("team/kv", FACT)
+        mem.migrate(m.id, "activation")
+        mem.archive(m.id)
+        mem.restore(m.id)
+        (v5,) = mem.migrate(m.id, "activation")
+        v6 = mem.rollback(m.id, to_version=2)
+        assert v6.kind == Kind.ACTIVATION and sha(v6.payload.path) == v6.payload.sha256
+        answer = mem.generate(QUESTION, memory=[m.id], max_new_tokens=8)
+        assert answer.cached_tokens > 0 and [i.use for i in answer.plan.items] == ["kv"]
+        Path(v5.payload.path).unlink()  # as if the budget had evicted it
+        v7 = mem.rollback(m.id, to_version=5)
+        assert v7.payload.path != v5.payload.path and sha(v7.payload.path) == v7.payload.sha256
+        assert mem.generate(QUESTION, memory=[m.id], max_new_tokens=8).cached_tokens > 0
+    finally:
+        mem.close()
+
+
 CRASH_CHILD = textwrap.dedent(
     """
     import sys, time
