@@ -47,6 +47,11 @@ def register(sub: Any) -> None:
 
     retrieval_bench.add_arguments(p)
     p.set_defaults(fn=retrieval_bench.main)
+    p = bench.add_parser("scale", help="10k-100k memories: write_many ingest vs the embedder, search p50/p95/p99, Ray overhead")
+    from memos.bench import scale as scale_bench
+
+    scale_bench.add_arguments(p)
+    p.set_defaults(fn=scale_bench.main)
     p = bench.add_parser("load", help="N concurrent clients through the Ray kernel; checks no acknowledged write is lost")
     p.add_argument("--clients", default="1,4,16,64", help="comma-separated client counts")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per client count")

@@ -100,6 +100,16 @@ class ChromaIndex:
         dists = res["distances"][0] if res.get("distances") else [0.0] * len(ids)
         return list(zip(ids, (float(d) for d in dists), strict=True))
 
+    def nearest(self, embedding: list[float], n: int) -> list[tuple[str, float]]:
+        """The ``n`` nearest entries, unfiltered, best first (no metadata is fetched: it costs more than the search)."""
+        try:
+            res = self._col.query(query_embeddings=[embedding], n_results=n, include=["distances"])
+        except Exception as exc:
+            raise BackendError(f"chroma query failed: {exc}") from exc
+        ids = res["ids"][0] if res["ids"] else []
+        dists = res["distances"][0] if res.get("distances") else [0.0] * len(ids)
+        return list(zip(ids, (float(d) for d in dists), strict=True))
+
     def ids(self) -> set[str]:
         try:
             out: set[str] = set()

@@ -445,6 +445,31 @@ class SqliteStore:
                 out[row[0]] = _row_to_version(row)
         return out
 
+    def rowids_of(
+        self, entries: Iterable[tuple[str, int]], *, cubes: Iterable[str] | None = None, at: float | None = None,
+        states: tuple[str, ...] | None = None,
+    ) -> list[int]:
+        """The rowids of (memory id, version) pairs, in their order; pairs that do not exist are left out, and so
+        are, when ``cubes`` is given, versions outside ``cubes``, not in ``states``, or not valid at ``at`` (current
+        when None): the filters of a dense query, checked on plain columns."""
+        pairs = list(entries)
+        found: dict[tuple[str, int], int] = {}
+        ids = list(dict.fromkeys(m for m, _ in pairs))
+        where, params = "", []
+        if cubes is not None:
+            cube_list, state_list = list(cubes), list(states or ("active",))
+            where = (f" AND cube IN ({','.join('?' * len(cube_list))}) AND state IN ({','.join('?' * len(state_list))})"
+                     + (" AND valid_to = ?" if at is None else " AND valid_from <= ? AND valid_to > ?"))
+            params = [*cube_list, *state_list, *([FOREVER] if at is None else [at, at])]
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            marks = ",".join("?" * len(part))
+            for rowid, memory_id, version in self._all(
+                f"SELECT rowid, memory_id, version FROM versions WHERE memory_id IN ({marks}){where}", [*part, *params]
+            ):
+                found[(memory_id, version)] = rowid
+        return [found[p] for p in pairs if p in found]
+
     def history(self, memory_id: str) -> list[VersionRow]:
         rows = self._all(f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.memory_id = ? ORDER BY v.version", (memory_id,))
         return [_row_to_version(r) for r in rows]

@@ -56,6 +56,11 @@ class VectorIndex(Protocol):
         """(entry id, cosine distance) best first."""
         ...
 
+    def nearest(self, embedding: list[float], n: int) -> list[tuple[str, float]]:
+        """The ``n`` nearest entries whatever their metadata, best first: the kernel filters them itself when that
+        is cheaper than the index's filtered ``query``."""
+        ...
+
     def ids(self) -> set[str]: ...
 
     def get_metadata(self, ids: list[str]) -> dict[str, dict[str, Any]]: ...
@@ -111,6 +116,15 @@ class InMemoryVectorIndex:
         sims = np.stack([self._vectors[i] for i in candidates]) @ q
         order = np.argsort(-sims)[: query.limit]
         return [(candidates[j], float(1.0 - sims[j])) for j in order]
+
+    def nearest(self, embedding: list[float], n: int) -> list[tuple[str, float]]:
+        if not self._meta:
+            return []
+        ids = list(self._vectors)
+        q = np.asarray(embedding, dtype=np.float32)
+        norm = float(np.linalg.norm(q))
+        sims = np.stack([self._vectors[i] for i in ids]) @ (q / norm if norm else q)
+        return [(ids[j], float(1.0 - sims[j])) for j in np.argsort(-sims)[:n]]
 
     def ids(self) -> set[str]:
         return set(self._meta)

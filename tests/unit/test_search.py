@@ -80,3 +80,38 @@ def test_a_when_question_prefers_a_dated_memory(mem):
     dated = mem.write("team/chat", "Mel adopted a dog named Max last week")
     assert mem.search("when did Mel adopt Max", "team/chat", k=2)[0].memory.id == dated.id
     assert mem.search("did Mel adopt Max", "team/chat", k=2)[0].memory.id == plain.id
+
+
+def test_dense_candidates_from_the_unfiltered_probe_equal_the_filtered_query(kernel, mem, clock):
+    """dense_candidates probes the index unfiltered and checks cube, state and validity in SQLite; whether it answers
+    from the probe (a big cube) or falls back to the filtered query (a small one), the candidates are the same."""
+    import random
+
+    from memos.kernel.context import CallContext
+    from memos.kernel.ops.search import dense_candidates
+    from memos.storage.vector import IndexQuery, parse_entry_id
+
+    rng = random.Random(7)
+    words = [f"w{i}x{rng.randint(0, 10**6)}" for i in range(400)]  # a wide vocabulary: no tied distances
+    mem.create_cube("team/big")
+    mem.create_cube("team/small")
+    big = mem.write_many([" ".join(rng.choices(words, k=5)) for _ in range(300)], cube="team/big")
+    small = mem.write_many([" ".join(rng.choices(words, k=5)) for _ in range(12)], cube="team/small")
+    clock.advance(10)
+    before = clock.now()
+    clock.advance(10)
+    for o in big.results[:40]:
+        mem.update(o.id, content=" ".join(rng.choices(words, k=6)))  # old versions stay in the index, closed
+    mem.delete(small.results[0].id)
+    for cubes, at in ((("team/big",), None), (("team/small",), None), (("team/big", "team/small"), None),
+                      (("team/big",), before)):
+        for _ in range(5):
+            q = IndexQuery(embedding=kernel.embedder.embed([" ".join(rng.choices(words, k=3))])[0], cubes=cubes,
+                           limit=50, at=at)
+            expected = kernel.store.rowids_of(parse_entry_id(e) for e, _ in kernel.index.query(q))
+            got = dense_candidates(CallContext(kernel, "agent:alice"), q)
+            everything = kernel.index.nearest(q.embedding, 10_000)
+            rowid = dict(zip(kernel.store.rowids_of(parse_entry_id(e) for e, _ in everything),
+                             (round(d, 6) for _, d in everything), strict=False))
+            assert len(got) == len(expected) and set(got) <= set(rowid)
+            assert [rowid[r] for r in got] == [rowid[r] for r in expected]  # the same, up to the order of ties

@@ -50,6 +50,7 @@ from memos.types import (
 )
 
 _CANDIDATES = 50  # per retriever, at least; more for larger k
+PROBE_FACTOR = 2  # an unfiltered dense probe fetches this many times the candidates (dense_candidates)
 #: A memory brought into search results by link expansion scores this fraction of the hit that brought it.
 EXPAND_DECAY = 0.9
 MAX_CACHED_TOKENS = 8192
@@ -59,7 +60,6 @@ _TIE = 1e-9
 # ------------------------------------------------------------------------------------------------------ search
 
 def search(ctx: CallContext, call: sc.Search) -> SearchResult:
-    store = ctx.kernel.store
     cubes = tuple(dict.fromkeys(call.cubes))
     at = to_epoch(call.as_of) if call.as_of is not None else None
     hits = search_hits(ctx, call.query, cubes, call.k, call.filters, at=at, mode=call.mode)
@@ -68,9 +68,8 @@ def search(ctx: CallContext, call: sc.Search) -> SearchResult:
         hits, via = expand_hits(ctx, hits, cubes, call.filters, call.k, call.expand)
     record_reads(ctx, [row.memory_id for row, _ in hits], ctx.kernel.clock.now())
     audit_read(ctx, call.op, cubes[0] if len(cubes) == 1 else None, detail=f"{len(hits)} hits in {','.join(cubes)}"[:1000])
-    fresh = store.versions_by_rowid(row.rowid for row, _ in hits)
     return SearchResult(hits=tuple(
-        SearchHit(memory=to_memory(ctx, fresh.get(row.rowid, row)), score=item.score,
+        SearchHit(memory=to_memory(ctx, row), score=item.score,
                   dense_rank=item.dense_rank, lexical_rank=item.lexical_rank, via=via.get(row.rowid))
         for row, item in hits
     ))
@@ -81,11 +80,11 @@ def search_hits(
     at: float | None = None, mode: str = "hybrid",
 ) -> list[tuple[VersionRow, Fused]]:
     """Hybrid retrieval with ACL checks and filters; best first. Does not count reads (callers decide)."""
-    store, index = ctx.kernel.store, ctx.kernel.index
+    store = ctx.kernel.store
     for cube in cubes:
         require_cube(ctx, cube, Right.READ)
     limit = max(_CANDIDATES, k * 5)
-    dense: list[tuple[str, int]] = []
+    dense: list[int] = []
     if mode in ("hybrid", "dense"):
         equals = {"trust": f.trust.value} if f.trust else {}
         one_of: dict[str, tuple[str, ...]] = {}
@@ -96,19 +95,14 @@ def search_hits(
         if f.sources:
             one_of["source"] = tuple(x.value for x in f.sources)
         q = IndexQuery(embedding=ctx.query_vector(query), cubes=cubes, limit=limit, at=at, equals=equals, one_of=one_of)
-        dense = [parse_entry_id(eid) for eid, _ in index.query(q)]
+        dense = dense_candidates(ctx, q)
     lexical: list[int] = []
     if mode in ("hybrid", "lexical"):
         lexical = [rowid for rowid, _ in store.lexical(query, cubes, at, limit)]
-    dense_rows = {}
-    for mid, version in dense:
-        r = store.get_version(mid, version)
-        if r is not None:
-            dense_rows[r.rowid] = r
-    rows = {**dense_rows, **store.versions_by_rowid(r for r in lexical if r not in dense_rows)}
+    rows = store.versions_by_rowid(dict.fromkeys([*dense, *lexical]))  # one query for every candidate
     hits = []
     weight = LEXICAL_WEIGHT if mode == "hybrid" else 1.0
-    for item in reciprocal_rank_fusion(list(dense_rows), lexical, lexical_weight=weight):
+    for item in reciprocal_rank_fusion([r for r in dense if r in rows], lexical, lexical_weight=weight):
         row = rows.get(item.key)
         if row is None or not _passes(row, f):
             continue
@@ -150,6 +144,25 @@ def _rerank(ctx: CallContext, query: str, hits: list[tuple[VersionRow, Fused]], 
                     extra[n.memory_id] = (n, gain)
     out += [(n, Fused(n.rowid, gain, None, None)) for n, gain in extra.values()]
     return out
+
+
+def dense_candidates(ctx: CallContext, q: IndexQuery) -> list[int]:
+    """Rowids of the best ``q.limit`` index entries that pass ``q``, best first.
+
+    First an unfiltered probe of ``PROBE_FACTOR * limit`` neighbours, checked against SQLite's columns (cube, state,
+    validity): a filtered index query filters metadata before the vector search, which made Chroma's dense query
+    10x slower at 10k entries, and fetching metadata with the probe costs more than the search itself
+    (docs/performance.md). When at least ``limit`` probed entries pass, they are exactly the best ``limit`` passing
+    entries (a better one would be in the probe too). Otherwise (a small cube in a large index, or filters on trust,
+    kind, author or source) the index's filtered query answers.
+    """
+    store, index = ctx.kernel.store, ctx.kernel.index
+    if not q.equals and not q.one_of:
+        probe = index.nearest(q.embedding, PROBE_FACTOR * q.limit)
+        passing = store.rowids_of((parse_entry_id(eid) for eid, _ in probe), cubes=q.cubes, at=q.at, states=q.states)
+        if len(passing) >= q.limit or len(probe) < PROBE_FACTOR * q.limit:  # enough, or the whole index was probed
+            return passing[: q.limit]
+    return store.rowids_of(parse_entry_id(eid) for eid, _ in index.query(q))
 
 
 def expand_hits(

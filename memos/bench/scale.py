@@ -1,0 +1,266 @@
+"""``memos bench scale``: ingest and search at 10k-100k memories in one cube, as ratios to limits measured in the
+same run.
+
+For each size N (nested corpora: the first 10k texts of the 100k run are the 10k run's texts):
+1. **embedder alone**: a fresh MiniLM embedder (no cache) embeds the first ``min(N, embed_sample)`` texts in chunks
+   of ``batch`` (the chunking ``write_many`` gets): the machine's limit for ingest, texts/s;
+2. **ingest**: a fresh data dir (SQLite ``synchronous=FULL``, embedded Chroma, the same embedder model, a fresh
+   instance) gets all N texts through ``write_many`` in chunks of ``batch``, from ``writers`` client threads (two by
+   default, so one chunk commits while the previous one is embedded); reported as memories/s and as the ratio to (1);
+3. **search in-process**: ``queries`` distinct queries per mode (hybrid, dense, lexical), k=10, through the
+   in-process client; p50/p95/p99 in ms. Queries are word windows cut from random memories and differ across modes
+   and transports, so no query embedding comes from the cache;
+4. **search through Ray**: the same data dir behind the kernel actor (a private local Ray), fresh queries;
+   the Ray overhead is the p50 of a ``read`` of one memory through Ray minus its in-process p50.
+
+Texts: with ``--data`` a LoCoMo file's turns (``[date] speaker: text``), repeated with a distinct numbered prefix
+until N; otherwise invented facts (``memos.bench.synthetic_facts``). Writes ``scale.json`` and ``scale.md``.
+The machine is what it is: run it alone (``flock``) and read the ratios, not the absolute rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from memos.bench.metrics import percentile
+from memos.progress import Progress
+
+CUBE = "bench/scale"
+PRINCIPAL = "bench:scale"
+MODES = ("hybrid", "dense", "lexical")
+DEFAULT_SIZES = (10_000, 100_000)
+
+
+def corpus(n: int, data: str | Path | None = None, seed: int = 0) -> list[str]:
+    """``n`` distinct texts; the first ``k`` of ``corpus(n)`` are ``corpus(k)``."""
+    if data is None:
+        from memos.bench.synthetic_facts import synthetic_facts
+
+        return [text for _, text in synthetic_facts(n, seed)]
+    from memos.bench.locomo import load_locomo
+    from memos.bench.retrieval import turn_content
+
+    turns = [turn_content(s, t) for c in load_locomo(data) for s, t in c.turns()]
+    if not turns:
+        raise ValueError(f"{data}: no conversation turns")
+    return [turns[i] if i < len(turns) else f"(note {i // len(turns)}) {turns[i % len(turns)]}" for i in range(n)]
+
+
+def queries(texts: Sequence[str], n: int, rng: random.Random) -> list[str]:
+    """``n`` distinct queries: windows of 4-9 words cut from random texts."""
+    out: dict[str, None] = {}
+    while len(out) < n:
+        words = rng.choice(texts).split()
+        width = min(len(words), rng.randint(4, 9))
+        start = rng.randint(0, max(0, len(words) - width))
+        out.setdefault(" ".join(words[start : start + width]), None)
+    return list(out)
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    ms = [v * 1000 for v in values]
+    return {q: round(percentile(ms, p), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+
+
+def _timed(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def embedder_alone(texts: Sequence[str], batch: int) -> float:
+    """Texts per second of a fresh MiniLM embedder (model loaded before the clock starts)."""
+    from memos.models.embedder import MiniLMEmbedder
+
+    embedder = MiniLMEmbedder(cache_size=1)
+    embedder.embed(["warm-up"])
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        embedder.embed(list(texts[i : i + batch]))
+    return len(texts) / (time.perf_counter() - started)
+
+
+def ingest(mem: Any, texts: Sequence[str], batch: int, writers: int, tick: Callable[[int], None]) -> float:
+    """Write ``texts`` through ``write_many`` from ``writers`` threads; returns memories per second.
+
+    Raises:
+        RuntimeError: an item was refused (the bench writes only valid items).
+    """
+    chunks = [list(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not chunks or failures:
+                    return
+                chunk = chunks.pop(0)
+            result = mem.write_many(chunk, cube=CUBE)
+            if result.failed:
+                failures.append(str(next(o.error for o in result.results if o.error)))
+            tick(len(chunk))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=work, name=f"bench-writer-{i}") for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise RuntimeError(f"write_many refused an item: {failures[0]}")
+    return len(texts) / (time.perf_counter() - started)
+
+
+def search_latencies(mem: Any, qs: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for mode in MODES:
+        it = iter(qs[mode])
+        out[mode] = _ms(_timed(lambda it=it, mode=mode: mem.search(next(it), CUBE, k=10, mode=mode), len(qs[mode])))
+    return out
+
+
+def _size_run(n: int, texts: list[str], home: Path, args: argparse.Namespace, rng: random.Random,
+              bar: Progress, done: list[int]) -> dict[str, Any]:
+    from memos.client import Memos
+    from memos.config import Settings
+    from memos.kernel.factory import open_kernel
+    from memos.transports import InProcessTransport, KernelService
+
+    def tick(k: int) -> None:
+        done[0] += k
+        bar.update(done[0], note=f"{n}: ingest")
+
+    sample = texts[: min(n, args.embed_sample)]
+    bar.update(done[0], note=f"{n}: embedder alone on {len(sample)} texts")
+    embed_rate = embedder_alone(sample, args.batch)
+    settings = Settings(home=home, model=None)
+    mem = Memos(InProcessTransport(KernelService(open_kernel(settings))), PRINCIPAL)
+    try:
+        mem.create_cube(CUBE)
+        mem.search("warm-up", CUBE)
+        rate = ingest(mem, texts, args.batch, args.writers, tick)
+        qs = {mode: queries(texts, args.queries, rng) for mode in MODES}
+        bar.update(done[0], note=f"{n}: searching in-process")
+        local = search_latencies(mem, qs)
+        some = mem.list(CUBE, limit=1)[0].id
+        read_local = _timed(lambda: mem.read(some), args.queries)
+    finally:
+        mem.close()
+    result: dict[str, Any] = {
+        "memories": n,
+        "embedder_alone_texts_per_s": round(embed_rate, 1),
+        "embedder_sample": len(sample),
+        "ingest_memories_per_s": round(rate, 1),
+        "ingest_ratio_to_embedder": round(rate / embed_rate, 3),
+        "search_ms": {"in_process": local},
+        "read_ms": {"in_process": _ms(read_local)},
+    }
+    if args.ray:
+        from memos.hosting.ray_host import _free_port, start_embedded
+
+        bar.update(done[0], note=f"{n}: starting the Ray kernel actor")
+        ray_settings = Settings(home=home, model=None, dashboard_port=_free_port(), metrics_export_port=_free_port())
+        host = start_embedded(ray_settings, dashboard=False)
+        try:
+            remote = Memos(host.transport, PRINCIPAL)
+            remote.search("warm-up", CUBE)
+            qs = {mode: queries(texts, args.queries, rng) for mode in MODES}
+            bar.update(done[0], note=f"{n}: searching through Ray")
+            result["search_ms"]["ray"] = search_latencies(remote, qs)
+            read_ray = _timed(lambda: remote.read(some), args.queries)
+        finally:
+            host.shutdown()
+        result["read_ms"]["ray"] = _ms(read_ray)
+        result["ray_overhead_p50_ms"] = round(result["read_ms"]["ray"]["p50"] - result["read_ms"]["in_process"]["p50"], 3)
+    return result
+
+
+def run_scale_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every size; write ``scale.json`` and ``scale.md`` into ``args.out``; return the report."""
+    sizes = sorted(set(args.sizes))
+    if not sizes or sizes[0] < 1 or args.batch < 1 or args.queries < 1 or args.writers < 1:
+        raise ValueError("sizes, batch, queries and writers must be at least 1")
+    started = time.perf_counter()
+    texts = corpus(sizes[-1], args.data, args.seed)
+    rng = random.Random(args.seed)
+    runs = []
+    with Progress("scale", total=sum(sizes)) as bar:
+        done = [0]
+        for n in sizes:
+            scratch = Path(tempfile.mkdtemp(prefix="memos-scale-", dir=args.scratch))
+            try:
+                runs.append(_size_run(n, texts[:n], scratch / "home", args, rng, bar, done))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    report = {
+        "settings": {"sizes": sizes, "batch": args.batch, "writers": args.writers, "queries": args.queries,
+                     "embed_sample": args.embed_sample, "data": str(args.data) if args.data else "synthetic facts",
+                     "seed": args.seed, "k": 10, "sqlite_synchronous": "FULL", "index": "embedded Chroma"},
+        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                        "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+        "runs": runs,
+        "duration_s": round(time.perf_counter() - started, 1),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scale.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "scale.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    lines = [
+        "# memos bench scale", "",
+        f"{s['data']}; write_many chunks of {s['batch']} from {s['writers']} writer threads; "
+        f"{s['queries']} distinct queries per mode and transport, k={s['k']}; SQLite {s['sqlite_synchronous']}, "
+        f"{s['index']}; {report['environment']['cpus']} CPUs, load average at the end "
+        f"{report['environment']['load_average_end']}.", "",
+        "| memories | embedder alone (texts/s) | ingest (memories/s) | ratio | Ray overhead p50 (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:
+        lines.append(f"| {r['memories']} | {r['embedder_alone_texts_per_s']} (on {r['embedder_sample']}) | "
+                     f"{r['ingest_memories_per_s']} | {r['ingest_ratio_to_embedder']} | "
+                     f"{r.get('ray_overhead_p50_ms', 'n/a')} |")
+    lines += ["", "| memories | transport | mode | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|"]
+    for r in report["runs"]:
+        for transport, modes in r["search_ms"].items():
+            for mode, p in modes.items():
+                lines.append(f"| {r['memories']} | {transport} | {mode} | {p['p50']} | {p['p95']} | {p['p99']} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES), help="cube sizes (memories)")
+    p.add_argument("--data", help="a LoCoMo JSON file whose turns become the texts (default: invented facts)")
+    p.add_argument("--batch", type=int, default=1000, help="items per write_many (at most 1000)")
+    p.add_argument("--writers", type=int, default=2, help="client threads calling write_many")
+    p.add_argument("--queries", type=int, default=200, help="queries per mode and transport")
+    p.add_argument("--embed-sample", dest="embed_sample", type=int, default=10_000,
+                   help="texts the embedder alone is timed on (the first ones of the corpus)")
+    p.add_argument("--no-ray", dest="ray", action="store_false", help="skip the Ray transport")
+    p.add_argument("--scratch", help="where the data dirs go (default: the system's temp dir)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench-results/scale")
+
+
+def main(args: argparse.Namespace) -> int:
+    report = run_scale_bench(args)
+    print(render_markdown(report))
+    return 0
