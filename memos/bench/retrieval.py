@@ -1,8 +1,8 @@
 """``memos bench retrieval``: recall@k of LoCoMo evidence turns for memos' hybrid search and a plain dense baseline.
 
 For each conversation a fresh kernel is built on a temporary data dir (SQLite + embedded Chroma on disk + MiniLM),
-with one cube per conversation. Every turn becomes one memory through ``Kernel.execute(Write)`` (that is what the
-ingest rate measures), with content ``[<session date>] <speaker>: <text>`` plus ``[shares a photo: <caption>]``
+with one cube per conversation. Every turn becomes one memory through ``Kernel.execute(WriteMany)``, a
+conversation's turns in one call (that is what the ingest rate measures), with content ``[<session date>] <speaker>: <text>`` plus ``[shares a photo: <caption>]``
 when the turn shared an image, and metadata ``dia_id``, ``session``, ``session_date``, ``speaker``. Every question
 of categories 1-4 is then asked as one ``Search`` (k = the largest k asked) per mode:
 
@@ -12,7 +12,7 @@ of categories 1-4 is then asked as one ``Search`` (k = the largest k asked) per 
 
 recall@k for smaller k is read from the prefix of that one ranking. Each mode runs as its own pass over the
 questions with an embedder cache of one entry, so every search pays for embedding its query, as a new query does.
-Latency is the wall time of ``execute`` (embedding, both retrievers, fusion, the read-count commit).
+Latency is the wall time of ``execute`` (embedding, both retrievers, fusion; reads are counted in memory).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 from memos import syscalls as sc
 from memos.bench.locomo import CATEGORY_NAMES, Conversation, Session, Turn, load_locomo
 from memos.bench.metrics import percentile, recall_table
+from memos.errors import error_from_wire
 from memos.kernel.kernel import Kernel
 from memos.kernel.retrieval import RRF_K
 from memos.models.embedder import MiniLMEmbedder
@@ -60,20 +61,30 @@ def _nothing(done: int = 1) -> None:
 
 
 def _ingest(kernel: Kernel, conversation: Conversation, cube: str, tick: Callable[..., None] = _nothing) -> float:
-    """Write every turn as one memory, one syscall each (``tick()`` after each). Returns the seconds it took."""
+    """Write every turn as one memory through ``write_many`` (up to ``MAX_WRITE_MANY`` turns per call; ``tick(n)``
+    after each call). Returns the seconds it took.
+
+    Raises:
+        MemosError: a turn was refused (the item's typed error).
+    """
     kernel.execute(PRINCIPAL, sc.CreateCube(name=cube, description=f"LoCoMo {conversation.sample_id}"))
+    items = [
+        {
+            "cube": cube, "content": turn_content(session, turn),
+            "metadata": {"dia_id": turn.dia_id, "session": session.number, "session_date": session.date_time,
+                         "speaker": turn.speaker},
+            "source_refs": [f"locomo:{conversation.sample_id}:{turn.dia_id}"],
+        }
+        for session, turn in conversation.turns()
+    ]
     started = time.perf_counter()
-    for session, turn in conversation.turns():
-        kernel.execute(PRINCIPAL, sc.Write(
-            cube=cube,
-            content=turn_content(session, turn),
-            metadata={
-                "dia_id": turn.dia_id, "session": session.number, "session_date": session.date_time,
-                "speaker": turn.speaker,
-            },
-            source_refs=(f"locomo:{conversation.sample_id}:{turn.dia_id}",),
-        ))
-        tick()
+    for start in range(0, len(items), sc.MAX_WRITE_MANY):
+        part = items[start : start + sc.MAX_WRITE_MANY]
+        result = kernel.execute(PRINCIPAL, sc.WriteMany(items=tuple(part)))
+        refused = next((o.error for o in result.results if o.error), None)
+        if refused is not None:
+            raise error_from_wire(refused)
+        tick(len(part))
     return time.perf_counter() - started
 
 
@@ -182,7 +193,7 @@ def run_retrieval_bench(
         "systems": {SYSTEMS[mode]: {"mode": mode, **_summary(r, ks)} for mode, r in rows.items()},
         "ingest": {
             "memories": memories, "seconds": ingest_s, "memories_per_s": memories / ingest_s if ingest_s else None,
-            "path": "one Write syscall per turn through Kernel.execute (SQLite synchronous=FULL, Chroma on disk)",
+            "path": "write_many through Kernel.execute, a conversation per call (SQLite synchronous=FULL, Chroma on disk)",
         },
         "settings": {"embedder": getattr(embedder, "name", type(embedder).__name__), "rrf_k": RRF_K},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

@@ -11,7 +11,7 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
 
     result = run_load_bench(
         args.out, clients=tuple(int(c) for c in args.clients.split(",")), seconds=args.seconds, cubes=args.cubes,
-        seed=args.seed, home=args.bench_home,
+        seed=args.seed, home=args.bench_home, preload=args.preload,
     )
     check = result["verification"]
     return 1 if check["acknowledged_writes_lost"] or check["acknowledged_updates_lost"] else 0
@@ -57,6 +57,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per client count")
     p.add_argument("--cubes", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preload", type=int, default=0, help="memories written through write_many before the levels")
     p.add_argument("--home", dest="bench_home", help="data dir (default: a temporary one)")
     p.add_argument("--out", default="bench-results/load")
     p.set_defaults(fn=cmd_bench_load)

@@ -61,24 +61,27 @@ class MiniLMEmbedder:
         self._model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).eval()
 
     def embed(self, texts: list[str]) -> list[list[float]]:
+        """Unit vectors of ``texts``, in order. Texts not in the cache are encoded in batches of ``batch_size``,
+        longest first, so that a batch holds texts of similar length (less padding to compute)."""
         with self._lock:
             if self._model is None:
                 self._load()
-            missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+            fresh: dict[str, list[float]] = {}
+            missing = sorted((t for t in dict.fromkeys(texts) if t not in self._cache), key=len, reverse=True)
             for i in range(0, len(missing), self.batch_size):
                 batch = missing[i : i + self.batch_size]
-                for text, vec in zip(batch, self._encode(batch), strict=True):
-                    self._cache[text] = vec
-                    if len(self._cache) > self._cache_size:
-                        self._cache.popitem(last=False)
+                fresh.update(zip(batch, self._encode(batch), strict=True))
             out = []
             for t in texts:
-                vec = self._cache.get(t)
-                if vec is None:  # evicted by this very call (batch larger than the cache)
-                    vec = self._encode([t])[0]
-                else:
+                vec = fresh.get(t)
+                if vec is None:
+                    vec = self._cache[t]
                     self._cache.move_to_end(t)
                 out.append(vec)
+            for text, vec in fresh.items():
+                self._cache[text] = vec
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
             return out
 
     def _encode(self, batch: list[str]) -> list[list[float]]:
