@@ -280,6 +280,16 @@ class Memos:
         return self._do(sc.Compress, ids=ids, cube=cube, max_bytes=max_bytes, keep_sources=keep_sources,
                         tags=tuple(tags), expected_versions=tuple(expected_versions) if expected_versions else None)
 
+    def merge(
+        self, ids: Iterable[str], *, similarity: float = 0.85, max_group: int = 16, max_bytes: int = 2048,
+        keep_sources: bool = False, expected_versions: Iterable[int] | None = None,
+    ) -> tuple[Memory, ...]:
+        """Fuse the memories among ``ids`` that mean the same (embedding cosine >= ``similarity``), each group into
+        one summary memory; returns the new memories."""
+        return self._do(sc.Merge, ids=tuple(ids), similarity=similarity, max_group=max_group, max_bytes=max_bytes,
+                        keep_sources=keep_sources,
+                        expected_versions=tuple(expected_versions) if expected_versions else None).memories
+
     def pin(self, memory_id: str) -> Memory:
         return self._do(sc.Pin, id=memory_id)
 

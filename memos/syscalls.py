@@ -559,6 +559,33 @@ class Compress(_Syscall):
         return self
 
 
+class Merge(_Syscall):
+    """Fuse memories that mean the same: group ``ids`` by the cosine similarity of their embeddings (each group
+    gathers, around the first member not yet grouped, the others at least ``similarity`` to it, at most
+    ``max_group``), and fuse each group of two or more into one new memory in the group's cube whose text the
+    summariser writes, ``derived_from`` the members at the versions grouped; members archived unless
+    ``keep_sources``. Trust is the weakest of each group's."""
+
+    op: Literal["merge"] = "merge"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
+    ids: tuple[MemoryId, ...] = Field(min_length=2, max_length=256)
+    similarity: float = Field(default=0.85, gt=0.0, le=1.0, allow_inf_nan=False)
+    max_group: int = Field(default=16, ge=2, le=64)
+    max_bytes: int = Field(default=2048, ge=16, le=MAX_CONTENT_BYTES)
+    keep_sources: bool = False
+    expected_versions: tuple[Annotated[int, Field(ge=1, le=SQL_INT_MAX)], ...] | None = None
+    result_type: ClassVar[type[BaseModel]] = MemoryList
+    right: ClassVar[Right] = Right.WRITE
+
+    @model_validator(mode="after")
+    def _versions_match_ids(self) -> Merge:
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("merge needs distinct memory ids")
+        if self.expected_versions is not None and len(self.expected_versions) != len(self.ids):
+            raise ValueError(f"expected_versions has {len(self.expected_versions)} entries for {len(self.ids)} ids")
+        return self
+
+
 class Related(_Syscall):
     """Memories linked to ``id``: stored links (``link``, ``supersedes``), provenance (``derived_from`` both ways),
     the neighbouring memories of its session and memories with its speaker or subject, best first, at most ``k``.
@@ -608,7 +635,8 @@ Syscall = Annotated[
     | WriteMany
     | Ingest
     | Related
-    | Compress,
+    | Compress
+    | Merge,
     Field(discriminator="op"),
 ]
 
@@ -617,7 +645,7 @@ SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     for cls in (
         CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Purge, Archive, Restore, History,
         Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Snapshot, Migrate, Distill,
-        ListJobs, CancelJob, AssembleContext, Generate, WriteMany, Ingest, Related, Compress,
+        ListJobs, CancelJob, AssembleContext, Generate, WriteMany, Ingest, Related, Compress, Merge,
     )
 }
 

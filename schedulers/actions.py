@@ -2,7 +2,7 @@
 
 Archive, delete, pin and fuse are kernel syscalls (``memos.syscalls``) and are planned as such. Migration,
 distillation and compression are planned as the small frozen intents below, which the runner turns into kernel
-syscalls (``runner.to_syscall``: ``migrate``, ``distill``, ``compress``). Every action that changes one memory carries the version the engine saw
+syscalls (``runner.to_syscall``: ``migrate``, ``distill``, ``compress``, ``merge``). Every action that changes one memory carries the version the engine saw
 (``expected_version``), so a memory edited between the snapshot and the execution is refused with
 ``VersionConflict`` instead of being acted on by a decision made about its older self.
 """
@@ -60,7 +60,21 @@ class CompressIntent:
     keep_sources: bool = False
 
 
-Action = Archive | Delete | Pin | Fuse | MigrateIntent | DistillIntent | CompressIntent
+@dataclass(frozen=True)
+class MergeIntent:
+    """Fuse the memories of ``sources`` (one cube, one trust level, at those versions) that mean the same: the
+    kernel groups them by embedding similarity and its summariser writes each group's text (``merge``)."""
+
+    op: ClassVar[str] = "merge"
+
+    cube: str
+    sources: tuple[MemoryRef, ...]
+    similarity: float
+    max_group: int
+    keep_sources: bool = False
+
+
+Action = Archive | Delete | Pin | Fuse | MigrateIntent | DistillIntent | CompressIntent | MergeIntent
 
 
 @dataclass(frozen=True)

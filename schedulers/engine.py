@@ -34,6 +34,7 @@ from memos.schedulers.actions import (
     BudgetUsage,
     CompressIntent,
     DistillIntent,
+    MergeIntent,
     MigrateIntent,
     Plan,
     PlannedAction,
@@ -340,6 +341,13 @@ class _Evaluation:
         # Fusing across trust levels would make the result untrusted and archive a trusted source.
         for trust in (Trust.TRUSTED, Trust.UNTRUSTED):
             same = [f for f in members if f.memory.provenance.trust == trust]
+            if args.by == "meaning":
+                for start in range(0, len(same), 256):  # the kernel groups them by embedding; 256 per merge
+                    part = same[start:start + 256]
+                    if len(part) > 1:
+                        out.append((part, f"{len(part)} {trust.value} memories, each {rule.summary}; the kernel fuses "
+                                          f"those that mean the same (embedding cosine >= {args.similarity:g})"))
+                continue
             for indexes in star_groups([words(f.memory.content) for f in same], args.similarity, args.max_group):
                 group = [same[i] for i in indexes]
                 reason = (
@@ -357,6 +365,10 @@ class _Evaluation:
             return
         args = rule.then.fuse
         assert args is not None
+        if args.by == "meaning":  # how many memories it retires is known only when the kernel has grouped them
+            merge = MergeIntent(cube, tuple(f.ref for f in members), args.similarity, args.max_group, args.keep_sources)
+            self._plan(rule, merge, cube, tuple(members), reason)
+            return
         seed = members[0].memory
         tags = list(dict.fromkeys([*seed.tags, *sorted({t for f in members[1:] for t in f.memory.tags})]))
         fuse = Fuse(

@@ -12,6 +12,7 @@ from memos.schedulers.actions import (
     BudgetUsage,
     CompressIntent,
     DistillIntent,
+    MergeIntent,
     MigrateIntent,
     Plan,
     PlannedAction,
@@ -64,6 +65,10 @@ def describe(action: PlannedAction) -> str:
     if isinstance(call, CompressIntent):
         sources = "kept" if call.keep_sources else "archived"
         return f"compress {call.id}{version} into a summary of <= {format_size(call.max_bytes)} (source {sources}){where}"
+    if isinstance(call, MergeIntent):
+        sources = "kept" if call.keep_sources else "archived"
+        return (f"merge those of {len(call.sources)} memories that mean the same (cosine >= {call.similarity:g}, "
+                f"groups of <= {call.max_group}; sources {sources}){where}: {_ids(action)}")
     if isinstance(call, DistillIntent):
         return f"distill {len(call.sources)} memories into one {call.into} adapter{where}: {_ids(action)}"
     if isinstance(call, Fuse):

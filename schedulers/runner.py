@@ -28,11 +28,18 @@ from typing import Any
 
 from memos.errors import MemosError
 from memos.logging import get_logger
-from memos.schedulers.actions import CompressIntent, DistillIntent, MigrateIntent, Plan, PlannedAction
+from memos.schedulers.actions import (
+    CompressIntent,
+    DistillIntent,
+    MergeIntent,
+    MigrateIntent,
+    Plan,
+    PlannedAction,
+)
 from memos.schedulers.engine import CompiledPolicy, plan
 from memos.schedulers.loader import load_policy
 from memos.schedulers.snapshot import KernelSnapshot
-from memos.syscalls import Compress, Distill, Migrate, Snapshot
+from memos.syscalls import Compress, Distill, Merge, Migrate, Snapshot
 
 SCHEDULER_PRINCIPAL = "system"
 NOT_FAILED = frozenset({"ok", "not_executed"})  # every other action outcome is an error code
@@ -85,6 +92,10 @@ def to_syscall(action: PlannedAction) -> Any:
             ids=tuple(ref.id for ref in call.sources), expected_versions=tuple(ref.version for ref in call.sources),
             cube=call.cube, allow_untrusted=call.allow_untrusted, tags=("distilled", _tag(rule)), policy_rule=rule,
         )
+    if isinstance(call, MergeIntent):
+        return Merge(ids=tuple(r.id for r in call.sources), expected_versions=tuple(r.version for r in call.sources),
+                     similarity=call.similarity, max_group=call.max_group, keep_sources=call.keep_sources,
+                     policy_rule=action.policy_rule)
     if isinstance(call, CompressIntent):
         return Compress(ids=(call.id,), max_bytes=call.max_bytes, keep_sources=call.keep_sources,
                         expected_versions=(call.expected_version,), policy_rule=action.policy_rule)

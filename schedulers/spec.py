@@ -351,8 +351,12 @@ class DistillArgs(_Strict):
 
 
 class FuseArgs(_Strict):
-    """Merge near-duplicate plaintext memories (word-set Jaccard similarity at least ``similarity``)."""
+    """Merge plaintext memories that say the same. ``by: words`` (default): near-duplicates by word-set Jaccard
+    similarity at least ``similarity``, planned as ``fuse`` keeping the most-read one's text. ``by: meaning``: the
+    kernel groups them by the cosine similarity of their embeddings (at least ``similarity``) and its summariser
+    writes each group's text (planned as one ``merge`` per cube and trust level)."""
 
+    by: Literal["words", "meaning"] = "words"
     similarity: Annotated[float, Field(strict=True, gt=0.0, le=1.0, allow_inf_nan=False)] = 0.9
     max_group: Annotated[int, Field(strict=True, ge=2, le=64)] = 16
     keep_sources: StrictBool = False

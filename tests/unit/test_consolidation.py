@@ -82,3 +82,58 @@ def test_a_compress_policy_executes_under_its_rule(mem, kernel, clock, tmp_path)
     assert summary.provenance.policy_rule == "tidy/compress-long" and summary.provenance.author == "system"
     assert [(r.id, r.version) for r in summary.provenance.derived_from] == [(long.id, 1)]
     assert runner.run_once("tidy").outcomes == ()  # the summary is within max_bytes: nothing more to do
+
+
+def test_group_by_meaning_builds_star_groups():
+    from memos.kernel.ops.consolidate import group_by_meaning
+
+    a, a2, b, ab = [1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [0.7, 0.7]
+    assert group_by_meaning([a, a2, b, ab], 0.95, 16) == [[0, 1]]
+    assert group_by_meaning([ab, a, b], 0.7, 16) == [[0, 1, 2]]
+    assert group_by_meaning([ab, a, b], 0.7, 2) == [[0, 1]]
+
+
+class _ByTopic:
+    """An embedder for which texts mean the same when they share their first word."""
+
+    name = "by-topic"
+    dimension = 8
+
+    def embed(self, texts):
+        topics = {"budget": 0, "lunch": 1}
+        return [[1.0 if i == topics.get(t.split()[0].lower(), 2) else 0.0 for i in range(8)] for t in texts]
+
+
+def test_merge_fuses_what_means_the_same_under_a_policy(mem, kernel, clock, tmp_path):
+    kernel.embedder = _ByTopic()
+    mem.create_cube("team/x")
+    a = mem.write("team/x", "Budget for the cells is 40k this year.")
+    b = mem.write("team/x", "Budget approved: forty thousand for battery cells.")
+    c = mem.write("team/x", "Lunch is at noon on Fridays.")
+    merged = mem.merge([a.id, b.id, c.id], similarity=0.9)
+    (m,) = merged
+    assert [(r.id, r.version) for r in m.provenance.derived_from] == [(a.id, 1), (b.id, 1)]
+    assert m.provenance.operation == "merge:rules" and m.metadata["merged"] == 2
+    assert {mem.read(a.id).state, mem.read(b.id).state, mem.read(c.id).state} == {State.ARCHIVED, State.ACTIVE}
+    assert mem.read(c.id).state == State.ACTIVE
+
+    path = tmp_path / "merge.yaml"
+    path.write_text(textwrap.dedent("""
+        name: tidy
+        applies_to: {cubes: ["team/*"]}
+        schedule: {every: 1h}
+        rules:
+          - name: merge-same
+            when: {kind: plaintext}
+            then: {fuse: {by: meaning, similarity: 0.9}}
+    """))
+    d = mem.write("team/x", "Lunch moved to 1pm on Fridays.")
+    runner = PolicyRunner(kernel.execute, [load_policy(path)], clock=clock.now)
+    (action,) = runner.plan("tidy").actions
+    assert describe(action).startswith("merge those of 3 memories that mean the same (cosine >= 0.9")
+    report = runner.run_once("tidy")
+    assert [(o.rule, o.outcome) for o in report.outcomes] == [("tidy/merge-same", "ok")]
+    assert mem.read(c.id).state == State.ARCHIVED and mem.read(d.id).state == State.ARCHIVED
+    lunch = [x for x in mem.list("team/x") if x.provenance.operation == "merge:rules" and x.metadata["merged"] == 2
+             and {r.id for r in x.provenance.derived_from} == {c.id, d.id}]
+    assert lunch and lunch[0].provenance.policy_rule == "tidy/merge-same"

@@ -6,7 +6,7 @@
 - ``observe``: stats, events, audit, snapshot, jobs, cancel;
 - ``kinds``: migrate (a long operation), demotion, the activation budget, crash recovery;
 - ``related``: what links a memory;
-- ``distill``, ``generate``, ``ingest``, ``consolidate`` (compress), ``rollback`` (it may rebuild an evicted
+- ``distill``, ``generate``, ``ingest``, ``consolidate`` (compress, merge), ``rollback`` (it may rebuild an evicted
   cache): the other long operations
   (``memos.kernel.longops``).
 
@@ -22,7 +22,7 @@ from memos import syscalls as sc
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation
 from memos.kernel.ops import batch, cubes, memories, observe, related, search
-from memos.kernel.ops.consolidate import CompressOp
+from memos.kernel.ops.consolidate import CompressOp, MergeOp
 from memos.kernel.ops.distill import DistillOp
 from memos.kernel.ops.generate import GenerateOp
 from memos.kernel.ops.ingest import IngestOp
@@ -35,7 +35,7 @@ HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {
 }
 LONG_OPS: dict[type[Any], LongOperation] = {
     sc.Migrate: MigrateOp(), sc.Distill: DistillOp(), sc.Generate: GenerateOp(), sc.Ingest: IngestOp(),
-    sc.Compress: CompressOp(), sc.Rollback: RollbackOp(),
+    sc.Compress: CompressOp(), sc.Merge: MergeOp(), sc.Rollback: RollbackOp(),
 }
 
 _missing = set(sc.SYSCALL_TYPES.values()) - set(HANDLERS) - set(LONG_OPS)
