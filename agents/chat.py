@@ -60,8 +60,8 @@ class MemosChatModel(BaseChatModel):
     cubes: tuple[str, ...] = ()
     """Choose memory from these cubes for each call (unless ``memory=`` is given to the call)."""
     max_new_tokens: int = 64
-    token_budget: int = 512
-    """Prompt tokens the memory text may take (activation memories use none)."""
+    token_budget: int | None = None
+    """Tokens the memory may take in the prompt (cached or not); None: half the model's context."""
     k: int = 8
 
     @property

@@ -304,7 +304,7 @@ class Memos:
         return self._do(sc.Migrate, ids=ids, to=Kind(to), compression=compression).memories
 
     def assemble_context(
-        self, query: str, cubes: str | Iterable[str], *, token_budget: int = 512, k: int = 8
+        self, query: str, cubes: str | Iterable[str], *, token_budget: int | None = None, k: int = 8
     ) -> ContextPlan:
         cube_list = (cubes,) if isinstance(cubes, str) else tuple(cubes)
         return self._do(sc.AssembleContext, query=query, cubes=cube_list, token_budget=token_budget, k=k)
@@ -315,13 +315,16 @@ class Memos:
         *,
         cubes: str | Iterable[str] = (),
         memory: Iterable[str] = (),
-        token_budget: int = 512,
+        token_budget: int | None = None,
         k: int = 8,
         max_new_tokens: int = 64,
         adapter: str | None = None,
         allow_stale: bool = False,
     ) -> GenerateResult:
-        """Run the model with memory: chosen from ``cubes`` for the last user message, or exactly ``memory``."""
+        """Run the model with memory: chosen from ``cubes`` for the last user message, or exactly ``memory``.
+
+        ``token_budget`` bounds the tokens of the memory in the prompt (default: half the model's context). A memory
+        named in ``memory`` that does not fit is left out with a warning in ``result.plan.warnings`` (and the log)."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         msgs = tuple(m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in messages)

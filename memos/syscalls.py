@@ -464,12 +464,13 @@ class CancelJob(_Syscall):
 
 class AssembleContext(_Syscall):
     """The request-time scheduler: for ``query``, choose the memories to put in a prompt within ``token_budget``
-    prefill tokens: activation caches to inject (no prefill) before plaintext text, best first, with reasons."""
+    tokens (every memory's tokens count, cached or not; ``None``: half the model's context), best first, with
+    reasons: the leading activation caches are injected (no prefill), the rest goes in as text."""
 
     op: Literal["assemble_context"] = "assemble_context"
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     cubes: tuple[CubeName, ...] = Field(min_length=1, max_length=64)
-    token_budget: int = Field(default=512, ge=0, le=65536)
+    token_budget: int | None = Field(default=None, ge=0, le=65536)  # None: half the model's context
     k: int = Field(default=8, ge=1, le=64)
     filters: SearchFilters = SearchFilters()
     result_type: ClassVar[type[BaseModel]] = ContextPlan
@@ -483,7 +484,7 @@ class Generate(_Syscall):
     messages: tuple[ChatMessage, ...] = Field(min_length=1, max_length=64)
     cubes: tuple[CubeName, ...] = Field(default=(), max_length=64)
     memory: tuple[MemoryId, ...] = Field(default=(), max_length=64)
-    token_budget: int = Field(default=512, ge=0, le=65536)
+    token_budget: int | None = Field(default=None, ge=0, le=65536)  # None: half the model's context
     k: int = Field(default=8, ge=1, le=64)
     max_new_tokens: int = Field(default=64, ge=1, le=2048)
     adapter: MemoryId | None = None  # a parametric memory to apply (default: the best one assemble_context finds)

@@ -453,7 +453,7 @@ class ContextItem(_Frozen):
     version: int
     kind: Kind
     use: str  # "kv" (inject its activation cache), "text" (its text in the prompt), "adapter" (apply its LoRA) or "skip"
-    tokens: int  # prefill tokens it costs (0 for "kv": they are cached)
+    tokens: int  # prefill tokens it costs (0 for "kv": they are cached, but count against the budget)
     cached_tokens: int = 0
     score: float
     reason: str
@@ -469,6 +469,7 @@ class ContextPlan(_Frozen):
     cached_tokens: int
     estimated: bool = False  # token counts are estimates (no model host to count with)
     adapter: str | None = None  # the parametric memory applied, if any
+    warnings: tuple[str, ...] = ()  # e.g. a memory named with memory=[id] that did not fit the budget
 
     @property
     def used(self) -> tuple[ContextItem, ...]:

@@ -25,11 +25,20 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "distill", args.ids, target=args.replaces, quiet=args.quiet,
             )
         elif args.command == "context":
-            print_json(mem.assemble_context(args.query, args.cube, token_budget=args.budget))
+            plan = mem.assemble_context(args.query, args.cube, token_budget=args.budget)
+            print_json(plan)
+            _warn(plan.warnings)
         elif args.command == "generate":
-            print_json(mem.generate(args.prompt, cubes=args.cube or (), memory=args.memory or (),
-                                    max_new_tokens=args.max_new_tokens))
+            result = mem.generate(args.prompt, cubes=args.cube or (), memory=args.memory or (),
+                                  max_new_tokens=args.max_new_tokens, token_budget=args.budget)
+            print_json(result)
+            _warn(result.plan.warnings if result.plan else ())
     return 0
+
+
+def _warn(warnings: Any) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _follow(mem: Any, run: Any, op: str, ids: list[str], *, target: str | None = None, quiet: bool = False) -> int:
@@ -115,9 +124,10 @@ def register(sub: Any) -> None:
     p = model_parser("context", "which memories a query would get within a token budget, and why")
     p.add_argument("cube")
     p.add_argument("query")
-    p.add_argument("--budget", type=int, default=512)
+    p.add_argument("--budget", type=int, help="tokens the memory may take (default: half the model's context)")
     p = model_parser("generate", "run the model with memory injected")
     p.add_argument("prompt")
     p.add_argument("--cube", action="append", help="choose memory from this cube (repeatable)")
     p.add_argument("--memory", action="append", help="inject exactly this memory id (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--budget", type=int, help="tokens the memory may take (default: half the model's context)")

@@ -39,6 +39,9 @@ class RecordingModel:
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(t.split()) + 4 for t in texts]
 
+    def context_length(self) -> int:
+        return 2048
+
     def generate(self, messages, *, kv, texts, max_new_tokens, adapter=None) -> Generation:
         self.calls.append({"messages": messages, "texts": texts, "max_new_tokens": max_new_tokens})
         return Generation(text=f"I know {len(texts)} things. END more", finish_reason="length", prompt_tokens=42,

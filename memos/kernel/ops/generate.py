@@ -16,12 +16,12 @@ from memos.errors import FingerprintMismatch, InvalidState, InvalidSyscall
 from memos.kernel.authz import require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
-from memos.kernel.ops.search import assemble, context_plan, plan_items, usable_adapter
+from memos.kernel.ops.search import assemble, context_plan, plan_items, token_budget, usable_adapter
 from memos.kernel.reads import record_reads
 from memos.models.port import Generation, KVBlock
 from memos.storage.sqlite import VersionRow
 from memos.syscalls import SearchFilters
-from memos.types import ContextPlan, GenerateResult, Right, State
+from memos.types import ContextPlan, GenerateResult, Kind, Right, State
 
 
 @dataclass
@@ -44,15 +44,24 @@ class GenerateOp(LongOperation):
             for row in chosen:
                 if row.state != State.ACTIVE:
                     raise InvalidSyscall(f"memory {row.memory_id} is {row.state}; only active memory is injected")
-            items, estimated = plan_items(ctx, [(r, 1.0, "requested") for r in chosen], call.token_budget)
-            context = context_plan("", call.token_budget, items, estimated)
+            budget = token_budget(ctx, call.token_budget)
+            items, estimated = plan_items(ctx, [(r, 1.0, "requested") for r in chosen], budget)
+            left_out = [i for i in items if i.use == "skip" and i.kind != Kind.PARAMETRIC]
+            for item in left_out:
+                ctx.kernel.log.warning("named_memory_skipped", principal=ctx.principal, memory_id=item.memory_id,
+                                       tokens=item.tokens, token_budget=budget)
+            warnings = tuple(
+                f"memory {i.memory_id} was named but left out: its {i.tokens} tokens do not fit in token_budget="
+                f"{budget} after the memories before it; raise token_budget or name fewer memories" for i in left_out
+            )
+            context = context_plan("", budget, items, estimated, warnings)
             rows = {r.memory_id: r for r in chosen}
         elif call.cubes:
             users = [m.content for m in call.messages if m.role == "user"]
             if not users:
                 raise InvalidSyscall("generate with cubes needs a user message to choose memory for")
             context, rows = assemble(ctx, users[-1][:4096], tuple(dict.fromkeys(call.cubes)), call.k,
-                                     call.token_budget, SearchFilters())
+                                     token_budget(ctx, call.token_budget), SearchFilters())
         adapter = None
         if call.adapter is not None:
             row = require_memory(ctx, call.adapter, Right.READ)

@@ -3,13 +3,17 @@ request gets, and how).
 
 ``assemble_context(query, cubes, token_budget, k)``:
 1. hybrid search for ``query`` (the caller needs read on every cube), best ``k`` first;
-2. each hit is *kv* if it is an activation memory whose payload was built for the loaded model and is not stale
-   (its tokens are cached: no prefill), else *text* (its tokens are prefilled);
-3. hits are taken in score order; at equal relevance (scores within 1e-9) the cheaper one (kv) comes first;
-4. a text hit that does not fit the remaining ``token_budget`` is skipped, with the reason; kv hits use no budget
-   but their cached tokens are capped by the model's context (``MAX_CACHED_TOKENS``).
-Every decision carries a reason. Token counts come from the model host's tokenizer, or are estimated
-(characters / 4, ``estimated=True``) when no model host is configured.
+2. hits are taken in score order (ties keep the search's order): a memory's kind never changes its place;
+3. every hit's tokens count against ``token_budget``, cached or not (a KV cache fills the model's context as its
+   text would); one that does not fit what is left is skipped, with the reason. So migrating a memory changes the
+   latency of a prompt, never which memories it holds;
+4. a kept hit is *kv* (its activation cache is injected: no prefill) if it is an activation memory whose payload
+   was built for the loaded model, is not stale, and every kept hit before it is kv too (caches can only be the
+   prompt's prefix); else *text* (its tokens are prefilled). The prompt's memories are in the plan's order.
+``token_budget=None`` is half the model's context (``context_length() // 2``: 4096 tokens for SmolLM2), or
+``DEFAULT_BUDGET_WITHOUT_MODEL`` without a model host. Every decision carries a reason. Token counts come from the
+model host's tokenizer, or are estimated (characters / 4, ``estimated=True``) when no model host is configured.
+A memory named with ``generate(memory=[...])`` that is skipped is also a warning in ``plan.warnings`` and the log.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ _CANDIDATES = 50  # per retriever, at least; more for larger k
 PROBE_FACTOR = 2  # an unfiltered dense probe fetches this many times the candidates (dense_candidates)
 #: A memory brought into search results by link expansion scores this fraction of the hit that brought it.
 EXPAND_DECAY = 0.9
-MAX_CACHED_TOKENS = 8192
+DEFAULT_BUDGET_WITHOUT_MODEL = 512
 _TIE = 1e-9
 
 
@@ -239,6 +243,15 @@ def usable_adapter(ctx: CallContext, row: VersionRow, *, allow_stale: bool = Fal
     return None
 
 
+def token_budget(ctx: CallContext, requested: int | None) -> int:
+    """``requested``, or the default: half the model's context (the other half is the conversation's)."""
+    if requested is not None:
+        return requested
+    if ctx.kernel.model is None:
+        return DEFAULT_BUDGET_WITHOUT_MODEL
+    return ctx.kernel.model.context_length() // 2
+
+
 def plan_items(
     ctx: CallContext, candidates: list[tuple[VersionRow, float, str]], token_budget: int
 ) -> tuple[list[ContextItem], bool]:
@@ -253,10 +266,11 @@ def plan_items(
     for (row, score, found), tokens in zip(candidates, counts, strict=True):
         unusable = usable_kv(ctx, row)
         options.append((row, score, found, tokens, unusable))
-    # Best first; at equal relevance the cheaper (an injectable cache) first.
-    options.sort(key=lambda o: (-round(o[1] / _TIE) * _TIE, o[4] is not None))
+    # Best first by relevance alone (a stable sort: ties keep the search's order), whatever the memory's kind.
+    options.sort(key=lambda o: -round(o[1] / _TIE) * _TIE)
     items: list[ContextItem] = []
-    left, cached = token_budget, 0
+    left = token_budget
+    prefix = True  # caches are injected as the prompt's prefix only: until the first memory kept as text
     # The best usable adapter among the candidates is applied; under it, KV caches are not valid (they were
     # computed without it), so activation memories go in as text.
     adapter = next((o[0].memory_id for o in options if usable_adapter(ctx, o[0]) is None), None)
@@ -273,18 +287,21 @@ def plan_items(
             continue
         if adapter is not None and unusable is None:
             unusable = "activation cache not valid under an adapter"
-        if unusable is None and cached + tokens <= MAX_CACHED_TOKENS:
-            cached += tokens
-            items.append(ContextItem(**common, use="kv", tokens=0, cached_tokens=tokens,
-                                     reason=f"{found}; activation cache for the loaded model: {tokens} tokens, no prefill"))
-        elif tokens <= left:
-            left -= tokens
-            why = unusable if unusable != "plaintext memory" else "plaintext"
-            items.append(ContextItem(**common, use="text", tokens=tokens,
-                                     reason=f"{found}; {why}: {tokens} prompt tokens"))
-        else:
+        if tokens > left:
             items.append(ContextItem(**common, use="skip", tokens=tokens,
                                      reason=f"{found}; {tokens} tokens exceed the {left} left of the budget"))
+            continue
+        left -= tokens
+        if unusable is None and prefix:
+            items.append(ContextItem(**common, use="kv", tokens=0, cached_tokens=tokens,
+                                     reason=f"{found}; activation cache for the loaded model: {tokens} tokens, no prefill"))
+            continue
+        prefix = False
+        if unusable is None:
+            why = "activation cache not at the front of the prompt (a memory before it goes in as text): prefilled"
+        else:
+            why = unusable if unusable != "plaintext memory" else "plaintext"
+        items.append(ContextItem(**common, use="text", tokens=tokens, reason=f"{found}; {why}: {tokens} prompt tokens"))
     return items, estimated
 
 
@@ -301,8 +318,9 @@ def assemble(ctx: CallContext, query: str, cubes: tuple[str, ...], k: int, token
     return context_plan(query, token_budget, items, estimated), {r.memory_id: r for r, _ in hits}
 
 
-def context_plan(query: str, budget: int, items: list[ContextItem], estimated: bool) -> ContextPlan:
-    return ContextPlan(
+def context_plan(query: str, budget: int, items: list[ContextItem], estimated: bool,
+                 warnings: tuple[str, ...] = ()) -> ContextPlan:
+    return ContextPlan(warnings=warnings,
         query=query, token_budget=budget, items=tuple(items),
         text_tokens=sum(i.tokens for i in items if i.use == "text"),
         cached_tokens=sum(i.cached_tokens for i in items if i.use == "kv"), estimated=estimated,
@@ -312,7 +330,7 @@ def context_plan(query: str, budget: int, items: list[ContextItem], estimated: b
 
 def assemble_context(ctx: CallContext, call: sc.AssembleContext) -> ContextPlan:
     cubes = tuple(dict.fromkeys(call.cubes))
-    plan, _ = assemble(ctx, call.query, cubes, call.k, call.token_budget, call.filters)
+    plan, _ = assemble(ctx, call.query, cubes, call.k, token_budget(ctx, call.token_budget), call.filters)
     record_reads(ctx, [i.memory_id for i in plan.used], ctx.kernel.clock.now())
     audit_read(ctx, call.op, cubes[0] if len(cubes) == 1 else None,
                detail=f"{len(plan.used)} of {len(plan.items)} memories, {plan.text_tokens} text tokens")
