@@ -44,7 +44,7 @@ class LongOperation:
 def require_model(ctx: CallContext, what: str) -> ModelPort:
     if ctx.kernel.model is None:
         raise ModelUnavailable(
-            f"{what} needs a model host and none is configured (start memos with a model, e.g. Runtime.start() "
-            "with Settings(model='smollm2'))"
+            f"{what} needs a model host and this kernel was opened without one (Settings(model=None) or "
+            "MEMOS_MODEL=none): open it with a model; the default, smollm2, is used when model is left unset"
         )
     return ctx.kernel.model

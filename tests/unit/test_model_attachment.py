@@ -71,3 +71,12 @@ def test_the_lazy_port_passes_every_argument_through(tmp_path, opened):
     lazy = LazyModelService(Settings(home=tmp_path))
     built = lazy.build_activation("a memory to cache", str(tmp_path / "kv"), {"select": "snapkv"})
     assert built.kept_tokens < built.tokens and lazy.context_length() == 2048
+
+
+def test_without_a_model_host_the_error_says_how_the_kernel_was_opened(mem):
+    mem.create_cube("team/x")
+    m = mem.write("team/x", "a fact")
+    with pytest.raises(ModelUnavailable) as refused:
+        mem.migrate(m.id, "activation")
+    assert "Settings(model=None) or MEMOS_MODEL=none" in str(refused.value)
+    assert "Settings(model='smollm2')" not in str(refused.value)  # that is the default: it cannot be the fix
