@@ -96,33 +96,27 @@ class KernelService:
         An event lands in the cube its actions touched (None, superusers only, when they span several cubes). The
         actions already ran: a failure to record them is logged, not raised.
         """
+        from memos.kernel import events as ev
         from memos.schedulers.runner import SCHEDULER_PRINCIPAL
 
         outcomes = dict(Counter(o.outcome for o in report.outcomes))
-        for observer in list(self.kernel.observers):
-            try:
-                observer.policy_run(report.policy, report.duration_s, outcomes)
-            except Exception as exc:  # an observer is outside the kernel's contract: report, never propagate
-                self.kernel.log.error("kernel observer failed", observer=type(observer).__name__, error=repr(exc))
+        self.kernel.deliver(policy_run=(report.policy, report.duration_s, outcomes))
         if not report.planned:
             return
         cubes = {o.cube for o in report.outcomes if o.cube}
-        fired = {
-            "policy": report.policy, "planned": report.planned, "ok": report.ok, "failed": report.failed,
-            "not_executed": report.not_executed, "duration_ms": round(report.duration_s * 1000, 1),
-            "rules": dict(Counter(o.rule for o in report.outcomes)),
-        }
         try:
-            self.kernel.record_event("policy_fired", cubes.pop() if len(cubes) == 1 else None, None,
-                                     SCHEDULER_PRINCIPAL, fired)
+            self.kernel.record_event(ev.PolicyFired(
+                cube=cubes.pop() if len(cubes) == 1 else None, principal=SCHEDULER_PRINCIPAL, policy=report.policy,
+                planned=report.planned, ok=report.ok, failed=report.failed, not_executed=report.not_executed,
+                duration_ms=round(report.duration_s * 1000, 1), rules=dict(Counter(o.rule for o in report.outcomes)),
+            ))
             for o in report.outcomes:
                 if o.failed:
-                    self.kernel.record_event(
-                        "job_failed", o.cube or None, o.memories[0] if len(o.memories) == 1 else None,
-                        SCHEDULER_PRINCIPAL,
-                        {"policy": report.policy, "op": o.op, "rule": o.rule, "code": o.outcome, "message": o.detail,
-                         "memories": list(o.memories)},
-                    )
+                    self.kernel.record_event(ev.JobFailed(
+                        cube=o.cube or None, memory_id=o.memories[0] if len(o.memories) == 1 else None,
+                        principal=SCHEDULER_PRINCIPAL, policy=report.policy, op=o.op, rule=o.rule, code=o.outcome,
+                        message=o.detail, memories=list(o.memories),
+                    ))
         except MemosError as exc:
             self.kernel.log.error("policy run not recorded as events", policy=report.policy, code=exc.code,
                                   error=exc.message)

@@ -16,6 +16,7 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
     check = result["verification"]
     return 1 if check["acknowledged_writes_lost"] or check["acknowledged_updates_lost"] else 0
 
+
 def cmd_bench_soak(args: argparse.Namespace) -> int:
     if args.kill_actor:  # Ray restarts the kernel actor; clients resend: nothing lost, nothing twice
         from memos.bench.actor_soak import run_actor_soak

@@ -26,6 +26,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"Metrics (Prometheus text): {info['metrics_url']}")
     return 0
 
+
 def cmd_status(args: argparse.Namespace) -> int:
     from memos.errors import BackendError
     from memos.hosting.ray_host import RayTransport, cluster_info, connect, health_advice, kernel_health
@@ -59,6 +60,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print_json(stats)
     return 0
 
+
 def cmd_down(args: argparse.Namespace) -> int:
     from memos.hosting.ray_host import down
 
@@ -67,6 +69,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 0
     print("memos was not running")
     return 1
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from memos.runtime import Runtime
@@ -99,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 console = Console(width=120)
             console.print(module.report(summary))
     return 0
+
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """SQLite's integrity check and the index outbox; with --repair, the index rebuild, its progress on stderr (a

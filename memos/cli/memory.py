@@ -42,6 +42,7 @@ def cmd_cube(args: argparse.Namespace) -> int:
             print_json(mem.revoke(args.cube, args.grantee))
     return 0
 
+
 def _ingest(mem: Any, args: argparse.Namespace) -> int:
     """``memos ingest CUBE --file conversation.json``: one line per decision (action, memory, text, why, refs)."""
     try:

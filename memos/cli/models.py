@@ -87,6 +87,7 @@ def _follow(mem: Any, run: Any, op: str, ids: list[str], *, target: str | None =
     print_json(out["result"])
     return 0
 
+
 def _our_job(mem: Any, op: str, ids: list[str], target: str | None, started: float, known: str | None) -> Any:
     """The job this command started: ours by id once known, else the newest running one of ``op`` by this principal
     over exactly ``ids`` (or retraining ``target``) started since the command began."""

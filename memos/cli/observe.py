@@ -10,6 +10,7 @@ from typing import Any
 
 from memos.cli import common
 from memos.cli.common import add_principal, print_json
+from memos.kernel import events as ev
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
@@ -53,9 +54,12 @@ def _events(mem: Any, args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 return 0
 
+
 TOP_MOVES = ("migrated", "evicted", "purged", "migration_rolled_back")  # event types of "recent migrations"
 
+
 TOP_RUNS = ("policy_fired", "job_failed")  # event types of "recent policy runs"
+
 
 def cmd_top(args: argparse.Namespace) -> int:
     """A refreshing terminal summary: memories by kind and state, bytes by tier, syscall rate and latency, recent
@@ -82,6 +86,7 @@ def cmd_top(args: argparse.Namespace) -> int:
             if sys.stdout.isatty():  # redraw in place on a terminal; into a file, frames follow each other
                 print("\x1b[2J\x1b[H", end="")
 
+
 def _top_frame(stats: Any, rate: float, recent: list[Any], runs: list[Any], jobs: list[Any] | None = None) -> str:
     lines = [f"memos top   cubes {stats.cubes}   versions {stats.versions}   syscalls {sum(stats.syscalls.values())}"
              f" ({rate:.1f}/s)", "", f"{'kind':<12}{'state':<10}{'memories':>10}{'bytes':>14}"]
@@ -95,15 +100,24 @@ def _top_frame(stats: Any, rate: float, recent: list[Any], runs: list[Any], jobs
         lines.append(f"{op:<18}{count:>8}{lat.get('p50', 0):>10.2f}{lat.get('p95', 0):>10.2f}")
     lines += ["", "recent migrations and evictions:"]
     for e in recent or []:
-        data = e.data
-        rule = f" rule={data['rule']}" if data.get("rule") else ""
-        what = f"{data.get('frm', '')}->{data.get('to', '')}" if e.type == "migrated" else data.get("reason", "")
-        lines.append(f"  {e.at:%H:%M:%S} {e.type:<10} {e.memory_id} {what}{rule}")
+        event = typed(e)
+        rule = getattr(event, "rule", None)
+        if isinstance(event, ev.Migrated):
+            what = f"{event.frm}->{event.to}"
+        else:
+            what = getattr(event, "reason", None) or ""
+        lines.append(f"  {e.at:%H:%M:%S} {e.type:<10} {e.memory_id} {what}" + (f" rule={rule}" if rule else ""))
     if not recent:
         lines.append("  (none yet)")
     lines += ["", "recent policy runs:", *_policy_run_lines(runs)]
     lines += ["", "jobs (long operations):", *_job_lines(jobs or [])]
     return "\n".join(lines) + "\n"
+
+
+def typed(e: Any) -> ev.KernelEvent:
+    """A wire event (``memos.types.Event``) as its type (``memos.kernel.events``), read by attribute."""
+    return ev.from_record(e.type, e.cube, e.memory_id, e.principal, e.data)
+
 
 def _job_lines(jobs: list[Any]) -> list[str]:
     """Running jobs, then the last few that ended, as lines of ``memos top``."""
@@ -118,22 +132,25 @@ def _job_lines(jobs: list[Any]) -> list[str]:
                      f"  by {j.principal}{rule}" + (f"  [{j.error}]" if j.error else ""))
     return lines or ["  (none)"]
 
+
 def _policy_run_lines(runs: list[Any]) -> list[str]:
     """``policy_fired`` events (one per evaluation that planned something) and ``job_failed`` events (a failed action)
     as lines of ``memos top``."""
     lines = []
     for e in runs:
-        data = e.data
-        if e.type == "policy_fired":
-            counts = f"planned {data.get('planned', 0)}, ok {data.get('ok', 0)}, failed {data.get('failed', 0)}"
-            if data.get("not_executed"):
-                counts += f", not executed {data['not_executed']}"
-            rules = ", ".join(f"{rule} x{n}" for rule, n in sorted((data.get("rules") or {}).items()))
-            lines.append(f"  {e.at:%H:%M:%S} {data.get('policy', '?'):<16} {counts}  {data.get('duration_ms', 0):.0f} ms"
+        event = typed(e)
+        if isinstance(event, ev.PolicyFired):
+            counts = f"planned {event.planned}, ok {event.ok}, failed {event.failed}"
+            if event.not_executed:
+                counts += f", not executed {event.not_executed}"
+            rules = ", ".join(f"{rule} x{n}" for rule, n in sorted((event.rules or {}).items()))
+            lines.append(f"  {e.at:%H:%M:%S} {event.policy:<16} {counts}  {event.duration_ms:.0f} ms"
                          + (f"  [{rules}]" if rules else ""))
-        else:
-            lines.append(f"  {e.at:%H:%M:%S}   failed {data.get('op', '?')} {e.memory_id or ''} rule={data.get('rule')}"
-                         f" [{data.get('code')}] {data.get('message', '')}"[:160])
+        elif isinstance(event, ev.JobFailed):
+            lines.append(f"  {e.at:%H:%M:%S}   failed {event.op} {e.memory_id or ''} rule={event.rule}"
+                         f" [{event.code}] {event.message}"[:160])
+        else:  # a record this version cannot read as its type
+            lines.append(f"  {e.at:%H:%M:%S}   {e.type} {e.memory_id or ''} {e.data}"[:160])
     return lines or ["  (none yet)"]
 
 

@@ -37,6 +37,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
     now = state.at.timestamp() + (_duration(args.after) if args.after else 0.0)
     return main_explain(args.files, snapshot, now)
 
+
 def _duration(text: str) -> float:
     from memos.schedulers.units import parse_duration
 

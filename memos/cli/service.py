@@ -14,6 +14,7 @@ from memos.cli.common import settings_of
 def _keys_path(args: argparse.Namespace) -> Path:
     return Path(args.keys).expanduser() if args.keys else settings_of(args).home / "keys.yaml"
 
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from memos.server.http import check_binding, serve
     from memos.server.keys import KeyFile
@@ -35,6 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     return 0
 
+
 def cmd_mcp(args: argparse.Namespace) -> int:
     import os
 
@@ -49,6 +51,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     with common.open_runtime(args) as runtime:
         run_stdio(runtime.transport, principal, default_cube=args.cube)
     return 0
+
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from memos.server.keys import add_key, hash_key, revoke_keys, superuser_warning

@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from memos.kernel import events as ev
 from memos.kernel.budget import kept_bytes
 
 LATENCY_BOUNDARIES = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -122,18 +123,17 @@ class RayMetricsObserver:
         self._syscalls.inc(1, {"op": op, "outcome": outcome})
         self._latency.observe(duration_s, {"op": op})
 
-    def event(self, type_: str, cube: str | None, data: dict[str, Any]) -> None:
-        self._events.inc(1, {"type": type_})
-        if type_ == "migrated":
-            self._migrations.inc(1, {"frm": str(data.get("frm", "")), "to": str(data.get("to", "")),
-                                     "rule": str(data.get("rule") or "")})
-        elif type_ == "evicted":
-            self._evictions.inc(1, {"tier": str(data.get("tier", "")), "reason": str(data.get("reason") or "")})
-        elif type_ == "activation_used":
-            self._activation_loads.inc(1, {"tier": str(data.get("tier", ""))})
-        elif type_ == "adapter_used":
-            self._adapter_uses.inc(1, {"stale": "true" if data.get("stale") else "false"})
-        elif type_ == "distilled":
+    def event(self, event: ev.KernelEvent) -> None:
+        self._events.inc(1, {"type": ev.type_of(event)})
+        if isinstance(event, ev.Migrated):
+            self._migrations.inc(1, {"frm": event.frm, "to": event.to, "rule": event.rule or ""})
+        elif isinstance(event, ev.Evicted):
+            self._evictions.inc(1, {"tier": event.tier, "reason": event.reason or ""})
+        elif isinstance(event, ev.ActivationUsed):
+            self._activation_loads.inc(1, {"tier": event.tier})
+        elif isinstance(event, ev.AdapterUsed):
+            self._adapter_uses.inc(1, {"stale": "true" if event.stale else "false"})
+        elif isinstance(event, ev.Distilled):
             self._distillations.inc(1)
 
     def policy_run(self, policy: str, duration_s: float, outcomes: Mapping[str, int]) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memos.errors import CapacityExceeded
+from memos.kernel import events as ev
 from memos.kernel.authz import allows, right_on
 from memos.kernel.versions import delete_blob, derived_provenance, next_version
 from memos.types import Kind, MemoryRef, Right
@@ -62,7 +63,9 @@ def demote(ctx: CallContext, row: VersionRow, *, principal: str, reason: str, ru
         derived_from=(MemoryRef(id=row.memory_id, version=row.version),), source_refs=(),
     )
     new = next_version(ctx, row, prov, kind=Kind.PLAINTEXT.value, fingerprint=None, payload=None)
-    ctx.emit("evicted", row.cube, row.memory_id, principal, tier="disk", reason=reason, version=new.version)
+    ctx.emit(ev.Evicted(
+        cube=row.cube, memory_id=row.memory_id, principal=principal, tier="disk", reason=reason, version=new.version,
+    ))
     return new
 
 
@@ -147,7 +150,10 @@ def enforce_activation_budget(ctx: CallContext, keep: set[str]) -> None:
         memory_id, cube, versions, size = kept.pop(path)
         usage.bytes[cube] -= size
         ctx.after_commit(lambda p=Path(path): delete_blob(kernel, p))
-        ctx.emit("evicted", cube, memory_id, "system", tier="disk", reason=REASON, versions=sorted(versions), kept=True)
+        ctx.emit(ev.Evicted(
+            cube=cube, memory_id=memory_id, principal="system", tier="disk", reason=REASON, versions=sorted(versions),
+            kept=True,
+        ))
 
     for path in [p for p, (_, cube, _, _) in kept.items() if cube in targets]:
         if usage.cube_over(budget, kept[path][1]):

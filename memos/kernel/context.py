@@ -13,13 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from memos.kernel.events import KernelEvent, type_of
 from memos.kernel.reads import join_pending_reads
 
 if TYPE_CHECKING:
     from memos.kernel.kernel import Kernel
-
-PendingEvent = tuple[str, "str | None", dict[str, Any]]
-
 
 class CallContext:
     """What one syscall (or one internal operation: a recorded event, start-up recovery) may read and accumulate.
@@ -34,7 +32,7 @@ class CallContext:
         self.principal = principal
         self.query_vectors: dict[str, list[float]] = {}
         self.after_commit_work: list[Callable[[], None]] = []
-        self.events: list[PendingEvent] = []
+        self.events: list[KernelEvent] = []
         self.depth = 0  # transactions of this call now open (``Kernel.in_transaction``)
         # Pending reads this call's transaction wrote (memos.kernel.reads): pending again if it rolls back.
         self.taken_reads: list[tuple[list[Any], list[Any]]] = []
@@ -43,10 +41,11 @@ class CallContext:
         """Queue work that must happen only once the current transaction committed (e.g. deleting a blob)."""
         self.after_commit_work.append(action)
 
-    def emit(self, type_: str, cube: str | None, memory_id: str | None, principal: str | None, **data: Any) -> None:
+    def emit(self, event: KernelEvent) -> None:
         """Write an event to the outbox (same transaction as the change); observers get it after the commit."""
-        self.kernel.store.emit(self.kernel.clock.now(), type_, cube, memory_id, principal, data)
-        self.events.append((type_, cube, {"memory_id": memory_id, "principal": principal, **data}))
+        self.kernel.store.emit(self.kernel.clock.now(), type_of(event), event.cube, event.memory_id, event.principal,
+                               event.data())
+        self.events.append(event)
 
     def audit_ok(self, op: str, cube: str | None, memory_id: str | None = None, detail: str = "") -> None:
         """Audit a successful operation of this call's principal (same transaction as the change); earlier reads
@@ -59,7 +58,7 @@ class CallContext:
         ready = self.query_vectors
         return ready[query] if query in ready else self.kernel.embedder.embed([query])[0]
 
-    def take_events(self) -> list[PendingEvent]:
+    def take_events(self) -> list[KernelEvent]:
         """The committed events not yet delivered; the list is emptied."""
         events, self.events = self.events, []
         return events

@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,10 @@ from pydantic import BaseModel
 from memos import syscalls as sc
 from memos.clock import Clock, SystemClock
 from memos.errors import BackendError, Cancelled, InvalidSyscall, MemosError, PermissionDenied
+from memos.kernel import events as ev
 from memos.kernel.authz import DEFAULT_SUPERUSERS, Concealed
 from memos.kernel.callstats import CallStats
-from memos.kernel.context import CallContext, PendingEvent
+from memos.kernel.context import CallContext
 from memos.kernel.distill_queue import DistillQueue
 from memos.kernel.indexer import Indexer
 from memos.kernel.jobs import JobTable
@@ -170,12 +171,12 @@ class Kernel:
             with self.lock:
                 self.record_failure(ctx, str(op), cube, exc)
             self._log(trace_id, principal, op, cube, started, exc.code, exc.message)
-            self._deliver(ctx.take_events(), (str(op), exc.code, started))
+            self.deliver(ctx.take_events(), syscall=(str(op), exc.code, time.perf_counter() - started))
             raise
         where = cube if isinstance(cube, str) else getattr(result, "cube", None)
         self.call_stats.record(op, where if isinstance(where, str) else None, time.perf_counter() - started)
         self._log(trace_id, principal, op, cube, started, "ok")
-        self._deliver(ctx.take_events(), (op, "ok", started))
+        self.deliver(ctx.take_events(), syscall=(op, "ok", time.perf_counter() - started))
         flush_reads_if_due(self)
         return result
 
@@ -213,18 +214,24 @@ class Kernel:
         self._flush_index()
         return result
 
-    def _deliver(self, events: list[PendingEvent], syscall: tuple[str, str, float] | None = None) -> None:
-        """Tell the observers what committed (and, for a syscall, its outcome and latency). An observer's failure
+    def deliver(
+        self, events: Iterable[ev.KernelEvent] = (), *, syscall: tuple[str, str, float] | None = None,
+        policy_run: tuple[str, float, Mapping[str, int]] | None = None,
+    ) -> None:
+        """The one way to tell the observers (``memos.kernel.observe``) something: events that committed, a
+        syscall's (op, outcome, seconds), a policy evaluation's (policy, seconds, outcomes). An observer's failure
         never fails the caller."""
         if not self.observers:
             return
-        duration = time.perf_counter() - syscall[2] if syscall is not None else 0.0
-        for observer in self.observers:
+        events = list(events)
+        for observer in list(self.observers):
             try:
                 if syscall is not None:
-                    observer.syscall(syscall[0][:64], syscall[1], duration)
-                for type_, cube, data in events:
-                    observer.event(type_, cube, data)
+                    observer.syscall(syscall[0][:64], syscall[1], syscall[2])
+                if policy_run is not None:
+                    observer.policy_run(*policy_run)
+                for event in events:
+                    observer.event(event)
             except Exception as exc:  # noqa: BLE001 -- an observer is outside the kernel's contract: report, never propagate
                 self.log.error("kernel observer failed", observer=type(observer).__name__, error=repr(exc))
 
@@ -244,9 +251,7 @@ class Kernel:
                 out.append(exc)
         return out
 
-    def record_event(
-        self, type_: str, cube: str | None, memory_id: str | None, principal: str | None, data: dict[str, Any]
-    ) -> None:
+    def record_event(self, event: ev.KernelEvent) -> None:
         """Record an event that no syscall made (a policy evaluation, a failed policy action) in the outbox, in its
         own transaction, and tell the observers once it committed. ``cube`` decides who sees it: the readers of that
         cube, or superusers only when it is None.
@@ -254,9 +259,9 @@ class Kernel:
         Raises:
             BackendError: the event could not be written (nothing was recorded).
         """
-        ctx = CallContext(self, principal or "system")
-        self.in_transaction(ctx, lambda: ctx.emit(type_, cube, memory_id, principal, **data))
-        self._deliver(ctx.take_events())
+        ctx = CallContext(self, event.principal or "system")
+        self.in_transaction(ctx, lambda: ctx.emit(event))
+        self.deliver(ctx.take_events())
 
     # -------------------------------------------------------------------------------------------------- long ops
 
@@ -294,9 +299,11 @@ class Kernel:
 
     def _report_failed_job(self, job: Job, exc: MemosError) -> None:
         try:
-            self.record_event("job_failed", job.cubes[0] if job.cubes else None, job.target or next(iter(job.memory_ids), None),
-                              job.principal, {"job": job.id, "op": job.op, "code": exc.code, "message": exc.message[:500],
-                                              "memories": list(job.memory_ids)})
+            self.record_event(ev.JobFailed(
+                cube=job.cubes[0] if job.cubes else None, memory_id=job.target or next(iter(job.memory_ids), None),
+                principal=job.principal, job=job.id, op=job.op, code=exc.code, message=exc.message[:500],
+                memories=list(job.memory_ids),
+            ))
         except MemosError as event_exc:  # the operation's own error is what the caller must see
             self.log.error("could not record job_failed", job=job.id, error=event_exc.message)
 
@@ -335,7 +342,7 @@ class Kernel:
                     exc.code, _storable(exc.message, 1000),
                 )
                 if isinstance(exc, PermissionDenied):
-                    ctx.emit("denied", cube_name, None, who, op=what, right=exc.details.get("right"))
+                    ctx.emit(ev.Denied(cube=cube_name, principal=who, op=what, right=exc.details.get("right")))
         except BackendError as audit_exc:
             self.log.error("audit write failed", error=str(audit_exc), op=op)
 

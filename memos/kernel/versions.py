@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from memos.cubes.plaintext import content_hash
 from memos.errors import VersionConflict
+from memos.kernel import events as ev
 from memos.types import Kind, Memory, Provenance, State, Trust, from_epoch
 
 if TYPE_CHECKING:
@@ -121,8 +122,10 @@ def _append(
     # current again. Purge deletes it; the activation budget may evict it (memos.kernel.budget).
     if demoted:
         fingerprint = None
-        ctx.emit("evicted", cube, memory_id, provenance.author, tier="disk", reason=provenance.operation,
-                 version=version)
+        ctx.emit(ev.Evicted(
+            cube=cube, memory_id=memory_id, principal=provenance.author, tier="disk", reason=provenance.operation,
+            version=version,
+        ))
     kernel.store.append_version(
         memory_id=memory_id, version=version, cube=cube, kind=kind, state=str(state), content=content,
         metadata=metadata, tags=tags, provenance=provenance.model_dump(mode="json"),
@@ -162,7 +165,9 @@ def mark_children_stale(ctx: CallContext, memory_id: str, new_version: int) -> N
     for child_id, parent_version in store.children_of(memory_id):
         if parent_version < new_version and child_id != memory_id:
             store.set_stale(child_id, True)
-            ctx.emit("stale", store.memory_cube(child_id), child_id, None, source=memory_id, source_version=new_version)
+            ctx.emit(ev.Stale(
+                cube=store.memory_cube(child_id), memory_id=child_id, source=memory_id, source_version=new_version,
+            ))
 
 
 def delete_blob(kernel: Kernel, path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from fakes import FakeModelPort
 
 from memos.client import Memos
+from memos.kernel import events as ev
 from memos.schedulers.loader import load_policy
 from memos.schedulers.runner import PolicyRunner
 from memos.transports import InProcessTransport, KernelService
@@ -26,14 +27,14 @@ class Recorder:
     """A KernelObserver that keeps what it is told."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, str | None, dict]] = []
+        self.events: list[tuple[str, str | None, ev.KernelEvent]] = []
         self.runs: list[tuple[str, float, dict]] = []
 
     def syscall(self, op, outcome, duration_s):
         pass
 
-    def event(self, type_, cube, data):
-        self.events.append((type_, cube, data))
+    def event(self, event):
+        self.events.append((ev.type_of(event), event.cube, event))
 
     def policy_run(self, policy, duration_s, outcomes):
         self.runs.append((policy, duration_s, dict(outcomes)))
@@ -143,13 +144,14 @@ def test_a_failed_policy_action_is_a_job_failed_event(kernel, clock, recorder):
 
 
 def test_record_event_commits_and_notifies(kernel, recorder):
-    kernel.record_event("policy_fired", None, None, "system", {"policy": "p", "planned": 2})
+    fired = ev.PolicyFired(cube=None, principal="system", policy="p", planned=2)
+    kernel.record_event(fired)
 
     [event] = Memos(InProcessTransport(KernelService(kernel)), "system").events().events
-    assert (event.type, event.cube, event.principal, event.data) == ("policy_fired", None, "system",
-                                                                    {"policy": "p", "planned": 2})
-    assert recorder.events == [("policy_fired", None, {"memory_id": None, "principal": "system", "policy": "p",
-                                                        "planned": 2})]
+    assert (event.type, event.cube, event.principal, event.data) == ("policy_fired", None, "system", fired.data())
+    assert event.data["policy"] == "p" and event.data["planned"] == 2
+    assert ev.from_record(event.type, event.cube, event.memory_id, event.principal, event.data) == fired
+    assert recorder.events == [("policy_fired", None, fired)]
 
 
 def test_an_observer_that_raises_does_not_fail_the_run(kernel, clock):
@@ -157,7 +159,7 @@ def test_an_observer_that_raises_does_not_fail_the_run(kernel, clock):
         def policy_run(self, policy, duration_s, outcomes):
             raise RuntimeError("metrics backend down")
 
-        def event(self, type_, cube, data):
+        def event(self, event):
             raise RuntimeError("metrics backend down")
 
     kernel.observers.append(Broken())
@@ -227,18 +229,19 @@ def tags(**kw):
 
 def test_events_become_the_tiering_metrics(metrics):
     observer, m = metrics
-    observer.event("migrated", "c", {"frm": "plaintext", "to": "activation", "rule": "default/promote-hot"})
-    observer.event("migrated", "c", {"frm": "plaintext", "to": "activation", "rule": "default/promote-hot"})
-    observer.event("migrated", "c", {"frm": "activation", "to": "plaintext", "rule": None})
-    observer.event("evicted", "c", {"tier": "disk", "reason": "activation disk budget"})
-    observer.event("evicted", "c", {"tier": "ram", "reason": "model host RAM budget"})
-    observer.event("activation_used", "c", {"tier": "ram"})
-    observer.event("activation_used", "c", {"tier": "disk"})
-    observer.event("activation_used", "c", {"tier": "ram"})
-    observer.event("adapter_used", "c", {"stale": True})
-    observer.event("adapter_used", "c", {"stale": False})
-    observer.event("distilled", "c", {"rule": None, "sources": 8})
-    observer.event("written", "c", {"version": 1})
+    promote = ev.Migrated(cube="c", frm="plaintext", to="activation", rule="default/promote-hot", version=2)
+    observer.event(promote)
+    observer.event(promote)
+    observer.event(ev.Migrated(cube="c", frm="activation", to="plaintext", rule=None, version=3))
+    observer.event(ev.Evicted(cube="c", tier="disk", reason="activation disk budget"))
+    observer.event(ev.Evicted(cube="c", tier="ram", reason="model host RAM budget"))
+    observer.event(ev.ActivationUsed(cube="c", tier="ram"))
+    observer.event(ev.ActivationUsed(cube="c", tier="disk"))
+    observer.event(ev.ActivationUsed(cube="c", tier="ram"))
+    observer.event(ev.AdapterUsed(cube="c", stale=True))
+    observer.event(ev.AdapterUsed(cube="c", stale=False))
+    observer.event(ev.Distilled(cube="c", rule=None, sources=8, version=1))
+    observer.event(ev.Written(cube="c", version=1, trust="trusted"))
 
     assert m["memos_migrations_total"].values == {
         tags(frm="plaintext", to="activation", rule="default/promote-hot"): 2,
@@ -376,7 +379,8 @@ def test_top_shows_the_newest_migrations_of_a_long_log(kernel, monkeypatch, caps
     alice = Memos(InProcessTransport(KernelService(kernel)), "agent:alice")
     alice.create_cube("team/x")
     for i in range(1200):
-        kernel.record_event("migrated", "team/x", f"m{i}", "system", {"frm": "plaintext", "to": "activation", "rule": "r/hot"})
+        kernel.record_event(ev.Migrated(cube="team/x", memory_id=f"m{i}", principal="system", frm="plaintext",
+                                        to="activation", rule="r/hot", version=2))
     for i in range(1500):
         alice.write("team/x", f"note {i}")
 

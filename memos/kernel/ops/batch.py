@@ -22,6 +22,7 @@ from typing import Any
 from memos import syscalls as sc
 from memos.cubes.plaintext import check_content, check_metadata, content_hash
 from memos.errors import InvalidSyscall, MemosError
+from memos.kernel import events as ev
 from memos.kernel import idempotency
 from memos.kernel.authz import require_cube, require_memory
 from memos.kernel.context import CallContext
@@ -102,7 +103,7 @@ def _write_item(ctx: CallContext, call: sc.Write, now: float) -> str:
         size_bytes=len(call.content.encode("utf-8")), fingerprint=None, payload=None, at=now,
     )
     ctx.audit_ok("write", call.cube, memory_id, detail="write_many")
-    ctx.emit("written", call.cube, memory_id, ctx.principal, version=1, trust=trust.value)
+    ctx.emit(ev.Written(cube=call.cube, memory_id=memory_id, principal=ctx.principal, version=1, trust=trust.value))
     return memory_id
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memos.errors import InvalidState, InvalidSyscall, ModelUnavailable, VersionConflict
+from memos.kernel import events as ev
 from memos.kernel.authz import policy_rule, require_cube, require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation
@@ -123,8 +124,10 @@ class CompressOp(LongOperation):
                 )
                 next_version(ctx, s, retired, at=now, state=State.ARCHIVED)
         ctx.audit_ok(call.op, plan.cube, memory_id, detail=",".join(call.ids)[:1000])
-        ctx.emit("compressed", plan.cube, memory_id, ctx.principal, sources=list(call.ids), rule=plan.rule,
-                 kept=call.keep_sources, summariser=out.by)
+        ctx.emit(ev.Compressed(
+            cube=plan.cube, memory_id=memory_id, principal=ctx.principal, sources=list(call.ids), rule=plan.rule,
+            kept=call.keep_sources, summariser=out.by,
+        ))
         return to_memory(ctx, row)
 
 
@@ -230,8 +233,8 @@ class MergeOp(LongOperation):
                     retired = derived_provenance(s, author=ctx.principal, operation="merge:retired",
                                                  source_refs=(memory_id,), policy_rule=plan.rule)
                     next_version(ctx, s, retired, at=now, state=State.ARCHIVED)
-            ctx.emit("fused", group[0].cube, memory_id, ctx.principal, sources=[r.memory_id for r in group],
-                     rule=plan.rule, by="meaning")
+            ctx.emit(ev.Fused(cube=group[0].cube, memory_id=memory_id, principal=ctx.principal,
+                              sources=[r.memory_id for r in group], rule=plan.rule, by="meaning"))
             written.append(to_memory(ctx, row))
         ctx.audit_ok(call.op, plan.sources[0].cube, detail=f"{len(written)} groups of {len(call.ids)} memories")
         return MemoryList(memories=tuple(written))

@@ -9,6 +9,7 @@ from typing import Any
 
 from memos import syscalls as sc
 from memos.errors import AlreadyExists, InvalidSyscall, NotFound
+from memos.kernel import events as ev
 from memos.kernel.authz import readable_cubes, require_cube
 from memos.kernel.context import CallContext
 from memos.kernel.versions import delete_blob
@@ -43,7 +44,7 @@ def create_cube(ctx: CallContext, call: sc.CreateCube) -> CubeInfo:
     store.insert_cube(call.name, ctx.principal, call.description, now)
     store.set_grant(call.name, ctx.principal, Right.ADMIN.value)
     ctx.audit_ok(call.op, call.name)
-    ctx.emit("cube_created", call.name, None, ctx.principal)
+    ctx.emit(ev.CubeCreated(cube=call.name, principal=ctx.principal))
     return cube_info(ctx, call.name)
 
 
@@ -54,7 +55,7 @@ def drop_cube(ctx: CallContext, call: sc.DropCube) -> Ack:
     count = sum(n for _, _, _, n, _ in store.counts([call.name]))
     # Recorded before the cube goes, so the records belong to this incarnation of the name.
     ctx.audit_ok(call.op, call.name, detail=f"purged {count} memories")
-    ctx.emit("cube_dropped", call.name, None, ctx.principal, purged=count)
+    ctx.emit(ev.CubeDropped(cube=call.name, principal=ctx.principal, purged=count))
     store.delete_cube(call.name)
     ctx.after_commit(store.erase_freed)
     ctx.after_commit(lambda: kernel.call_stats.forget_cube(call.name))
@@ -80,7 +81,7 @@ def grant(ctx: CallContext, call: sc.GrantRight) -> CubeInfo:
         raise InvalidSyscall(f"{owner} owns cube {call.cube!r}; the owner's admin right cannot be lowered", cube=call.cube)
     store.set_grant(call.cube, call.principal, call.right_.value)
     ctx.audit_ok(call.op, call.cube, detail=f"{call.principal}={call.right_.value}")
-    ctx.emit("granted", call.cube, None, ctx.principal, to=call.principal, right=call.right_.value)
+    ctx.emit(ev.Granted(cube=call.cube, principal=ctx.principal, to=call.principal, right=call.right_.value))
     return cube_info(ctx, call.cube)
 
 
@@ -92,7 +93,7 @@ def revoke(ctx: CallContext, call: sc.RevokeRight) -> CubeInfo:
         raise InvalidSyscall(f"{owner} owns cube {call.cube!r}; the owner's admin right cannot be revoked", cube=call.cube)
     store.delete_grant(call.cube, call.principal)
     ctx.audit_ok(call.op, call.cube, detail=call.principal)
-    ctx.emit("revoked", call.cube, None, ctx.principal, frm=call.principal)
+    ctx.emit(ev.Revoked(cube=call.cube, principal=ctx.principal, frm=call.principal))
     return cube_info(ctx, call.cube)
 
 

@@ -23,6 +23,7 @@ from memos.errors import (
     VersionConflict,
     error_from_wire,
 )
+from memos.kernel import events as ev
 from memos.kernel.authz import policy_rule, require_cube, require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
@@ -187,13 +188,13 @@ class DistillOp(LongOperation):
             content += ("\n" if content else "") + f"[also trained on memories whose text stays in their cubes: {where}]"
         if len(content.encode("utf-8")) > MAX_CONTENT_BYTES:
             content = content.encode("utf-8")[: MAX_CONTENT_BYTES - 64].decode("utf-8", "ignore") + "\n[...]"
-        ev = built.evaluation or {}
+        evaluation = built.evaluation or {}
         provenance = Provenance(
             author=ctx.principal, source="derived", operation="distill", policy_rule=plan.rule,
             derived_from=tuple(MemoryRef(id=r.memory_id, version=r.version) for r in plan.sources),
             trust="untrusted" if any(r.provenance.get("trust") == "untrusted" for r in plan.sources) else "trusted",
         )
-        metadata = {"distill": {k: ev.get(k) for k in (
+        metadata = {"distill": {k: evaluation.get(k) for k in (
             "facts", "steps", "recall_with", "recall_without", "held_out_recall_with", "held_out_recall_without",
             "locality_delta", "train_s", "final_loss",
         )}}
@@ -213,9 +214,12 @@ class DistillOp(LongOperation):
         store.journal_end(plan.journal, "done", now)
         ctx.audit_ok("distill", plan.cube, plan.memory_id,
                      detail=f"{len(plan.sources)} memories" + (f", v{row.version}" if previous is not None else ""))
-        ctx.emit("distilled", plan.cube, plan.memory_id, ctx.principal, rule=plan.rule, sources=len(plan.sources),
-                 version=row.version, recall_with=ev.get("recall_with"), recall_without=ev.get("recall_without"),
-                 locality_delta=ev.get("locality_delta"), bytes=built.payload.size_bytes)
+        ctx.emit(ev.Distilled(
+            cube=plan.cube, memory_id=plan.memory_id, principal=ctx.principal, rule=plan.rule,
+            sources=len(plan.sources), version=row.version, recall_with=evaluation.get("recall_with"),
+            recall_without=evaluation.get("recall_without"), locality_delta=evaluation.get("locality_delta"),
+            bytes=built.payload.size_bytes,
+        ))
         return to_memory(ctx, row)
 
     def abort(self, ctx: CallContext, plan: DistillPlan) -> None:

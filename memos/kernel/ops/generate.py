@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memos.errors import FingerprintMismatch, InvalidState, InvalidSyscall
+from memos.kernel import events as ev
 from memos.kernel.authz import require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
@@ -99,15 +100,19 @@ class GenerateOp(LongOperation):
         from_disk = set(out.kv_loaded_from_disk)
         for block in plan.kv:
             row = plan.rows[block.memory_id]
-            ctx.emit("activation_used", row.cube, row.memory_id, ctx.principal,
-                     tier="disk" if block.memory_id in from_disk else "ram")
+            ctx.emit(ev.ActivationUsed(
+                cube=row.cube, memory_id=row.memory_id, principal=ctx.principal,
+                tier="disk" if block.memory_id in from_disk else "ram",
+            ))
         if plan.adapter is not None:
             row = plan.rows[plan.adapter.memory_id]
-            ctx.emit("adapter_used", row.cube, row.memory_id, ctx.principal, stale=row.stale)
+            ctx.emit(ev.AdapterUsed(cube=row.cube, memory_id=row.memory_id, principal=ctx.principal, stale=row.stale))
             used.append(row.memory_id)
         for memory_id in out.ram_evicted:
             cube = store.memory_cube(memory_id)
-            ctx.emit("evicted", cube, memory_id, "system", tier="ram", reason="model host RAM budget")
+            ctx.emit(ev.Evicted(
+                cube=cube, memory_id=memory_id, principal="system", tier="ram", reason="model host RAM budget",
+            ))
         record_reads(ctx, list(dict.fromkeys(used)), now)
         cube = next(iter(call.cubes), None) if call.cubes else None
         ctx.audit_ok(call.op, cube, detail=f"{len(plan.kv)} kv, {len(plan.texts)} text memories, "

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memos.errors import InvalidSyscall, ModelUnavailable
+from memos.kernel import events as ev
 from memos.kernel.authz import require_cube
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation
@@ -124,7 +125,9 @@ class IngestOp(LongOperation):
         ctx.audit_ok(call.op, call.cube, detail=f"{len(call.messages)} messages by {out.by}: "
                      + ", ".join(f"{n} {a}" for a, n in counts.items()) + (" (dry run)" if call.dry_run else ""))
         if not call.dry_run:
-            ctx.emit("ingested", call.cube, None, ctx.principal, extractor=out.by, messages=len(call.messages), **counts)
+            ctx.emit(ev.Ingested(
+                cube=call.cube, principal=ctx.principal, extractor=out.by, messages=len(call.messages), **counts,
+            ))
         return result
 
 
@@ -159,7 +162,10 @@ def _apply_decision(
             trust=weakest([plan.trust, target.provenance.get("trust", "trusted")]),
         )
         new = next_version(ctx, target, provenance, at=now, content=fact.text, metadata={**target.metadata, **metadata})
-        ctx.emit("updated", target.cube, target.memory_id, principal, version=new.version, operation="ingest")
+        ctx.emit(ev.Updated(
+            cube=target.cube, memory_id=target.memory_id, principal=principal, version=new.version,
+            operation="ingest",
+        ))
         return MemoryRef(id=new.memory_id, version=new.version)
     if decision.action == "invalidate":
         assert target is not None
@@ -171,8 +177,10 @@ def _apply_decision(
         ctx, memory_id=memory_id, cube=call.cube, kind="plaintext", provenance=provenance, content=fact.text,
         metadata=metadata, tags=tuple(dict.fromkeys(call.tags)), at=now,
     )
-    ctx.emit("written", call.cube, memory_id, principal, version=1, trust=provenance.trust.value,
-             operation=provenance.operation)
+    ctx.emit(ev.Written(
+        cube=call.cube, memory_id=memory_id, principal=principal, version=1, trust=provenance.trust.value,
+        operation=provenance.operation,
+    ))
     if decision.action == "invalidate":
         assert target is not None
         retired = derived_provenance(
@@ -183,5 +191,7 @@ def _apply_decision(
             metadata={**target.metadata, "valid_until": fact.at or from_epoch(now).isoformat(), "superseded_by": memory_id},
         )
         kernel.store.add_link(memory_id, target.memory_id, "supersedes", principal, now)
-        ctx.emit("superseded", target.cube, target.memory_id, principal, version=old.version, by=memory_id)
+        ctx.emit(ev.Superseded(
+            cube=target.cube, memory_id=target.memory_id, principal=principal, version=old.version, by=memory_id,
+        ))
     return MemoryRef(id=row.memory_id, version=row.version)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memos.errors import InvalidState, InvalidSyscall, VersionConflict
+from memos.kernel import events as ev
 from memos.kernel.authz import policy_rule, require_memory
 from memos.kernel.budget import ActivationBudget, enforce_activation_budget
 from memos.kernel.context import CallContext
@@ -142,8 +143,10 @@ class MigrateOp(LongOperation):
                 detail = {}
             store.journal_end(item.journal, "done", now)
             ctx.audit_ok("migrate", row.cube, row.memory_id, detail=f"{row.kind}->{plan.to.value} v{new.version}")
-            ctx.emit("migrated", row.cube, row.memory_id, ctx.principal, frm=row.kind, to=plan.to.value,
-                     rule=plan.rule, version=new.version, **detail)
+            ctx.emit(ev.Migrated(
+                cube=row.cube, memory_id=row.memory_id, principal=ctx.principal, frm=row.kind, to=plan.to.value,
+                rule=plan.rule, version=new.version, **detail,
+            ))
             out.append(new)
         if plan.to == Kind.ACTIVATION and plan.todo:
             enforce_activation_budget(ctx, keep={i.row.memory_id for i in plan.todo})
@@ -172,7 +175,7 @@ def recover_migrations(kernel: Kernel, ctx: CallContext) -> None:
             if path:
                 ctx.after_commit(lambda p=Path(path): p.unlink(missing_ok=True))
             cube = store.memory_cube(memory_id)
-            ctx.emit("migration_rolled_back", cube, memory_id, "system", journal=seq)
+            ctx.emit(ev.MigrationRolledBack(cube=cube, memory_id=memory_id, principal="system", journal=seq))
             rolled.append(memory_id)
         return rolled
 

@@ -11,6 +11,7 @@ from typing import Any
 from memos import syscalls as sc
 from memos.cubes.plaintext import check_content, check_metadata
 from memos.errors import InvalidState, InvalidSyscall
+from memos.kernel import events as ev
 from memos.kernel import idempotency
 from memos.kernel.authz import policy_rule, require_cube, require_memory
 from memos.kernel.context import CallContext
@@ -52,7 +53,7 @@ def write(ctx: CallContext, call: sc.Write) -> Memory:
     )
     idempotency.remember(ctx.kernel.store, ctx.principal, call, memory_id, 1, now)
     ctx.audit_ok(call.op, call.cube, memory_id)
-    ctx.emit("written", call.cube, memory_id, ctx.principal, version=1, trust=trust.value)
+    ctx.emit(ev.Written(cube=call.cube, memory_id=memory_id, principal=ctx.principal, version=1, trust=trust.value))
     return to_memory(ctx, row)
 
 
@@ -90,11 +91,12 @@ def update(ctx: CallContext, call: sc.Update) -> Memory:
     )
     new = next_version(ctx, row, provenance, content=content, metadata=metadata, tags=tags)
     ctx.audit_ok(call.op, row.cube, row.memory_id, detail=f"v{new.version}")
-    ctx.emit("updated", row.cube, row.memory_id, ctx.principal, version=new.version)
+    ctx.emit(ev.Updated(cube=row.cube, memory_id=row.memory_id, principal=ctx.principal, version=new.version))
     return to_memory(ctx, new)
 
 
-def _transition(ctx: CallContext, call: Any, *, to: State, allowed_from: tuple[State, ...], event: str) -> Memory:
+def _transition(ctx: CallContext, call: Any, *, to: State, allowed_from: tuple[State, ...],
+                event: type[ev.Deleted | ev.Archived | ev.Restored]) -> Memory:
     row = require_memory(ctx, call.id, Right.WRITE)
     check_expected(row, getattr(call, "expected_version", None))
     if State(row.state) not in allowed_from:
@@ -107,20 +109,21 @@ def _transition(ctx: CallContext, call: Any, *, to: State, allowed_from: tuple[S
     )
     new = next_version(ctx, row, provenance, state=to)
     ctx.audit_ok(call.op, row.cube, row.memory_id, detail=f"v{new.version}")
-    ctx.emit(event, row.cube, row.memory_id, ctx.principal, version=new.version, rule=provenance.policy_rule)
+    ctx.emit(event(cube=row.cube, memory_id=row.memory_id, principal=ctx.principal, version=new.version,
+                   rule=provenance.policy_rule))
     return to_memory(ctx, new)
 
 
 def delete(ctx: CallContext, call: sc.Delete) -> Memory:
-    return _transition(ctx, call, to=State.DELETED, allowed_from=(State.ACTIVE, State.ARCHIVED), event="deleted")
+    return _transition(ctx, call, to=State.DELETED, allowed_from=(State.ACTIVE, State.ARCHIVED), event=ev.Deleted)
 
 
 def archive(ctx: CallContext, call: sc.Archive) -> Memory:
-    return _transition(ctx, call, to=State.ARCHIVED, allowed_from=(State.ACTIVE,), event="archived")
+    return _transition(ctx, call, to=State.ARCHIVED, allowed_from=(State.ACTIVE,), event=ev.Archived)
 
 
 def restore(ctx: CallContext, call: sc.Restore) -> Memory:
-    return _transition(ctx, call, to=State.ACTIVE, allowed_from=(State.DELETED, State.ARCHIVED), event="restored")
+    return _transition(ctx, call, to=State.ACTIVE, allowed_from=(State.DELETED, State.ARCHIVED), event=ev.Restored)
 
 
 def purge(ctx: CallContext, call: sc.Purge) -> Ack:
@@ -136,9 +139,13 @@ def purge(ctx: CallContext, call: sc.Purge) -> Ack:
     now = kernel.clock.now()
     for child in children:
         store.set_stale(child, True)
-        ctx.emit("stale", store.memory_cube(child), child, ctx.principal, source=call.id, purged=True)
+        ctx.emit(ev.Stale(
+            cube=store.memory_cube(child), memory_id=child, principal=ctx.principal, source=call.id, purged=True,
+        ))
     ctx.audit_ok(call.op, row.cube, call.id, detail=f"purged {len(history)} versions")
-    ctx.emit("purged", row.cube, call.id, ctx.principal, versions=len(history), rule=rule, at=now)
+    ctx.emit(ev.Purged(
+        cube=row.cube, memory_id=call.id, principal=ctx.principal, versions=len(history), rule=rule, at=now,
+    ))
     return Ack(detail=f"purged {call.id}: {len(history)} versions; {len(children)} derived memories marked stale")
 
 
@@ -153,7 +160,9 @@ def link(ctx: CallContext, call: sc.LinkMemories) -> Ack:
     require_memory(ctx, call.target, Right.READ)
     ctx.kernel.store.add_link(call.source, call.target, call.relation, ctx.principal, ctx.kernel.clock.now())
     ctx.audit_ok(call.op, source.cube, call.source, detail=f"{call.relation}->{call.target}")
-    ctx.emit("linked", source.cube, call.source, ctx.principal, target=call.target, relation=call.relation)
+    ctx.emit(ev.Linked(
+        cube=source.cube, memory_id=call.source, principal=ctx.principal, target=call.target, relation=call.relation,
+    ))
     return Ack(detail=f"{call.source} -{call.relation}-> {call.target}")
 
 
@@ -187,7 +196,7 @@ def fuse(ctx: CallContext, call: sc.Fuse) -> Memory:
             )
             next_version(ctx, s, retired, at=now, state=State.ARCHIVED)
     ctx.audit_ok(call.op, call.cube, memory_id, detail=",".join(call.ids))
-    ctx.emit("fused", call.cube, memory_id, ctx.principal, sources=list(call.ids))
+    ctx.emit(ev.Fused(cube=call.cube, memory_id=memory_id, principal=ctx.principal, sources=list(call.ids)))
     return to_memory(ctx, row)
 
 
@@ -197,7 +206,8 @@ def _set_pin(ctx: CallContext, call: Any, pinned: bool) -> Memory:
     store = ctx.kernel.store
     store.set_pinned(row.memory_id, pinned)
     ctx.audit_ok(call.op, row.cube, row.memory_id)
-    ctx.emit("pinned" if pinned else "unpinned", row.cube, row.memory_id, ctx.principal, rule=rule)
+    event = ev.Pinned if pinned else ev.Unpinned
+    ctx.emit(event(cube=row.cube, memory_id=row.memory_id, principal=ctx.principal, rule=rule))
     return to_memory(ctx, store.get_version(row.memory_id))  # type: ignore[arg-type]
 
 

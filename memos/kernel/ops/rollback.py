@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memos.errors import InvalidState, NotFound, VersionConflict
+from memos.kernel import events as ev
 from memos.kernel.authz import require_memory
 from memos.kernel.budget import enforce_activation_budget
 from memos.kernel.context import CallContext
@@ -118,8 +119,10 @@ class RollbackOp(LongOperation):
             kernel.store.journal_end(plan.journal, "done", kernel.clock.now())
         detail = f"v{new.version}=v{call.to_version}" + (", cache rebuilt" if built is not None else "")
         ctx.audit_ok(call.op, row.cube, row.memory_id, detail=detail)
-        ctx.emit("rolled_back", row.cube, row.memory_id, ctx.principal, version=new.version, to_version=call.to_version,
-                 rebuilt=built is not None)
+        ctx.emit(ev.RolledBack(
+            cube=row.cube, memory_id=row.memory_id, principal=ctx.principal, version=new.version,
+            to_version=call.to_version, rebuilt=built is not None,
+        ))
         if built is not None:
             enforce_activation_budget(ctx, keep={row.memory_id})
         return to_memory(ctx, new)
