@@ -17,6 +17,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from memos.hosting.ray_host import cluster_info, up
 
     settings = settings_of(args)
+    ports = {"dashboard_port": args.dashboard_port, "metrics_export_port": args.metrics_port}
+    settings = settings.model_copy(update={k: v for k, v in ports.items() if v is not None})
     if cluster_info(settings) is not None:
         print(f"a memos cluster is already recorded in {settings.cluster_file}; 'memos status' or 'memos down'")
         return 1
@@ -24,6 +26,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"memos is up. kernel actor '{info['kernel_actor']}' in namespace '{info['namespace']}'")
     print(f"Ray dashboard: {info['dashboard_url']}")
     print(f"Metrics (Prometheus text): {info['metrics_url']}")
+    print(f"Prometheus file_sd target: {info['prometheus_targets']}")
     return 0
 
 
@@ -129,7 +132,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    sub.add_parser("up", help="start a local Ray head, the dashboard and the kernel actor").set_defaults(fn=cmd_up)
+    p = sub.add_parser("up", help="start a local Ray head, the dashboard and the kernel actor")
+    p.add_argument("--dashboard-port", type=int, help="the Ray dashboard's port (default 8265, or MEMOS_DASHBOARD_PORT)")
+    p.add_argument("--metrics-port", type=int, help="the metrics export's port (default 8081, or MEMOS_METRICS_PORT)")
+    p.set_defaults(fn=cmd_up)
     sub.add_parser("status", help="is memos running? where is the dashboard?").set_defaults(fn=cmd_status)
     sub.add_parser("down", help="stop what 'memos up' started").set_defaults(fn=cmd_down)
 

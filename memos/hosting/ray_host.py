@@ -258,9 +258,60 @@ def _ensure_auth_token() -> None:
         raise BackendError(f"could not create Ray's auth token: {made.stderr.strip()[-2000:]}")
 
 
+PORT_FLAGS = {"dashboard_port": ("dashboard", "--dashboard-port", "MEMOS_DASHBOARD_PORT"),
+              "metrics_export_port": ("metrics export", "--metrics-port", "MEMOS_METRICS_PORT")}
+
+
+def check_ports(settings: Settings) -> None:
+    """Refuse, in memos' terms, ports ``memos up`` cannot use (before ``ray start`` fails on them in its own).
+
+    Raises:
+        BackendError: the two ports are the same, or one is taken on 127.0.0.1 (by another Ray or any program).
+    """
+    import socket
+
+    if settings.dashboard_port == settings.metrics_export_port:
+        raise BackendError(f"the dashboard and the metrics export cannot share port {settings.dashboard_port}: give "
+                           "'memos up' a different --dashboard-port or --metrics-port")
+    for name, (what, flag, env) in PORT_FLAGS.items():
+        port = getattr(settings, name)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise BackendError(
+                    f"the {what} port {port} on 127.0.0.1 is taken ({exc.strerror}; another Ray dashboard or "
+                    f"program holds it): choose another with 'memos up {flag} N' (or {env}=N)", port=port, use=what,
+                ) from exc
+
+
+def prometheus_targets_file(settings: Settings) -> Path:
+    """Where ``memos up`` writes the Prometheus ``file_sd`` target of its metrics export (a stable path)."""
+    return settings.home / "prometheus" / "memos-targets.json"
+
+
+def write_prometheus_targets(settings: Settings) -> Path:
+    """Point Prometheus at this cluster's metrics export: a ``file_sd_configs`` file under the data dir, rewritten
+    (atomically) by every ``memos up``, so a scrape config naming it survives restarts and port changes."""
+    path = prometheus_targets_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    targets = [{"targets": [f"127.0.0.1:{settings.metrics_export_port}"],
+                "labels": {"job": "memos", "memos_home": str(settings.home)}}]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(targets, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def up(settings: Settings) -> dict[str, Any]:
-    """``memos up``: a local Ray head with the dashboard and a detached kernel actor. Returns the cluster info."""
+    """``memos up``: a local Ray head with the dashboard and a detached kernel actor. Returns the cluster info.
+
+    Raises:
+        DataDirInUse: another process owns the data dir. BackendError: a port is taken (see ``check_ports``), or
+            Ray does not start.
+    """
     loopback_env()
+    check_ports(settings)
     if (owner := read_owner(settings.home)) is not None:  # the kernel actor could never take the data dir
         raise DataDirInUse(f"the data dir {settings.home} is owned by {owner.get('owner')}, pid {owner.get('pid')}: "
                            "stop it before 'memos up'", **{k: owner.get(k) for k in ("owner", "pid", "endpoint")})
@@ -318,6 +369,7 @@ def up(settings: Settings) -> dict[str, Any]:
         stop_processes(processes)
         raise
     settings.cluster_file.parent.mkdir(parents=True, exist_ok=True)
+    info["prometheus_targets"] = str(write_prometheus_targets(settings))
     settings.cluster_file.write_text(json.dumps(info, indent=2))
     ray.shutdown()
     return info
