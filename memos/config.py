@@ -5,6 +5,7 @@
 | MEMOS_HOME | ~/.memos | data dir: SQLite, Chroma, blobs, model cache, cluster file |
 | MEMOS_EMBEDDER | all-MiniLM-L6-v2 | the embedder: that model, a sentence-transformers directory, or ``hashing`` (no model) |
 | MEMOS_CHROMA_URL | (embedded) | use a Chroma server instead of the embedded PersistentClient |
+| MEMOS_CHROMA_COLLECTION | memos_plaintext | the collection of this data dir's index (on a shared Chroma server: one per data dir) |
 | MEMOS_SQLITE_SYNC | FULL | SQLite synchronous mode (FULL survives power loss; NORMAL survives process crashes) |
 | MEMOS_LOG_LEVEL | WARNING | structlog level |
 | MEMOS_MODEL | smollm2 | the model host's model (``none`` disables it: plaintext memory only) |
@@ -47,6 +48,9 @@ class Settings(BaseModel):
 
     home: Path = Field(default_factory=default_home)
     chroma_url: str | None = None
+    # On a Chroma server shared by several data dirs (kernel shards), each needs its own collection: a kernel's
+    # start-up reconcile removes index entries its SQLite does not know.
+    chroma_collection: str = Field(default="memos_plaintext", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{1,510}[a-zA-Z0-9]$")
     embedder: str = "all-MiniLM-L6-v2"  # or a local sentence-transformers model directory, or "hashing" (no model)
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     superusers: tuple[str, ...] = ("system",)
@@ -93,6 +97,8 @@ class Settings(BaseModel):
             env["embedder"] = os.environ["MEMOS_EMBEDDER"]
         if os.environ.get("MEMOS_CHROMA_URL"):
             env["chroma_url"] = os.environ["MEMOS_CHROMA_URL"]
+        if os.environ.get("MEMOS_CHROMA_COLLECTION"):
+            env["chroma_collection"] = os.environ["MEMOS_CHROMA_COLLECTION"]
         if os.environ.get("MEMOS_MODEL"):
             value = os.environ["MEMOS_MODEL"]
             env["model"] = None if value.lower() == "none" else value

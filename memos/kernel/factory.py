@@ -56,7 +56,8 @@ def open_kernel(
     lock = HomeLock.acquire(settings.home, owner, endpoint=endpoint, wait_s=lock_wait_s)
     try:
         store = SqliteStore(settings.db_path, synchronous=settings.sqlite_synchronous)
-        index = ChromaIndex(url=settings.chroma_url) if settings.chroma_url else ChromaIndex(settings.chroma_path)
+        index = (ChromaIndex(url=settings.chroma_url, collection=settings.chroma_collection) if settings.chroma_url
+                 else ChromaIndex(settings.chroma_path, collection=settings.chroma_collection))
         budgets = ActivationBudget(
             disk_bytes=settings.activation_disk_bytes, max_memories=settings.activation_max_memories,
             cube_disk_bytes=settings.activation_cube_disk_bytes, cube_max_memories=settings.activation_cube_max_memories,
