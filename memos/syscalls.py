@@ -5,8 +5,10 @@ objects, and policies emit them. The author of anything written is always the ca
 principal of its own to be trusted. ``parse_syscall`` turns wire data (JSON dicts) into a syscall, translating
 pydantic's errors into ``InvalidSyscall`` that names the offending field.
 
-Each syscall class names its ``result_type`` and the ``right`` it needs on the cube(s) it touches (see
-docs/syscalls.md for the full reference).
+Each syscall class names its ``result_type``. The rights a syscall needs are checked by its handler in
+``memos.kernel.ops`` (through ``memos.kernel.authz``), which knows what the call touches (a memory's cube, each
+source, a job's cubes); docs/syscalls.md lists them. (A declared ``right`` per class was never read and disagreed
+with the kernel for ``cancel``; it is gone.)
 """
 
 from __future__ import annotations
@@ -90,7 +92,6 @@ class _Syscall(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     result_type: ClassVar[type[BaseModel]] = Ack
-    right: ClassVar[Right] = Right.READ
 
 
 class CreateCube(_Syscall):
@@ -108,7 +109,6 @@ class DropCube(_Syscall):
 
     op: Literal["drop_cube"] = "drop_cube"
     name: CubeName
-    right: ClassVar[Right] = Right.ADMIN
 
 
 class ListCubes(_Syscall):
@@ -140,7 +140,6 @@ class Write(_Syscall):
     # after the write committed returns the memory it wrote instead of writing it again (kept for IDEMPOTENCY_KEEP_S).
     idempotency_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{8,128}$")
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
 
 class Read(_Syscall):
@@ -210,7 +209,6 @@ class Update(_Syscall):
     expected_version: int | None = Field(default=None, ge=1)
     source_refs: tuple[Annotated[str, Field(max_length=512)], ...] = Field(default=(), max_length=64)
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
 
 class Delete(_Syscall):
@@ -221,7 +219,6 @@ class Delete(_Syscall):
     id: MemoryId
     expected_version: int | None = Field(default=None, ge=1)
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
 
 class Purge(_Syscall):
@@ -231,7 +228,6 @@ class Purge(_Syscall):
     op: Literal["purge"] = "purge"
     policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
-    right: ClassVar[Right] = Right.WRITE
 
 
 class Archive(_Syscall):
@@ -242,7 +238,6 @@ class Archive(_Syscall):
     id: MemoryId
     expected_version: int | None = Field(default=None, ge=1)
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
 
 class Restore(_Syscall):
@@ -252,7 +247,6 @@ class Restore(_Syscall):
     policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
 
 class History(_Syscall):
@@ -271,7 +265,6 @@ class Rollback(_Syscall):
     to_version: int = Field(ge=1, le=SQL_INT_MAX)
     expected_version: int | None = Field(default=None, ge=1)
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
 
 class LinkMemories(_Syscall):
@@ -281,7 +274,6 @@ class LinkMemories(_Syscall):
     source: MemoryId
     target: MemoryId
     relation: str = Field(default="related", pattern=r"^[a-z][a-z0-9_\-]{0,63}$")
-    right: ClassVar[Right] = Right.WRITE
 
 
 class Fuse(_Syscall):
@@ -300,7 +292,6 @@ class Fuse(_Syscall):
     metadata: JsonObject = Field(default_factory=dict)
     keep_sources: bool = False
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
 
 class Pin(_Syscall):
@@ -310,7 +301,6 @@ class Pin(_Syscall):
     policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
 
 class Unpin(_Syscall):
@@ -318,7 +308,6 @@ class Unpin(_Syscall):
     policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
     id: MemoryId
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
 
 class GrantRight(_Syscall):
@@ -329,7 +318,6 @@ class GrantRight(_Syscall):
     principal: Principal
     right_: Right = Field(alias="right")
     result_type: ClassVar[type[BaseModel]] = CubeInfo
-    right: ClassVar[Right] = Right.ADMIN
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
@@ -341,7 +329,6 @@ class RevokeRight(_Syscall):
     cube: CubeName
     principal: Principal
     result_type: ClassVar[type[BaseModel]] = CubeInfo
-    right: ClassVar[Right] = Right.ADMIN
 
 
 class GetStats(_Syscall):
@@ -371,7 +358,6 @@ class GetAudit(_Syscall):
     since: int = Field(default=0, ge=0, le=SQL_INT_MAX)
     limit: int = Field(default=100, ge=1, le=1000)
     result_type: ClassVar[type[BaseModel]] = AuditList
-    right: ClassVar[Right] = Right.ADMIN
 
 
 class Snapshot(_Syscall):
@@ -382,7 +368,6 @@ class Snapshot(_Syscall):
     cubes: tuple[CubeName, ...] = Field(default=(), max_length=1024)
     read_window_s: float = Field(default=7 * 86400, ge=0, le=400 * 86400)
     result_type: ClassVar[type[BaseModel]] = KernelState
-    right: ClassVar[Right] = Right.ADMIN
 
 
 class Migrate(_Syscall):
@@ -403,7 +388,6 @@ class Migrate(_Syscall):
     expected_version: int | None = Field(default=None, ge=1)  # only with a single id
     compression: KVCompression | None = None
     result_type: ClassVar[type[BaseModel]] = MemoryList
-    right: ClassVar[Right] = Right.WRITE
 
     @model_validator(mode="after")
     def _compression_needs_activation(self) -> Migrate:
@@ -431,7 +415,6 @@ class Distill(_Syscall):
     # The version of each of ``ids`` the caller saw (same order); a source edited since is refused (VersionConflict).
     expected_versions: tuple[Annotated[int, Field(ge=1, le=SQL_INT_MAX)], ...] | None = None
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
     @model_validator(mode="after")
     def _versions_match_ids(self) -> Distill:
@@ -506,7 +489,6 @@ class WriteMany(_Syscall):
     op: Literal["write_many"] = "write_many"
     items: tuple[dict[str, Any], ...] = Field(min_length=1, max_length=MAX_WRITE_MANY)
     result_type: ClassVar[type[BaseModel]] = WriteManyResult
-    right: ClassVar[Right] = Right.WRITE
 
 
 # ------------------------------------------------------------------------------------------------ memory upkeep
@@ -530,7 +512,6 @@ class Ingest(_Syscall):
     neighbours: int = Field(default=5, ge=1, le=50)
     dry_run: bool = False
     result_type: ClassVar[type[BaseModel]] = IngestResult
-    right: ClassVar[Right] = Right.WRITE
 
 
 class Compress(_Syscall):
@@ -549,7 +530,6 @@ class Compress(_Syscall):
     tags: tuple[Tag, ...] = Field(default=(), max_length=MAX_TAGS)
     expected_versions: tuple[Annotated[int, Field(ge=1, le=SQL_INT_MAX)], ...] | None = None
     result_type: ClassVar[type[BaseModel]] = Memory
-    right: ClassVar[Right] = Right.WRITE
 
     @model_validator(mode="after")
     def _versions_match_ids(self) -> Compress:
@@ -576,7 +556,6 @@ class Merge(_Syscall):
     keep_sources: bool = False
     expected_versions: tuple[Annotated[int, Field(ge=1, le=SQL_INT_MAX)], ...] | None = None
     result_type: ClassVar[type[BaseModel]] = MemoryList
-    right: ClassVar[Right] = Right.WRITE
 
     @model_validator(mode="after")
     def _versions_match_ids(self) -> Merge:
@@ -598,7 +577,6 @@ class Related(_Syscall):
     relations: tuple[str, ...] = ()  # only these relations (empty: all)
     include_inactive: bool = False
     result_type: ClassVar[type[BaseModel]] = RelatedList
-
 
 
 Syscall = Annotated[
