@@ -299,9 +299,11 @@ class Memos:
     # ------------------------------------------------------------------------------------------------ kinds, context
 
     def migrate(self, ids: str | Iterable[str], to: Kind | str, *,
-                compression: KVCompression | str | None = None) -> tuple[Memory, ...]:
+                compression: KVCompression | str | None = None, group: str | None = None) -> tuple[Memory, ...]:
+        """Move memories to kind ``to``; with ``group``, build one episodic cache of ``ids`` in order instead (the
+        result is the group memory)."""
         ids = (ids,) if isinstance(ids, str) else tuple(ids)
-        return self._do(sc.Migrate, ids=ids, to=Kind(to), compression=compression).memories
+        return self._do(sc.Migrate, ids=ids, to=Kind(to), compression=compression, group=group).memories
 
     def assemble_context(
         self, query: str, cubes: str | Iterable[str], *, token_budget: int | None = None, k: int = 8

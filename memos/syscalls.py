@@ -387,12 +387,15 @@ class Migrate(_Syscall):
     to: Kind
     expected_version: int | None = Field(default=None, ge=1)  # only with a single id
     compression: KVCompression | None = None
+    # Build ONE cache of ``ids`` in order (an episodic cache, ``memos.kernel.ops.groups``) into the group memory of
+    # this name in their cube, instead of migrating each memory.
+    group: Tag | None = None
     result_type: ClassVar[type[BaseModel]] = MemoryList
 
     @model_validator(mode="after")
     def _compression_needs_activation(self) -> Migrate:
-        if self.compression is not None and self.to != Kind.ACTIVATION:
-            raise ValueError("compression applies to migrate(to='activation') only")
+        if (self.compression is not None or self.group is not None) and self.to != Kind.ACTIVATION:
+            raise ValueError("compression and group apply to migrate(to='activation') only")
         return self
 
 

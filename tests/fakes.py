@@ -51,7 +51,7 @@ class FakeModelPort:
     def context_length(self) -> int:
         return self.context_tokens
 
-    def build_activation(self, text: str, path: str, compression: dict | None = None):
+    def build_activation(self, text: str | list[str], path: str, compression: dict | None = None):
         """A compression is recorded (``self.compressions``) and, with a selection, halves the 'kept' tokens."""
         from pathlib import Path
 
@@ -59,6 +59,7 @@ class FakeModelPort:
         from memos.types import PayloadRef
 
         self.compressions.append(compression)
+        text = "\n\n".join(text) if isinstance(text, list) else text  # a group: one cache of several texts
         data = (text.encode() * (self.payload_bytes // max(1, len(text)) + 1))[: self.payload_bytes]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(data)

@@ -222,3 +222,18 @@ def test_killed_mid_migration_leaves_the_memory_unmigrated_and_no_orphan(tmp_pat
         assert a.version == 2
     finally:
         mem.close()
+
+
+def test_a_group_cache_is_injected_for_the_memories_it_covers_and_equals_their_prefill(mem, model_service) -> None:
+    from memos.models.host import memory_messages
+
+    texts = ["Mara Quill keeps the brass key in the lighthouse.", "Tomas Reyk keeps the red notebook in the cellar."]
+    members = [mem.write("team/kv", t) for t in texts]
+    (group,) = mem.migrate([m.id for m in members], "activation", group="session")
+    got = mem.generate(QUESTION, cubes=["team/kv"], k=2, max_new_tokens=16)
+    assert got.plan.items[0].memory_id == group.id and got.plan.items[0].use == "kv"
+    assert {i.memory_id for i in got.plan.items if i.use == "skip"} == {m.id for m in members}
+    reference = model_service.host.generate(memory_messages(texts) + [{"role": "user", "content": QUESTION}],
+                                            max_new_tokens=16)
+    assert got.text == reference.text and got.cached_tokens == got.prompt_tokens - (
+        reference.prompt_tokens - model_service.host.memory_tokens(texts))

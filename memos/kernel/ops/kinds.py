@@ -32,6 +32,7 @@ from memos.kernel.authz import policy_rule, require_memory
 from memos.kernel.budget import ActivationBudget, enforce_activation_budget
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
+from memos.kernel.ops.groups import GroupPlan, abort_group, commit_group, plan_group, work_group
 from memos.kernel.versions import check_expected, delete_blob, derived_provenance, next_version, to_memory
 from memos.types import Kind, KVCompression, MemoryList, MemoryRef, Right, State
 
@@ -59,7 +60,9 @@ class MigratePlan:
 class MigrateOp(LongOperation):
     """``migrate(ids, to)``: version n+1 of each memory in another kind (see the module docstring)."""
 
-    def plan(self, ctx: CallContext, call: Any) -> MigratePlan:
+    def plan(self, ctx: CallContext, call: Any) -> MigratePlan | GroupPlan:
+        if call.group is not None:
+            return plan_group(ctx, call)
         kernel = ctx.kernel
         plan = MigratePlan(to=Kind(call.to), rule=policy_rule(ctx, call))
         if call.expected_version is not None and len(call.ids) != 1:
@@ -93,15 +96,19 @@ class MigrateOp(LongOperation):
             plan.todo.append(_Planned(row, journal, path))
         return plan
 
-    def job_args(self, plan: MigratePlan) -> dict[str, Any] | None:
+    def job_args(self, plan: MigratePlan | GroupPlan) -> dict[str, Any] | None:
         """A job only when the model host has payloads to build (a demotion is one quick transaction)."""
+        if isinstance(plan, GroupPlan):
+            return plan.job_args()
         building = [item.row for item in plan.todo if item.path is not None]
         if not building:
             return None
         return {"cubes": [r.cube for r in building], "memory_ids": [r.memory_id for r in building],
                 "total": len(building), "rule": plan.rule, "phase": f"build {plan.to.value}"}
 
-    def work(self, ctx: CallContext, call: Any, plan: MigratePlan, job: RunningJob | None) -> dict[int, ActivationBuilt]:
+    def work(self, ctx: CallContext, call: Any, plan: MigratePlan | GroupPlan, job: RunningJob | None) -> Any:
+        if isinstance(plan, GroupPlan):
+            return work_group(ctx, call, plan, job)
         built: dict[int, ActivationBuilt] = {}
         todo = [item for item in plan.todo if item.path is not None]
         for done, item in enumerate(todo):
@@ -114,7 +121,9 @@ class MigrateOp(LongOperation):
                 job.progress(done + 1, len(todo))
         return built
 
-    def commit(self, ctx: CallContext, call: Any, plan: MigratePlan, built: dict[int, Any]) -> MemoryList:
+    def commit(self, ctx: CallContext, call: Any, plan: MigratePlan | GroupPlan, built: Any) -> MemoryList:
+        if isinstance(plan, GroupPlan):
+            return commit_group(ctx, call, plan, built)
         store = ctx.kernel.store
         now = ctx.kernel.clock.now()
         out = []
@@ -152,7 +161,9 @@ class MigrateOp(LongOperation):
             enforce_activation_budget(ctx, keep={i.row.memory_id for i in plan.todo})
         return MemoryList(memories=tuple(to_memory(ctx, r) for r in [*out, *plan.unchanged]))
 
-    def abort(self, ctx: CallContext, plan: MigratePlan) -> None:
+    def abort(self, ctx: CallContext, plan: MigratePlan | GroupPlan) -> None:
+        if isinstance(plan, GroupPlan):
+            return abort_group(ctx, plan)
         kernel = ctx.kernel
         now = kernel.clock.now()
         for item in plan.todo:

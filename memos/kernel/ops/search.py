@@ -24,6 +24,7 @@ from typing import Any
 from memos import syscalls as sc
 from memos.kernel.authz import require_cube
 from memos.kernel.context import CallContext
+from memos.kernel.ops.groups import GROUP_KEY, prefer_groups
 from memos.kernel.ops.related import related_rows
 from memos.kernel.reads import audit_read, record_reads
 from memos.kernel.retrieval import (
@@ -108,7 +109,7 @@ def search_hits(
     weight = LEXICAL_WEIGHT if mode == "hybrid" else 1.0
     for item in reciprocal_rank_fusion([r for r in dense if r in rows], lexical, lexical_weight=weight):
         row = rows.get(item.key)
-        if row is None or not _passes(row, f):
+        if row is None or not _passes(row, f) or GROUP_KEY in row.metadata:  # a group repeats its sources' text
             continue
         if row.provenance.get("source") == Source.GENERATED:  # a model's own answer ranks below observed facts
             item = Fused(item.key, item.score * GENERATED_WEIGHT, item.dense_rank, item.lexical_rank)
@@ -315,7 +316,8 @@ def assemble(ctx: CallContext, query: str, cubes: tuple[str, ...], k: int, token
         ) if x)
         candidates.append((row, item.score, f"search rank {rank} ({ranks})"))
     items, estimated = plan_items(ctx, candidates, token_budget)
-    return context_plan(query, token_budget, items, estimated), {r.memory_id: r for r, _ in hits}
+    items, groups = prefer_groups(ctx, items, cubes)
+    return context_plan(query, token_budget, items, estimated), {r.memory_id: r for r, _ in hits} | groups
 
 
 def context_plan(query: str, budget: int, items: list[ContextItem], estimated: bool,
