@@ -235,6 +235,8 @@ class Migrated(KernelEvent):
     bytes: int | None = field(default=None, metadata=_OPTIONAL)
     compression: str | None = field(default=None, metadata=_OPTIONAL)  # a compressed cache: its method
     kept_tokens: int | None = field(default=None, metadata=_OPTIONAL)
+    group: str | None = field(default=None, metadata=_OPTIONAL)  # an episodic cache: its name and sources in order
+    members: tuple[str, ...] | None = field(default=None, metadata=_OPTIONAL)
 
 
 @_event

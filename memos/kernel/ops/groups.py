@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memos.errors import InvalidState, InvalidSyscall, VersionConflict
+from memos.kernel import events as ev
 from memos.kernel.authz import policy_rule, require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import require_model
@@ -145,14 +146,14 @@ def commit_group(ctx: CallContext, call: Any, plan: GroupPlan, built: Activation
                        payload=built.payload.model_dump())
     store.set_stale(plan.memory_id, False)  # built from its sources' current versions
     detail: dict[str, Any] = {"tokens": built.tokens, "bytes": built.payload.size_bytes, "group": plan.name,
-                              "members": [r.memory_id for r in plan.sources]}
+                              "members": tuple(r.memory_id for r in plan.sources)}
     if built.compression is not None:
         detail |= {"compression": KVCompression.model_validate(built.compression).method,
                    "kept_tokens": built.kept_tokens}
     ctx.audit_ok("migrate", plan.cube, plan.memory_id,
                  detail=f"group {plan.name!r} of {len(plan.sources)} memories v{new.version}")
-    ctx.emit("migrated", plan.cube, plan.memory_id, ctx.principal, frm="plaintext", to="activation", rule=plan.rule,
-             version=new.version, **detail)
+    ctx.emit(ev.Migrated(cube=plan.cube, memory_id=plan.memory_id, principal=ctx.principal, frm="plaintext",
+                         to="activation", rule=plan.rule, version=new.version, **detail))
     enforce_activation_budget(ctx, keep={plan.memory_id})
     return MemoryList(memories=(to_memory(ctx, store.get_version(plan.memory_id)),))  # type: ignore[arg-type]
 
