@@ -84,17 +84,12 @@ class Memos:
             DataDirInUse: another process owns ``home`` (``memos serve``, ``memos up``, another embedded kernel).
         """
         from memos.config import Settings
-        from memos.kernel.factory import open_kernel
-        from memos.transports import InProcessTransport, KernelService
+        from memos.service import lazy_model, open_service
+        from memos.transports import InProcessTransport
 
         config = Settings(home=Path(home).expanduser(), **settings)
-        model = None
-        if config.model is not None:
-            from memos.models.service import LazyModelService
-
-            model = LazyModelService(config)
-        kernel = open_kernel(config, model=model, owner="Memos.embedded")
-        return cls(InProcessTransport(KernelService(kernel)), principal)
+        service = open_service(config, model=lazy_model(config), owner="Memos.embedded", policies=False)
+        return cls(InProcessTransport(service), principal)
 
     def as_principal(self, principal: str) -> Memos:
         return Memos(self.transport, principal)

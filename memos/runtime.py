@@ -17,7 +17,7 @@ from typing import Any, Literal
 from memos.client import Memos
 from memos.config import Settings
 from memos.errors import BackendError
-from memos.transports import InProcessTransport, KernelService, Transport
+from memos.transports import InProcessTransport, Transport
 
 Mode = Literal["auto", "ray", "cluster", "inprocess"]
 
@@ -41,16 +41,11 @@ class Runtime:
         """
         settings = settings or Settings.from_env()
         if mode == "inprocess":
-            from memos.kernel.factory import open_kernel
+            from memos.service import lazy_model, open_service
 
-            model = None
-            if settings.model is not None:
-                from memos.models.service import LazyModelService
-
-                model = LazyModelService(settings)  # loaded by the first call that needs it
-            kernel = open_kernel(settings, model=model, owner=owner)
-            return cls(settings, InProcessTransport(KernelService.with_policies(kernel, settings.policies)),
-                       mode="inprocess")
+            # The model host is loaded by the first call that needs it.
+            service = open_service(settings, model=lazy_model(settings), owner=owner)
+            return cls(settings, InProcessTransport(service), mode="inprocess")
         from memos.hosting import ray_host
 
         if mode in ("auto", "cluster") and ray_host.cluster_info(settings) is not None:

@@ -15,9 +15,10 @@ from fakes import HashingEmbedder
 
 from memos.kernel import Kernel
 from memos.server.http import server_config
+from memos.service import KernelService
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import InMemoryVectorIndex
-from memos.transports import InProcessTransport, KernelService
+from memos.transports import InProcessTransport
 
 
 def in_process_transport(home: Path) -> InProcessTransport:

@@ -139,7 +139,8 @@ def _size_run(n: int, texts: list[str], home: Path, args: argparse.Namespace, rn
     from memos.client import Memos
     from memos.config import Settings
     from memos.kernel.factory import open_kernel
-    from memos.transports import InProcessTransport, KernelService
+    from memos.service import KernelService
+    from memos.transports import InProcessTransport
 
     def tick(k: int) -> None:
         done[0] += k

@@ -54,8 +54,8 @@ from memos.kernel.factory import open_embedder, open_kernel
 from memos.kernel.indexer import entry_metadata
 from memos.models.hashing import HashingEmbedder
 from memos.progress import Progress
+from memos.service import KernelService
 from memos.storage.sqlite import FOREVER
-from memos.transports import KernelService
 
 PRINCIPAL = "soak:writer"
 CUBE = "soak/main"

@@ -61,7 +61,7 @@ def _served(settings: Settings) -> Any:
     if not owner or not owner.get("endpoint") or not key:
         return None
     from memos.runtime import Runtime
-    from memos.transports_http import HttpTransport
+    from memos.transports.http import HttpTransport
 
     transport = HttpTransport(owner["endpoint"], key, ca_file=os.environ.get("MEMOS_CA_FILE") or None)
     return Runtime(settings, transport, mode="http")

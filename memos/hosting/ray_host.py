@@ -24,8 +24,9 @@ from typing import Any
 from memos.config import Settings
 from memos.errors import BackendError, DataDirInUse, MemosError, ModelUnavailable
 from memos.storage.owner import read_owner
-from memos.syscalls import retry_safe
-from memos.transports import KernelService, unwrap
+from memos.transports.ray import RETRY_FOR_S, RayTransport
+
+__all__ = ["RETRY_FOR_S", "KernelActor", "RayHost", "RayTransport", "cluster_info", "connect", "start_embedded", "up"]
 
 GAUGE_PERIOD_S = 5.0
 
@@ -35,24 +36,24 @@ def loopback_env() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-class KernelActor(KernelService):
-    """The kernel process: owns the SQLite file and the Chroma path of ``settings.home``."""
+class KernelActor:
+    """The kernel process: owns the SQLite file and the Chroma path of ``settings.home``. It holds a
+    ``KernelService`` (built by ``memos.service.open_service``, as every other host of a kernel) and answers for it."""
 
     def __init__(self, settings: dict[str, Any], model_actor: Any = None, owner: str = "a Ray kernel actor") -> None:
         # Ray pins OMP threads to the actor's num_cpus; the embedder should use the machine (torch is imported later).
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
         from memos.hosting.model_actor import RayModelPort
-        from memos.kernel.factory import open_kernel
         from memos.logging import configure_logging
+        from memos.service import open_service
 
         cfg = Settings.model_validate(settings)
         log_dir = cfg.home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         configure_logging(stream=open(log_dir / "kernel.jsonl", "a", buffering=1))  # noqa: SIM115 (lives with the actor)
         model = RayModelPort(model_actor) if model_actor is not None else None
-        kernel = open_kernel(cfg, model=model, owner=owner, lock_wait_s=KERNEL_LOCK_WAIT_S)
-        service = KernelService.with_policies(kernel, cfg.policies)
-        super().__init__(service.kernel, service.policies)
+        self.service = open_service(cfg, model=model, owner=owner, lock_wait_s=KERNEL_LOCK_WAIT_S)
+        self.kernel, self.policies = self.service.kernel, self.service.policies
         from memos.hosting.metrics import RayMetricsObserver
 
         self.metrics = RayMetricsObserver()
@@ -60,9 +61,26 @@ class KernelActor(KernelService):
         self._stop = threading.Event()
         threading.Thread(target=self._refresh_gauges, name="memos-gauges", daemon=True).start()
 
+    # What the Ray transport (memos.transports.ray) calls; each answers for the service.
+
+    def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
+        return self.service.call(principal, syscall, trace_id)
+
+    def call_batch(self, principal: str, syscalls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.service.call_batch(principal, syscalls)
+
+    def ping(self) -> dict[str, Any]:
+        return self.service.ping()
+
+    def doctor(self, repair: bool = False) -> dict[str, Any]:
+        return self.service.doctor(repair)
+
+    def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
+        return self.service.run_policy(name)
+
     def run_policy_envelope(self, name: str | None) -> dict[str, Any]:
         try:
-            return {"ok": self.run_policy(name)}
+            return {"ok": self.service.run_policy(name)}
         except MemosError as exc:
             return {"error": exc.to_wire()}
 
@@ -81,7 +99,7 @@ class KernelActor(KernelService):
 
     def close(self) -> None:
         self._stop.set()
-        super().close()
+        self.service.close()
 
 
 #: Ray restarts a kernel actor whose process died (kill -9, OOM, a crash) as often as it dies; each restart opens
@@ -90,8 +108,6 @@ class KernelActor(KernelService):
 KERNEL_MAX_RESTARTS = -1
 #: How long a (re)starting kernel actor waits for the data dir's lock: the process it replaces may still be exiting.
 KERNEL_LOCK_WAIT_S = 30.0
-#: How long the Ray transport keeps resending a retry-safe call while the kernel actor restarts.
-RETRY_FOR_S = 120.0
 
 
 def _remote_class() -> Any:
@@ -120,67 +136,6 @@ def _start_actors(settings: Settings, *, detached: bool) -> dict[str, Any]:
         settings.model_dump(mode="json"), model, owner
     )
     return actors
-
-
-class RayTransport:
-    """Envelope calls to the kernel actor, resent safely while Ray restarts it.
-
-    When the actor's process dies, a call in flight fails and calls made meanwhile wait for the restart. A call whose
-    answer was lost is resent, for up to ``retry_for_s``, only if resending cannot do it twice
-    (``memos.syscalls.retry_safe``: reads, and writes, which carry an idempotency key); any other call fails with
-    ``BackendError`` saying it may or may not have committed. ``retries`` counts the resends (for benchmarks).
-    """
-
-    def __init__(self, actor: Any, *, retry_for_s: float = RETRY_FOR_S, timeout_s: float | None = None) -> None:
-        self.actor = actor
-        self.retry_for_s = retry_for_s
-        self.timeout_s = timeout_s  # per call; None waits as long as the call takes (a distillation takes minutes)
-        self.retries = 0
-
-    def _get(self, submit: Any, *, safe: bool) -> Any:
-        import ray
-
-        deadline = time.monotonic() + self.retry_for_s
-        pause = 0.05
-        while True:
-            try:
-                return ray.get(submit(), timeout=self.timeout_s)
-            except ray.exceptions.RayActorError as exc:
-                if exc.actor_init_failed:  # its constructor raised: Ray does not restart it, waiting is pointless
-                    raise BackendError(f"the kernel actor failed to start ('memos status' tells why): {exc}") from exc
-                if not safe:
-                    raise BackendError(
-                        f"the kernel actor died during this call, which may or may not have committed (look before "
-                        f"repeating it; Ray restarts the kernel, 'memos status' shows it): {exc}", restarting=True,
-                    ) from exc
-                if time.monotonic() >= deadline:
-                    raise BackendError(f"kernel actor unreachable for {self.retry_for_s:.0f} s ('memos status' tells "
-                                       f"why): {exc}") from exc
-            except ray.exceptions.RayError as exc:
-                raise BackendError(f"kernel actor unreachable: {exc}") from exc
-            self.retries += 1
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
-
-    def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
-        return self._get(lambda: self.actor.call.remote(principal, syscall, trace_id), safe=retry_safe(syscall))
-
-    def call_batch(self, principal: str, syscalls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self._get(lambda: self.actor.call_batch.remote(principal, syscalls),
-                         safe=all(retry_safe(s) for s in syscalls))
-
-    def ping(self) -> dict[str, Any]:
-        return self._get(lambda: self.actor.ping.remote(), safe=True)
-
-    def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
-        answer = self._get(lambda: self.actor.run_policy_envelope.remote(name), safe=False)
-        return unwrap(answer)
-
-    def doctor(self, repair: bool = False) -> dict[str, Any]:
-        return self._get(lambda: self.actor.doctor.remote(repair), safe=True)
-
-    def close(self) -> None:
-        """The actor belongs to the Ray host, not to this transport; nothing to release here."""
 
 
 @dataclass

@@ -4,6 +4,6 @@
 - ``http``: the REST API (FastAPI, uvicorn): one route per syscall, OpenAPI, size limits, TLS;
 - ``mcp``: remember/recall/update/forget/history as MCP tools (the official ``mcp`` SDK), stdio and HTTP.
 
-The client side of HTTP is ``memos.transports_http.HttpTransport`` (a transport, below the client).
+The client side of HTTP is ``memos.transports.http.HttpTransport`` (a transport, below the client).
 See docs/service.md.
 """

@@ -73,7 +73,8 @@ def team_adapters(tmp_path_factory, model_service, base_model_before):
 
     from memos.client import Memos
     from memos.kernel.factory import open_kernel
-    from memos.transports import InProcessTransport, KernelService
+    from memos.service import KernelService
+    from memos.transports import InProcessTransport
 
     home = tmp_path_factory.mktemp("parametric") / "home"
     kernel = open_kernel(Settings(home=home, sqlite_synchronous="NORMAL"), model=model_service)

@@ -14,7 +14,7 @@ import pytest
 from memos.config import Settings
 from memos.kernel.factory import open_kernel
 from memos.models.hashing import HashingEmbedder
-from memos.transports import KernelService
+from memos.service import KernelService
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ OTHER_PROCESS = textwrap.dedent(
     from memos.config import Settings
     from memos.kernel.factory import open_kernel
     from memos.models.hashing import HashingEmbedder
-    from memos.transports import KernelService
+    from memos.service import KernelService
 
     service = KernelService(open_kernel(Settings(home=Path(sys.argv[1]), model=None), embedder=HashingEmbedder()))
     if sys.argv[2] == "write":

@@ -15,7 +15,8 @@ from memos.client import Memos
 from memos.config import Settings
 from memos.errors import BackendError
 from memos.kernel.factory import open_kernel
-from memos.transports import InProcessTransport, KernelService
+from memos.service import KernelService
+from memos.transports import InProcessTransport
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from memos.client import Memos
 from memos.errors import AlreadyExists, InvalidSyscall, NotFound, PermissionDenied, VersionConflict
 from memos.server.http import create_app, server_config
 from memos.server.keys import KeyRing
-from memos.transports_http import HttpTransport
+from memos.transports.http import HttpTransport
 
 pytestmark = pytest.mark.integration
 

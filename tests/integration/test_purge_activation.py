@@ -12,7 +12,8 @@ from memos.client import Memos
 from memos.config import Settings
 from memos.errors import NotFound
 from memos.kernel.factory import open_kernel
-from memos.transports import InProcessTransport, KernelService
+from memos.service import KernelService
+from memos.transports import InProcessTransport
 from memos.types import Kind
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from memos.client import Memos
-from memos.transports import InProcessTransport, KernelService
+from memos.service import KernelService
+from memos.transports import InProcessTransport
 
 
 @pytest.fixture

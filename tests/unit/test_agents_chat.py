@@ -19,9 +19,10 @@ from memos.client import Memos
 from memos.errors import BackendError, ModelUnavailable, NotFound
 from memos.kernel import Kernel
 from memos.models.port import Generation
+from memos.service import KernelService
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import InMemoryVectorIndex
-from memos.transports import InProcessTransport, KernelService
+from memos.transports import InProcessTransport
 from memos.types import Fingerprint
 
 # ------------------------------------------------------------------------------------------ the memos model host

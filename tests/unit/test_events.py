@@ -9,7 +9,8 @@ import pytest
 from memos.client import Memos
 from memos.errors import PermissionDenied
 from memos.kernel import events as ev
-from memos.transports import InProcessTransport, KernelService
+from memos.service import KernelService
+from memos.transports import InProcessTransport
 
 
 class Recorder:

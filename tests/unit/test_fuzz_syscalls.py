@@ -24,9 +24,9 @@ from memos import syscalls as sc
 from memos.clock import ManualClock
 from memos.errors import CorruptPayload, InvalidSyscall, MemosError, PayloadTooLarge, error_from_wire
 from memos.kernel import Kernel
+from memos.service import KernelService
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import InMemoryVectorIndex
-from memos.transports import KernelService
 from memos.types import CUBE_NAME_RE, PRINCIPAL_RE
 
 OWNER, FUZZ = "agent:owner", "agent:fuzz"

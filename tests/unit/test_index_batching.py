@@ -12,9 +12,10 @@ from fakes import HashingEmbedder
 
 from memos.client import Memos
 from memos.kernel import Kernel
+from memos.service import KernelService
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import InMemoryVectorIndex, entry_id
-from memos.transports import InProcessTransport, KernelService
+from memos.transports import InProcessTransport
 
 
 class GatedEmbedder(HashingEmbedder):

@@ -39,9 +39,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from memos.clock import ManualClock
 from memos.errors import MemosError
 from memos.kernel import Kernel
+from memos.service import KernelService
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import InMemoryVectorIndex
-from memos.transports import KernelService
 from memos.types import EVERYONE, Right
 
 PRINCIPALS = ("agent:ann", "agent:bob", "agent:cy", "user:dee")

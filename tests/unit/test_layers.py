@@ -17,7 +17,7 @@ LAYERS = [
     {"memos.cubes", "memos.storage", "memos.models"},
     {"memos.kernel"},
     {"memos.schedulers"},
-    {"memos.transports", "memos.hosting"},
+    {"memos.service", "memos.transports", "memos.transports_http", "memos.hosting"},
     {"memos.client"},
     {"memos.runtime"},
     {"memos.agents"},
@@ -26,7 +26,7 @@ LAYERS = [
 
 # Third-party fences: module prefix -> where it may be imported.
 FENCES = {
-    "ray": ("memos.hosting",),
+    "ray": ("memos.hosting", "memos.transports.ray"),
     "torch": ("memos.models", "memos.cubes.activation", "memos.cubes.parametric", "memos.bench"),
     "transformers": ("memos.models", "memos.cubes.activation", "memos.cubes.parametric"),
     "peft": ("memos.models", "memos.cubes.parametric"),

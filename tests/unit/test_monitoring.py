@@ -16,7 +16,8 @@ from memos.client import Memos
 from memos.kernel import events as ev
 from memos.schedulers.loader import load_policy
 from memos.schedulers.runner import PolicyRunner
-from memos.transports import InProcessTransport, KernelService
+from memos.service import KernelService
+from memos.transports import InProcessTransport
 from memos.types import Right
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"

@@ -89,8 +89,9 @@ def test_payload_refs_over_http_name_their_file_from_the_data_dir(tmp_path):
     from fakes import FakeModelPort, HashingEmbedder
 
     from memos.kernel import Kernel
+    from memos.service import KernelService
     from memos.storage.vector import InMemoryVectorIndex
-    from memos.transports import InProcessTransport, KernelService
+    from memos.transports import InProcessTransport
 
     kernel = Kernel(SqliteStore(tmp_path / "memos.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(),
                     HashingEmbedder(), model=FakeModelPort())

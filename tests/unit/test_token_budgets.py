@@ -88,9 +88,10 @@ def test_without_a_model_the_budget_is_an_estimate_of_512(tmp_path, clock):
 
     from memos.client import Memos
     from memos.kernel import Kernel
+    from memos.service import KernelService
     from memos.storage.sqlite import SqliteStore
     from memos.storage.vector import InMemoryVectorIndex
-    from memos.transports import InProcessTransport, KernelService
+    from memos.transports import InProcessTransport
 
     kernel = Kernel(SqliteStore(tmp_path / "m.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(),
                     clock=clock)

@@ -1,8 +1,8 @@
-"""Transports carry syscalls to a kernel and typed results or typed errors back.
+"""``KernelService``: a kernel behind the envelope, with its policy scheduler and read flusher; and ``open_service``,
+the one function that builds it on a data dir (used by ``Runtime``, ``Memos.embedded`` and the Ray ``KernelActor``).
 
-On the wire a call is ``(principal, syscall as a JSON dict, trace_id)`` and the answer an envelope:
-``{"ok": <result as JSON>}`` or ``{"error": {"code", "message", "details"}}``. Every transport (in-process, Ray
-actor, HTTP) speaks this envelope, so the client is the same over all of them and errors keep their types.
+Every transport (``memos.transports``) reaches a kernel through a service: the in-process one calls it directly, the
+Ray actor holds one, the HTTP server calls one of those transports.
 """
 
 from __future__ import annotations
@@ -11,37 +11,14 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from memos.errors import MemosError, NotFound
+from memos.transports.envelope import envelope
 
-from memos.errors import MemosError, NotFound, error_from_wire
-
-
-class Transport(Protocol):
-    def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
-        """Execute one syscall; return the envelope. Never raises MemosError (it travels in the envelope)."""
-        ...
-
-    def call_batch(self, principal: str, syscalls: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
-
-    def close(self) -> None: ...
-
-
-def envelope(execute: Any, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
-    """Run ``execute`` and wrap its result or typed error."""
-    try:
-        result: BaseModel = execute(principal, syscall, trace_id=trace_id)
-    except MemosError as exc:
-        return {"error": exc.to_wire()}
-    return {"ok": result.model_dump(mode="json")}
-
-
-def unwrap(answer: dict[str, Any]) -> Any:
-    """The ``ok`` payload of an envelope, or raise the typed error it carries."""
-    if "error" in answer:
-        raise error_from_wire(answer["error"])
-    return answer["ok"]
+if TYPE_CHECKING:
+    from memos.config import Settings
+    from memos.models.port import ModelPort
 
 
 class KernelService:
@@ -164,20 +141,27 @@ def _flush_reads_loop(kernel_ref: weakref.ref[Any], stop: threading.Event) -> No
         del kernel
 
 
-class InProcessTransport:
-    """Calls a kernel in this process (tests, embedded use, the CLI when no cluster runs)."""
+def lazy_model(settings: Settings) -> ModelPort | None:
+    """The in-process model host for ``settings.model`` (loaded by the first call that needs it), or None."""
+    if settings.model is None:
+        return None
+    from memos.models.service import LazyModelService
 
-    def __init__(self, service: KernelService) -> None:
-        self.service = service
+    return LazyModelService(settings)
 
-    def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
-        return self.service.call(principal, syscall, trace_id)
 
-    def call_batch(self, principal: str, syscalls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return self.service.call_batch(principal, syscalls)
+def open_service(
+    settings: Settings, *, model: ModelPort | None, owner: str, lock_wait_s: float = 0.0, policies: bool = True,
+) -> KernelService:
+    """The kernel that owns ``settings.home`` (``memos.kernel.factory.open_kernel``: it takes the data dir's lock as
+    ``owner``, waiting up to ``lock_wait_s``) behind a service; with ``policies``, the scheduler of
+    ``settings.policies``, started.
 
-    def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
-        return self.service.run_policy(name)
+    Raises:
+        DataDirInUse: another process owns the data dir.
+        PolicyError: a policy file is invalid.
+    """
+    from memos.kernel.factory import open_kernel
 
-    def close(self) -> None:
-        self.service.close()
+    kernel = open_kernel(settings, model=model, owner=owner, lock_wait_s=lock_wait_s)
+    return KernelService.with_policies(kernel, settings.policies) if policies else KernelService(kernel)
