@@ -331,6 +331,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"memory sizes in tokens (default {' '.join(map(str, DEFAULT_SIZES))}; with --compression "
                              f"{' '.join(map(str, COMPRESSION_SIZES))})")
     parser.add_argument("--repeats", type=int, default=None, help="runs per median (default 5; with --compression 3)")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="with --compression: tokens per answer")
     parser.add_argument("--compression", nargs="*", default=None, metavar="METHOD",
                         help="benchmark KV-cache compression instead: methods such as none int8 snapkv@0.5 "
                              "int8+sink_window@0.5 (no METHOD: the default set); writes compression.json/md/png")
@@ -349,7 +350,7 @@ def main(args: argparse.Namespace) -> int:
 
         methods = tuple(args.compression) or kv_compression.DEFAULT_METHODS
         report = kv_compression.run_compression_bench(host, args.out, tuple(args.sizes or COMPRESSION_SIZES),
-                                                      methods, args.repeats or 3)
+                                                      methods, args.repeats or 3, max_new_tokens=args.max_new_tokens)
         print(kv_compression.render_markdown(report), end="")
         print(f"wrote {Path(args.out) / 'compression.json'}, compression.md, compression.png")
         return 0

@@ -100,11 +100,12 @@ def run_compression_bench(host: ModelHost, out_dir: str | Path, sizes: tuple[int
         for i, size in enumerate(sizes):
             report["sizes"].append(_bench_size(host, out, size, specs, repeats, max_new_tokens,
                                                tick=lambda k, note, i=i: bar.update(i * len(specs) + k, note=note)))
-    report["environment"]["load_average_end"] = os.getloadavg()
-    report["duration_s"] = time.perf_counter() - started
-    (out / "compression.json").write_text(json.dumps(report, indent=2))
-    (out / "compression.md").write_text(render_markdown(report))
-    _plot(report, out / "compression.png")
+            # Written after every size: a long run that is stopped keeps what it measured.
+            report["environment"]["load_average_end"] = os.getloadavg()
+            report["duration_s"] = time.perf_counter() - started
+            (out / "compression.json").write_text(json.dumps(report, indent=2))
+            (out / "compression.md").write_text(render_markdown(report))
+            _plot(report, out / "compression.png")
     return report
 
 
