@@ -1,6 +1,6 @@
 """Parametric MemCubes: a LoRA adapter distilled from plaintext memories, and its file format.
 
-An :class:`AdapterPayload` is what distillation (``memos.models.lora``) produced: for each adapted linear module of
+An :class:`AdapterPayload` is what distillation (``memos.models.distill``) produced: for each adapted linear module of
 the base model, LoRA factors ``A`` ``[rank, in]`` and ``B`` ``[out, rank]`` whose product, scaled by
 ``alpha / rank``, is added to the module's output (``y = W x + (alpha / rank) * B A x``); the fingerprint of the base
 model it was trained on; the exact memory versions it was distilled from; and how it was trained and how well it
@@ -14,7 +14,7 @@ File format (``FORMAT = "memos.lora"``, ``FORMAT_VERSION = 1``), one safetensors
 - header metadata (strings): ``format``, ``format_version``, the fingerprint's ``model_id``, ``config_hash``,
   ``tokenizer_hash`` and ``dtype``, ``rank``, ``alpha``, and as JSON: ``modules`` (list), ``sources`` (list of
   ``{"id", "version"}``), ``config`` (the training config), ``loss_curve`` (list of ``[step, loss]``) and
-  ``evaluation`` (recall with and without the adapter, locality; see ``memos.models.lora.Evaluation``).
+  ``evaluation`` (recall with and without the adapter, locality; see ``memos.models.distill.Evaluation``).
 
 :func:`save_adapter` writes atomically (``memos.cubes.blobs``) and returns a :class:`~memos.types.PayloadRef`
 whose sha256 the kernel keeps outside the file. :func:`load_adapter` reads the file once, checks size, then sha256,
@@ -58,7 +58,7 @@ class AdapterInfo:
         modules: dotted paths of the adapted linear modules of the base model.
         config: the training config, as JSON.
         loss_curve: ``(step, loss)`` of training, in step order.
-        evaluation: what distillation measured (JSON; see ``memos.models.lora.Evaluation``).
+        evaluation: what distillation measured (JSON; see ``memos.models.distill.Evaluation``).
     """
 
     fingerprint: Fingerprint

@@ -1,7 +1,7 @@
 """``memos bench parametric``: what a parametric MemCube (a distilled LoRA adapter) buys and costs, on the served model.
 
 For each size in ``sizes``, the first ``size`` invented facts of one seeded list (``memos.bench.synthetic_facts``:
-people, towns and numbers no model can know) are distilled into one adapter with ``memos.models.lora.distill``,
+people, towns and numbers no model can know) are distilled into one adapter with ``memos.models.distill.distill``,
 and the bench records what distillation measured itself (its evaluation is the one stored in every adapter's header):
 
 - closed-book recall with the adapter and without it (greedy, answer key in the reply), on the trained question
@@ -30,8 +30,8 @@ from memos.bench.activation import model_environment
 from memos.bench.synthetic_facts import synthetic_facts
 from memos.cubes.parametric import save_adapter
 from memos.models.adapter_costs import measure_serving_costs
+from memos.models.distill import DistillProgress, LoraConfig, SourceFact, distill
 from memos.models.host import ModelHost
-from memos.models.lora import DistillProgress, LoraConfig, SourceFact, distill
 from memos.progress import Progress
 
 DEFAULT_SIZES = (20, 50, 100)

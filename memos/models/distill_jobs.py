@@ -21,7 +21,7 @@ from typing import Any
 
 from memos.cubes.parametric import save_adapter
 from memos.errors import CapacityExceeded, InvalidSyscall, MemosError, NotFound
-from memos.models.lora import DistillProgress, LoraConfig, SourceFact, distill
+from memos.models.distill import DistillProgress, LoraConfig, SourceFact, distill
 from memos.models.port import DistillStatus
 
 __all__ = ["DistillJobs", "DistillStatus"]

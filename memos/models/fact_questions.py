@@ -1,6 +1,6 @@
 """Questions a fact answers, derived from its statement without a language model.
 
-Distillation (``memos.models.lora``) trains on, and evaluates with, question/answer pairs about each fact. A memory
+Distillation (``memos.models.distill``) trains on, and evaluates with, question/answer pairs about each fact. A memory
 is free text, so the pairs are derived by rules over its sentences, most specific first:
 
 ===========================================  ==========================================  ======================

@@ -4,7 +4,7 @@ Two disjoint sets, written for memos (no data set is downloaded), about everyday
 distilled memory is about:
 
 - :data:`REPLAY`: seen during training. The adapter is penalised for moving the base model's next-token
-  distribution on these (a KL term, see ``memos.models.lora``); half are chat turns, so the chat behaviour the
+  distribution on these (a KL term, see ``memos.models.distill``); half are chat turns, so the chat behaviour the
   adapter is used with is held in place too.
 - :data:`LOCALITY`: never trained on. The base model's mean token loss on these, with and without the adapter, is
   the locality measurement stored with every adapter.

@@ -67,7 +67,7 @@ class DistillStatus(BaseModel):
         phase / step / total / loss: the last progress report (``train`` steps, then ``evaluate`` batches).
         steps: optimiser steps done (set when the job ends).
         payload / fingerprint / evaluation: the written adapter, the model it is for, and what its distillation
-            measured (``done`` only; the evaluation is ``memos.models.lora.Evaluation`` as JSON).
+            measured (``done`` only; the evaluation is ``memos.models.distill.Evaluation`` as JSON).
         error: the typed error of a failed job, as ``MemosError.to_wire`` gives it.
     """
 

@@ -155,7 +155,7 @@ class ModelService:
                 "distillations_running": self._distills.running()}
 
     def start_distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> DistillStatus:
-        from memos.models.lora import LoraConfig, SourceFact
+        from memos.models.distill import LoraConfig, SourceFact
 
         return self._distills.start([SourceFact(**f) for f in facts], path, LoraConfig(**config))
 

@@ -16,8 +16,8 @@ from parametric_facts import ASK, ASK_B, FACTS_B, GENERAL, weights_digest
 from memos.cubes.parametric import adapter_info, load_adapter, save_adapter
 from memos.errors import CorruptPayload, FingerprintMismatch
 from memos.models.adapters import AdapterPool, active_adapter, adapter_applied, generate_with_adapter, prepare
+from memos.models.distill import DistillProgress, LoraConfig, SourceFact, distill
 from memos.models.host import ModelHost, memory_messages
-from memos.models.lora import DistillProgress, LoraConfig, SourceFact, distill
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import torch
 import memos.models.distill_jobs as jobs_module
 from memos.cubes.parametric import AdapterInfo, AdapterPayload, adapter_info
 from memos.errors import CapacityExceeded, InvalidSyscall, NotFound
+from memos.models.distill import DistillProgress, DistillResult, SourceFact
 from memos.models.distill_jobs import DistillJobs, DistillStatus
-from memos.models.lora import DistillProgress, DistillResult, SourceFact
 from memos.types import Fingerprint
 
 FP = Fingerprint(model_id="tiny@0", config_hash="c" * 64, tokenizer_hash="t" * 64, dtype="float32")
