@@ -1,6 +1,7 @@
 # memos: two commands for a new user (see README.md)
 #   make run    install everything into .venv and run the main job (multi-agent workflow, embedded default)
 #   make test   install everything into .venv and run the test suite
+#   make test-unit   the unit tests only (no Ray, no real model: fakes and an in-memory index), for a fast loop
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 HERMETIC := $(wildcard ../shared/env/hermetic.sh)
 ENV    := $(if $(HERMETIC),. $(abspath $(HERMETIC)) &&,) export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False &&
 
-.PHONY: install run test lint bench-retrieval clean
+.PHONY: install run test test-unit lint bench-retrieval clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ run: install
 
 test: install
 	$(ENV) $(BIN)/python -m pytest -q tests
+
+test-unit: install
+	$(ENV) $(BIN)/python -m pytest -q tests/unit
 
 lint: install
 	$(BIN)/ruff check memos cubes schedulers agents examples tests
