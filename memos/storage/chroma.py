@@ -7,6 +7,8 @@ Only one process may own a persistent path: the kernel does. Chroma errors are t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,15 @@ from memos.errors import BackendError
 from memos.storage.vector import IndexEntry, IndexQuery
 
 _BATCH = 1000
+
+
+@contextmanager
+def _translated(what: str, **details: Any) -> Iterator[None]:
+    """The one place Chroma's errors become ``BackendError`` ("chroma: <what> failed: ...")."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 -- chromadb raises many unrelated types; translated once, here
+        raise BackendError(f"chroma: {what} failed: {exc}", **details) from exc
 
 
 def _where(query: IndexQuery) -> dict[str, Any]:
@@ -37,7 +48,7 @@ class ChromaIndex:
     """A ``VectorIndex`` over one Chroma collection (cosine space)."""
 
     def __init__(self, path: str | Path | None = None, *, url: str | None = None, collection: str = "memos_plaintext") -> None:
-        try:
+        with _translated("opening the vector index", path=Path(path).name if path else None, url=url):
             import chromadb
             from chromadb.config import Settings
 
@@ -56,62 +67,49 @@ class ChromaIndex:
             self._col = self._client.get_or_create_collection(
                 collection, embedding_function=None, metadata={"hnsw:space": "cosine"}
             )
-        except Exception as exc:  # chromadb raises many unrelated types; translate once, here
-            raise BackendError(f"chroma: cannot open the vector index ({exc})",
-                               path=Path(path).name if path else None, url=url) from exc
 
     def upsert(self, entries: list[IndexEntry]) -> None:
-        try:
+        with _translated("upsert"):
             for i in range(0, len(entries), _BATCH):
                 part = entries[i : i + _BATCH]
                 self._col.upsert(
                     ids=[e.id for e in part], embeddings=[e.embedding for e in part], metadatas=[e.metadata for e in part]
                 )
-        except Exception as exc:
-            raise BackendError(f"chroma upsert failed: {exc}") from exc
 
     def set_metadata(self, ids: list[str], metadata: list[dict[str, Any]]) -> None:
         if not ids:
             return
-        try:
+        with _translated("update"):
             present = set(self._col.get(ids=ids, include=[])["ids"])
             pairs = [(i, m) for i, m in zip(ids, metadata, strict=True) if i in present]
             if pairs:
                 self._col.update(ids=[p[0] for p in pairs], metadatas=[p[1] for p in pairs])
-        except Exception as exc:
-            raise BackendError(f"chroma update failed: {exc}") from exc
 
     def delete(self, ids: list[str]) -> None:
         if not ids:
             return
-        try:
+        with _translated("delete"):
             self._col.delete(ids=ids)
-        except Exception as exc:
-            raise BackendError(f"chroma delete failed: {exc}") from exc
 
     def query(self, query: IndexQuery) -> list[tuple[str, float]]:
-        try:
+        with _translated("query"):
             res = self._col.query(
                 query_embeddings=[query.embedding], n_results=query.limit, where=_where(query), include=["distances"]
             )
-        except Exception as exc:
-            raise BackendError(f"chroma query failed: {exc}") from exc
         ids = res["ids"][0] if res["ids"] else []
         dists = res["distances"][0] if res.get("distances") else [0.0] * len(ids)
         return list(zip(ids, (float(d) for d in dists), strict=True))
 
     def nearest(self, embedding: list[float], n: int) -> list[tuple[str, float]]:
         """The ``n`` nearest entries, unfiltered, best first (no metadata is fetched: it costs more than the search)."""
-        try:
+        with _translated("query"):
             res = self._col.query(query_embeddings=[embedding], n_results=n, include=["distances"])
-        except Exception as exc:
-            raise BackendError(f"chroma query failed: {exc}") from exc
         ids = res["ids"][0] if res["ids"] else []
         dists = res["distances"][0] if res.get("distances") else [0.0] * len(ids)
         return list(zip(ids, (float(d) for d in dists), strict=True))
 
     def ids(self) -> set[str]:
-        try:
+        with _translated("listing"):
             out: set[str] = set()
             offset = 0
             while True:
@@ -120,18 +118,14 @@ class ChromaIndex:
                 if len(page) < 5000:
                     return out
                 offset += len(page)
-        except Exception as exc:
-            raise BackendError(f"chroma listing failed: {exc}") from exc
 
     def get_metadata(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        try:
+        with _translated("get"):
             out: dict[str, dict[str, Any]] = {}
             for i in range(0, len(ids), _BATCH):
                 res = self._col.get(ids=ids[i : i + _BATCH], include=["metadatas"])
                 out.update({k: dict(m or {}) for k, m in zip(res["ids"], res["metadatas"], strict=True)})
             return out
-        except Exception as exc:
-            raise BackendError(f"chroma get failed: {exc}") from exc
 
     def close(self) -> None:
         """Release the path. Chroma shares one System per path within a process; closing the last client stops it,
@@ -139,7 +133,5 @@ class ChromaIndex:
         client, self._client, self._col = self._client, None, None  # type: ignore[assignment]
         if client is None:
             return
-        try:
+        with _translated("closing the vector index"):
             client.close()
-        except Exception as exc:
-            raise BackendError(f"chroma: cannot close the vector index ({exc})") from exc
