@@ -54,7 +54,7 @@ def _follow(mem: Any, run: Any, op: str, ids: list[str], *, target: str | None =
     def work() -> None:
         try:
             out["result"] = run()
-        except BaseException as exc:  # handed to the main thread, which reports it like any syscall error
+        except BaseException as exc:  # noqa: BLE001 -- handed to the main thread, which reports it like any syscall error
             out["error"] = exc
 
     thread = threading.Thread(target=work, name=f"memos-{op}", daemon=True)

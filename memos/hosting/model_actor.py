@@ -44,7 +44,7 @@ class ModelActor:
     def _refresh_metrics(self) -> None:
         try:
             self.metrics.refresh(self.service.usage_counts())
-        except Exception as exc:  # metrics are an observer: never fail (or mask the error of) the call itself
+        except Exception as exc:  # noqa: BLE001 -- metrics are an observer: never fail (or mask the error of) the call
             import logging
 
             logging.getLogger("memos.model").warning("model metrics refresh failed: %r", exc)

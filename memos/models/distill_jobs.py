@@ -124,6 +124,6 @@ class DistillJobs:
                          evaluation=evaluation, steps=result.steps_done)
         except MemosError as exc:
             self._update(job_id, state="failed", error=exc.to_wire())
-        except Exception as exc:  # a job thread must always end in a state the kernel can read
+        except Exception as exc:  # noqa: BLE001 -- a job thread must always end in a state the kernel can read
             self._update(job_id, state="failed",
                          error={"code": "backend", "message": f"distillation failed: {exc!r}", "details": {}})

@@ -50,7 +50,7 @@ def test_two_agents_concurrently_each_get_their_own_adapter(team_adapters):
             for _ in range(3):
                 result = mem.generate(question, cubes=cube, max_new_tokens=24)
                 replies[name].append((result.text, result.plan.adapter if result.plan else None))
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 -- a worker thread hands its failure to the test
             errors.append(exc)
 
     threads = [threading.Thread(target=ask, args=("alice", alice, "team/a", ALICE_ASKS)),

@@ -79,7 +79,7 @@ def test_concurrent_writers_are_indexed_in_batches_and_each_finds_its_own_write(
                 m = mem.write("team/x", text)
                 assert entry_id(m.id, 1) in kernel.index.ids(), text  # indexed before the write returned
                 mem.search(f"zq{n}x{i}", "team/x", k=3, mode="dense")
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 -- a worker thread hands its failure to the test
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]

@@ -36,7 +36,7 @@ def in_thread(fn):
     def run():
         try:
             out["result"] = fn()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- a worker thread hands its failure to the test
             out["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
