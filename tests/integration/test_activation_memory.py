@@ -92,7 +92,8 @@ def test_corrupted_or_foreign_payloads_are_refused(mem, model_service, tmp_path)
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptPayload) as err:
         mem.generate(QUESTION, memory=[m.id])
-    assert str(path) in str(err.value)
+    # The error names the file from the data dir's blobs/ on, never the server's absolute path.
+    assert f"blobs/activation/{path.name}" in str(err.value) and str(path) not in str(err.value)
     path.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(CorruptPayload, match="truncated"):
         mem.generate(QUESTION, memory=[m.id])
