@@ -17,7 +17,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     with common.open_runtime(args) as runtime:
         mem = common.client(runtime, args.principal)
         if args.command == "migrate":
-            return _follow(mem, lambda: mem.migrate(args.ids, args.to), "migrate", args.ids, quiet=args.quiet)
+            return _follow(mem, lambda: mem.migrate(args.ids, args.to, compression=args.compression, group=args.group),
+                           "migrate", args.ids, quiet=args.quiet)
         elif args.command == "distill":
             return _follow(
                 mem, lambda: mem.distill(args.ids, args.cube, tags=args.tag or (), allow_untrusted=args.allow_untrusted,
@@ -113,6 +114,8 @@ def register(sub: Any) -> None:
     p = model_parser("migrate", "move memories to another kind (activation builds their KV cache)")
     p.add_argument("ids", nargs="+")
     p.add_argument("--to", required=True, choices=["plaintext", "activation"])
+    p.add_argument("--compression", help="with --to activation: e.g. int8, snapkv@0.5, int8+sink_window@0.5")
+    p.add_argument("--group", help="with --to activation: one episodic cache of the ids in order, named GROUP")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr")
     p = model_parser("distill", "train a LoRA adapter on memories into a parametric memory (progress; Ctrl-C cancels)")
     p.add_argument("ids", nargs="*", help="the memories to distill (none with --replaces: its sources)")

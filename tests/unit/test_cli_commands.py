@@ -100,3 +100,12 @@ def test_a_job_row_shows_progress_loss_and_local_times():
     assert "train 3/10" in text and "1.235" in text and "90.0 s" in text and "m_1, m_2" in text
     assert start.astimezone().strftime("%Y-%m-%d %H:%M:%S") in text
     assert not re.search(r"\b\d{9,}\.\d+", text)
+
+
+def test_migrate_passes_compression_and_group_to_the_syscall(memos):
+    memos("cube", "create", "team/kv")
+    memory_id = json.loads(memos("write", "team/kv", "the kettle is blue")[1])["id"]
+    code, _, err = memos("migrate", memory_id, "--to", "activation", "--compression", "zip")
+    assert code == 2 and "unknown compression part 'zip'" in err
+    code, _, err = memos("migrate", memory_id, "--to", "plaintext", "--group", "session")
+    assert code == 2 and "apply to migrate(to='activation') only" in err
