@@ -22,6 +22,7 @@ class GatedEmbedder(HashingEmbedder):
     """Records each batch; while ``gate`` is an unset Event, a call blocks until it is set."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.batches: list[int] = []
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
