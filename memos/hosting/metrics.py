@@ -23,6 +23,7 @@
 | memos_policy_interval_seconds | gauge | policy | ``refresh_policies``: ``schedule.every`` (0 for a cron schedule) |
 | memos_policy_last_run_timestamp_seconds / memos_policy_last_success_timestamp_seconds | gauge | policy | every policy evaluation; success: no action failed |
 | memos_model_ram_payloads / memos_model_ram_bytes | gauge | | model host: KV payloads in its RAM tier |
+| memos_model_gpu_payloads / memos_model_gpu_bytes | gauge | | model host: KV payloads in its GPU tier (0 on a CPU host) |
 | memos_model_adapters_loaded | gauge | | model host: adapters ready in its pool (at most its budget) |
 | memos_model_adapter_loads_total | counter | | model host: adapters loaded from disk (pool misses) |
 | memos_model_distillations_running | gauge | | model host: trainings in progress |
@@ -231,6 +232,8 @@ class ModelMetrics:
 
         self._ram_payloads = metrics.Gauge("memos_model_ram_payloads", description="KV payloads in the model host's RAM tier.")
         self._ram_bytes = metrics.Gauge("memos_model_ram_bytes", description="Bytes of KV payloads in the model host's RAM.")
+        self._gpu_payloads = metrics.Gauge("memos_model_gpu_payloads", description="KV payloads in the model host's GPU tier.")
+        self._gpu_bytes = metrics.Gauge("memos_model_gpu_bytes", description="Bytes of KV payloads in the model host's GPU tier.")
         self._adapters = metrics.Gauge("memos_model_adapters_loaded", description="LoRA adapters ready on the model host.")
         self._adapter_loads = metrics.Counter("memos_model_adapter_loads_total",
                                               description="Adapters loaded from disk by the model host (pool misses).")
@@ -242,6 +245,8 @@ class ModelMetrics:
         """From ``ModelService.ram_usage()``."""
         self._ram_payloads.set(usage.get("payloads", 0))
         self._ram_bytes.set(usage.get("bytes", 0))
+        self._gpu_payloads.set(usage.get("gpu_payloads", 0))
+        self._gpu_bytes.set(usage.get("gpu_bytes", 0))
         self._adapters.set(usage.get("adapters", 0))
         self._distilling.set(usage.get("distillations_running", 0))
         loads = usage.get("adapter_loads", 0)

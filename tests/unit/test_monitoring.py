@@ -292,8 +292,10 @@ def test_model_host_usage_becomes_gauges_and_a_load_counter(metrics):
     _, m = metrics
     model = ModelMetrics()
     model.refresh({"payloads": 2, "bytes": 4096, "adapters": 1, "adapter_loads": 3, "distillations_running": 1})
-    model.refresh({"payloads": 1, "bytes": 2048, "adapters": 2, "adapter_loads": 5, "distillations_running": 0})
+    model.refresh({"payloads": 1, "bytes": 2048, "adapters": 2, "adapter_loads": 5, "distillations_running": 0,
+                   "gpu_payloads": 1, "gpu_bytes": 1024})
     assert m["memos_model_ram_payloads"].values == {(): 1} and m["memos_model_ram_bytes"].values == {(): 2048}
+    assert m["memos_model_gpu_payloads"].values == {(): 1} and m["memos_model_gpu_bytes"].values == {(): 1024}
     assert m["memos_model_adapters_loaded"].values == {(): 2}
     assert m["memos_model_adapter_loads_total"].values == {(): 5}  # the counter follows the pool's total
     assert m["memos_model_distillations_running"].values == {(): 0}
