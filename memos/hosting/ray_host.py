@@ -90,7 +90,7 @@ class KernelActor:
         from memos.hosting.metrics import budget_rows, policy_rows
 
         while not self._stop.wait(GAUGE_PERIOD_S):
-            cubes = [c[0] for c in self.kernel.store.list_cubes()]
+            cubes = [c.name for c in self.kernel.store.list_cubes()]
             self.metrics.refresh_gauges(self.kernel.store.counts(cubes))
             self.metrics.refresh_jobs(self.kernel.jobs.all())
             loaded = list(self.policies.policies.values()) if self.policies is not None else []

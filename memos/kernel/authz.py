@@ -98,7 +98,7 @@ def require_memory(ctx: CallContext, memory_id: str, needed: Right, version: int
 def readable_cubes(ctx: CallContext) -> list[str]:
     """The cubes the caller may read, in the store's order."""
     kernel = ctx.kernel
-    return [c[0] for c in kernel.store.list_cubes() if allows(right_on(kernel, ctx.principal, c[0]), Right.READ)]
+    return [c.name for c in kernel.store.list_cubes() if allows(right_on(kernel, ctx.principal, c.name), Right.READ)]
 
 
 def policy_rule(ctx: CallContext, call: Any) -> str | None:

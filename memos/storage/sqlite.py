@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from memos.errors import BackendError, CorruptPayload, InvalidState
 
@@ -101,6 +101,52 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_by_time ON idempotency(at);
 CREATE INDEX IF NOT EXISTS idempotency_by_memory ON idempotency(memory_id);
 """
+
+
+class CubeRow(NamedTuple):
+    """A row of ``cubes``."""
+
+    name: str
+    owner: str
+    description: str
+    created_at: float
+
+
+class EventRow(NamedTuple):
+    """A row of the event outbox; ``data`` is its JSON text."""
+
+    seq: int
+    at: float
+    type: str
+    cube: str | None
+    memory_id: str | None
+    principal: str | None
+    data: str
+    incarnation: str | None
+
+
+class AuditRow(NamedTuple):
+    """A row of the audit log."""
+
+    seq: int
+    at: float
+    principal: str
+    op: str
+    cube: str | None
+    memory_id: str | None
+    outcome: str
+    detail: str
+    incarnation: str | None
+
+
+class CountRow(NamedTuple):
+    """Current versions of one cube, kind and state: how many, and their bytes (``counts``)."""
+
+    cube: str
+    kind: str
+    state: str
+    count: int
+    bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,12 +383,12 @@ class SqliteStore:
         row = self._one("SELECT incarnation FROM cubes WHERE name = ?", (name,))
         return row[0] if row else None
 
-    def get_cube(self, name: str) -> tuple[str, str, str, float] | None:
+    def get_cube(self, name: str) -> CubeRow | None:
         row = self._one("SELECT name, owner, description, created_at FROM cubes WHERE name = ?", (name,))
-        return tuple(row) if row else None  # type: ignore[return-value]
+        return CubeRow(*row) if row else None
 
-    def list_cubes(self) -> list[tuple[str, str, str, float]]:
-        return [tuple(r) for r in self._all("SELECT name, owner, description, created_at FROM cubes ORDER BY name")]  # type: ignore[misc]
+    def list_cubes(self) -> list[CubeRow]:
+        return [CubeRow(*r) for r in self._all("SELECT name, owner, description, created_at FROM cubes ORDER BY name")]
 
     def delete_cube(self, name: str) -> list[str]:
         """Purge a cube: its memories, versions (and their FTS rows), links, grants. Returns the purged memory ids."""
@@ -707,17 +753,18 @@ class SqliteStore:
             (at, principal, op, cube, memory_id, outcome, detail[:1000], cube),
         )
 
-    def audit_records(self, cube: str | None, since: int, limit: int) -> list[tuple[Any, ...]]:
-        """(seq, at, principal, op, cube, memory id, outcome, detail, incarnation): every record (None), or those of
-        the current incarnation of ``cube``."""
+    def audit_records(self, cube: str | None, since: int, limit: int) -> list[AuditRow]:
+        """Every record (None), or those of the current incarnation of ``cube``."""
         columns = "seq, at, principal, op, cube, memory_id, outcome, detail, incarnation"
         if cube is None:
-            return self._all(f"SELECT {columns} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit))
-        return self._all(
-            f"SELECT {columns} FROM audit WHERE cube = ? AND incarnation IS (SELECT incarnation FROM cubes WHERE name = ?) "
-            "AND seq > ? ORDER BY seq LIMIT ?",
-            (cube, cube, since, limit),
-        )
+            rows = self._all(f"SELECT {columns} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit))
+        else:
+            rows = self._all(
+                f"SELECT {columns} FROM audit WHERE cube = ? AND incarnation IS (SELECT incarnation FROM cubes WHERE "
+                "name = ?) AND seq > ? ORDER BY seq LIMIT ?",
+                (cube, cube, since, limit),
+            )
+        return [AuditRow(*r) for r in rows]
 
     def emit(self, at: float, type_: str, cube: str | None, memory_id: str | None, principal: str | None, data: dict[str, Any]) -> None:
         self._exec(
@@ -727,10 +774,9 @@ class SqliteStore:
         )
 
     def events(self, since: int, limit: int, cubes: list[str] | None, types: tuple[str, ...] = (),
-               latest: bool = False) -> list[tuple[Any, ...]]:
+               latest: bool = False) -> list[EventRow]:
         """Events after ``since`` in seq order: the first ``limit`` (or with ``latest`` the last ``limit``), of the
-        given cubes' current incarnations (None: every event) and types (empty: all). Rows are (seq, at, type, cube,
-        memory id, principal, data, incarnation)."""
+        given cubes' current incarnations (None: every event) and types (empty: all)."""
         if cubes is not None and not cubes:
             return []
         where, params = ["seq > ?"], [since]
@@ -745,7 +791,7 @@ class SqliteStore:
             f"ORDER BY seq {'DESC' if latest else ''} LIMIT ?",
             (*params, limit),
         )
-        return rows[::-1] if latest else rows
+        return [EventRow(*r) for r in (rows[::-1] if latest else rows)]
 
     def last_event_seq(self) -> int:
         row = self._one("SELECT COALESCE(MAX(seq), 0) FROM events")
@@ -753,17 +799,17 @@ class SqliteStore:
 
     # ------------------------------------------------------------------------------------------------ stats
 
-    def counts(self, cubes: list[str]) -> list[tuple[str, str, str, int, int]]:
+    def counts(self, cubes: list[str]) -> list[CountRow]:
         """(cube, kind, state, count, bytes) over current versions of the given cubes."""
         if not cubes:
             return []
         marks = ",".join("?" * len(cubes))
-        return [tuple(r) for r in self._all(
+        return [CountRow(*r) for r in self._all(
             f"SELECT m.cube, m.kind, m.state, COUNT(*), COALESCE(SUM(v.size_bytes), 0) FROM memories m "
             f"JOIN versions v ON v.memory_id = m.id AND v.version = m.current_version WHERE m.cube IN ({marks}) "
             "GROUP BY m.cube, m.kind, m.state",
             cubes,
-        )]  # type: ignore[misc]
+        )]
 
     def version_count(self, cubes: list[str]) -> int:
         if not cubes:

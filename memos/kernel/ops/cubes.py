@@ -27,7 +27,7 @@ def cube_info(ctx: CallContext, name: str) -> CubeInfo:
         counts[state] += n
         total += size
     return CubeInfo(
-        name=cube[0], owner=cube[1], description=cube[2], created_at=from_epoch(cube[3]),
+        name=cube.name, owner=cube.owner, description=cube.description, created_at=from_epoch(cube.created_at),
         grants=tuple(Grant(principal=p, right=r) for p, r in store.grants(name)),
         memories=dict(counts), bytes=total, incarnation=store.cube_incarnation(name),
     )
@@ -76,7 +76,7 @@ def get_cube(ctx: CallContext, call: sc.GetCube) -> CubeInfo:
 def grant(ctx: CallContext, call: sc.GrantRight) -> CubeInfo:
     require_cube(ctx, call.cube, Right.ADMIN)
     store = ctx.kernel.store
-    owner = store.get_cube(call.cube)[1]  # type: ignore[index]
+    owner = store.get_cube(call.cube).owner  # type: ignore[union-attr]
     if call.principal == owner and call.right_ != Right.ADMIN:
         raise InvalidSyscall(f"{owner} owns cube {call.cube!r}; the owner's admin right cannot be lowered", cube=call.cube)
     store.set_grant(call.cube, call.principal, call.right_.value)
@@ -88,7 +88,7 @@ def grant(ctx: CallContext, call: sc.GrantRight) -> CubeInfo:
 def revoke(ctx: CallContext, call: sc.RevokeRight) -> CubeInfo:
     require_cube(ctx, call.cube, Right.ADMIN)
     store = ctx.kernel.store
-    owner = store.get_cube(call.cube)[1]  # type: ignore[index]
+    owner = store.get_cube(call.cube).owner  # type: ignore[union-attr]
     if call.principal == owner:
         raise InvalidSyscall(f"{owner} owns cube {call.cube!r}; the owner's admin right cannot be revoked", cube=call.cube)
     store.delete_grant(call.cube, call.principal)

@@ -56,8 +56,8 @@ def events(ctx: CallContext, call: sc.GetEvents) -> EventList:
         cubes = [c for c in (call.cubes or sorted(readable)) if c in readable]
     rows = ctx.kernel.store.events(call.since, call.limit, cubes, call.types, call.latest)
     found = tuple(
-        Event(seq=r[0], at=from_epoch(r[1]), type=r[2], cube=r[3], memory_id=r[4], principal=r[5], data=json.loads(r[6]),
-              incarnation=r[7])
+        Event(seq=r.seq, at=from_epoch(r.at), type=r.type, cube=r.cube, memory_id=r.memory_id, principal=r.principal,
+              data=json.loads(r.data), incarnation=r.incarnation)
         for r in rows
     )
     next_seq = found[-1].seq if found else max(call.since, 0)
@@ -91,7 +91,7 @@ def cancel(ctx: CallContext, call: sc.CancelJob) -> Job:
 
 def snapshot(ctx: CallContext, call: sc.Snapshot) -> KernelState:
     store = ctx.kernel.store
-    cubes = list(dict.fromkeys(call.cubes)) or [c[0] for c in store.list_cubes()]
+    cubes = list(dict.fromkeys(call.cubes)) or [c.name for c in store.list_cubes()]
     for cube in cubes:
         require_cube(ctx, cube, Right.ADMIN)
     join_pending_reads(ctx)  # policies count reads: they see every read made so far
@@ -114,8 +114,8 @@ def audit(ctx: CallContext, call: sc.GetAudit) -> AuditList:
         require_cube(ctx, call.cube, Right.ADMIN)
     rows = ctx.kernel.store.audit_records(call.cube, call.since, call.limit)
     return AuditList(records=tuple(
-        AuditRecord(seq=r[0], at=from_epoch(r[1]), principal=r[2], op=r[3], cube=r[4], memory_id=r[5], outcome=r[6],
-                    detail=r[7], incarnation=r[8])
+        AuditRecord(seq=r.seq, at=from_epoch(r.at), principal=r.principal, op=r.op, cube=r.cube,
+                    memory_id=r.memory_id, outcome=r.outcome, detail=r.detail, incarnation=r.incarnation)
         for r in rows
     ))
 
