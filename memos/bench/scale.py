@@ -199,7 +199,10 @@ def run_scale_bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     texts = corpus(sizes[-1], args.data, args.seed)
     rng = random.Random(args.seed)
-    runs = []
+    runs: list[dict[str, Any]] = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
     with Progress("scale", total=sum(sizes)) as bar:
         done = [0]
         for n in sizes:
@@ -208,19 +211,18 @@ def run_scale_bench(args: argparse.Namespace) -> dict[str, Any]:
                 runs.append(_size_run(n, texts[:n], scratch / "home", args, rng, bar, done))
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-    report = {
-        "settings": {"sizes": sizes, "batch": args.batch, "writers": args.writers, "queries": args.queries,
-                     "embed_sample": args.embed_sample, "data": str(args.data) if args.data else "synthetic facts",
-                     "seed": args.seed, "k": 10, "sqlite_synchronous": "FULL", "index": "embedded Chroma"},
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "load_average_end": [round(x, 2) for x in os.getloadavg()]},
-        "runs": runs,
-        "duration_s": round(time.perf_counter() - started, 1),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "scale.md").write_text(render_markdown(report), encoding="utf-8")
+            report = {  # written after each size, so a long run that is stopped keeps what it measured
+                "settings": {"sizes": sizes, "batch": args.batch, "writers": args.writers, "queries": args.queries,
+                             "embed_sample": args.embed_sample,
+                             "data": str(args.data) if args.data else "synthetic facts", "seed": args.seed, "k": 10,
+                             "sqlite_synchronous": "FULL", "index": "embedded Chroma"},
+                "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+                "runs": runs,
+                "duration_s": round(time.perf_counter() - started, 1),
+            }
+            (out / "scale.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            (out / "scale.md").write_text(render_markdown(report), encoding="utf-8")
     return report
 
 
