@@ -68,6 +68,11 @@ class Runtime:
     def metrics_url(self) -> str | None:
         return getattr(self._host, "metrics_url", None)
 
+    def policy_admin(self, command: str, arg: str | None = None) -> Any:
+        """The policy lifecycle (``list``, ``apply`` FILE, ``reload``, ``pause``/``resume`` RULE) of the kernel's
+        scheduler, in whatever process owns the kernel (see ``KernelService.policy_admin``)."""
+        return self.transport.policy_admin(command, arg)  # type: ignore[attr-defined]
+
     def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
         """Evaluate the kernel's policies (or one) now, as their schedule would; returns the run reports."""
         return self.transport.run_policy(name)  # type: ignore[attr-defined]

@@ -66,6 +66,46 @@ class KernelService:
         except KeyError as exc:
             raise NotFound(f"no policy named {name!r}; loaded: {sorted(self.policies.policies)}") from exc
 
+    POLICY_COMMANDS = ("list", "apply", "reload", "pause", "resume")
+
+    def policy_admin(self, command: str, arg: str | None = None) -> Any:
+        """The policy lifecycle of the running scheduler: ``list`` (loaded policies, hashes, paused rules),
+        ``apply`` FILE (load or replace a policy now), ``reload`` (re-read every loaded file), ``pause`` /
+        ``resume`` RULE ("policy/rule"). The file of ``apply`` is read by the process that owns the kernel.
+
+        Raises:
+            PolicyError: an invalid policy file (nothing changes). NotFound: an unknown rule. InvalidSyscall: an
+                unknown command or a missing argument.
+        """
+        from memos.errors import InvalidSyscall
+
+        if command not in self.POLICY_COMMANDS:
+            raise InvalidSyscall(f"unknown policy command {command!r}; one of {', '.join(self.POLICY_COMMANDS)}")
+        if command in ("apply", "pause", "resume") and not arg:
+            raise InvalidSyscall(f"policy {command} needs {'a file' if command == 'apply' else 'a rule (policy/rule)'}")
+        if self.policies is None:
+            if command != "apply":
+                return [] if command in ("list", "reload") else self._no_rule(arg)
+            from memos.schedulers.runner import PolicyRunner
+
+            self.policies = PolicyRunner(self.kernel.execute, [], on_report=self.record_policy_run)
+            self.policies.start()
+        runner = self.policies
+        if command == "list":
+            return runner.loaded()
+        if command == "apply":
+            return runner.apply(str(arg))
+        if command == "reload":
+            return runner.reload()
+        try:
+            return runner.pause(str(arg)) if command == "pause" else runner.resume(str(arg))
+        except KeyError as exc:
+            raise NotFound(str(exc.args[0])) from exc
+
+    @staticmethod
+    def _no_rule(rule: str | None) -> Any:
+        raise NotFound(f"no rule {rule!r}; no policies are loaded")
+
     def record_policy_run(self, report: Any) -> None:
         """Report one policy evaluation (a ``RunReport``): to every observer (``policy_run``), and, if it planned
         any action, to the event outbox as a ``policy_fired`` event plus a ``job_failed`` event per failed action.

@@ -20,10 +20,12 @@ that method), in the process that owns the kernel. Only this module imports apsc
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from memos.errors import MemosError
@@ -107,6 +109,20 @@ def _tag(rule: str) -> str:
     return f"rule:{rule}"[:64]
 
 
+def _digest(source: str | None) -> str | None:
+    """The first 16 hex of the sha256 of a policy file as it is on disk now (None: no file, or unreadable)."""
+    if not source:
+        return None
+    try:
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def _action_key(action: PlannedAction) -> tuple[str, tuple[tuple[str, int], ...]]:
+    return action.policy_rule, tuple((r.id, r.version) for r in action.memories)
+
+
 def is_long(action: PlannedAction) -> bool:
     """Whether the action trains on the model host (minutes), and so runs outside the evaluation lock."""
     return isinstance(action.syscall, DistillIntent)
@@ -133,6 +149,10 @@ class PolicyRunner:
         self.reports: list[RunReport] = []
         self._lock = threading.Lock()  # snapshot, plan and quick actions; reports; claims
         self._running = {name: threading.Lock() for name in self.policies}  # one run of a policy at a time
+        self._digests = {name: _digest(p.source) for name, p in self.policies.items()}  # the files as loaded
+        self.paused: set[str] = set()  # full rule names ("policy/rule") whose actions are not executed
+        # (rule, memory refs) of actions whose job was cancelled: not planned again until a memory changes.
+        self._cancelled: dict[tuple[str, tuple[tuple[str, int], ...]], str] = {}
         self._distilling: dict[str, str] = {}  # memory id -> rule distilling it now
         self._scheduler: Any = None
         self.log = get_logger("memos.scheduler")
@@ -165,8 +185,11 @@ class PolicyRunner:
             with self._lock:
                 at = self.clock() if now is None else now
                 result = self.plan(name, at)
-                outcomes = [self._run_action(a) for a in result.actions if not is_long(a)]
-                long = [(a, self._claim(a)) for a in result.actions if is_long(a)]
+                held = [(a, self._held(a)) for a in result.actions]
+                outcomes = [self._run_action(a, why_not=why) for a, why in held if why is not None]
+                actions = [a for a, why in held if why is None]
+                outcomes += [self._run_action(a) for a in actions if not is_long(a)]
+                long = [(a, self._claim(a)) for a in actions if is_long(a)]
             try:
                 for action, holder in long:
                     busy = f"its memories are being distilled by {holder}" if holder is not None else None
@@ -185,6 +208,15 @@ class PolicyRunner:
         if self.on_report is not None:
             self.on_report(report)
         return report
+
+    def _held(self, action: PlannedAction) -> str | None:
+        """Why the action is not executed this run (its rule is paused, or the same action was cancelled), or None."""
+        if action.policy_rule in self.paused:
+            return f"rule {action.policy_rule} is paused ('memos policy resume {action.policy_rule}')"
+        by = self._cancelled.get(_action_key(action))
+        if by is not None:
+            return f"the same action was cancelled by {by}; it is planned again when one of its memories changes"
+        return None
 
     def _claim(self, action: PlannedAction) -> str | None:
         """Claim the action's memories for a distillation (under ``_lock``): None, or the rule that holds one."""
@@ -208,26 +240,104 @@ class PolicyRunner:
             self.execute(SCHEDULER_PRINCIPAL, call)
         except MemosError as exc:
             self.log.warning("policy action failed", rule=action.policy_rule, op=call.op, code=exc.code, error=exc.message)
+            if exc.code == "cancelled" and exc.details.get("by"):  # stopped on purpose: not started again next run
+                self._cancelled[_action_key(action)] = str(exc.details["by"])
             return ActionOutcome(action.policy_rule, call.op, ids, exc.code, exc.message, action.cube)
         return ActionOutcome(action.policy_rule, call.op, ids, "ok", action.reason, action.cube)
+
+    # -------------------------------------------------------------------------------------------- lifecycle
+
+    def loaded(self) -> list[dict[str, Any]]:
+        """The loaded policies: name, source file, sha256 (first 16 hex) of the file as loaded and as on disk now
+        (``differs_from_disk`` when an edit is not loaded yet), schedule, paused rules, last run."""
+        out = []
+        with self._lock:
+            last = {r.policy: r for r in self.reports}
+            for name, policy in sorted(self.policies.items()):
+                on_disk = _digest(policy.source)
+                report = last.get(name)
+                out.append({
+                    "name": name, "source": policy.source, "sha256": self._digests.get(name),
+                    "sha256_on_disk": on_disk, "differs_from_disk": on_disk != self._digests.get(name),
+                    "every_s": policy.interval_s, "cron": policy.cron,
+                    "rules": [r.name for r in policy.spec.rules],
+                    "paused": sorted(r for r in self.paused if r.startswith(f"{name}/")),
+                    "last_run_at": report.at if report else None,
+                    "last_run_failed": report.failed if report else None,
+                })
+        return out
+
+    def apply(self, path: str) -> dict[str, Any]:
+        """Load (or replace) the policy in ``path``; a running schedule picks it up at once.
+
+        Raises:
+            PolicyError: the file is not a valid policy (nothing changes).
+        """
+        policy = load_policy(path)
+        with self._lock:
+            self.policies[policy.name] = policy
+            self._running.setdefault(policy.name, threading.Lock())
+            self._digests[policy.name] = _digest(policy.source)
+        if self._scheduler is not None:
+            self._schedule(self._scheduler, policy.name, policy, replace=True)
+        self.log.info("policy applied", policy=policy.name, source=policy.source)
+        return next(p for p in self.loaded() if p["name"] == policy.name)
+
+    def reload(self) -> list[dict[str, Any]]:
+        """Apply every loaded policy's file again (all are validated before any is replaced).
+
+        Raises:
+            PolicyError: a file is no longer a valid policy (nothing changes).
+        """
+        sources = [p.source for p in self.policies.values() if p.source]
+        for source in sources:
+            load_policy(source)
+        for source in sources:
+            self.apply(source)
+        return self.loaded()
+
+    def pause(self, rule: str) -> list[str]:
+        """Stop executing ``rule`` ("policy/rule") until ``resume``; its actions are reported ``not_executed``.
+
+        Raises:
+            KeyError: no loaded policy has that rule.
+        """
+        self._rule(rule)
+        self.paused.add(rule)
+        return sorted(self.paused)
+
+    def resume(self, rule: str) -> list[str]:
+        self._rule(rule)
+        self.paused.discard(rule)
+        return sorted(self.paused)
+
+    def _rule(self, rule: str) -> None:
+        name, _, short = rule.partition("/")
+        policy = self.policies.get(name)
+        if policy is None or short not in {r.name for r in policy.spec.rules}:
+            known = [f"{n}/{r.name}" for n, p in sorted(self.policies.items()) for r in p.spec.rules]
+            raise KeyError(f"no rule {rule!r}; loaded rules: {', '.join(known) or 'none'}")
 
     # -------------------------------------------------------------------------------------------- schedule
 
     def start(self) -> None:
         """Run every policy on its ``schedule`` in a background thread until ``stop``."""
         from apscheduler.schedulers.background import BackgroundScheduler
-        from apscheduler.triggers.cron import CronTrigger
-        from apscheduler.triggers.interval import IntervalTrigger
 
         scheduler = BackgroundScheduler(daemon=True)
         for name, policy in self.policies.items():
-            trigger = (
-                IntervalTrigger(seconds=policy.interval_s) if policy.interval_s else CronTrigger.from_crontab(policy.cron)
-            )
-            # One run at a time per policy; a run that is late by more than a period is skipped, not piled up.
-            scheduler.add_job(self._scheduled, trigger, args=[name], id=name, max_instances=1, coalesce=True)
+            self._schedule(scheduler, name, policy)
         scheduler.start()
         self._scheduler = scheduler
+
+    def _schedule(self, scheduler: Any, name: str, policy: CompiledPolicy, *, replace: bool = False) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        trigger = IntervalTrigger(seconds=policy.interval_s) if policy.interval_s else CronTrigger.from_crontab(policy.cron)
+        # One run at a time per policy; a run that is late by more than a period is skipped, not piled up.
+        scheduler.add_job(self._scheduled, trigger, args=[name], id=name, max_instances=1, coalesce=True,
+                          replace_existing=replace)
 
     def _scheduled(self, name: str) -> None:
         try:

@@ -60,6 +60,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(health_advice(health))
     print(f"Ray dashboard: {info.get('dashboard_url')}")
     print(f"Metrics: {info.get('metrics_url')}")
+    loaded = host.transport.policy_admin("list")
+    if loaded:
+        from memos.cli.tables import policies_table, show
+
+        show(policies_table(loaded))
+    else:
+        print("policies: none loaded ('memos policy apply FILE')")
     print_json(stats)
     return 0
 

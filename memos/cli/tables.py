@@ -66,6 +66,20 @@ def policy_runs_table(reports: Iterable[dict[str, Any]]) -> Any:
     return table
 
 
+def policies_table(policies: Iterable[dict[str, Any]]) -> Any:
+    """The loaded policies (``PolicyRunner.loaded``): an edit on disk not loaded yet says so."""
+    table = _table("loaded policies", "policy", "file", "sha256 (loaded)", "on disk", "schedule", "paused",
+                   "last run")
+    for p in policies:
+        disk = "differs from disk: 'memos policy reload'" if p["differs_from_disk"] else "same"
+        schedule = f"every {_seconds(p['every_s'])}" if p.get("every_s") else f"cron {p.get('cron')}"
+        last = "-" if p.get("last_run_at") is None else (
+            f"{_when(p['last_run_at'])}" + (f", {p['last_run_failed']} failed" if p.get("last_run_failed") else ""))
+        table.add_row(p["name"], p.get("source") or "-", p.get("sha256") or "-", disk, schedule,
+                      ", ".join(p.get("paused") or ()) or "-", last)
+    return table
+
+
 def show(renderable: Any, *, empty: str | None = None) -> None:
     """Print a table: as wide as the terminal, or 160 columns into a file or a pipe (no colour codes there); a
     table without rows prints ``empty`` instead, when given."""

@@ -84,6 +84,12 @@ class KernelActor:
         except MemosError as exc:
             return {"error": exc.to_wire()}
 
+    def policy_admin_envelope(self, command: str, arg: str | None) -> dict[str, Any]:
+        try:
+            return {"ok": self.policy_admin(command, arg)}
+        except MemosError as exc:
+            return {"error": exc.to_wire()}
+
     def _refresh_gauges(self) -> None:
         """Memory counts by cube/kind/state, budgets and loaded policies for the dashboard and alerts, every
         GAUGE_PERIOD_S (reads only; SQLite is locked)."""

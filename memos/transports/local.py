@@ -23,5 +23,8 @@ class InProcessTransport:
     def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
         return self.service.run_policy(name)
 
+    def policy_admin(self, command: str, arg: str | None = None) -> Any:
+        return self.service.policy_admin(command, arg)
+
     def close(self) -> None:
         self.service.close()

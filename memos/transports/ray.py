@@ -68,6 +68,10 @@ class RayTransport:
         answer = self._get(lambda: self.actor.run_policy_envelope.remote(name), safe=False)
         return unwrap(answer)
 
+    def policy_admin(self, command: str, arg: str | None = None) -> Any:
+        answer = self._get(lambda: self.actor.policy_admin_envelope.remote(command, arg), safe=False)
+        return unwrap(answer)
+
     def doctor(self, repair: bool = False) -> dict[str, Any]:
         return self._get(lambda: self.actor.doctor.remote(repair), safe=True)
 

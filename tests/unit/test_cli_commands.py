@@ -109,3 +109,16 @@ def test_migrate_passes_compression_and_group_to_the_syscall(memos):
     assert code == 2 and "unknown compression part 'zip'" in err
     code, _, err = memos("migrate", memory_id, "--to", "plaintext", "--group", "session")
     assert code == 2 and "apply to migrate(to='activation') only" in err
+
+
+def test_policy_list_shows_loaded_policies_and_apply_needs_a_cluster(tmp_path, memos, monkeypatch):
+    policy = tmp_path / "tidy.yaml"
+    policy.write_text("name: tidy\napplies_to: {cubes: ['team/*']}\nschedule: {every: 1h}\nrules:\n"
+                      "  - name: archive-old\n    when: {kind: plaintext}\n    then: archive\n")
+    monkeypatch.setenv("MEMOS_POLICIES", str(policy))
+    code, out, _ = memos("policy", "list")
+    assert code == 0 and "tidy" in out and "every 3600" not in out and "same" in out
+    code, out, _ = memos("policy", "list", "--json")
+    assert json.loads(out)[0]["differs_from_disk"] is False
+    code, _, err = memos("policy", "apply", str(policy))
+    assert code == 1 and "none is running" in err

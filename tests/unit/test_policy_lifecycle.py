@@ -1,0 +1,101 @@
+"""The policy lifecycle without restarts: list (with file hashes and edits not loaded yet), apply, reload, pause and
+resume a rule, and a job someone cancelled that the next run does not start again."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import FakeModelPort
+
+from memos.errors import Cancelled, InvalidSyscall, NotFound, PolicyError
+from memos.schedulers.runner import PolicyRunner
+from memos.service import KernelService
+from memos.transports import InProcessTransport
+
+ARCHIVE = "name: tidy\napplies_to: {cubes: ['team/*']}\nschedule: {every: 1h}\nrules:\n  - name: archive-all\n" \
+          "    when: {kind: plaintext}\n    then: archive\n"
+PROMOTE = "name: hot\napplies_to: {cubes: ['team/*']}\nschedule: {every: 1h}\nrules:\n  - name: promote\n" \
+          "    when: {kind: plaintext}\n    then: {migrate: activation}\n"
+
+
+@pytest.fixture
+def model_port():
+    return FakeModelPort()
+
+
+@pytest.fixture
+def service(kernel):
+    svc = KernelService(kernel)
+    yield svc
+    if svc.policies is not None:
+        svc.policies.stop()
+
+
+def test_apply_list_edit_reload(tmp_path, service, mem):
+    path = tmp_path / "tidy.yaml"
+    path.write_text(ARCHIVE)
+    assert service.policy_admin("list") == []
+    applied = service.policy_admin("apply", str(path))
+    assert applied["name"] == "tidy" and not applied["differs_from_disk"] and service.policies.pending_jobs() == 1
+    path.write_text(ARCHIVE.replace("every: 1h", "every: 5m"))
+    (listed,) = service.policy_admin("list")
+    assert listed["differs_from_disk"] and listed["every_s"] == 3600.0  # the edit is seen, not yet loaded
+    (reloaded,) = service.policy_admin("reload")
+    assert not reloaded["differs_from_disk"] and reloaded["every_s"] == 300.0
+    path.write_text("name: tidy\nrules: []\n")
+    with pytest.raises(PolicyError):
+        service.policy_admin("reload")
+    assert service.policy_admin("list")[0]["every_s"] == 300.0  # a broken file changes nothing
+    with pytest.raises(InvalidSyscall):
+        service.policy_admin("apply")
+    with pytest.raises(InvalidSyscall):
+        service.policy_admin("restart")
+
+
+def test_a_paused_rule_is_not_executed_until_resumed(tmp_path, service, mem):
+    path = tmp_path / "tidy.yaml"
+    path.write_text(ARCHIVE)
+    service.policy_admin("apply", str(path))
+    mem.create_cube("team/a")
+    m = mem.write("team/a", "a note")
+    assert service.policy_admin("pause", "tidy/archive-all") == ["tidy/archive-all"]
+    (report,) = service.run_policy("tidy")
+    assert [(o["outcome"], "paused" in o["detail"]) for o in report["outcomes"]] == [("not_executed", True)]
+    assert mem.read(m.id).state == "active"
+    assert service.policy_admin("list")[0]["paused"] == ["tidy/archive-all"]
+    service.policy_admin("resume", "tidy/archive-all")
+    (report,) = service.run_policy("tidy")
+    assert [o["outcome"] for o in report["outcomes"]] == ["ok"] and mem.read(m.id).state == "archived"
+    with pytest.raises(NotFound, match="loaded rules: tidy/archive-all"):
+        service.policy_admin("pause", "tidy/nope")
+
+
+def test_a_cancelled_policy_job_stays_cancelled_until_its_memory_changes(tmp_path, kernel, mem):
+    path = tmp_path / "hot.yaml"
+    path.write_text(PROMOTE)
+    cancelled_once = []
+
+    def execute(principal, call):
+        if call.op == "migrate" and not cancelled_once:
+            cancelled_once.append(call.ids)
+            raise Cancelled("job j1 (migrate) was cancelled by user:ops", job_id="j1", by="user:ops")
+        return kernel.execute(principal, call)
+
+    runner = PolicyRunner.from_files(execute, [str(path)])
+    mem.create_cube("team/a")
+    m = mem.write("team/a", "a hot fact")
+    first = runner.run_once("hot")
+    assert [o.outcome for o in first.outcomes] == ["cancelled"]
+    second = runner.run_once("hot")  # the same action is not started again
+    assert [(o.outcome, "cancelled by user:ops" in o.detail) for o in second.outcomes] == [("not_executed", True)]
+    assert mem.read(m.id).kind == "plaintext"
+    mem.update(m.id, content="a hot fact, corrected")  # a new version: a new action
+    third = runner.run_once("hot")
+    assert [o.outcome for o in third.outcomes] == ["ok"] and mem.read(m.id).kind == "activation"
+
+
+def test_lifecycle_through_the_in_process_transport(tmp_path, service):
+    path = tmp_path / "tidy.yaml"
+    path.write_text(ARCHIVE)
+    transport = InProcessTransport(service)
+    assert transport.policy_admin("apply", str(path))["name"] == "tidy"
+    assert [p["name"] for p in transport.policy_admin("list")] == ["tidy"]
