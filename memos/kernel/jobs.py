@@ -1,6 +1,6 @@
 """Long operations as jobs: what runs, how far it is, and how to stop it.
 
-``migrate`` (to activation) and ``distill`` are long operations (``Kernel._run_long``): between their *plan* and
+``migrate`` (to activation) and ``distill`` are long operations (``memos.kernel.longops.run_long``): between their *plan* and
 *commit* transactions the model host works and the kernel serves other syscalls. While the work runs it is a
 :class:`RunningJob` in the kernel's :class:`JobTable`: the ``jobs`` syscall shows it (its phase, step of total,
 loss, who started it and for which rule), ``cancel`` asks it to stop. The work checks :meth:`RunningJob.cancelled`

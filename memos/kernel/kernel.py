@@ -18,7 +18,8 @@ The kernel is thread-safe: a syscall holds the kernel lock for its transaction(s
 Where things live: this module runs calls (transactions, dispatch, failure audit, observers); each syscall's
 handler is in ``memos.kernel.ops`` (keyed by syscall class); per-call state is a ``CallContext``
 (``memos.kernel.context``); rights checks are in ``memos.kernel.authz``; writing versions in
-``memos.kernel.versions``.
+``memos.kernel.versions``; running long operations in ``memos.kernel.longops``; auditing failures in
+``memos.kernel.failures``; events are typed in ``memos.kernel.events``.
 """
 
 from __future__ import annotations
@@ -34,16 +35,18 @@ from pydantic import BaseModel
 
 from memos import syscalls as sc
 from memos.clock import Clock, SystemClock
-from memos.errors import BackendError, Cancelled, InvalidSyscall, MemosError, PermissionDenied
+from memos.errors import BackendError, InvalidSyscall, MemosError
 from memos.kernel import events as ev
-from memos.kernel.authz import DEFAULT_SUPERUSERS, Concealed
+from memos.kernel.authz import DEFAULT_SUPERUSERS
 from memos.kernel.callstats import CallStats
 from memos.kernel.context import CallContext
 from memos.kernel.distill_queue import DistillQueue
+from memos.kernel.failures import log_call, record_failure
 from memos.kernel.indexer import Indexer
 from memos.kernel.jobs import JobTable
+from memos.kernel.longops import run_long
 from memos.kernel.observe import KernelObserver
-from memos.kernel.ops import HANDLERS, LONG_OPS, LongOperation
+from memos.kernel.ops import HANDLERS, LONG_OPS
 from memos.kernel.ops.kinds import ActivationBudget, recover_migrations
 from memos.kernel.reads import ReadLog, flush_reads, flush_reads_if_due
 from memos.kernel.versions import new_memory_id
@@ -53,13 +56,7 @@ from memos.models.port import ModelPort
 from memos.storage.owner import HomeLock
 from memos.storage.sqlite import SqliteStore
 from memos.storage.vector import Embedder, VectorIndex
-from memos.types import PRINCIPAL_RE, Job
-
-
-def _storable(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters and encodable as UTF-8 (lone surrogates escaped): what a refused call
-    brought, whatever it is, can still be written to the audit log."""
-    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+from memos.types import PRINCIPAL_RE
 
 
 def _query_of(call: Any) -> str | None:
@@ -163,19 +160,19 @@ class Kernel:
             cube = getattr(call, "cube", None) or getattr(call, "name", None)
             long_op = LONG_OPS.get(type(call))
             if long_op is not None:
-                result = self._run_long(ctx, long_op, call)
+                result = run_long(self, ctx, long_op, call)
             else:
                 handler = HANDLERS[type(call)]
                 result = self.in_transaction(ctx, lambda: handler(ctx, call))
         except MemosError as exc:
             with self.lock:
                 self.record_failure(ctx, str(op), cube, exc)
-            self._log(trace_id, principal, op, cube, started, exc.code, exc.message)
+            log_call(self.log, trace_id, principal, op, cube, started, exc.code, exc.message)
             self.deliver(ctx.take_events(), syscall=(str(op), exc.code, time.perf_counter() - started))
             raise
         where = cube if isinstance(cube, str) else getattr(result, "cube", None)
         self.call_stats.record(op, where if isinstance(where, str) else None, time.perf_counter() - started)
-        self._log(trace_id, principal, op, cube, started, "ok")
+        log_call(self.log, trace_id, principal, op, cube, started, "ok")
         self.deliver(ctx.take_events(), syscall=(op, "ok", time.perf_counter() - started))
         flush_reads_if_due(self)
         return result
@@ -263,88 +260,9 @@ class Kernel:
         self.in_transaction(ctx, lambda: ctx.emit(event))
         self.deliver(ctx.take_events())
 
-    # -------------------------------------------------------------------------------------------------- long ops
-
-    def _run_long(self, ctx: CallContext, op: LongOperation, call: Any) -> BaseModel:
-        """plan (transaction) -> work (model host, kernel released) -> commit (transaction); abort undoes the plan.
-
-        Work worth following (a plan whose ``job_args`` says so) runs as a job: ``jobs`` shows its progress and
-        ``cancel`` stops it (``memos.kernel.jobs``)."""
-        plan = self.in_transaction(ctx, lambda: op.plan(ctx, call))
-        job_args = op.job_args(plan)
-        job = self.jobs.start(call.op, ctx.principal, **job_args) if job_args is not None else None
-        try:
-            try:
-                outcome = op.work(ctx, call, plan, job)
-            except MemosError:
-                self.in_transaction(ctx, lambda: op.abort(ctx, plan))
-                raise
-            except Exception as exc:  # noqa: BLE001 -- the model host is a backend: translate its failures once, here
-                self.in_transaction(ctx, lambda: op.abort(ctx, plan))
-                raise BackendError(f"model host failed during {call.op}: {exc}", op=call.op) from exc
-            try:
-                result = self.in_transaction(ctx, lambda: op.commit(ctx, call, plan, outcome))
-            except MemosError:
-                self.in_transaction(ctx, lambda: op.abort(ctx, plan))
-                raise
-        except MemosError as exc:
-            if job is not None:
-                job.end("cancelled" if isinstance(exc, Cancelled) else "failed", f"{exc.code}: {exc.message}")
-                if job_args.get("rule") is None:  # a policy's failed action is reported by the scheduler's report
-                    self._report_failed_job(job.snapshot(), exc)
-            raise
-        if job is not None:
-            job.end("done")
-        return result
-
-    def _report_failed_job(self, job: Job, exc: MemosError) -> None:
-        try:
-            self.record_event(ev.JobFailed(
-                cube=job.cubes[0] if job.cubes else None, memory_id=job.target or next(iter(job.memory_ids), None),
-                principal=job.principal, job=job.id, op=job.op, code=exc.code, message=exc.message[:500],
-                memories=list(job.memory_ids),
-            ))
-        except MemosError as event_exc:  # the operation's own error is what the caller must see
-            self.log.error("could not record job_failed", job=job.id, error=event_exc.message)
-
-    # -------------------------------------------------------------------------------------------------- failures
-
-    def _log(self, trace_id: str, principal: str, op: Any, cube: Any, started: float, outcome: str, error: str = "") -> None:
-        fields = {
-            "trace_id": trace_id,
-            "principal": principal,
-            "syscall": op,
-            "cube": cube,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            "outcome": outcome,
-        }
-        if error:
-            self.log.info("syscall failed", error=error, **fields)
-        else:
-            self.log.info("syscall", **fields)
-
     def record_failure(self, ctx: CallContext, op: str, cube: Any, exc: MemosError) -> None:
-        """Audit a failed syscall in its own transaction (the failed one rolled back); denials become events."""
-        if isinstance(exc, Concealed):
-            exc = exc.denial
-        detail_cube = exc.details.get("cube", cube)
-        cube_name = detail_cube if isinstance(detail_cube, str) else None
-        memory_id = exc.details.get("memory_id")
-        if isinstance(memory_id, str):
-            # A failure about a memory belongs to the memory's cube: filed under the syscall's cube, it would show
-            # the memory's id and state to that cube's admins, who may not read it.
-            cube_name = self.store.memory_cube(memory_id) or cube_name
-        who, what = _storable(str(ctx.principal), 128), _storable(op, 64)
-        try:
-            with self.store.transaction():
-                self.store.audit(
-                    self.clock.now(), who, what, cube_name, memory_id if isinstance(memory_id, str) else None,
-                    exc.code, _storable(exc.message, 1000),
-                )
-                if isinstance(exc, PermissionDenied):
-                    ctx.emit(ev.Denied(cube=cube_name, principal=who, op=what, right=exc.details.get("right")))
-        except BackendError as audit_exc:
-            self.log.error("audit write failed", error=str(audit_exc), op=op)
+        """Audit a failed syscall (``memos.kernel.failures.record_failure``)."""
+        record_failure(self, ctx, op, cube, exc)
 
     def _flush_index(self) -> None:
         try:
