@@ -219,6 +219,7 @@ def _ensure_auth_token() -> None:
         raise BackendError(f"could not create Ray's auth token: {made.stderr.strip()[-2000:]}")
 
 
+RAY_WORKER_PORTS = (10002, 19999)  # `ray start`'s default --min/--max-worker-port: refused for any other component
 PORT_FLAGS = {"dashboard_port": ("dashboard", "--dashboard-port", "MEMOS_DASHBOARD_PORT"),
               "metrics_export_port": ("metrics export", "--metrics-port", "MEMOS_METRICS_PORT")}
 
@@ -236,6 +237,12 @@ def check_ports(settings: Settings) -> None:
                            "'memos up' a different --dashboard-port or --metrics-port")
     for name, (what, flag, env) in PORT_FLAGS.items():
         port = getattr(settings, name)
+        if RAY_WORKER_PORTS[0] <= port <= RAY_WORKER_PORTS[1]:
+            raise BackendError(
+                f"the {what} port {port} is in the range Ray keeps for its workers ({RAY_WORKER_PORTS[0]}-"
+                f"{RAY_WORKER_PORTS[1]}): choose one outside it with 'memos up {flag} N' (or {env}=N)", port=port,
+                use=what,
+            )
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))

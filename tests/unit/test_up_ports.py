@@ -35,6 +35,11 @@ def test_a_taken_port_names_the_flag_and_the_variable(tmp_path):
     check_ports(Settings(home=tmp_path, dashboard_port=free_port(), metrics_export_port=free_port()))
 
 
+def test_a_port_in_rays_worker_range_is_refused(tmp_path):
+    with pytest.raises(BackendError, match=r"metrics export port 18081 is in the range Ray keeps for its workers"):
+        check_ports(Settings(home=tmp_path, dashboard_port=free_port(), metrics_export_port=18081))
+
+
 def test_memos_up_reports_a_clash_before_starting_ray(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEMOS_HOME", str(tmp_path / "home"))
     with socket.socket() as holder:
