@@ -35,10 +35,32 @@ def payload(dtype: str = "float32", layers: int = 3, tokens: int = 5) -> KVPaylo
     )
 
 
+def as_version_1(ref: PayloadRef) -> PayloadRef:
+    """The file of ``ref`` rewritten as format version 1 (before compression existed: no ``compression`` and
+    ``kept_tokens`` in the header); the reference to the rewritten file."""
+    data = Path(ref.path).read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    meta = header["__metadata__"]
+    meta["format_version"] = "1"
+    del meta["compression"], meta["kept_tokens"]
+    raw = json.dumps(header).encode()
+    old = struct.pack("<Q", len(raw)) + raw + data[8 + length :]
+    Path(ref.path).write_bytes(old)
+    return PayloadRef(path=ref.path, sha256=hashlib.sha256(old).hexdigest(), size_bytes=len(old))
+
+
+@pytest.fixture(params=["2", "1"])
+def format_version(request: pytest.FixtureRequest) -> str:
+    """Both payload formats a kernel may hold: every test over ``stored`` runs on each."""
+    return request.param
+
+
 @pytest.fixture
-def stored(tmp_path: Path) -> tuple[KVPayload, PayloadRef]:
+def stored(tmp_path: Path, format_version: str) -> tuple[KVPayload, PayloadRef]:
     p = payload()
-    return p, save_kv(p, tmp_path / "kv" / "m_1-v1.safetensors")
+    ref = save_kv(p, tmp_path / "kv" / "m_1-v1.safetensors")
+    return p, (as_version_1(ref) if format_version == "1" else ref)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -61,15 +83,26 @@ def test_reference_names_the_file_its_sha256_and_size(stored: tuple[KVPayload, P
     assert ref.format == "safetensors"
 
 
-def test_header_is_plain_json_with_the_fingerprint_and_format(stored: tuple[KVPayload, PayloadRef]) -> None:
+def test_header_is_plain_json_with_the_fingerprint_and_format(stored: tuple[KVPayload, PayloadRef],
+                                                               format_version: str) -> None:
     p, ref = stored
     data = Path(ref.path).read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
     meta = json.loads(data[8 : 8 + length])["__metadata__"]
-    assert meta["format"] == FORMAT and meta["format_version"] == "2"
+    assert meta["format"] == FORMAT and meta["format_version"] == format_version
     assert {k: meta[k] for k in ("model_id", "config_hash", "tokenizer_hash", "dtype")} == p.fingerprint.model_dump()
-    assert meta["num_tokens"] == "5" and meta["num_layers"] == "3" and meta["kept_tokens"] == "5"
-    assert json.loads(meta["compression"])["quantize"] == "none"
+    assert meta["num_tokens"] == "5" and meta["num_layers"] == "3"
+    if format_version == "2":
+        assert meta["kept_tokens"] == "5" and json.loads(meta["compression"])["quantize"] == "none"
+
+
+def test_both_formats_load_to_the_same_payload(stored: tuple[KVPayload, PayloadRef]) -> None:
+    p, ref = stored
+    loaded = load_kv(ref, p.fingerprint)
+    assert loaded.token_ids == p.token_ids and loaded.memory_messages == p.memory_messages
+    assert loaded.compression.is_none and loaded.kept_tokens == len(p.token_ids)
+    for a, b in zip(loaded.keys + loaded.values, p.keys + p.values, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_save_leaves_no_temporary_file_and_replaces_an_older_file(tmp_path: Path) -> None:
