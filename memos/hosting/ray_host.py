@@ -86,7 +86,7 @@ class KernelActor:
 
     def policy_admin_envelope(self, command: str, arg: str | None) -> dict[str, Any]:
         try:
-            return {"ok": self.policy_admin(command, arg)}
+            return {"ok": self.service.policy_admin(command, arg)}
         except MemosError as exc:
             return {"error": exc.to_wire()}
 
@@ -99,7 +99,8 @@ class KernelActor:
             cubes = [c.name for c in self.kernel.store.list_cubes()]
             self.metrics.refresh_gauges(self.kernel.store.counts(cubes))
             self.metrics.refresh_jobs(self.kernel.jobs.all())
-            loaded = list(self.policies.policies.values()) if self.policies is not None else []
+            runner = self.service.policies  # made by the first "memos policy apply" when none was loaded
+            loaded = list(runner.policies.values()) if runner is not None else []
             self.metrics.refresh_budgets(budget_rows(self.kernel, loaded))
             self.metrics.refresh_policies(policy_rows(loaded))
 
