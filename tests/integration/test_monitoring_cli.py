@@ -100,7 +100,7 @@ def test_events_follow_shows_a_policy_migration_with_its_rule(tmp_path, model_ca
         written = wait_for_events(lines, lambda ev: sum(e["type"] == "written" for e in ev) >= 2, timeout=60)
         assert [e["memory_id"] for e in written if e["type"] == "written"][0] == hot_id, follower.stderr
 
-        run = memos(env, "policy", "run", "promote")
+        run = memos(env, "policy", "run", "promote", "--json")  # the machine form (a table by default)
         assert run.returncode == 0, run.stdout + run.stderr
         [report] = json.loads(run.stdout)
         assert [(o["rule"], o["outcome"], o["memories"]) for o in report["outcomes"]] == [
