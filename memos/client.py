@@ -25,11 +25,13 @@ from memos.errors import InvalidSyscall
 from memos.transports import Transport, unwrap
 from memos.types import (
     Ack,
+    AdoptionGate,
     AuditRecord,
     ChatMessage,
     ContextPlan,
     ConversationMessage,
     CubeInfo,
+    DistillRecipe,
     Event,
     EventList,
     GenerateResult,
@@ -334,14 +336,15 @@ class Memos:
     def distill(
         self, ids: Iterable[str] = (), cube: str | None = None, *, tags: Iterable[str] = (),
         allow_untrusted: bool = False, steps: int | None = None, expected_versions: Iterable[int] | None = None,
-        replaces: str | None = None,
+        replaces: str | None = None, gate: AdoptionGate | None = None, recipes: Iterable[DistillRecipe] = (),
     ) -> Memory:
         """Train a LoRA adapter on these memories into a new parametric memory in ``cube`` (or, with ``replaces``,
         retrain that parametric memory from its sources' current versions). Blocks until it is trained (minutes);
-        meanwhile ``jobs()`` shows its progress and ``cancel(job_id)`` stops it."""
+        meanwhile ``jobs()`` shows its progress and ``cancel(job_id)`` stops it. ``recipes`` are tried in order until
+        one passes ``gate`` (default thresholds: ``AdoptionGate()``); ``metadata["adoption"]`` says if it did."""
         return self._do(sc.Distill, ids=tuple(ids), cube=cube, tags=tuple(tags), allow_untrusted=allow_untrusted,
                         steps=steps, expected_versions=None if expected_versions is None else tuple(expected_versions),
-                        replaces=replaces)
+                        replaces=replaces, gate=gate or AdoptionGate(), recipes=tuple(recipes))
 
     def jobs(self, *, running_only: bool = False) -> tuple[Job, ...]:
         """Long operations (migrations to activation, distillations) running or recently ended that you may see."""

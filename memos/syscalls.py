@@ -31,6 +31,7 @@ from memos.errors import InvalidSyscall
 from memos.types import (
     SQL_INT_MAX,
     Ack,
+    AdoptionGate,
     AuditList,
     ChatMessage,
     ContextPlan,
@@ -38,6 +39,7 @@ from memos.types import (
     CubeInfo,
     CubeList,
     CubeName,
+    DistillRecipe,
     EventList,
     GenerateResult,
     IngestResult,
@@ -417,6 +419,12 @@ class Distill(_Syscall):
     steps: int | None = Field(default=None, ge=1, le=10_000)  # optimiser steps (default: the recipe's epochs)
     # The version of each of ``ids`` the caller saw (same order); a source edited since is refused (VersionConflict).
     expected_versions: tuple[Annotated[int, Field(ge=1, le=SQL_INT_MAX)], ...] | None = None
+    # What the evaluation must show for the adapter to be adopted (used in place of its sources); a miss is stored,
+    # not adopted, with the reasons in ``metadata["adoption"]``.
+    gate: AdoptionGate = AdoptionGate()
+    # Recipes tried in order until one is adopted (empty: the model host's default recipe); the adapter kept is the
+    # first adopted one, or the last one tried. ``steps`` overrides every recipe's.
+    recipes: tuple[DistillRecipe, ...] = Field(default=(), max_length=4)
     result_type: ClassVar[type[BaseModel]] = Memory
 
     @model_validator(mode="after")

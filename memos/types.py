@@ -438,6 +438,65 @@ class JobList(_Frozen):
     jobs: tuple[Job, ...]
 
 
+# ---------------------------------------------------------------------------------------------------------- distill
+
+
+class DistillRecipe(_Frozen):
+    """How to train an adapter: overrides of the model host's default recipe (``memos.models.distill.LoraConfig``,
+    docs/parametric.md); a field left None keeps the default. The recipe used is stored in the adapter's header."""
+
+    rank: int | None = Field(default=None, ge=1, le=256)
+    alpha: float | None = Field(default=None, gt=0, le=4096)
+    target_modules: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] | None = Field(
+        default=None, min_length=1, max_length=16
+    )
+    top_layers: float | None = Field(default=None, gt=0.0, le=1.0)
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    steps: int | None = Field(default=None, ge=1, le=100_000)
+    learning_rate: float | None = Field(default=None, gt=0, le=1.0)
+    batch_size: int | None = Field(default=None, ge=1, le=1024)
+    replay_weight: float | None = Field(default=None, ge=0, le=1000)
+    dtype: Literal["float32", "bfloat16"] | None = None
+    early_stop: bool | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    def overrides(self) -> dict[str, Any]:
+        """The fields set, as the model host's recipe takes them."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class AdoptionGate(_Frozen):
+    """What an adapter's evaluation must show for the adapter to be *adopted*: used by ``assemble_context`` and
+    ``generate`` in place of its sources. A distillation that misses it is stored, not adopted, with the reasons.
+
+    Attributes:
+        min_recall: closed-book recall with the adapter on the trained question phrasings.
+        min_held_out_recall: the same on held-out phrasings (not checked when a distillation has none).
+        max_locality_delta: how many nats the model's mean token loss on unrelated general text may rise.
+    """
+
+    min_recall: float = Field(default=0.9, ge=0.0, le=1.0)
+    min_held_out_recall: float = Field(default=0.6, ge=0.0, le=1.0)
+    max_locality_delta: float = Field(default=0.1, ge=-10.0, le=10.0)
+
+    def misses(self, evaluation: dict[str, Any]) -> tuple[str, ...]:
+        """Why ``evaluation`` (``memos.models.distill.Evaluation`` as JSON) misses the gate; empty when it passes."""
+        reasons = []
+        recall, held, delta = (evaluation.get(k) for k in ("recall_with", "held_out_recall_with", "locality_delta"))
+        if recall is None or recall < self.min_recall:
+            reasons.append(f"recall {_share(recall)} is below {self.min_recall:.0%}")
+        if held is not None and held < self.min_held_out_recall:
+            reasons.append(f"held-out recall {_share(held)} is below {self.min_held_out_recall:.0%}")
+        if delta is None or delta > self.max_locality_delta:
+            shown = "unknown" if delta is None else f"{delta:+.3f}"
+            reasons.append(f"locality delta {shown} nats is above {self.max_locality_delta:+.3f}")
+        return tuple(reasons)
+
+
+def _share(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.0%}"
+
+
 # ---------------------------------------------------------------------------------------------------------- context
 
 
@@ -452,8 +511,12 @@ class ContextItem(_Frozen):
     memory_id: str
     version: int
     kind: Kind
-    use: str  # "kv" (inject its activation cache), "text" (its text in the prompt), "adapter" (apply its LoRA) or "skip"
-    tokens: int  # prefill tokens it costs (0 for "kv": they are cached, but count against the budget)
+    # "kv" (inject its activation cache), "text" (its text in the prompt), "adapter" (apply its LoRA), "covered" (a
+    # source of the applied adapter: the adapter stands in for its text) or "skip"
+    use: str
+    # prefill tokens it costs (0 for "kv": they are cached, but count against the budget; for "covered": the tokens
+    # it saved)
+    tokens: int
     cached_tokens: int = 0
     score: float
     reason: str
@@ -470,6 +533,8 @@ class ContextPlan(_Frozen):
     estimated: bool = False  # token counts are estimates (no model host to count with)
     adapter: str | None = None  # the parametric memory applied, if any
     warnings: tuple[str, ...] = ()  # e.g. a memory named with memory=[id] that did not fit the budget
+    covered: tuple[str, ...] = ()  # memories the adapter stands in for (its sources, at their current versions)
+    saved_tokens: int = 0  # prompt tokens the covered memories would have cost as text
 
     @property
     def used(self) -> tuple[ContextItem, ...]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from memos.syscalls import Archive, Delete, Fuse, Pin
-from memos.types import Kind, KVCompression, MemoryRef
+from memos.types import AdoptionGate, DistillRecipe, Kind, KVCompression, MemoryRef
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class DistillIntent:
     sources: tuple[MemoryRef, ...]
     into: Kind = Kind.PARAMETRIC
     allow_untrusted: bool = False  # the rule allows untrusted sources (allow_untrusted or trust: untrusted)
+    gate: AdoptionGate = AdoptionGate()
+    recipes: tuple[DistillRecipe, ...] = ()
 
 
 @dataclass(frozen=True)

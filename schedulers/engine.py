@@ -360,7 +360,9 @@ class _Evaluation:
     def _plan_group(self, rule: CompiledRule, cube: str, members: list[Facts], reason: str) -> None:
         if rule.then.distill is not None:
             sources = tuple(sorted((f.ref for f in members), key=lambda ref: ref.id))
-            intent = DistillIntent(cube, sources, allow_untrusted=not rule.spec.trust_guarded)
+            args = rule.then.distill
+            intent = DistillIntent(cube, sources, allow_untrusted=not rule.spec.trust_guarded, gate=args.gate,
+                                   recipes=tuple(args.recipes))
             self._plan(rule, intent, cube, tuple(members), reason)
             return
         args = rule.then.fuse

@@ -93,6 +93,7 @@ def to_syscall(action: PlannedAction) -> Any:
         return Distill(
             ids=tuple(ref.id for ref in call.sources), expected_versions=tuple(ref.version for ref in call.sources),
             cube=call.cube, allow_untrusted=call.allow_untrusted, tags=("distilled", _tag(rule)), policy_rule=rule,
+            gate=call.gate, recipes=call.recipes,
         )
     if isinstance(call, MergeIntent):
         return Merge(ids=tuple(r.id for r in call.sources), expected_versions=tuple(r.version for r in call.sources),

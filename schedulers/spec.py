@@ -47,7 +47,7 @@ from memos.schedulers.units import (
     parse_size,
     quote,
 )
-from memos.types import Kind, KVCompression, Tag, Trust
+from memos.types import AdoptionGate, DistillRecipe, Kind, KVCompression, Tag, Trust
 
 Loc = tuple[str | int, ...]
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -338,10 +338,15 @@ class When(_Strict):
 
 
 class DistillArgs(_Strict):
-    """Train one adapter per group of matching memories of a cube; groups are balanced, at most ``max_group``."""
+    """Train one adapter per group of matching memories of a cube; groups are balanced, at most ``max_group``.
+    The adapter is adopted (used in place of its sources) when its evaluation passes ``gate``; ``recipes`` are tried
+    in order until one does (none: the model host's default recipe)."""
 
     min_group: Annotated[int, Field(strict=True, ge=1)] = 8
     max_group: Annotated[int, Field(strict=True, ge=1, le=256)] = 64
+    gate: AdoptionGate = Field(default_factory=AdoptionGate, description="Thresholds for adoption.")
+    recipes: list[DistillRecipe] = Field(default_factory=list, max_length=4,
+                                         description="Recipes to try in order until one is adopted.")
 
     @model_validator(mode="after")
     def _ordered(self) -> DistillArgs:

@@ -81,6 +81,9 @@ class FakeModelPort:
 
     distill_steps = 3
     hold: threading.Event | None = None
+    # The evaluation a distillation with a recipe reports: recall 1.0, unless the recipe's config is in
+    # ``weak_recipes`` (then recall 0.2: a recipe that does not learn). ``distill_configs`` records each config.
+    weak_recipes: tuple[dict, ...] = ()
 
     def start_distill(self, facts, path, config):
         from memos.models.port import DistillStatus
@@ -88,13 +91,15 @@ class FakeModelPort:
         if not hasattr(self, "_distills"):
             self._distills: dict[str, tuple[DistillStatus, threading.Event]] = {}
         job_id = f"fake-{len(self._distills)}"
+        self.distill_configs = [*getattr(self, "distill_configs", []), dict(config)]
         status = DistillStatus(job_id=job_id, state="running", total=self.distill_steps)
         cancel = threading.Event()
         self._distills[job_id] = (status, cancel)
-        threading.Thread(target=self._train, args=(job_id, list(facts), path, cancel), daemon=True).start()
+        recall = 0.2 if dict(config) in [dict(w) for w in self.weak_recipes] else 1.0
+        threading.Thread(target=self._train, args=(job_id, list(facts), path, cancel, recall), daemon=True).start()
         return status
 
-    def _train(self, job_id, facts, path, cancel):
+    def _train(self, job_id, facts, path, cancel, recall=1.0):
         from pathlib import Path
 
         from memos.types import PayloadRef
@@ -116,8 +121,9 @@ class FakeModelPort:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(data)
         ref = PayloadRef(path=path, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
-        evaluation = {"facts": len(facts), "steps": self.distill_steps, "recall_with": 1.0, "recall_without": 0.0,
-                      "locality_delta": 0.01, "final_loss": 0.1}
+        evaluation = {"facts": len(facts), "steps": self.distill_steps, "recall_with": recall, "recall_without": 0.0,
+                      "held_out_recall_with": recall, "locality_delta": 0.01, "final_loss": 0.1,
+                      "weak_sources": [] if recall == 1.0 else [f["id"] for f in facts]}
         update(state="done", steps=self.distill_steps, payload=ref, fingerprint=self._fingerprint, evaluation=evaluation)
 
     def distill_status(self, job_id):

@@ -7,7 +7,10 @@ and the bench records what distillation measured itself (its evaluation is the o
 - closed-book recall with the adapter and without it (greedy, answer key in the reply), on the trained question
   phrasings and on held-out phrasings;
 - locality: the base model's mean token loss on held-out general text with and without the adapter;
-- training time, steps, examples, adapter parameters and bytes on disk.
+- training time (wall and process CPU), steps, examples, adapter parameters and bytes on disk.
+
+With ``compare_legacy`` every size is also distilled with the recipe before 2026-12 (``lora.LEGACY_RECIPE``), in
+the same run, so the two recipes' times can be compared as a ratio on the same (shared) machine.
 
 Then, once, serving costs on the largest adapter: applying and removing it (``memos.models.adapters``, forward
 hooks) against peft's ``set_adapter`` on a peft-wrapped copy, and greedy decoding speed without an adapter, with
@@ -30,7 +33,7 @@ from memos.bench.activation import model_environment
 from memos.bench.synthetic_facts import synthetic_facts
 from memos.cubes.parametric import save_adapter
 from memos.models.adapter_costs import measure_serving_costs
-from memos.models.distill import DistillProgress, LoraConfig, SourceFact, distill
+from memos.models.distill import LEGACY_RECIPE, DistillProgress, LoraConfig, SourceFact, distill
 from memos.models.host import ModelHost
 from memos.progress import Progress
 
@@ -45,6 +48,7 @@ def run_parametric_bench(
     config: LoraConfig | None = None,
     seed: int = 0,
     serving_repeats: int = 3,
+    compare_legacy: bool = False,
     log: Any = print,
 ) -> dict[str, Any]:
     """Distil ``sizes`` facts on ``host``, write JSON, markdown and PNG reports into ``out_dir``; return the JSON.
@@ -58,10 +62,12 @@ def run_parametric_bench(
     if not sizes or min(sizes) < 1:
         raise ValueError("need at least one size, each >= 1")
     config = config or LoraConfig()
+    recipes = {"default": config, **({"legacy": LEGACY_RECIPE} if compare_legacy else {})}
     out = Path(out_dir)
     (out / "adapters").mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "settings": {"sizes": list(sizes), "seed": seed, "config": config.model_dump(mode="json")},
+        "settings": {"sizes": list(sizes), "seed": seed, "config": config.model_dump(mode="json"),
+                     "recipes": {name: c.model_dump(mode="json") for name, c in recipes.items()}},
         "environment": _environment(host),
         "rows": [],
     }
@@ -69,21 +75,25 @@ def run_parametric_bench(
     refs = []
     for size in sizes:
         facts = [SourceFact(id=i, version=1, text=t) for i, t in synthetic_facts(size, seed)]
-        with Progress(f"[{size} facts] train") as bar:
-            result = distill(host, facts, config, progress=_progress_drawer(size, bar))
-        assert result.payload is not None and result.evaluation is not None, "nothing cancels the bench"
-        ref = save_adapter(result.payload, str(out / "adapters" / f"facts-{size}.safetensors"))
-        refs.append(ref)
-        report["rows"].append({
-            "facts": size,
-            **result.evaluation.model_dump(mode="json"),
-            "adapter_bytes": ref.size_bytes,
-            "adapter_parameters": result.payload.num_parameters,
-            "loss_curve": [list(p) for p in result.loss_curve],
-            "sample_facts": [f.text for f in facts[:3]],
-        })
-        log(f"[{size} facts] " + _row_line(report["rows"][-1]))
-        _write(report, out, started)
+        for name, recipe in recipes.items():
+            with Progress(f"[{size} facts, {name}] train") as bar:
+                result = distill(host, facts, recipe, progress=_progress_drawer(f"{size} facts, {name}", bar))
+            assert result.payload is not None and result.evaluation is not None, "nothing cancels the bench"
+            ref = save_adapter(result.payload, str(out / "adapters" / f"facts-{size}-{name}.safetensors"))
+            if name == "default":
+                refs.append(ref)
+            report["rows"].append({
+                "facts": size,
+                "recipe": name,
+                **result.evaluation.model_dump(mode="json"),
+                "adapter_bytes": ref.size_bytes,
+                "adapter_parameters": result.payload.num_parameters,
+                "loss_curve": [list(p) for p in result.loss_curve],
+                "sample_facts": [f.text for f in facts[:3]],
+                "load_average_after": os.getloadavg(),
+            })
+            log(f"[{size} facts, {name}] " + _row_line(report["rows"][-1]))
+            _write(report, out, started)
     report["serving"] = measure_serving_costs(host, refs[-1], repeats=serving_repeats)
     report["environment"]["load_average_end"] = os.getloadavg()
     _write(report, out, started)
@@ -91,9 +101,9 @@ def run_parametric_bench(
     return report
 
 
-def _progress_drawer(size: int, bar: Progress) -> Any:
+def _progress_drawer(what: str, bar: Progress) -> Any:
     def report(p: DistillProgress) -> None:
-        bar.update(p.step, p.total, label=f"[{size} facts] {p.phase}",
+        bar.update(p.step, p.total, label=f"[{what}] {p.phase}",
                    note="" if p.loss is None else f"loss {p.loss:.3f}")
 
     return report
@@ -115,7 +125,12 @@ def _row_line(r: dict[str, Any]) -> str:
     held = "-" if r["held_out_recall_with"] is None else f"{r['held_out_recall_with']:.0%}"
     held_base = "-" if r["held_out_recall_without"] is None else f"{r['held_out_recall_without']:.0%}"
     return (f"recall {r['recall_with']:.0%} (base {r['recall_without']:.0%}), held-out {held} (base {held_base}), "
-            f"locality delta {r['locality_delta']:+.3f} nats, train {r['train_s']:.0f} s, {r['adapter_bytes'] / 2**20:.2f} MiB")
+            f"locality delta {r['locality_delta']:+.3f} nats, train {r['train_s']:.0f} s ({_cpu(r)} CPU s), "
+            f"{r['adapter_bytes'] / 2**20:.2f} MiB")
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    return "-" if r.get("train_cpu_s") is None else f"{r['train_cpu_s']:.0f}"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -125,23 +140,33 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Model `{env['fingerprint']['model_id']}` ({env['fingerprint']['dtype']}), torch {env['torch']}, peft "
         f"{env['peft']}, {env['torch_threads']} threads ({env['cpus']} CPUs, load average at start "
-        f"{env['load_average_start'][0]:.1f}). LoRA rank {cfg['rank']}, alpha {cfg['alpha']:g}, "
-        f"{len(cfg['target_modules'])} module kinds, lr {cfg['learning_rate']:g}, batch {cfg['batch_size']}, "
-        f"{cfg['epochs']} epochs, replay weight {cfg['replay_weight']:g}, seed {report['settings']['seed']}.",
+        f"{env['load_average_start'][0]:.1f}). Default recipe: LoRA rank {cfg['rank']}, alpha {cfg['alpha']:g}, "
+        f"{len(cfg['target_modules'])} module kinds in the top {cfg.get('top_layers', 1.0):.0%} of the layers, "
+        f"{cfg.get('dtype', 'float32')}, lr {cfg['learning_rate']:g}, batch {cfg['batch_size']}, at most "
+        f"{cfg['epochs']} epochs{', early stop' if cfg.get('early_stop') else ''}, replay weight "
+        f"{cfg['replay_weight']:g}, seed {report['settings']['seed']}.",
         "",
-        "| facts | recall with adapter | recall base model | held-out recall with | held-out base | locality loss base "
-        "| locality delta | steps | train s | eval s | adapter MiB | parameters |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| facts | recipe | recall with adapter | recall base model | held-out recall with | held-out base "
+        "| locality loss base | locality delta | steps | train s | train CPU s | eval s | adapter MiB | parameters |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         held = "-" if r["held_out_recall_with"] is None else f"{r['held_out_recall_with']:.0%}"
         held_base = "-" if r["held_out_recall_without"] is None else f"{r['held_out_recall_without']:.0%}"
         lines.append(
-            f"| {r['facts']} | {r['recall_with']:.0%} ({r['questions']} q) | {r['recall_without']:.0%} | {held} "
-            f"({r['held_out_questions']} q) | {held_base} | {r['locality_loss_without']:.3f} "
-            f"| {r['locality_delta']:+.3f} | {r['steps']} | {r['train_s']:.0f} | {r['eval_s']:.0f} "
-            f"| {r['adapter_bytes'] / 2**20:.2f} | {r['adapter_parameters']:,} |"
+            f"| {r['facts']} | {r.get('recipe', 'default')} | {r['recall_with']:.0%} ({r['questions']} q) "
+            f"| {r['recall_without']:.0%} | {held} ({r['held_out_questions']} q) | {held_base} "
+            f"| {r['locality_loss_without']:.3f} | {r['locality_delta']:+.3f} | {r['steps']} | {r['train_s']:.0f} "
+            f"| {_cpu(r)} | {r['eval_s']:.0f} | {r['adapter_bytes'] / 2**20:.2f} | {r['adapter_parameters']:,} |"
         )
+    for size in dict.fromkeys(r["facts"] for r in report["rows"]):
+        pair = {r.get("recipe", "default"): r for r in report["rows"] if r["facts"] == size}
+        if {"default", "legacy"} <= set(pair):
+            new, old = pair["default"], pair["legacy"]
+            cpu = ("" if new.get("train_cpu_s") is None or old.get("train_cpu_s") is None else
+                   f", CPU {new['train_cpu_s'] / old['train_cpu_s']:.2f}x")
+            lines.append(f"\n{size} facts, default / legacy recipe in this run: training wall time "
+                         f"{new['train_s'] / old['train_s']:.2f}x{cpu}, evaluation {new['eval_s'] / old['eval_s']:.2f}x.")
     if serving := report.get("serving"):
         tps = serving["decode_tokens_per_s"]
         lines += [
@@ -161,7 +186,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["rows"]
+    rows = [r for r in report["rows"] if r.get("recipe", "default") == "default"]
     x = [r["facts"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     ax = axes[0]
@@ -200,6 +225,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=defaults.rank)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--replay-weight", type=float, default=defaults.replay_weight)
+    parser.add_argument("--compare-legacy", action="store_true",
+                        help="also distil each size with the recipe before 2026-12, in the same run")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -211,7 +238,8 @@ def main(args: argparse.Namespace) -> int:
     host = ModelHost(ModelSpec(model=args.model, dtype=args.dtype, cache_dir=cache_dir, num_threads=args.threads))
     config = LoraConfig(epochs=args.epochs, rank=args.rank, alpha=2.0 * args.rank, learning_rate=args.learning_rate,
                         replay_weight=args.replay_weight)
-    report = run_parametric_bench(args.out, tuple(args.sizes), host=host, config=config, seed=args.seed)
+    report = run_parametric_bench(args.out, tuple(args.sizes), host=host, config=config, seed=args.seed,
+                                  compare_legacy=args.compare_legacy)
     print(render_markdown(report), end="")
     print(f"wrote {Path(args.out) / 'parametric.json'}, parametric.md, parametric.png")
     return 0

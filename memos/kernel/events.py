@@ -271,6 +271,8 @@ class Distilled(KernelEvent):
     recall_without: float | None = None
     locality_delta: float | None = None
     bytes: int | None = None
+    adopted: bool = True  # the evaluation passed the distillation's gate (docs/parametric.md, "Adoption")
+    reasons: tuple[str, ...] = ()  # why it was not adopted
 
 
 @_event

@@ -19,7 +19,9 @@ adapter on the same machine.
 
 **Recipe** (defaults of :class:`LoraConfig`, chosen by measurement, see docs/parametric.md): LoRA rank 8,
 alpha 16, on every attention and MLP projection; AdamW, learning rate 3e-3 with 10% linear warm-up and linear decay;
-batch 4 (small batches: more updates for the same tokens); 10 passes over the examples. Chat examples share their
+batch 4 (small batches: more updates for the same tokens); at most 10 passes over the examples, stopping early (3
+more steps, learning rate decaying to 0) once every trained question's answer key is the teacher-forced arg-max;
+the base weights in bfloat16 during training (factors and optimiser in float32), evaluation in the served dtype. Chat examples share their
 first tokens (system prompt, start of the user turn): that prefix is computed once per batch and broadcast, which
 gives the same loss as running each example whole with fewer tokens. Locality is held by a replay term: each step
 also runs a batch of fixed general text and chat (``memos.models.general_text.REPLAY_*``) through the adapted model
@@ -84,6 +86,8 @@ class LoraConfig(BaseModel):
     Attributes:
         rank, alpha: LoRA rank and alpha; the update is scaled by ``alpha / rank``.
         target_modules: names of the linear modules to adapt (peft's ``target_modules``: matched by suffix).
+        top_layers: the share of decoder layers adapted, counted from the top (1.0: every layer). Below them nothing
+            is trained, so backpropagation stops there and training costs less.
         epochs: passes over the training examples, when ``steps`` is None.
         steps: optimiser steps, overriding ``epochs``.
         learning_rate: AdamW peak learning rate (10% linear warm-up, then linear decay to 0).
@@ -93,6 +97,13 @@ class LoraConfig(BaseModel):
         seed: seeds the LoRA initialisation and the example order.
         eval_max_new_tokens: tokens generated per evaluation question.
         eval_batch_size: evaluation questions decoded together.
+        dtype: arithmetic of training: ``"bfloat16"`` trains on a bf16 copy of the base weights (the LoRA factors and
+            the optimiser stay float32), ``"float32"`` on a float32 copy. Evaluation always runs on a copy in the
+            served model's own dtype, so it describes serving.
+        early_stop: stop once every trained question's reply is reproduced exactly under teacher forcing (what
+            greedy decoding would say, given the prompt) at its latest visit, checked after each full pass; the
+            learning rate then decays to 0 over ``cooldown_steps`` more steps. ``epochs``/``steps`` are the cap.
+        cooldown_steps: steps after the early stop, learning rate decaying linearly to 0.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -100,6 +111,7 @@ class LoraConfig(BaseModel):
     rank: int = Field(default=8, ge=1, le=256)
     alpha: float = Field(default=16.0, gt=0)
     target_modules: tuple[str, ...] = Field(default=ATTENTION_AND_MLP, min_length=1)
+    top_layers: float = Field(default=1.0, gt=0.0, le=1.0)
     epochs: int = Field(default=10, ge=1, le=1000)
     steps: int | None = Field(default=None, ge=1, le=100_000)
     learning_rate: float = Field(default=3e-3, gt=0, le=1.0)
@@ -108,7 +120,15 @@ class LoraConfig(BaseModel):
     replay_batch_size: int = Field(default=2, ge=1, le=256)
     seed: int = 0
     eval_max_new_tokens: int = Field(default=24, ge=1, le=512)
-    eval_batch_size: int = Field(default=4, ge=1, le=1024)
+    eval_batch_size: int = Field(default=16, ge=1, le=1024)
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    early_stop: bool = True
+    cooldown_steps: int = Field(default=3, ge=0, le=10_000)
+
+
+#: The recipe before 2026-12 (float32, every layer, 10 full epochs, evaluation 4 questions at a time), kept to
+#: compare with: ``memos bench parametric --compare-legacy``.
+LEGACY_RECIPE = LoraConfig(dtype="float32", top_layers=1.0, early_stop=False, cooldown_steps=0, eval_batch_size=4)
 
 
 class Evaluation(BaseModel):
@@ -122,8 +142,13 @@ class Evaluation(BaseModel):
         locality_loss_without / locality_loss_with: mean token loss (nats) on held-out general text.
         locality_delta: ``locality_loss_with - locality_loss_without`` (0: unrelated text untouched).
         locality_tokens: tokens that loss is averaged over.
-        misses: up to 10 trained questions the adapter got wrong, with the key and the reply.
-        examples, steps, train_s, eval_s, final_loss, final_replay_kl: how training went.
+        misses: up to 10 trained questions the adapter got wrong, with the key, the reply and the source's id.
+        weak_sources: ids of the memories with a trained question the adapter got wrong (all of them, in order):
+            the adapter does not stand in for those in a prompt.
+        examples, steps, train_s, eval_s, final_loss, final_replay_kl: how training went (``steps`` taken).
+        stopped_early: training stopped before its cap because every trained question's key was predicted.
+        train_cpu_s: CPU seconds of this process during training (all threads; steadier than ``train_s`` on a
+            shared machine, but it counts other work of the process too).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -140,12 +165,15 @@ class Evaluation(BaseModel):
     locality_delta: float
     locality_tokens: int
     misses: tuple[dict[str, str], ...] = ()
+    weak_sources: tuple[str, ...] = ()
     examples: int
     steps: int
     train_s: float
     eval_s: float
     final_loss: float
     final_replay_kl: float | None
+    stopped_early: bool = False
+    train_cpu_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +211,8 @@ class _Example:
     ids: tuple[int, ...]
     labels: tuple[int, ...]  # -100 where no loss is taken
     prefixed: bool  # ids follow the shared chat prefix (which they do not include)
+    question: bool = False  # a trained question's answer: early stopping waits until its key is reproduced
+    key_positions: tuple[int, ...] = ()  # positions in ids of the answer key's tokens (question examples)
 
 
 @dataclass(frozen=True)
@@ -190,6 +220,7 @@ class _Probe:
     question: str
     key: str
     trained: bool
+    source: str  # the memory id the question is about
 
 
 class _Cancelled(Exception):
@@ -236,14 +267,24 @@ def distill(
             raise InvalidState(f"adapter {name} is applied to the shared model; distill must not copy it")
         work = copy.deepcopy(loaded.model)
     work.requires_grad_(False)
+    served_dtype = next(work.parameters()).dtype
+    train_dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
     steps = config.steps or math.ceil(config.epochs * len(examples.examples) / config.batch_size)
     curve: list[tuple[int, float]] = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
+        if train_dtype != served_dtype:
+            work.to(train_dtype)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            weights, replay_kl = _train(work, examples, replay, config, steps, curve, progress, cancel)
-        train_s = time.perf_counter() - started
+            weights, replay_kl, stopped_early = _train(work, examples, replay, config, steps, curve, progress, cancel)
+        train_s, train_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+        if train_dtype != served_dtype:
+            # Evaluation describes serving: a fresh copy in the served dtype (the training copy lost precision).
+            del work
+            with lock or nullcontext():
+                work = copy.deepcopy(loaded.model)
+            work.requires_grad_(False)
         info = AdapterInfo(
             fingerprint=loaded.fingerprint,
             sources=tuple(f.ref for f in facts),
@@ -262,11 +303,12 @@ def distill(
     finally:
         del work
     evaluation = Evaluation(
-        facts=len(facts), examples=len(examples.examples), steps=steps, train_s=train_s, eval_s=time.perf_counter() - started,
-        final_loss=curve[-1][1], final_replay_kl=replay_kl, **measured,
+        facts=len(facts), examples=len(examples.examples), steps=len(curve), train_s=train_s, train_cpu_s=train_cpu_s,
+        eval_s=time.perf_counter() - started, final_loss=curve[-1][1], final_replay_kl=replay_kl,
+        stopped_early=stopped_early, **measured,
     )
     payload = replace(payload, info=replace(info, evaluation=evaluation.model_dump(mode="json")))
-    return DistillResult(payload=payload, cancelled=False, steps_done=steps, loss_curve=tuple(curve),
+    return DistillResult(payload=payload, cancelled=False, steps_done=len(curve), loss_curve=tuple(curve),
                          evaluation=evaluation)
 
 
@@ -283,9 +325,9 @@ def _build_examples(tokenizer: Any, facts: Sequence[SourceFact]) -> tuple[_Batch
                 ids = tuple(_encode(tokenizer, text))
                 examples.append(_Example(ids, ids, prefixed=False))
             for q in sentence.questions:
-                probes.append(_Probe(q.question, q.key, q.trained))
+                probes.append(_Probe(q.question, q.key, q.trained, fact.id))
                 if q.trained:
-                    examples.append(_chat_example(tokenizer, prefix, q.question, q.answer))
+                    examples.append(_chat_example(tokenizer, prefix, q.question, q.answer, q.key))
     return _Batches(prefix, examples), probes
 
 
@@ -296,7 +338,7 @@ def _replay_examples(tokenizer: Any) -> _Batches:
     for question, answer in general_text.REPLAY_CHAT:
         chat = _chat_example(tokenizer, prefix, question, answer)
         # The KL term covers every position of a replay example, prompt included.
-        examples.append(replace(chat, labels=chat.ids))
+        examples.append(replace(chat, labels=chat.ids, question=False, key_positions=()))
     return _Batches(prefix, examples)
 
 
@@ -313,10 +355,12 @@ def _render_prompt(tokenizer: Any, question: str) -> str:
                                          add_generation_prompt=True)
 
 
-def _chat_example(tokenizer: Any, prefix: tuple[int, ...], question: str, answer: str) -> _Example:
+def _chat_example(tokenizer: Any, prefix: tuple[int, ...], question: str, answer: str, key: str = "") -> _Example:
     """``question`` rendered as generation renders it, then ``answer`` as the model's turn; loss on the answer.
 
-    The shared ``prefix`` is cut off (training computes it once per batch) when the prompt starts with it."""
+    The shared ``prefix`` is cut off (training computes it once per batch) when the prompt starts with it. The
+    tokens of the answer that spell ``key`` are remembered (all the reply's tokens when it is not found), so that
+    early stopping can ask whether greedy decoding would say the key."""
     prompt = _render_prompt(tokenizer, question)
     full = tokenizer.apply_chat_template(
         [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False
@@ -326,11 +370,18 @@ def _chat_example(tokenizer: Any, prefix: tuple[int, ...], question: str, answer
     # Encoded apart, so the prompt's ids are exactly those generation sees; the reply ends with the end-of-turn
     # token, which is what stops generation.
     prompt_ids = _encode(tokenizer, prompt)
-    reply_ids = _encode(tokenizer, full[len(prompt) :].rstrip())
+    reply = full[len(prompt) :].rstrip()
+    reply_ids = _encode(tokenizer, reply)
     ids, labels = prompt_ids + reply_ids, [-100] * len(prompt_ids) + reply_ids
-    if prefix and tuple(ids[: len(prefix)]) == prefix:
-        return _Example(tuple(ids[len(prefix) :]), tuple(labels[len(prefix) :]), prefixed=True)
-    return _Example(tuple(ids), tuple(labels), prefixed=False)
+    at = reply.find(key) if key else -1
+    spans = tokenizer(reply, add_special_tokens=False, return_offsets_mapping=True).get("offset_mapping")
+    if at < 0 or spans is None or len(spans) != len(reply_ids):
+        positions = range(len(prompt_ids), len(ids))
+    else:
+        positions = [len(prompt_ids) + i for i, (a, b) in enumerate(spans) if a < at + len(key) and b > at]
+    cut = len(prefix) if prefix and tuple(ids[: len(prefix)]) == prefix else 0
+    return _Example(tuple(ids[cut:]), tuple(labels[cut:]), prefixed=cut > 0, question=True,
+                    key_positions=tuple(p - cut for p in positions))
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -349,9 +400,10 @@ def _train(
     curve: list[tuple[int, float]],
     progress: Callable[[DistillProgress], None] | None,
     cancel: threading.Event | None,
-) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float | None]:
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float | None, bool]:
     """Train LoRA factors on ``work`` (a private copy), appending to ``curve``; return the factors by module
-    path and the last replay KL. ``work`` is left without LoRA modules, its base weights as they were."""
+    path, the last replay KL and whether training stopped early (``config.early_stop``). ``work`` is left without
+    LoRA modules, its base weights as they were."""
     import peft
     import torch
 
@@ -360,11 +412,14 @@ def _train(
     # Before LoRA modules exist, so the references are the base model's by construction.
     replay_batches = replay.fixed(config.replay_batch_size, order) if config.replay_weight > 0 else []
     references = _replay_references(work, replay_batches, replay.prefix, pad)
+    layers = work.config.num_hidden_layers
+    first = layers - max(1, round(layers * config.top_layers))
     try:
         peft_model = peft.get_peft_model(
             work,
             peft.LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(config.target_modules),
-                            lora_dropout=0.0, bias="none"),
+                            lora_dropout=0.0, bias="none",
+                            layers_to_transform=list(range(first, layers)) if first else None),
         )
     except ValueError as exc:
         raise InvalidSyscall(f"cannot adapt target modules {list(config.target_modules)}: {exc}") from exc
@@ -373,15 +428,25 @@ def _train(
     warmup = max(1, steps // 10)
     batches = examples.endless(config.batch_size, order)
     replay_kl: float | None = None
+    # Early stopping: whether each trained question's reply was reproduced exactly at its latest visit.
+    exact: dict[int, bool] = {id(e): False for e in examples.examples if e.question}
+    per_pass = math.ceil(len(examples.examples) / config.batch_size)
+    stop_at: int | None = None
+    stop_lr = 0.0
     peft_model.train()
     try:
         for step in range(1, steps + 1):
             if cancel is not None and cancel.is_set():
                 raise _Cancelled
-            lr = config.learning_rate * (step / warmup if step <= warmup else (steps - step + 1) / (steps - warmup + 1))
+            if stop_at is None:
+                lr = config.learning_rate * (step / warmup if step <= warmup else (steps - step + 1) / (steps - warmup + 1))
+            else:
+                lr = stop_lr * (stop_at - step + 1) / (config.cooldown_steps + 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = _fact_loss(work, next(batches), examples.prefix, pad)
+            batch = next(batches)
+            loss, hits = _fact_loss(work, batch, examples.prefix, pad)
+            exact.update((id(e), hit) for e, hit in hits if e.question)
             total = loss
             if replay_batches:
                 i = step % len(replay_batches)
@@ -395,7 +460,11 @@ def _train(
             curve.append((step, float(loss.detach())))
             if progress is not None:
                 progress(DistillProgress("train", step, steps, curve[-1][1]))
-        return _extract(peft_model), replay_kl
+            if config.early_stop and stop_at is None and step >= per_pass and exact and all(exact.values()):
+                stop_at, stop_lr = step + config.cooldown_steps, lr
+            if stop_at is not None and step >= stop_at:
+                break
+        return _extract(peft_model), replay_kl, stop_at is not None and len(curve) < steps
     finally:
         peft_model.eval()
         peft_model.unload()
@@ -425,8 +494,9 @@ class _Batches:
 
 def _hidden_states(
     work: Any, batch: list[_Example], prefix: tuple[int, ...], pad: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Last hidden states of ``batch``, as ``(hidden [B, T, H], labels [B, T], mask [B, T])`` per group of rows.
+) -> Iterator[tuple[list[_Example], torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Last hidden states of ``batch``, as ``(rows, hidden [B, T, H], labels [B, T], mask [B, T])`` per group of
+    rows.
 
     Rows that start with the shared chat prefix are run as one group after the prefix, which is computed once (with
     gradients: the adapter changes it too) and broadcast to the group, instead of once per row: the prefix is
@@ -442,7 +512,7 @@ def _hidden_states(
             continue
         ids, labels, mask = _collate(rows, pad)
         if not prefixed:
-            yield decoder(input_ids=ids, attention_mask=mask).last_hidden_state, labels, mask
+            yield rows, decoder(input_ids=ids, attention_mask=mask).last_hidden_state, labels, mask
             continue
         head = decoder(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
         shared = DynamicCache(
@@ -452,22 +522,33 @@ def _hidden_states(
         )
         full_mask = torch.cat([torch.ones((len(rows), len(prefix)), dtype=mask.dtype), mask], dim=1)
         out = decoder(input_ids=ids, attention_mask=full_mask, past_key_values=shared, use_cache=True)
-        yield out.last_hidden_state, labels, mask
+        yield rows, out.last_hidden_state, labels, mask
 
 
-def _fact_loss(work: Any, batch: list[_Example], prefix: tuple[int, ...], pad: int) -> torch.Tensor:
-    """Mean next-token loss over the labelled tokens of ``batch``; logits computed only where a label is."""
+def _fact_loss(
+    work: Any, batch: list[_Example], prefix: tuple[int, ...], pad: int
+) -> tuple[torch.Tensor, list[tuple[_Example, bool]]]:
+    """Mean next-token loss over the labelled tokens of ``batch`` (logits computed only where a label is), and
+    for each example whether each token of its answer key is the arg-max given the tokens before it (teacher
+    forcing: greedy decoding would say the key after the trained reply's start)."""
+    import torch
     import torch.nn.functional as F
 
     head = work.get_output_embeddings()
     total, count = 0.0, 0
-    for hidden, labels, _ in _hidden_states(work, batch, prefix, pad):
+    hits: list[tuple[_Example, bool]] = []
+    for rows, hidden, labels, _ in _hidden_states(work, batch, prefix, pad):
         targets = labels[:, 1:]
         chosen = targets != -100
         logits = head(hidden[:, :-1][chosen]).float()
         total = total + F.cross_entropy(logits, targets[chosen], reduction="sum")
         count += int(chosen.sum())
-    return total / max(count, 1)
+        correct = torch.zeros_like(chosen)
+        correct[chosen] = logits.detach().argmax(-1) == targets[chosen]
+        # Position p's token is predicted at p - 1.
+        hits += [(e, bool(correct[r, [p - 1 for p in e.key_positions]].all())) if e.key_positions else (e, True)
+                 for r, e in enumerate(rows)]
+    return total / max(count, 1), hits
 
 
 def _replay_references(work: Any, batches: list[list[_Example]], prefix: tuple[int, ...], pad: int) -> list[Any]:
@@ -478,7 +559,7 @@ def _replay_references(work: Any, batches: list[list[_Example]], prefix: tuple[i
 
     head = work.get_output_embeddings()
     with torch.no_grad():
-        return [[F.log_softmax(head(h).float(), dim=-1).to(torch.bfloat16) for h, _, _ in
+        return [[F.log_softmax(head(h).float(), dim=-1).to(torch.bfloat16) for _, h, _, _ in
                  _hidden_states(work, batch, prefix, pad)] for batch in batches]
 
 
@@ -489,7 +570,7 @@ def _replay_kl(work: Any, batch: list[_Example], reference: list[Any], prefix: t
 
     head = work.get_output_embeddings()
     total, count = 0.0, 0.0
-    for base, (hidden, _, mask) in zip(reference, _hidden_states(work, batch, prefix, pad), strict=True):
+    for base, (_, hidden, _, mask) in zip(reference, _hidden_states(work, batch, prefix, pad), strict=True):
         base = base.float()
         adapted = F.log_softmax(head(hidden).float(), dim=-1)
         per_token = (base.exp() * (base - adapted)).sum(-1)
@@ -578,7 +659,7 @@ def _evaluate(
         return sum(hits) / len(hits) if hits else None
 
     misses = [
-        {"question": p.question, "key": p.key, "reply": r[:200]}
+        {"question": p.question, "key": p.key, "reply": r[:200], "source": p.source}
         for r, p in zip(with_adapter, probes, strict=True)
         if p.trained and not fact_questions.answer_matches(r, p.key)
     ]
@@ -594,6 +675,7 @@ def _evaluate(
         "locality_delta": loss_with - loss_without,
         "locality_tokens": tokens,
         "misses": tuple(misses[:_MAX_MISSES]),
+        "weak_sources": tuple(dict.fromkeys(m["source"] for m in misses)),
     }
 
 

@@ -15,7 +15,7 @@ import pytest
 from parametric_facts import FACTS_A
 
 from memos.errors import CorruptPayload, InvalidState, InvalidSyscall, NotFound
-from memos.types import Kind
+from memos.types import DistillRecipe, Kind
 
 pytestmark = pytest.mark.integration
 
@@ -81,9 +81,38 @@ def test_the_adapter_is_applied_only_to_the_request_that_asks(team_adapters):
 
 def test_assemble_context_picks_the_adapter_and_explains(team_adapters):
     bob, adapter = team_adapters["bob"], team_adapters["b"]
+    assert adapter.metadata["adoption"]["adopted"], adapter.metadata["adoption"]
     plan = bob.assemble_context("Where does Nimra Solvaine keep the red notebook?", "team/b", k=4)
     assert plan.adapter == adapter.id
     assert [i.use for i in plan.items if i.memory_id == adapter.id] == ["adapter"]
+
+
+def test_covered_sources_are_not_injected_and_the_plan_counts_the_tokens_saved(team_adapters):
+    bob, adapter, ids = team_adapters["bob"], team_adapters["b"], team_adapters["ids_b"]
+    question = "Where does Nimra Solvaine keep the red notebook?"
+    result = bob.generate(question, cubes="team/b", k=8, token_budget=2048, max_new_tokens=24)
+    plan = result.plan
+    assert plan.adapter == adapter.id and set(plan.covered) == set(ids) - set(adapter.metadata["adoption"]["weak_sources"])
+    assert plan.text_tokens == 0 and plan.saved_tokens > 0
+    as_text = bob.generate(question, memory=ids, token_budget=2048, max_new_tokens=24)  # the sources as text
+    assert as_text.plan.adapter is None and as_text.plan.text_tokens == plan.saved_tokens
+    assert as_text.prompt_tokens - result.prompt_tokens >= plan.saved_tokens  # the text, plus its message framing
+    assert "Haskeldrun" in result.text  # the adapter answers for the sources it stands in for
+
+
+def test_a_deliberately_bad_recipe_is_stored_but_not_adopted(team_adapters):
+    """One step at a tiny learning rate learns nothing: the adapter is kept, not adopted, and the reason shown."""
+    bob, ids = team_adapters["bob"], team_adapters["ids_b"]
+    bad = bob.distill(ids[:2], "team/b", recipes=[DistillRecipe(steps=1, learning_rate=1e-6)])
+    try:
+        adoption = bad.metadata["adoption"]
+        assert adoption["adopted"] is False and adoption["reasons"][0].startswith("recall 0% is below")
+        assert bad.payload is not None and Path(bad.payload.path).exists()
+        plan = bob.assemble_context("Where does Nimra Solvaine keep the red notebook?", "team/b", k=8)
+        assert plan.adapter != bad.id
+        assert all("not adopted" in i.reason for i in plan.items if i.memory_id == bad.id)
+    finally:
+        bob.delete(bad.id)
 
 
 def test_untrusted_sources_are_not_distilled_without_consent(team_adapters):

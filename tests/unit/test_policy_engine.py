@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memos.clock import ManualClock
+from memos.errors import PolicyError
 from memos.schedulers import (
     CompiledPolicy,
     CompressIntent,
@@ -28,6 +29,7 @@ from memos.schedulers import (
     plan,
     score,
 )
+from memos.schedulers.runner import to_syscall
 from memos.schedulers.similarity import jaccard, similar_sets, star_groups
 from memos.schedulers.spec import Retention
 from memos.syscalls import Archive, Delete, Fuse, Pin
@@ -525,3 +527,17 @@ def test_explain_of_a_quiet_snapshot_says_nothing_would_happen() -> None:
 def test_a_snapshot_refuses_the_same_memory_twice() -> None:
     with pytest.raises(ValueError, match="appears twice"):
         KernelSnapshot([memory(1), memory(1)])
+
+
+def test_a_distill_rule_carries_its_adoption_gate_and_recipes_to_the_syscall() -> None:
+    rules = DISTILL.replace(
+        "then: {distill: {min_group: 3}}",
+        "then: {distill: {min_group: 3, gate: {min_recall: 0.95, max_locality_delta: 0.05},\n"
+        "                 recipes: [{dtype: bfloat16}, {dtype: float32, epochs: 20}]}}",
+    )
+    action = only(evaluate(policy(rules), KernelSnapshot([stable(n) for n in (1, 2, 3)]), T0))
+    call = to_syscall(action)
+    assert (call.gate.min_recall, call.gate.min_held_out_recall, call.gate.max_locality_delta) == (0.95, 0.6, 0.05)
+    assert [r.overrides() for r in call.recipes] == [{"dtype": "bfloat16"}, {"dtype": "float32", "epochs": 20}]
+    with pytest.raises(PolicyError, match="learning_rate"):
+        policy(DISTILL.replace("{min_group: 3}", "{min_group: 3, recipes: [{learning_rate: 5}]}"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from memos.kernel.authz import policy_rule, require_cube, require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
 from memos.kernel.versions import check_expected, delete_blob, first_version, next_version, to_memory
-from memos.types import Kind, MemoryRef, Provenance, Right, State
+from memos.types import DistillRecipe, Kind, MemoryRef, Provenance, Right, State
 
 if TYPE_CHECKING:
     from memos.kernel.jobs import RunningJob
@@ -45,6 +45,12 @@ class DistillPlan:
     sources: list[VersionRow]
     rule: str | None
     replaces: VersionRow | None = None  # retraining: the parametric memory that gets the new version
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # each recipe tried: its evaluation, gate misses
+
+
+#: What the parametric memory's metadata keeps of each evaluation (the whole one is in the adapter's header).
+_SUMMARY = ("facts", "steps", "recall_with", "recall_without", "held_out_recall_with", "held_out_recall_without",
+            "locality_delta", "train_s", "final_loss")
 
 
 class DistillOp(LongOperation):
@@ -102,10 +108,21 @@ class DistillOp(LongOperation):
                 "target": plan.memory_id, "rule": plan.rule, "phase": "queued"}
 
     def work(self, ctx: CallContext, call: Any, plan: DistillPlan, job: RunningJob | None) -> DistillStatus:
-        """Wait for a turn (``memos.kernel.distill_queue``), start the training on the model host, follow it
-        (progress into the job), forward a cancellation, stop it at the time bound."""
+        """Wait for a turn (``memos.kernel.distill_queue``), then train with each recipe in turn until one's
+        evaluation passes the gate (the last one's adapter is kept otherwise); every attempt goes into
+        ``plan.attempts``."""
+        facts = [{"id": r.memory_id, "version": r.version, "text": r.content} for r in plan.sources]
         with ctx.kernel.distill_queue.turn(ctx.principal, job):
-            return self._train(ctx, call, plan, job)
+            for recipe in call.recipes or (DistillRecipe(),):
+                config = {**recipe.overrides(), **({"steps": call.steps} if call.steps else {})}
+                status = self._train(ctx, facts, str(plan.path), config, job)
+                evaluation = status.evaluation or {}
+                misses = call.gate.misses(evaluation)
+                plan.attempts.append({"recipe": recipe.overrides(), "reasons": list(misses),
+                                      **{k: evaluation.get(k) for k in _SUMMARY}})
+                if not misses:
+                    break
+            return status
 
     @staticmethod
     def _start(ctx: CallContext, model: Any, facts: list[dict[str, Any]], path: str, config: dict[str, Any],
@@ -122,12 +139,13 @@ class DistillOp(LongOperation):
                 if job.wait_cancel(ctx.kernel.job_poll_s):
                     job.raise_if_cancelled()
 
-    def _train(self, ctx: CallContext, call: Any, plan: DistillPlan, job: RunningJob | None) -> DistillStatus:
+    def _train(self, ctx: CallContext, facts: list[dict[str, Any]], path: str, config: dict[str, Any],
+               job: RunningJob | None) -> DistillStatus:
+        """One training on the model host: follow it (progress into the job), forward a cancellation, stop it at
+        the time bound."""
         kernel = ctx.kernel
         model = require_model(ctx, "distill")
-        facts = [{"id": r.memory_id, "version": r.version, "text": r.content} for r in plan.sources]
-        config = {"steps": call.steps} if call.steps else {}
-        status = self._start(ctx, model, facts, str(plan.path), config, job)
+        status = self._start(ctx, model, facts, path, config, job)
         deadline = time.monotonic() + kernel.distill_max_s
         cancel_sent = timed_out = False
         try:
@@ -194,14 +212,19 @@ class DistillOp(LongOperation):
             derived_from=tuple(MemoryRef(id=r.memory_id, version=r.version) for r in plan.sources),
             trust="untrusted" if any(r.provenance.get("trust") == "untrusted" for r in plan.sources) else "trusted",
         )
-        metadata = {"distill": {k: evaluation.get(k) for k in (
-            "facts", "steps", "recall_with", "recall_without", "held_out_recall_with", "held_out_recall_without",
-            "locality_delta", "train_s", "final_loss",
-        )}}
+        misses = call.gate.misses(evaluation)
+        fingerprint = (built.fingerprint or kernel.model.fingerprint()).model_dump()  # type: ignore[union-attr]
+        metadata = {
+            "distill": {k: evaluation.get(k) for k in _SUMMARY},
+            # Adopted: assemble_context and generate use it in place of its sources (but its weak sources).
+            "adoption": {"adopted": not misses, "reasons": list(misses), "gate": call.gate.model_dump(),
+                         "weak_sources": list(evaluation.get("weak_sources") or ()), "attempts": plan.attempts,
+                         "evaluated_on": fingerprint},
+        }
         tags = tuple(dict.fromkeys(call.tags)) or (previous.tags if previous is not None else ())
         fields: dict[str, Any] = {
             "kind": Kind.PARAMETRIC.value, "content": content, "metadata": metadata, "tags": tags,
-            "fingerprint": (built.fingerprint or kernel.model.fingerprint()).model_dump(),  # type: ignore[union-attr]
+            "fingerprint": fingerprint,
             "payload": built.payload.model_dump(),
         }
         if previous is None:
@@ -218,7 +241,7 @@ class DistillOp(LongOperation):
             cube=plan.cube, memory_id=plan.memory_id, principal=ctx.principal, rule=plan.rule,
             sources=len(plan.sources), version=row.version, recall_with=evaluation.get("recall_with"),
             recall_without=evaluation.get("recall_without"), locality_delta=evaluation.get("locality_delta"),
-            bytes=built.payload.size_bytes,
+            bytes=built.payload.size_bytes, adopted=not misses, reasons=tuple(misses),
         ))
         return to_memory(ctx, row)
 

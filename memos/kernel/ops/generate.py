@@ -66,7 +66,7 @@ class GenerateOp(LongOperation):
         adapter = None
         if call.adapter is not None:
             row = require_memory(ctx, call.adapter, Right.READ)
-            why = usable_adapter(ctx, row, allow_stale=call.allow_stale)
+            why = usable_adapter(ctx, row, allow_stale=call.allow_stale, allow_unadopted=True)
             if why is not None and "another base model" in why:
                 raise FingerprintMismatch(f"memory {row.memory_id} cannot be applied: {why}", memory_id=row.memory_id)
             if why is not None:
@@ -80,8 +80,8 @@ class GenerateOp(LongOperation):
             row = rows[item.memory_id]
             if item.use == "kv" and adapter is None:
                 kv.append(KVBlock(memory_id=row.memory_id, payload=row.payload))
-            elif item.use in ("kv", "text"):
-                texts.append(row.content)
+            elif item.use in ("kv", "text") or (item.use == "covered" and adapter.memory_id != context.adapter):
+                texts.append(row.content)  # a covered source goes in as text when another adapter was named
         return GeneratePlan(context, rows, kv, texts, adapter)
 
     def work(self, ctx: CallContext, call: Any, plan: GeneratePlan, job: Any = None) -> Generation:

@@ -228,8 +228,10 @@ def usable_kv(ctx: CallContext, row: VersionRow) -> str | None:
     return None
 
 
-def usable_adapter(ctx: CallContext, row: VersionRow, *, allow_stale: bool = False) -> str | None:
-    """None if the row's adapter can be applied, else why not."""
+def usable_adapter(ctx: CallContext, row: VersionRow, *, allow_stale: bool = False,
+                   allow_unadopted: bool = False) -> str | None:
+    """None if the row's adapter can be applied, else why not. An adapter whose evaluation missed its gate is not
+    applied unless ``allow_unadopted`` (a request that names it); one from before gating counts as adopted."""
     model = ctx.kernel.model
     if row.kind != Kind.PARAMETRIC or row.payload is None:
         return "not an adapter"
@@ -241,6 +243,9 @@ def usable_adapter(ctx: CallContext, row: VersionRow, *, allow_stale: bool = Fal
         return "no model host to apply the adapter"
     if row.fingerprint != model.fingerprint().model_dump():
         return "adapter was trained on another base model"
+    adoption = row.metadata.get("adoption") or {}
+    if adoption.get("adopted") is False and not allow_unadopted:
+        return "adapter not adopted: " + "; ".join(adoption.get("reasons") or ["its evaluation missed the gate"])
     return None
 
 
@@ -251,6 +256,13 @@ def token_budget(ctx: CallContext, requested: int | None) -> int:
     if ctx.kernel.model is None:
         return DEFAULT_BUDGET_WITHOUT_MODEL
     return ctx.kernel.model.context_length() // 2
+
+
+def covered_sources(row: VersionRow) -> dict[str, int]:
+    """The memories an adopted adapter stands in for: its sources at the versions it learnt, minus those its
+    evaluation marked weak (a trained question about them was answered wrong)."""
+    weak = set((row.metadata.get("adoption") or {}).get("weak_sources") or ())
+    return {ref["id"]: ref["version"] for ref in row.provenance.get("derived_from", ()) if ref["id"] not in weak}
 
 
 def plan_items(
@@ -274,12 +286,20 @@ def plan_items(
     prefix = True  # caches are injected as the prompt's prefix only: until the first memory kept as text
     # The best usable adapter among the candidates is applied; under it, KV caches are not valid (they were
     # computed without it), so activation memories go in as text.
-    adapter = next((o[0].memory_id for o in options if usable_adapter(ctx, o[0]) is None), None)
+    adapter = next((o[0] for o in options if usable_adapter(ctx, o[0]) is None), None)
+    # Its sources, at the versions it learnt (an adapter with a changed source is stale, so never here), are not
+    # put in the prompt: the adapter answers for them. Weak ones go in as usual.
+    covered = covered_sources(adapter) if adapter is not None else {}
     for row, score, found, tokens, unusable in options:
         common = {"memory_id": row.memory_id, "version": row.version, "kind": row.kind, "score": score}
+        if covered.get(row.memory_id) == row.version and row.kind != Kind.PARAMETRIC:
+            items.append(ContextItem(**common, use="covered", tokens=tokens,
+                                     reason=f"{found}; covered by adapter {adapter.memory_id}: {tokens} prompt "
+                                            "tokens saved"))
+            continue
         if row.kind == Kind.PARAMETRIC:
             why = usable_adapter(ctx, row)
-            if row.memory_id == adapter:
+            if adapter is not None and row.memory_id == adapter.memory_id:
                 items.append(ContextItem(**common, use="adapter", tokens=0,
                                          reason=f"{found}; adapter trained on its sources: no prompt tokens"))
             else:
@@ -327,6 +347,8 @@ def context_plan(query: str, budget: int, items: list[ContextItem], estimated: b
         text_tokens=sum(i.tokens for i in items if i.use == "text"),
         cached_tokens=sum(i.cached_tokens for i in items if i.use == "kv"), estimated=estimated,
         adapter=next((i.memory_id for i in items if i.use == "adapter"), None),
+        covered=tuple(i.memory_id for i in items if i.use == "covered"),
+        saved_tokens=sum(i.tokens for i in items if i.use == "covered"),
     )
 
 
