@@ -79,10 +79,11 @@ class DistillOp(LongOperation):
         assert cube is not None  # the syscall's validator: cube or replaces
         require_cube(ctx, cube, Right.WRITE)
         sources = [require_memory(ctx, m, Right.READ) for m in dict.fromkeys(ids)]
-        if call.steps is not None and call.steps > kernel.distill_max_steps:
-            raise InvalidSyscall(f"distill takes at most {kernel.distill_max_steps} steps on this server, not "
-                                 f"{call.steps} (a bound per job, so that no caller holds the trainer for hours)",
-                                 steps=call.steps, limit=kernel.distill_max_steps)
+        for steps in (call.steps, *(r.steps for r in call.recipes)):  # a recipe's steps are bounded the same
+            if steps is not None and steps > kernel.distill_max_steps:
+                raise InvalidSyscall(f"distill takes at most {kernel.distill_max_steps} steps on this server, not "
+                                     f"{steps} (a bound per job, so that no caller holds the trainer for hours)",
+                                     steps=steps, limit=kernel.distill_max_steps)
         if call.expected_versions is not None:
             for memory_id, expected in zip(call.ids, call.expected_versions, strict=True):
                 check_expected(next(r for r in sources if r.memory_id == memory_id), expected)
