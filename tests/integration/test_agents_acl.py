@@ -45,6 +45,7 @@ def test_no_tool_store_or_graph_reads_another_agents_private_cube_and_every_atte
         "forget": {"memory_id": note.id},
         "remember": {"content": "planted", "cube": private},
         "share": {"cube": private, "principal": intruder.principal, "right": "read"},
+        "ingest": {"messages": [{"content": "Nagoya ships 40 units", "speaker": "mallory"}], "cube": private},
     }
     assert set(attempts) == {t.name for t in tools.tools}
     for tool in tools.tools:

@@ -57,7 +57,7 @@ def test_research_team_workflow(ray_runtime):
     assert [(d["tool"], d["status"], d["error"].split(":")[0]) for d in summary["denials"]] == [
         ("recall", "error", "denied"), ("memory_history", "error", "not_found")]
     assert summary["audited_denials"] == [
-        "agent:writer search on agent/researcher-a/notes: denied",
+        "agent:writer cube_info on agent/researcher-a/notes: denied",  # recall checks each cube it names first
         "agent:writer history on agent/researcher-a/notes: denied",
     ]
 
