@@ -65,7 +65,7 @@ def test_no_tool_store_or_graph_reads_another_agents_private_cube_and_every_atte
     denied = [r for r in owner.audit(private, limit=1000) if r.outcome == "denied"]
     assert {r.principal for r in denied} == {intruder.principal}
     assert sorted(r.op for r in denied) == sorted(
-        ["search", "history", "update", "delete", "write", "grant", "list", "assemble_context"])
+        ["cube_info", "history", "update", "delete", "write", "ingest", "grant", "list", "assemble_context"])
 
 
 class Visits(TypedDict):

@@ -81,21 +81,22 @@ def test_up_status_down_and_metrics_on_the_ray_export(tmp_path):
     assert memos(home, "status").returncode == 1
 
 
-def test_a_failed_up_leaves_no_ray_process_behind(tmp_path):
-    """`ray start` that fails half-way (here: the dashboard port is taken) has already started the GCS and more;
-    `memos up` must stop them, or they hold ports and make the next `memos up` fail too."""
+def test_a_taken_dashboard_port_is_refused_before_ray_starts_and_leaves_nothing_behind(tmp_path):
+    """A taken dashboard port once made `ray start` fail half-way, after it had started the GCS and more. `memos up`
+    now checks its ports first: it refuses in memos' terms, names the flag that fixes it, and starts nothing."""
     import psutil
 
     home = tmp_path / "home"
-    # Ray puts its session under $TMPDIR/ray: a fresh, short one (sockets live there) tells this test's processes.
+    # Ray puts its session under $TMPDIR/ray: a fresh, short one tells this test's processes apart.
     ray_tmp = Path(tempfile.mkdtemp(prefix="memos-up-", dir="/tmp"))
     try:
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", DASHBOARD_PORT))
             taken.listen()
             up = memos(home, "up", TMPDIR=str(ray_tmp))
-        assert up.returncode == 2 and "ray start failed" in up.stderr, up.stdout + up.stderr
-        assert list(ray_tmp.glob("ray/session_*")), "the session was not made under $TMPDIR: the test proves nothing"
+        assert up.returncode == 2, up.stdout + up.stderr
+        assert f"dashboard port {DASHBOARD_PORT}" in up.stderr and "--dashboard-port" in up.stderr, up.stderr
+        assert not list(ray_tmp.glob("ray/session_*")), "ray start ran although a port was taken"
         assert not (home / "cluster.json").exists()
         left = [" ".join(p.info["cmdline"] or ())[:200] for p in psutil.process_iter(["cmdline"])
                 if str(ray_tmp) in " ".join(p.info["cmdline"] or ())]

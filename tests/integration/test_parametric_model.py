@@ -68,7 +68,11 @@ def test_training_leaves_the_shared_base_model_unchanged(trained, host: ModelHos
     model = host.loaded.model
     assert weights_digest(model) == before["digest"]
     assert not any("lora" in name.lower() for name, _ in model.named_modules())
-    assert all(not m._forward_hooks for m in model.modules())
+    # No adapter hook is left on the shared model. (transformers installs its own output-capturing hooks, for good,
+    # the first time attention weights are asked for: the activation compression's scoring does that.)
+    left = [n for n, m in model.named_modules() for h in m._forward_hooks.values()
+            if getattr(h, "__qualname__", "").startswith("_lora_hook")]
+    assert not left, left
     assert [host.generate(m, max_new_tokens=16).token_ids for m in (ASK, ASK_B, GENERAL)] == before["replies"]
 
 
