@@ -11,6 +11,7 @@ Each is an object with four steps, run by ``run_long``:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from memos.errors import BackendError, Cancelled, MemosError, ModelUnavailable
@@ -26,24 +27,24 @@ if TYPE_CHECKING:
     from memos.types import Job
 
 
-class LongOperation:
+class LongOperation(ABC):
     """The steps of a long operation; subclasses implement them (see the module docstring)."""
 
-    def plan(self, ctx: CallContext, call: Any) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def plan(self, ctx: CallContext, call: Any) -> Any: ...
 
     def job_args(self, plan: Any) -> dict[str, Any] | None:
         """The job's fields (``JobTable.start``) when the work is worth following as a job, else None."""
         return None
 
-    def work(self, ctx: CallContext, call: Any, plan: Any, job: RunningJob | None) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def work(self, ctx: CallContext, call: Any, plan: Any, job: RunningJob | None) -> Any: ...
 
-    def commit(self, ctx: CallContext, call: Any, plan: Any, outcome: Any) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    def commit(self, ctx: CallContext, call: Any, plan: Any, outcome: Any) -> Any: ...
 
-    def abort(self, ctx: CallContext, plan: Any) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def abort(self, ctx: CallContext, plan: Any) -> None: ...
 
 
 def require_model(ctx: CallContext, what: str) -> ModelPort:

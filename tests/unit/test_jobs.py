@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fakes import FakeModelPort
+from threads import in_thread, wait_for
 
 from memos.errors import Cancelled, InvalidState, InvalidSyscall, NotFound, PermissionDenied, VersionConflict
 from memos.schedulers.engine import compile_policy
@@ -27,29 +28,6 @@ def model_port() -> FakeModelPort:
 def kernel(kernel):
     kernel.job_poll_s = 0.01  # the scripted host answers at once
     return kernel
-
-
-def in_thread(fn):
-    """Run ``fn`` in a thread; returns a dict that gets ``result`` or ``error`` when it ends, and the thread."""
-    out: dict = {}
-
-    def run():
-        try:
-            out["result"] = fn()
-        except Exception as exc:  # noqa: BLE001 -- a worker thread hands its failure to the test
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return out, thread
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-    return value
 
 
 def facts(mem) -> list[str]:

@@ -7,10 +7,10 @@ cube; a re-created cube name starts a new incarnation with its own audit log and
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from fakes import FakeModelPort
+from threads import in_thread, wait_for
 
 from memos.errors import Cancelled, CapacityExceeded, InvalidSyscall, MemosError
 from memos.kernel.budget import ActivationBudget
@@ -29,28 +29,6 @@ def model_port() -> FakeModelPort:
 def kernel(kernel):
     kernel.job_poll_s = 0.01  # the scripted host answers at once
     return kernel
-
-
-def in_thread(fn):
-    out: dict = {}
-
-    def run():
-        try:
-            out["result"] = fn()
-        except Exception as exc:  # noqa: BLE001 -- a worker thread hands its failure to the test
-            out["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return out, thread
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-    return value
 
 
 # ------------------------------------------------------------------------------------------------ activation budgets
