@@ -41,11 +41,26 @@ class Runtime:
         """
         settings = settings or Settings.from_env()
         if mode == "inprocess":
-            from memos.service import lazy_model, open_service
+            from memos.service import lazy_model, open_service, shard_settings
+            from memos.storage.placement import Placement
 
             # The model host is loaded by the first call that needs it.
-            service = open_service(settings, model=lazy_model(settings), owner=owner)
-            return cls(settings, InProcessTransport(service), mode="inprocess")
+            model = lazy_model(settings)
+            if not Placement.exists(settings.home):
+                return cls(settings, InProcessTransport(open_service(settings, model=model, owner=owner)),
+                           mode="inprocess")
+            # A sharded data dir ('memos up --shards N' made it): every shard's kernel here, behind the router.
+            from memos.transports.router import ShardRouter
+
+            table, services = Placement(settings.home), []
+            try:
+                for k in range(table.shards):
+                    services.append(open_service(shard_settings(settings, k), model=model, owner=f"{owner} (shard {k})"))
+            except BaseException:
+                for service in services:
+                    service.close()
+                raise
+            return cls(settings, ShardRouter([InProcessTransport(s) for s in services], table), mode="inprocess")
         from memos.hosting import ray_host
 
         if mode in ("auto", "cluster") and ray_host.cluster_info(settings) is not None:

@@ -190,6 +190,18 @@ def lazy_model(settings: Settings) -> ModelPort | None:
     return LazyModelService(settings)
 
 
+def shard_settings(settings: Settings, shard: int) -> Settings:
+    """The settings of kernel shard ``shard`` of a sharded data dir: its own data dir (``<home>/shards/<k>``,
+    ``memos.storage.placement``), kernel actor name and index collection (on a shared Chroma server each shard needs
+    its own)."""
+    from memos.storage.placement import shard_home
+
+    return settings.model_copy(update={
+        "home": shard_home(settings.home, shard), "kernel_actor": f"{settings.kernel_actor}-shard-{shard}",
+        "chroma_collection": f"{settings.chroma_collection}-shard-{shard}",
+    })
+
+
 def open_service(
     settings: Settings, *, model: ModelPort | None, owner: str, lock_wait_s: float = 0.0, policies: bool = True,
 ) -> KernelService:

@@ -53,6 +53,11 @@ def register(sub: Any) -> None:
 
     scale_bench.add_arguments(p)
     p.set_defaults(fn=scale_bench.main)
+    p = bench.add_parser("shards", help="aggregate write_many throughput at 1, 2, 4 kernel shard actors, ratio to 1")
+    from memos.bench import shards as shards_bench
+
+    shards_bench.add_arguments(p)
+    p.set_defaults(fn=shards_bench.main)
     p = bench.add_parser("load", help="N concurrent clients through the Ray kernel; checks no acknowledged write is lost")
     p.add_argument("--clients", default="1,4,16,64", help="comma-separated client counts")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per client count")

@@ -22,8 +22,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     if cluster_info(settings) is not None:
         print(f"a memos cluster is already recorded in {settings.cluster_file}; 'memos status' or 'memos down'")
         return 1
-    info = up(settings)
-    print(f"memos is up. kernel actor '{info['kernel_actor']}' in namespace '{info['namespace']}'")
+    info = up(settings, shards=args.shards or 0, address=args.address)
+    if info.get("shards"):
+        print(f"memos is up. {info['shards']} kernel shard actors ({', '.join(info['shard_actors'])}) in namespace "
+              f"'{info['namespace']}'; placement: {settings.home / 'shards' / 'placement.json'}")
+    else:
+        print(f"memos is up. kernel actor '{info['kernel_actor']}' in namespace '{info['namespace']}'")
+    if info.get("joined"):
+        print(f"joined the Ray cluster at {info['address']} ('memos down' stops memos' actors, not the cluster)")
     print(f"Ray dashboard: {info['dashboard_url']}")
     print(f"Metrics (Prometheus text): {info['metrics_url']}")
     print(f"Prometheus file_sd target: {info['prometheus_targets']}")
@@ -44,22 +50,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     except BackendError as exc:
         print(f"memos cluster recorded but not answering: {exc}. Fix: 'memos down' then 'memos up'")
         return 1
-    try:
-        health = kernel_health(settings)
-    except BackendError as exc:
-        health = {"state": "UNKNOWN", "restarts": 0, "pid": None, "death_cause": str(exc)}
-    try:  # a short ping: status reports, it does not wait out a restart
-        ping = RayTransport(host.actors["kernel"], retry_for_s=0, timeout_s=10).ping()
-    except BackendError as exc:
-        print(f"memos cluster recorded but the kernel is not answering: {health_advice(health)} ({exc})")
-        return 1
+    names = info.get("shard_actors") or [info.get("kernel_actor") or settings.kernel_actor]
+    actors = [host.actors[f"kernel-{k}"] for k in range(len(names))] if info.get("shards") else [host.actors["kernel"]]
+    for k, (name, actor) in enumerate(zip(names, actors, strict=True)):
+        what = f"shard {k}" if info.get("shards") else "kernel"
+        try:
+            health = kernel_health(settings, name)
+        except BackendError as exc:
+            health = {"state": "UNKNOWN", "restarts": 0, "pid": None, "death_cause": str(exc)}
+        try:  # a short ping: status reports, it does not wait out a restart
+            ping = RayTransport(actor, retry_for_s=0, timeout_s=10).ping()
+        except BackendError as exc:
+            print(f"memos cluster recorded but the {what} is not answering: {health_advice(health)} ({exc})")
+            return 1
+        label = f"{what} ({name})" if info.get("shards") else what
+        print(f"memos is running: {label} pid {ping['pid']}, pending index ops {ping['pending_index']}")
+        print(health_advice(health))
+    if info.get("shards"):
+        from memos.storage.placement import Placement
+
+        table = Placement(settings.home)
+        counts = [sum(1 for s in table.cubes.values() if s == k) for k in range(table.shards)]
+        print("cubes placed per shard: " + ", ".join(f"{k}: {n}" for k, n in enumerate(counts)))
+    print(f"Ray dashboard: {info.get('dashboard_url')}")
+    print(f"Metrics: {info.get('metrics_url')}")
     from memos.client import Memos
 
     stats = Memos(host.transport, "system").stats()
-    print(f"memos is running: kernel pid {ping['pid']}, pending index ops {ping['pending_index']}")
-    print(health_advice(health))
-    print(f"Ray dashboard: {info.get('dashboard_url')}")
-    print(f"Metrics: {info.get('metrics_url')}")
     loaded = host.transport.policy_admin("list")
     if loaded:
         from memos.cli.tables import policies_table, show
@@ -142,6 +159,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("up", help="start a local Ray head, the dashboard and the kernel actor")
     p.add_argument("--dashboard-port", type=int, help="the Ray dashboard's port (default 8265, or MEMOS_DASHBOARD_PORT)")
     p.add_argument("--metrics-port", type=int, help="the metrics export's port (default 8081, or MEMOS_METRICS_PORT)")
+    p.add_argument("--shards", type=int, help="run the kernel as N shard actors, cubes placed across them (a data dir "
+                                              "of their own: <home>/shards/<k>; docs/operations.md)")
+    p.add_argument("--address", help="join the existing Ray cluster at ADDR (host:port) instead of starting a head; "
+                                     "it needs the cluster's auth token (docs/operations.md)")
     p.set_defaults(fn=cmd_up)
     sub.add_parser("status", help="is memos running? where is the dashboard?").set_defaults(fn=cmd_status)
     sub.add_parser("down", help="stop what 'memos up' started").set_defaults(fn=cmd_down)

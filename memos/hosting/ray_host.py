@@ -23,8 +23,11 @@ from typing import Any
 
 from memos.config import Settings
 from memos.errors import BackendError, DataDirInUse, MemosError, ModelUnavailable
+from memos.service import shard_settings
 from memos.storage.owner import read_owner
+from memos.storage.placement import Placement, shard_home
 from memos.transports.ray import RETRY_FOR_S, RayTransport
+from memos.transports.router import ShardRouter
 
 __all__ = ["RETRY_FOR_S", "KernelActor", "RayHost", "RayTransport", "cluster_info", "connect", "start_embedded", "up"]
 
@@ -125,8 +128,13 @@ def _remote_class() -> Any:
     return ray.remote(num_cpus=0, max_restarts=KERNEL_MAX_RESTARTS, max_task_retries=0, max_concurrency=16)(KernelActor)
 
 
-def _start_actors(settings: Settings, *, detached: bool) -> dict[str, Any]:
-    """The model host (if configured) and the kernel actor that uses it."""
+def shard_actor(settings: Settings, shard: int) -> str:
+    return shard_settings(settings, shard).kernel_actor
+
+
+def _start_actors(settings: Settings, *, detached: bool, shards: int = 0) -> dict[str, Any]:
+    """The model host (if configured) and the kernel actor that uses it; with ``shards``, that many kernel shard
+    actors (``kernel-0``, ``kernel-1``, ...), each owning its shard's data dir and sharing the model host."""
     from memos.hosting.model_actor import model_actor_class
 
     options: dict[str, Any] = {"lifetime": "detached", "get_if_exists": True} if detached else {}
@@ -139,17 +147,49 @@ def _start_actors(settings: Settings, *, detached: bool) -> dict[str, Any]:
         )
         actors["model"] = model
     owner = "the kernel actor of memos up" if detached else "the kernel actor of an embedded Ray (Runtime.start)"
-    actors["kernel"] = _remote_class().options(name=settings.kernel_actor, **options).remote(
-        settings.model_dump(mode="json"), model, owner
-    )
+    if not shards:
+        actors["kernel"] = _remote_class().options(name=settings.kernel_actor, **options).remote(
+            settings.model_dump(mode="json"), model, owner
+        )
+        return actors
+    for k in range(shards):
+        cfg = shard_settings(settings, k)
+        actors[f"kernel-{k}"] = _remote_class().options(name=cfg.kernel_actor, **options).remote(
+            cfg.model_dump(mode="json"), model, f"{owner} (shard {k})"
+        )
     return actors
+
+
+def kernel_transport(settings: Settings, actors: dict[str, Any], shards: int = 0) -> RayTransport | ShardRouter:
+    """The kernel actor's transport, or the router over the shard actors (``memos.transports.router``)."""
+    if not shards:
+        return RayTransport(actors["kernel"])
+    return ShardRouter([RayTransport(actors[f"kernel-{k}"]) for k in range(shards)], Placement(settings.home))
+
+
+def prepare_shards(settings: Settings, shards: int) -> None:
+    """Make (or grow) the placement table of a sharded data dir.
+
+    Raises:
+        DataDirInUse: the home holds an unsharded kernel's data (it is not split up; use another data dir), or a
+            shard's data dir is owned by another process.
+        InvalidSyscall: ``shards`` out of range, or fewer than the table has.
+    """
+    if settings.db_path.exists():
+        raise DataDirInUse(f"{settings.home} holds an unsharded kernel's data ({settings.db_path.name}); shards need "
+                           "a data dir of their own (MEMOS_HOME=...), or start it without --shards")
+    for k in range(shards):
+        if (owner := read_owner(shard_home(settings.home, k))) is not None:
+            raise DataDirInUse(f"shard {k} of {settings.home} is owned by {owner.get('owner')}, pid "
+                               f"{owner.get('pid')}: stop it first", owner=owner.get("owner"), pid=owner.get("pid"))
+    Placement.create(settings.home, shards)
 
 
 @dataclass
 class RayHost:
     """A Ray session this process is attached to, with the kernel actor's transport."""
 
-    transport: RayTransport
+    transport: RayTransport | ShardRouter
     dashboard_url: str | None
     metrics_url: str | None
     owns_ray: bool
@@ -162,6 +202,8 @@ class RayHost:
             for actor in self.actors.values():
                 ray.kill(actor)
             ray.shutdown()
+        elif isinstance(self.transport, ShardRouter):
+            self.transport.close()
 
 
 def _dashboard_url(context: Any) -> str | None:
@@ -171,9 +213,13 @@ def _dashboard_url(context: Any) -> str | None:
     return url if url.startswith("http") else f"http://{url}"
 
 
-def start_embedded(settings: Settings, *, dashboard: bool = True, num_cpus: int | None = None) -> RayHost:
-    """Start a private local Ray (127.0.0.1) and the kernel actor in it."""
+def start_embedded(settings: Settings, *, dashboard: bool = True, num_cpus: int | None = None,
+                   shards: int = 0) -> RayHost:
+    """Start a private local Ray (127.0.0.1) and the kernel actor in it (with ``shards``: that many kernel shard
+    actors, placed by ``<home>/shards/placement.json``, behind a ``ShardRouter``)."""
     loopback_env()
+    if shards:
+        prepare_shards(settings, shards)
     import ray
 
     context = ray.init(
@@ -187,8 +233,8 @@ def start_embedded(settings: Settings, *, dashboard: bool = True, num_cpus: int 
         log_to_driver=False,
         _metrics_export_port=settings.metrics_export_port,
     )
-    actors = _start_actors(settings, detached=False)
-    transport = RayTransport(actors["kernel"])
+    actors = _start_actors(settings, detached=False, shards=shards)
+    transport = kernel_transport(settings, actors, shards)
     transport.ping()  # surfaces a failed start here, with the actor's error
     return RayHost(
         transport, _dashboard_url(context), f"http://127.0.0.1:{settings.metrics_export_port}/metrics", True, actors
@@ -272,21 +318,30 @@ def write_prometheus_targets(settings: Settings) -> Path:
     return path
 
 
-def up(settings: Settings) -> dict[str, Any]:
-    """``memos up``: a local Ray head with the dashboard and a detached kernel actor. Returns the cluster info.
+def up(settings: Settings, *, shards: int = 0, address: str | None = None) -> dict[str, Any]:
+    """``memos up``: a local Ray head with the dashboard and a detached kernel actor (with ``shards``: that many
+    kernel shard actors and their placement table). With ``address``, no head is started: the actors join the
+    existing Ray cluster at that address (``memos down`` then stops the actors, never that cluster). Returns the
+    cluster info.
 
     Raises:
-        DataDirInUse: another process owns the data dir. BackendError: a port is taken (see ``check_ports``), or
-            Ray does not start.
+        DataDirInUse: another process owns the data dir (or a shard's). BackendError: a port is taken (see
+            ``check_ports``), or Ray does not start or cannot be joined.
     """
     loopback_env()
-    check_ports(settings)
+    if address is None:
+        check_ports(settings)
     if (owner := read_owner(settings.home)) is not None:  # the kernel actor could never take the data dir
         raise DataDirInUse(f"the data dir {settings.home} is owned by {owner.get('owner')}, pid {owner.get('pid')}: "
                            "stop it before 'memos up'", **{k: owner.get(k) for k in ("owner", "pid", "endpoint")})
+    if shards:
+        prepare_shards(settings, shards)
     # `ray start` enables token auth unless RAY_AUTH_MODE says otherwise; this driver must send the token too, and
-    # Ray reads the mode when it is imported.
+    # Ray reads the mode when it is imported. A cluster joined with --address must run with the same mode, and this
+    # machine must hold its token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token: docs/operations.md).
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if address is not None:
+        return _join(settings, address, shards)
     if os.environ["RAY_AUTH_MODE"].lower() == "token":
         _ensure_auth_token()
     # A free GCS port, not Ray's default 6379, which another Ray on this machine (e.g. an embedded one) may hold.
@@ -318,8 +373,8 @@ def up(settings: Settings) -> dict[str, Any]:
     processes = session_processes(session_dir, gcs_address, since=began)
     try:
         context = ray.init(address="auto", namespace=settings.ray_namespace, log_to_driver=False)
-        actors = _start_actors(settings, detached=True)
-        RayTransport(actors["kernel"]).ping()
+        actors = _start_actors(settings, detached=True, shards=shards)
+        kernel_transport(settings, actors, shards).ping()
         info = {
             "address": context.address_info.get("address") or context.address_info.get("gcs_address"),
             "session_dir": context.address_info.get("session_dir"),
@@ -327,6 +382,8 @@ def up(settings: Settings) -> dict[str, Any]:
             "metrics_url": f"http://127.0.0.1:{settings.metrics_export_port}/metrics",
             "namespace": settings.ray_namespace,
             "kernel_actor": settings.kernel_actor,
+            "shards": shards,
+            "shard_actors": [shard_actor(settings, k) for k in range(shards)],
             "model_actor": settings.model_actor if settings.model is not None else None,
             # `ray start` turns token auth on by default; clients of an existing cluster must be told to send the token.
             "auth_mode": os.environ.get("RAY_AUTH_MODE", "token"),
@@ -339,6 +396,40 @@ def up(settings: Settings) -> dict[str, Any]:
         raise
     settings.cluster_file.parent.mkdir(parents=True, exist_ok=True)
     info["prometheus_targets"] = str(write_prometheus_targets(settings))
+    settings.cluster_file.write_text(json.dumps(info, indent=2))
+    ray.shutdown()
+    return info
+
+
+def _join(settings: Settings, address: str, shards: int) -> dict[str, Any]:
+    """``memos up --address``: the detached actors in the Ray cluster at ``address``; no process of ours to stop."""
+    import ray
+
+    try:
+        context = ray.init(address=address, namespace=settings.ray_namespace, log_to_driver=False)
+    except Exception as exc:  # ray raises ConnectionError, ValueError, RuntimeError here
+        raise BackendError(f"cannot join the Ray cluster at {address}: {exc} (with token auth, this machine needs "
+                           "the cluster's token: docs/operations.md)", address=address) from exc
+    actors: dict[str, Any] = {}
+    try:
+        actors = _start_actors(settings, detached=True, shards=shards)
+        kernel_transport(settings, actors, shards).ping()
+    except Exception:
+        for actor in actors.values():
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        ray.shutdown()
+        raise
+    info = {
+        "address": address, "session_dir": context.address_info.get("session_dir"),
+        "dashboard_url": _dashboard_url(context), "metrics_url": None, "namespace": settings.ray_namespace,
+        "kernel_actor": settings.kernel_actor, "shards": shards,
+        "shard_actors": [shard_actor(settings, k) for k in range(shards)],
+        "model_actor": settings.model_actor if settings.model is not None else None,
+        "auth_mode": os.environ.get("RAY_AUTH_MODE", "token"), "started_at": time.time(), "joined": True,
+        "processes": [],  # the cluster is not ours: 'memos down' stops our actors only
+    }
+    settings.cluster_file.parent.mkdir(parents=True, exist_ok=True)
     settings.cluster_file.write_text(json.dumps(info, indent=2))
     ray.shutdown()
     return info
@@ -362,16 +453,21 @@ def connect(settings: Settings) -> RayHost:
 
     try:
         ray.init(address=info["address"], namespace=info["namespace"], log_to_driver=False)
-        actors = {"kernel": ray.get_actor(info["kernel_actor"], namespace=info["namespace"])}
+        shards = int(info.get("shards") or 0)
+        actors = {f"kernel-{k}": ray.get_actor(name, namespace=info["namespace"])
+                  for k, name in enumerate(info.get("shard_actors") or ())}
+        if not shards:
+            actors["kernel"] = ray.get_actor(info["kernel_actor"], namespace=info["namespace"])
         if info.get("model_actor"):
             actors["model"] = ray.get_actor(info["model_actor"], namespace=info["namespace"])
     except Exception as exc:  # ray raises ConnectionError, ValueError, RuntimeError here
         ray.shutdown()
         raise BackendError(f"memos cluster at {info.get('address')} is not reachable: {exc}") from exc
-    return RayHost(RayTransport(actors["kernel"]), info.get("dashboard_url"), info.get("metrics_url"), False, actors)
+    return RayHost(kernel_transport(settings, actors, shards), info.get("dashboard_url"), info.get("metrics_url"),
+                   False, actors)
 
 
-def kernel_health(settings: Settings) -> dict[str, Any] | None:
+def kernel_health(settings: Settings, name: str | None = None) -> dict[str, Any] | None:
     """What Ray says of the kernel actor of ``memos up`` (call while connected): ``state`` (ALIVE, RESTARTING,
     DEAD, ...), ``restarts``, ``pid``, ``death_cause``; None when Ray knows no such actor. The newest actor of that
     name wins (earlier ``memos up`` sessions leave DEAD ones behind only in their own, stopped, cluster).
@@ -382,7 +478,7 @@ def kernel_health(settings: Settings) -> dict[str, Any] | None:
     from ray.util.state import list_actors
 
     try:
-        rows = list_actors(filters=[("name", "=", settings.kernel_actor)], detail=True, timeout=10,
+        rows = list_actors(filters=[("name", "=", name or settings.kernel_actor)], detail=True, timeout=10,
                            raise_on_missing_output=False)
     except Exception as exc:  # the state API raises RayStateApiException, ConnectionError, ...
         raise BackendError(f"Ray's state API did not answer: {exc}") from exc

@@ -1,0 +1,309 @@
+"""The shard router: one ``Transport`` over N kernel shards, each owning a set of cubes (``memos.storage.placement``).
+
+It speaks the envelope like any transport, so ``Memos`` is unchanged over it. Each syscall goes where its data is:
+
+- **a cube named** (``write``, ``list``, ``create_cube``, ``drop_cube``, ``cube_info``, ``grant``, ``revoke``,
+  ``ingest``, ``fuse``, ``distill``/``compress`` with a cube, ``audit`` of a cube): the cube's shard. ``create_cube``
+  records the cube in the placement table first, so it stays where it was created.
+- **several cubes** (``search``, ``assemble_context``, ``generate``, ``events``, ``snapshot``): the one shard holding
+  them all. ``search`` over cubes on several shards fans out to them in parallel, each shard searching its own cubes
+  with the same query and ``k``, and the router merges their hits by score (see ``fuse_hits``). The other multi-cube
+  calls over several shards are refused (``InvalidSyscall``): a context plan, a generation or an event cursor
+  cannot be merged from parts.
+- **write_many**: its items split by their cube's shard, one ``write_many`` per shard in parallel, the outcomes put
+  back in the items' order. Each shard's part is atomic per item, as on one kernel.
+- **a memory or job id** (``read``, ``update``, ``history``, ``link`` (its source), ``migrate`` (its first id), ...):
+  the shard that answered for that memory before (a bounded cache filled from every result that names memories),
+  else each shard in turn until one does not answer ``not_found``. A shard without the memory changes nothing when
+  it answers ``not_found``, so asking it is safe even for writes.
+- **nothing to route by** (``list_cubes``, ``stats``, ``jobs``, ``audit`` of everything): every shard in parallel,
+  their answers merged (lists concatenated in order, counts summed; latency percentiles are the worst shard's).
+
+Syscalls are parsed (``memos.syscalls.parse_syscall``) only to find where they go; what travels is the caller's wire
+dict, and a malformed one is answered by shard 0's kernel with the same ``InvalidSyscall`` as anywhere.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from memos import syscalls as sc
+from memos.errors import InvalidSyscall, MemosError
+from memos.storage.placement import Placement
+from memos.transports.envelope import Transport
+
+#: Memory ids whose shard the router remembers (least recently used out first).
+REMEMBER_IDS = 200_000
+
+_CUBE_FIELD = {"write": "cube", "list": "cube", "grant": "cube", "revoke": "cube", "ingest": "cube", "fuse": "cube",
+               "drop_cube": "name", "cube_info": "name", "distill": "cube", "compress": "cube", "audit": "cube"}
+_MULTI_CUBE = {"search", "assemble_context", "generate", "events", "snapshot"}
+_FAN_OUT = {"list_cubes", "stats", "jobs", "audit", "snapshot"}
+
+
+def _merge_stats(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"cubes": 0, "memories": {}, "versions": 0, "bytes": {}, "syscalls": {}, "latency_ms": {}}
+    for a in answers:
+        out["cubes"] += a["cubes"]
+        out["versions"] += a["versions"]
+        for kind, states in a["memories"].items():
+            into = out["memories"].setdefault(kind, {})
+            for state, n in states.items():
+                into[state] = into.get(state, 0) + n
+        for key in ("bytes", "syscalls"):
+            for name, n in a.get(key, {}).items():
+                out[key][name] = out[key].get(name, 0) + n
+        for op, pct in a.get("latency_ms", {}).items():  # percentiles do not add: the worst shard's
+            into = out["latency_ms"].setdefault(op, {})
+            for name, ms in pct.items():
+                into[name] = max(into.get(name, 0.0), ms)
+    return out
+
+
+def _merge_snapshots(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {"at": max(a["at"] for a in answers), "memories": [m for a in answers for m in a["memories"]],
+            "read_times": {k: v for a in answers for k, v in a["read_times"].items()},
+            "activation_bytes": sum(a.get("activation_bytes", 0) for a in answers),
+            "loaded_adapters": sum(a.get("loaded_adapters", 0) for a in answers)}
+
+
+MERGE: dict[str, Callable[[Sequence[dict[str, Any]]], dict[str, Any]]] = {
+    "list_cubes": lambda answers: {"cubes": sorted((c for a in answers for c in a["cubes"]), key=lambda c: c["name"])},
+    "stats": _merge_stats,
+    "jobs": lambda answers: {"jobs": [j for a in answers for j in a["jobs"]]},
+    "audit": lambda answers: {"records": sorted((r for a in answers for r in a["records"]), key=lambda r: r["at"])},
+    "snapshot": _merge_snapshots,
+}
+
+
+def fuse_hits(per_shard: Sequence[Sequence[dict[str, Any]]], k: int) -> list[dict[str, Any]]:
+    """The best ``k`` of several shards' search hits (wire dicts, each list best first), by score; ties keep the
+    shards' order (lower shard first, then each shard's own order).
+
+    Each shard's score is its hybrid score (``memos.kernel.retrieval``: RRF of the dense and lexical ranks, then the
+    reranking boosts), computed over that shard's candidates. A memory that would rank r-th on one kernel holding
+    every searched cube ranks at most r-th within its shard, so it scores at least as high there: the merged top k
+    holds every memory that both retrievers rank high. The order among memories of different shards is by those
+    shard-local scores, which can differ from one kernel's global ranks (docs/architecture.md, "Kernel shards")."""
+    merged = [(hit["score"], shard, i, hit) for shard, hits in enumerate(per_shard) for i, hit in enumerate(hits)]
+    merged.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [hit for *_, hit in merged[:k]]
+
+
+class ShardRouter:
+    """A ``Transport`` over ``shards`` (one transport per shard, in shard order) placed by ``placement``."""
+
+    def __init__(self, shards: Sequence[Transport], placement: Placement) -> None:
+        if not shards:
+            raise InvalidSyscall("a shard router needs at least one shard")
+        self.shards = list(shards)
+        self.placement = placement
+        self._where: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(2, len(self.shards)), thread_name_prefix="memos-router")
+
+    # --------------------------------------------------------------------------------------------------- plumbing
+
+    def _shard_of(self, cube: str) -> int:
+        shard = self.placement.shard_of(cube)
+        if shard >= len(self.shards):
+            raise InvalidSyscall(f"cube {cube!r} is placed on shard {shard}, but this router reaches "
+                                 f"{len(self.shards)} shards ('memos up --shards' with the table's count)")
+        return shard
+
+    def _parallel(self, calls: Sequence[tuple[int, Callable[[Transport], Any]]]) -> list[Any]:
+        if len(calls) == 1:
+            shard, fn = calls[0]
+            return [fn(self.shards[shard])]
+        futures = [self._pool.submit(fn, self.shards[shard]) for shard, fn in calls]
+        return [f.result() for f in futures]
+
+    def _remember(self, answer: dict[str, Any], shard: int) -> None:
+        """Note the shard of every memory an answer names (a memory, a list, search hits, write_many outcomes)."""
+        ok = answer.get("ok")
+        if not isinstance(ok, dict):
+            return
+        ids: list[str] = []
+        if isinstance(ok.get("id"), str) and "cube" in ok:
+            ids.append(ok["id"])
+        for m in ok.get("memories") or ():
+            if isinstance(m, dict) and isinstance(m.get("id"), str):
+                ids.append(m["id"])
+        for h in ok.get("hits") or ():
+            ids.append(h["memory"]["id"])
+        for r in ok.get("results") or ():
+            if isinstance(r, dict) and r.get("id"):
+                ids.append(r["id"])
+        if not ids:
+            return
+        with self._lock:
+            for memory_id in ids:
+                self._where[memory_id] = shard
+                self._where.move_to_end(memory_id)
+            while len(self._where) > REMEMBER_IDS:
+                self._where.popitem(last=False)
+
+    def _send(self, shard: int, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
+        answer = self.shards[shard].call(principal, syscall, trace_id)
+        self._remember(answer, shard)
+        return answer
+
+    # ------------------------------------------------------------------------------------------------ the routes
+
+    def call(self, principal: str, syscall: dict[str, Any], trace_id: str | None = None) -> dict[str, Any]:
+        try:
+            parsed = sc.parse_syscall(syscall)
+        except InvalidSyscall:
+            return self.shards[0].call(principal, syscall, trace_id)  # its kernel answers the same error
+        try:
+            return self._route(parsed, principal, syscall, trace_id)
+        except MemosError as exc:
+            return {"error": exc.to_wire()}
+
+    def _route(self, call: Any, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
+        op = call.op
+        if op == "create_cube":
+            return self._send(self.placement.place(call.name), principal, syscall, trace_id)
+        if op == "write_many":
+            return self._write_many(principal, syscall, trace_id)
+        field = _CUBE_FIELD.get(op)
+        if field is not None and getattr(call, field) is not None:
+            return self._send(self._shard_of(getattr(call, field)), principal, syscall, trace_id)
+        if op in _MULTI_CUBE and getattr(call, "cubes", ()):
+            return self._multi_cube(call, principal, syscall, trace_id)
+        if op in _FAN_OUT or (op == "events" and len(self.shards) == 1):
+            return self._fan_out(op, principal, syscall, trace_id)
+        if op == "events":
+            raise InvalidSyscall("events across shards have no single cursor: name the cubes of one shard")
+        if op == "cancel":
+            return self._probe(range(len(self.shards)), principal, syscall, trace_id)
+        return self._by_memory(self._memory_of(call), principal, syscall, trace_id)
+
+    def _multi_cube(self, call: Any, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
+        groups: dict[int, list[str]] = {}
+        for cube in dict.fromkeys(call.cubes):
+            groups.setdefault(self._shard_of(cube), []).append(cube)
+        if len(groups) == 1:
+            return self._send(next(iter(groups)), principal, syscall, trace_id)
+        if call.op == "snapshot":
+            parts = [(shard, {**syscall, "cubes": cubes}) for shard, cubes in sorted(groups.items())]
+            return self._merged("snapshot", parts, principal, trace_id)
+        if call.op != "search":
+            raise InvalidSyscall(f"{call.op} over cubes on different shards ({', '.join(map(str, sorted(groups)))}) "
+                                 "is not supported: name cubes of one shard, or move them together "
+                                 "('memos cube move')", shards=sorted(groups))
+        parts = [(shard, {**syscall, "cubes": cubes}) for shard, cubes in sorted(groups.items())]
+        answers = self._parallel([(shard, lambda t, s=s: t.call(principal, s, trace_id)) for shard, s in parts])
+        for (shard, _), answer in zip(parts, answers, strict=True):
+            if "error" in answer:
+                return answer
+            self._remember(answer, shard)
+        return {"ok": {"hits": fuse_hits([a["ok"]["hits"] for a in answers], call.k)}}
+
+    def _fan_out(self, op: str, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
+        return self._merged(op, [(shard, syscall) for shard in range(len(self.shards))], principal, trace_id)
+
+    def _merged(self, op: str, parts: list[tuple[int, dict[str, Any]]], principal: str,
+                trace_id: str | None) -> dict[str, Any]:
+        answers = self._parallel([(shard, lambda t, s=s: t.call(principal, s, trace_id)) for shard, s in parts])
+        for answer in answers:
+            if "error" in answer:
+                return answer
+        if len(answers) == 1:
+            return answers[0]
+        return {"ok": MERGE[op]([a["ok"] for a in answers])}
+
+    def _write_many(self, principal: str, syscall: dict[str, Any],
+                    trace_id: str | None) -> dict[str, Any]:
+        items = syscall["items"]
+        by_shard: dict[int, list[int]] = {}
+        for i, item in enumerate(items):
+            # An item is checked by the kernel that writes it; one without a cube fails there alone (on shard 0).
+            cube = item.get("cube") if isinstance(item, dict) else None
+            by_shard.setdefault(self._shard_of(cube) if isinstance(cube, str) else 0, []).append(i)
+        if len(by_shard) == 1:
+            return self._send(next(iter(by_shard)), principal, syscall, trace_id)
+        parts = sorted(by_shard.items())
+        answers = self._parallel([
+            (shard, lambda t, idx=idx: t.call(principal, {**syscall, "items": [items[i] for i in idx]}, trace_id))
+            for shard, idx in parts])
+        results: list[Any] = [None] * len(items)
+        for (shard, idx), answer in zip(parts, answers, strict=True):
+            if "error" in answer:  # the whole call was refused (before any item): the same on every shard
+                return answer
+            self._remember(answer, shard)
+            for i, outcome in zip(idx, answer["ok"]["results"], strict=True):
+                results[i] = outcome
+        return {"ok": {"results": results, "written": sum(1 for r in results if not r.get("error")),
+                       "failed": sum(1 for r in results if r.get("error"))}}
+
+    @staticmethod
+    def _memory_of(call: Any) -> str:
+        for name in ("id", "source"):
+            if isinstance(getattr(call, name, None), str):
+                return str(getattr(call, name))
+        ids = getattr(call, "ids", ()) or ()
+        if ids:
+            return str(ids[0])
+        if getattr(call, "replaces", None):
+            return str(call.replaces)
+        memory = getattr(call, "memory", ()) or ()
+        if memory:
+            return str(memory[0])
+        return ""
+
+    def _by_memory(self, memory_id: str, principal: str, syscall: dict[str, Any],
+                   trace_id: str | None) -> dict[str, Any]:
+        with self._lock:
+            known = self._where.get(memory_id)
+        order = list(range(len(self.shards)))
+        if known is not None:  # the shard that answered before first; the others if it moved since
+            order.remove(known)
+            order.insert(0, known)
+        return self._probe(order, principal, syscall, trace_id)
+
+    def _probe(self, order: Sequence[int], principal: str, syscall: dict[str, Any],
+               trace_id: str | None) -> dict[str, Any]:
+        first: dict[str, Any] | None = None
+        for shard in order:
+            answer = self._send(shard, principal, syscall, trace_id)
+            if answer.get("error", {}).get("code") != "not_found":
+                return answer
+            first = first or answer
+        assert first is not None
+        return first
+
+    def call_batch(self, principal: str, syscalls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each syscall routed alone, in order (as the kernel runs a batch: each alone)."""
+        return [self.call(principal, s) for s in syscalls]
+
+    # --------------------------------------------------------------------------------- every shard at once
+
+    def _each(self, method: str, *args: Any) -> list[Any]:
+        return self._parallel([(shard, lambda t: getattr(t, method)(*args)) for shard in range(len(self.shards))])
+
+    def ping(self) -> list[dict[str, Any]]:
+        """Every shard's ping, in shard order."""
+        return self._each("ping")
+
+    def policy_admin(self, command: str, arg: str | None = None) -> Any:
+        """The policy command on every shard (each runs the same policies over its own cubes); shard 0's answer."""
+        return self._each("policy_admin", command, arg)[0]
+
+    def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [report for answer in self._each("run_policy", name) for report in answer]
+
+    def doctor(self, repair: bool = False) -> dict[str, Any]:
+        reports = self._each("doctor", repair)
+        bad = [r["sqlite_integrity"] for r in reports if r["sqlite_integrity"] != "ok"]
+        return {"sqlite_integrity": bad[0] if bad else "ok",
+                "pending_index": sum(r["pending_index"] for r in reports), "shards": reports}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        for shard in self.shards:
+            shard.close()
