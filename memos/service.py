@@ -29,8 +29,10 @@ class KernelService:
     def __init__(self, kernel: Any, policies: Any = None) -> None:
         self.kernel = kernel
         self.policies = policies  # a memos.schedulers.runner.PolicyRunner, or None
-        if policies is not None and policies.on_report is None:
-            policies.on_report = self.record_policy_run
+        if policies is not None:
+            if policies.on_report is None:
+                policies.on_report = self.record_policy_run
+            policies.paused.update(self._stored_pauses())
         # Reads are counted in memory (memos.kernel.reads); this thread writes them every few seconds even when no
         # syscall comes to do it. It holds the kernel weakly: a service dropped without close() lets it end.
         self._stop = threading.Event()
@@ -89,6 +91,7 @@ class KernelService:
             from memos.schedulers.runner import PolicyRunner
 
             self.policies = PolicyRunner(self.kernel.execute, [], on_report=self.record_policy_run)
+            self.policies.paused.update(self._stored_pauses())
             self.policies.start()
         runner = self.policies
         if command == "list":
@@ -98,13 +101,34 @@ class KernelService:
         if command == "reload":
             return runner.reload()
         try:
-            return runner.pause(str(arg)) if command == "pause" else runner.resume(str(arg))
+            paused = runner.pause(str(arg)) if command == "pause" else runner.resume(str(arg))
         except KeyError as exc:
             raise NotFound(str(exc.args[0])) from exc
+        self._store_pauses(paused)
+        return paused
 
-    @staticmethod
-    def _no_rule(rule: str | None) -> Any:
+    def _no_rule(self, rule: str | None) -> Any:
+        if rule in self._stored_pauses():  # paused before a restart that loaded no policy: resume still clears it
+            self._store_pauses(sorted(self._stored_pauses() - {rule}))
+            return sorted(self._stored_pauses())
         raise NotFound(f"no rule {rule!r}; no policies are loaded")
+
+    # Paused rules outlive the process (a restarted kernel actor keeps them paused): the home's meta table holds
+    # them, written by pause/resume and read when the scheduler is built. A paused rule of a policy that is not
+    # loaded now stays paused for when it is applied again.
+    PAUSED_KEY = "policy_paused"
+
+    def _stored_pauses(self) -> set[str]:
+        import json
+
+        raw = self.kernel.store.get_meta(self.PAUSED_KEY)
+        return set(json.loads(raw)) if raw else set()
+
+    def _store_pauses(self, paused: list[str]) -> None:
+        import json
+
+        with self.kernel.store.transaction():
+            self.kernel.store.set_meta(self.PAUSED_KEY, json.dumps(sorted(paused)))
 
     def record_policy_run(self, report: Any) -> None:
         """Report one policy evaluation (a ``RunReport``): to every observer (``policy_run``), and, if it planned

@@ -26,11 +26,11 @@ def main_check(argv: Sequence[str], out: TextIO | None = None, err: TextIO | Non
     problems = check_files(argv)
     for problem in problems:
         print(problem, file=err)
-    if problems:
-        return 1
-    warnings = check_warnings(argv)
+    warnings = check_warnings(argv)  # also of the rules that parsed in a file with problems: one pass shows all
     for warning in warnings:
         print(f"warning: {warning}", file=err)
+    if problems:
+        return 1
     noun = "policy" if len(argv) == 1 else "policies"
     print(f"ok: {len(argv)} {noun} valid" + (f", {len(warnings)} warning(s)" if warnings else ""), file=out)
     return 0

@@ -7,7 +7,9 @@ Each problem names the file, the line and the key path, one per line::
 The YAML is composed into nodes first (they carry line marks) and constructed from those same nodes, so a
 pydantic error path (``("rules", 2, "when", "reads", "within")``) can be walked down the node tree to its line.
 Beyond the schema, the loader refuses duplicate keys (YAML would silently keep the last) and everything
-:func:`memos.schedulers.spec.semantic_problems` finds. All problems of a file are reported at once.
+:func:`memos.schedulers.spec.semantic_problems` finds. All problems of a file are reported at once: when some of
+its rules (or other keys) have the wrong shape, the rules that did parse are still checked against each other
+(duplicate names, dead rules, flapping pairs), so a file is not fixed in two rounds.
 
 Aliases (``*name``) are allowed, but what they expand to is bounded *before* anything is constructed or validated:
 a few lines of nested aliases ("billion laughs") expand to billions of nodes, and constructing or validating them
@@ -32,7 +34,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from memos.errors import PolicyError
 from memos.schedulers.engine import CompiledPolicy, compile_policy
-from memos.schedulers.spec import Loc, PolicySpec, flapping_warnings, format_loc, semantic_problems
+from memos.schedulers.spec import (
+    Budgets,
+    Loc,
+    PolicySpec,
+    Rule,
+    flap_warnings,
+    format_loc,
+    rule_problems,
+)
 from memos.schedulers.units import quote, yaml_words
 
 #: Nodes a policy may expand to with its aliases followed; the shipped policies have a few hundred.
@@ -62,7 +72,7 @@ def parse_spec(text: str, filename: str) -> PolicySpec:
     Raises:
         PolicyError: with every problem, one per line in the message and as strings in ``details["problems"]``.
     """
-    spec, _, problems = _parse(text, filename)
+    spec, _, problems, _ = _parse(text, filename)
     if problems:
         raise _error(filename, problems)
     assert spec is not None
@@ -102,7 +112,7 @@ def check_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
         except PolicyError as exc:
             problems.extend(exc.details["problems"])
             continue
-        spec, root, found = _parse(text, filename)
+        spec, root, found, _ = _parse(text, filename)
         problems.extend(str(problem) for problem in found)
         if spec is None or root is None:
             continue
@@ -114,18 +124,19 @@ def check_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
 
 
 def check_warnings(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """What is valid but likely wrong in the given (valid) policy files, formatted like problems: rule pairs that
-    can flap (:func:`memos.schedulers.spec.flapping_warnings`). Files with problems give no warnings."""
+    """What is valid but likely wrong in the given policy files, formatted like problems: rule pairs that can flap
+    (:func:`memos.schedulers.spec.flapping_warnings`). In a file with problems, the pairs among the rules that
+    parsed."""
     warnings: list[str] = []
     for path in paths:
         try:
             text = _read(path)
         except PolicyError:
             continue
-        spec, root, problems = _parse(text, str(path))
-        if spec is None or root is None or problems:
+        _, root, _, rules = _parse(text, str(path))
+        if root is None:
             continue
-        for loc, message in flapping_warnings(spec):
+        for loc, message in flap_warnings(rules):
             line, shown = _locate(root, loc)
             warnings.append(str(Problem(str(path), line, format_loc(shown), message)))
     return warnings
@@ -205,26 +216,27 @@ def _check_expansion(root: Node) -> None:
         node = max(bigger, key=lambda child: sizes[id(child)])
 
 
-def _parse(text: str, filename: str) -> tuple[PolicySpec | None, Node | None, list[Problem]]:
-    """The spec (None if invalid), the YAML root node (None if not YAML) and every problem, in line order."""
+def _parse(text: str, filename: str) -> tuple[PolicySpec | None, Node | None, list[Problem], list[tuple[int, Rule]]]:
+    """The spec (None if invalid), the YAML root node (None if not YAML), every problem, in line order, and the
+    rules that parsed with their index (all of them when the spec is valid)."""
     try:
         root, data = _compose(text)
     except yaml.YAMLError as exc:
-        return None, None, [_yaml_problem(exc, text, filename)]
+        return None, None, [_yaml_problem(exc, text, filename)], []
     except RecursionError:
         # PyYAML composes recursively: thousands of nested brackets exhaust the stack.
-        return None, None, [Problem(filename, 1, "<yaml>", "invalid YAML: nested too deeply")]
+        return None, None, [Problem(filename, 1, "<yaml>", "invalid YAML: nested too deeply")], []
     except _TooLarge as exc:
         at_least = "at least " if exc.size >= 10 * MAX_EXPANDED_NODES else ""
         return None, None, [Problem(
             filename, exc.node.start_mark.line + 1, "<yaml>",
             f"aliases expand this value to {at_least}{exc.size:,} nodes (the limit is {MAX_EXPANDED_NODES:,}): "
             "an alias bomb, or a policy to write without aliases",
-        )]
+        )], []
     if root is None or not isinstance(data, dict):
         line = root.start_mark.line + 1 if root is not None else 1
         found = "an empty file" if root is None else f"a {type(data).__name__}"
-        return None, root, [Problem(filename, line, "<root>", f"expected a policy mapping (name, applies_to, rules, ...), got {found}")]
+        return None, root, [Problem(filename, line, "<root>", f"expected a policy mapping (name, applies_to, rules, ...), got {found}")], []
     problems = _duplicate_keys(root, filename)
     try:
         spec = PolicySpec.model_validate(data)
@@ -232,11 +244,32 @@ def _parse(text: str, filename: str) -> tuple[PolicySpec | None, Node | None, li
         problems.extend(_validation_problems(exc, root, filename))
         spec = None
     if spec is not None:
-        for loc, message in semantic_problems(spec):
-            line, shown = _locate(root, loc)
-            problems.append(Problem(filename, line, format_loc(shown), message))
+        rules, budgets = list(enumerate(spec.rules)), spec.budgets
+    else:
+        rules, budgets = _parsed_parts(data)
+    for loc, message in rule_problems(rules, budgets):
+        line, shown = _locate(root, loc)
+        problems.append(Problem(filename, line, format_loc(shown), message))
     problems.sort(key=lambda problem: problem.line)
-    return (spec if not problems else None), root, problems
+    return (spec if not problems else None), root, problems, rules
+
+
+def _parsed_parts(data: dict[str, Any]) -> tuple[list[tuple[int, Rule]], Budgets | None]:
+    """Of a policy whose shape is invalid: the rules that are valid on their own (with their index) and the
+    budgets (None if they are invalid), for the cross-rule checks."""
+    rules: list[tuple[int, Rule]] = []
+    raw_rules = data.get("rules")
+    if isinstance(raw_rules, list):
+        for index, item in enumerate(raw_rules):
+            try:
+                rules.append((index, Rule.model_validate(item)))
+            except ValidationError:
+                continue  # its own problems are already reported
+    try:
+        budgets: Budgets | None = Budgets.model_validate(data.get("budgets") or {})
+    except ValidationError:
+        budgets = None
+    return rules, budgets
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str, filename: str) -> Problem:

@@ -308,7 +308,13 @@ class PolicyRunner:
         return sorted(self.paused)
 
     def resume(self, rule: str) -> list[str]:
-        self._rule(rule)
+        """Execute ``rule`` again (a paused rule is resumed even when its policy is no longer loaded).
+
+        Raises:
+            KeyError: the rule is neither paused nor loaded.
+        """
+        if rule not in self.paused:
+            self._rule(rule)
         self.paused.discard(rule)
         return sorted(self.paused)
 

@@ -533,17 +533,24 @@ def semantic_problems(spec: PolicySpec) -> list[tuple[Loc, str]]:
     plaintext or activation; and no rule is dead on arrival (its kinds, states or ``pinned`` condition exclude
     every memory its action could change).
     """
+    return rule_problems(list(enumerate(spec.rules)), spec.budgets)
+
+
+def rule_problems(rules: list[tuple[int, Rule]], budgets: Budgets | None) -> list[tuple[Loc, str]]:
+    """:func:`semantic_problems` over some of a policy's rules, each with its index in the file: the rules that
+    parsed when others did not, so one pass reports both. ``budgets`` None (they did not parse) skips the check of
+    ``budget_pressure`` names."""
     problems: list[tuple[Loc, str]] = []
     first_use: dict[str, int] = {}
-    budgets = spec.budgets.model_dump(exclude_none=True)
-    for index, rule in enumerate(spec.rules):
+    budget_names = budgets.model_dump(exclude_none=True) if budgets is not None else None
+    for index, rule in rules:
         where: Loc = ("rules", index)
         if rule.name in first_use:
             problems.append(((*where, "name"), f"duplicate rule name {rule.name!r} (also rules[{first_use[rule.name]}])"))
         first_use.setdefault(rule.name, index)
         pressure = rule.when.budget_pressure
-        if pressure is not None and pressure.budget not in budgets:
-            defined = ", ".join(budgets) or "none"
+        if pressure is not None and budget_names is not None and pressure.budget not in budget_names:
+            defined = ", ".join(budget_names) or "none"
             problems.append(
                 ((*where, "when", "budget_pressure", "budget"),
                  f"budget {pressure.budget!r} is not set in 'budgets' (set: {defined})")
@@ -562,8 +569,13 @@ def flapping_warnings(spec: PolicySpec) -> list[tuple[Loc, str]]:
     A promotion on lifetime reads (no ``within``) never ages out: with any demotion it flaps for ever. Demotions of
     stale caches (``stale: true``) are not counted: what they drop is rebuilt from the current text, once.
     """
+    return flap_warnings(list(enumerate(spec.rules)))
+
+
+def flap_warnings(rules: list[tuple[int, Rule]]) -> list[tuple[Loc, str]]:
+    """:func:`flapping_warnings` over some of a policy's rules, each with its index in the file (the rules that
+    parsed in a file that has other problems)."""
     warnings: list[tuple[Loc, str]] = []
-    rules = list(enumerate(spec.rules))
     promotions = [(i, r) for i, r in rules if r.then.migrate == Kind.ACTIVATION and r.when.reads is not None
                   and r.when.reads.at_least is not None]
     # A demotion of stale caches is not undone by the same reads: the promotion builds a fresh cache.

@@ -95,3 +95,42 @@ def test_percent_typos_and_python_values_are_caught_in_one_pass(tmp_path):
     assert "did you mean 0.9?" in lines[0] and "did you mean 0.1?" in lines[1]
     assert lines[2].endswith("expected true (or leave the key out), got false")
     assert not any(word in err.getvalue() for word in ("True", "False", "None"))
+
+
+def test_check_reports_shape_errors_and_the_parsed_rules_cross_rule_problems_in_one_pass(tmp_path):
+    """A file with a shape error elsewhere (a bad schedule, a broken third rule) still gets the flap warning of its
+    valid promote/demote pair, the duplicate rule name and the dead rule among the rules that parsed: all located."""
+    text = """name: pair
+applies_to: {cubes: ["team/*"]}
+schedule: {every: soon}
+budgets: {activation_bytes: 1MiB}
+rules:
+  - name: promote-hot
+    when: {kind: plaintext, reads: {within: 1h, at_least: 5}}
+    then: {migrate: activation}
+  - name: demote-idle
+    when: {kind: activation, idle_for: 3m}
+    then: {migrate: plaintext}
+  - name: broken
+    when: {kind: plaintext, reads: {within: 1 hour}}
+    then: archive
+  - name: promote-hot
+    when: {kind: activation}
+    then: {migrate: activation}
+  - name: squeeze
+    when: {kind: activation, budget_pressure: {budget: plaintext_count, above: 0.9}}
+    then: {migrate: plaintext}
+"""
+    path = tmp_path / "pair.yaml"
+    path.write_text(text)
+    err = io.StringIO()
+    assert main_check([str(path)], out=io.StringIO(), err=err) == 1
+    lines = err.getvalue().splitlines()
+    f = str(path)
+    assert any(line.startswith(f"{f}:3 schedule.every:") for line in lines), lines
+    assert any(line.startswith(f"{f}:13 rules[2].when.reads.within:") for line in lines), lines
+    assert f"{f}:15 rules[3].name: duplicate rule name 'promote-hot' (also rules[0])" in lines
+    assert any(line.startswith(f"{f}:16 rules[3].when.kind:") and "never matches" in line for line in lines), lines
+    assert any(line.startswith(f"{f}:19 rules[4].when.budget_pressure.budget:") for line in lines), lines
+    assert any(line.startswith(f"warning: {f}:10 rules[1].when:") and "can flap" in line for line in lines), lines
+    assert all("True" not in line and "None" not in line for line in lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from fakes import FakeModelPort
 
+from memos.client import Memos
 from memos.errors import Cancelled, InvalidSyscall, NotFound, PolicyError
 from memos.schedulers.runner import PolicyRunner
 from memos.service import KernelService
@@ -99,3 +100,43 @@ def test_lifecycle_through_the_in_process_transport(tmp_path, service):
     transport = InProcessTransport(service)
     assert transport.policy_admin("apply", str(path))["name"] == "tidy"
     assert [p["name"] for p in transport.policy_admin("list")] == ["tidy"]
+
+
+def test_a_pause_survives_a_restart_of_the_kernel_and_resume_clears_it(tmp_path, clock, model_port):
+    """The kernel actor restarts by reopening its home: a paused rule must still be paused in the new process's
+    scheduler (the home's meta table), and ``resume`` must clear it for the next restart too."""
+    from fakes import HashingEmbedder
+
+    from memos.kernel import Kernel
+    from memos.models.llm_rules import RuleBasedLanguageModel
+    from memos.storage.sqlite import SqliteStore
+    from memos.storage.vector import InMemoryVectorIndex
+
+    path = tmp_path / "tidy.yaml"
+    path.write_text(ARCHIVE)
+
+    def reopen() -> KernelService:
+        kernel = Kernel(SqliteStore(tmp_path / "memos.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(),
+                        HashingEmbedder(), clock=clock, model=model_port, llm=RuleBasedLanguageModel())
+        return KernelService.with_policies(kernel, [path], start=False)
+
+    first = reopen()
+    first.policy_admin("pause", "tidy/archive-all")
+    first.close()
+    second = reopen()
+    try:
+        assert second.policy_admin("list")[0]["paused"] == ["tidy/archive-all"]
+        Memos(InProcessTransport(second), "system").create_cube("team/a")
+        Memos(InProcessTransport(second), "system").write("team/a", "a note")
+        (report,) = second.run_policy("tidy")
+        assert [o["outcome"] for o in report["outcomes"]] == ["not_executed"]
+        assert second.policy_admin("resume", "tidy/archive-all") == []
+    finally:
+        second.close()
+    third = reopen()
+    try:
+        assert third.policy_admin("list")[0]["paused"] == []
+        (report,) = third.run_policy("tidy")
+        assert [o["outcome"] for o in report["outcomes"]] == ["ok"]
+    finally:
+        third.close()
