@@ -123,7 +123,10 @@ class FakeModelPort:
         ref = PayloadRef(path=path, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
         evaluation = {"facts": len(facts), "steps": self.distill_steps, "recall_with": recall, "recall_without": 0.0,
                       "held_out_recall_with": recall, "locality_delta": 0.01, "final_loss": 0.1,
-                      "weak_sources": [] if recall == 1.0 else [f["id"] for f in facts]}
+                      "weak_sources": [] if recall == 1.0 else [f["id"] for f in facts],
+                      # one trained question per fact, answered with the fact itself (right unless the recipe is weak)
+                      "answers": [{"question": f"What do you know about {f['text'].split()[0]}?", "reply": f["text"],
+                                   "source": f["id"], "correct": recall == 1.0} for f in facts]}
         update(state="done", steps=self.distill_steps, payload=ref, fingerprint=self._fingerprint, evaluation=evaluation)
 
     def distill_status(self, job_id):

@@ -237,6 +237,8 @@ class Migrated(KernelEvent):
     kept_tokens: int | None = field(default=None, metadata=_OPTIONAL)
     group: str | None = field(default=None, metadata=_OPTIONAL)  # an episodic cache: its name and sources in order
     members: tuple[str, ...] | None = field(default=None, metadata=_OPTIONAL)
+    restored: int | None = field(default=None, metadata=_OPTIONAL)  # parametric -> plaintext: sources made active
+    stand_ins: int | None = field(default=None, metadata=_OPTIONAL)  # and generated stand-ins for deleted ones
 
 
 @_event

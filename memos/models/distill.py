@@ -147,6 +147,9 @@ class Evaluation(BaseModel):
         misses: up to 10 trained questions the adapter got wrong, with the key, the reply and the source's id.
         weak_sources: ids of the memories with a trained question the adapter got wrong (all of them, in order):
             the adapter does not stand in for those in a prompt.
+        answers: every trained question with the adapter's reply (up to 300 characters), its source's id and
+            whether the reply holds the key (``correct``): the kernel keeps the correct ones, which stand in for a
+            source that is gone when the adapter is migrated back to text.
         examples, steps, train_s, eval_s, final_loss, final_replay_kl: how training went (``steps`` taken).
         stopped_early: training stopped before its cap because every trained question's key was predicted.
         train_cpu_s: CPU seconds of this process during training (all threads; steadier than ``train_s`` on a
@@ -176,6 +179,7 @@ class Evaluation(BaseModel):
     final_replay_kl: float | None
     stopped_early: bool = False
     train_cpu_s: float | None = None
+    answers: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -681,6 +685,11 @@ def _evaluate(
         "locality_tokens": tokens,
         "misses": tuple(misses[:_MAX_MISSES]),
         "weak_sources": tuple(dict.fromkeys(m["source"] for m in misses)),
+        "answers": tuple(
+            {"question": p.question, "reply": r[:300], "source": p.source,
+             "correct": fact_questions.answer_matches(r, p.key)}
+            for r, p in zip(with_adapter, probes, strict=True) if p.trained
+        ),
     }
 
 

@@ -15,6 +15,7 @@ import pytest
 from parametric_facts import FACTS_A
 
 from memos.errors import CorruptPayload, InvalidState, InvalidSyscall, NotFound
+from memos.models.fact_questions import answer_matches, derive
 from memos.types import DistillRecipe, Kind
 
 pytestmark = pytest.mark.integration
@@ -152,3 +153,30 @@ def test_updating_a_source_makes_the_adapter_stale_and_it_is_not_used(team_adapt
     plan = alice.assemble_context("Thalia Brennix locker code", "team/a", k=8)
     assert plan.adapter is None
     assert not alice.as_principal("agent:bob").read(team_adapters["b"].id).stale  # bob's adapter is unaffected
+
+
+def test_migrating_the_adapter_back_to_plaintext_restores_its_sources(team_adapters):
+    """After the staleness test (alice's adapter is stale): a deleted source comes back as the adapter's own answers
+    about it (generated), the others stay; then a rollback makes the adapter current again for later modules."""
+    alice, ids, adapter = team_adapters["alice"], team_adapters["ids_a"], team_adapters["a"]
+    answers = adapter.metadata["answers"]
+    assert answers and {a["source"] for a in answers} <= set(ids)
+    gone = answers[0]["source"]
+    fact = FACTS_A[ids.index(gone)]
+    alice.delete(gone)
+    try:
+        out = alice.migrate([adapter.id], "plaintext")
+        report = out[0].metadata["restored"]
+        assert (out[0].kind, out[0].state) == (Kind.PLAINTEXT, "archived")
+        assert set(report["active"]) == set(ids) - {gone} and set(report["stand_ins"]) == {gone}
+        stand_in = alice.read(report["stand_ins"][gone])
+        print(f"\nstand-in for {fact!r}: {stand_in.content!r}")
+        assert stand_in.provenance.source == "generated" and stand_in.provenance.trust == "untrusted"
+        # The evaluation judged this reply right: it holds the fact's answer key (e.g. the locker code).
+        key = derive(fact)[0].questions[0].key
+        assert answers[0]["question"] in stand_in.content and answer_matches(stand_in.content, key)
+        alice.delete(stand_in.id)
+    finally:
+        alice.rollback(adapter.id, to_version=adapter.version)
+        alice.restore(gone)
+    assert alice.read(adapter.id).kind == Kind.PARAMETRIC

@@ -214,6 +214,7 @@ class DistillOp(LongOperation):
             trust="untrusted" if any(r.provenance.get("trust") == "untrusted" for r in plan.sources) else "trusted",
         )
         misses = call.gate.misses(evaluation)
+        own = {r.memory_id for r in plan.sources if r.cube == plan.cube}
         fingerprint = (built.fingerprint or kernel.model.fingerprint()).model_dump()  # type: ignore[union-attr]
         metadata = {
             "distill": {k: evaluation.get(k) for k in _SUMMARY},
@@ -221,6 +222,11 @@ class DistillOp(LongOperation):
             "adoption": {"adopted": not misses, "reasons": list(misses), "gate": call.gate.model_dump(),
                          "weak_sources": list(evaluation.get("weak_sources") or ()), "attempts": plan.attempts,
                          "evaluated_on": fingerprint},
+            # The trained questions the adapter answered right, about sources of its own cube (like its text: another
+            # cube's stays there): they stand in for a source that is gone when the adapter goes back to text
+            # (memos.kernel.ops.adapter_text).
+            "answers": [{"source": a["source"], "question": a["question"], "answer": a["reply"]}
+                        for a in evaluation.get("answers") or () if a.get("correct") and a["source"] in own],
         }
         tags = tuple(dict.fromkeys(call.tags)) or (previous.tags if previous is not None else ())
         fields: dict[str, Any] = {

@@ -32,6 +32,7 @@ from memos.kernel.authz import policy_rule, require_memory
 from memos.kernel.budget import ActivationBudget, enforce_activation_budget
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
+from memos.kernel.ops.adapter_text import restore_sources
 from memos.kernel.ops.groups import GroupPlan, abort_group, commit_group, plan_group, work_group
 from memos.kernel.versions import check_expected, delete_blob, derived_provenance, next_version, to_memory
 from memos.types import Kind, KVCompression, MemoryList, MemoryRef, Right, State
@@ -139,7 +140,11 @@ class MigrateOp(LongOperation):
                 row, author=ctx.principal, operation=f"migrate:{plan.to.value}", policy_rule=plan.rule,
                 derived_from=(MemoryRef(id=row.memory_id, version=row.version),), source_refs=(),
             )
-            if plan.to == Kind.ACTIVATION:
+            if row.kind == Kind.PARAMETRIC:  # archived; its sources' text comes back (memos.kernel.ops.adapter_text)
+                new, restored = restore_sources(ctx, row, plan.rule)
+                detail = {"restored": len(new.metadata["restored"]["restored"]),
+                          "stand_ins": len(new.metadata["restored"]["stand_ins"])}
+            elif plan.to == Kind.ACTIVATION:
                 result = built[item.journal]
                 new = next_version(ctx, row, prov, at=now, kind=Kind.ACTIVATION.value,
                                    fingerprint=result.fingerprint.model_dump(), payload=result.payload.model_dump())
@@ -157,6 +162,8 @@ class MigrateOp(LongOperation):
                 rule=plan.rule, version=new.version, **detail,
             ))
             out.append(new)
+            if row.kind == Kind.PARAMETRIC:
+                out.extend(restored)
         if plan.to == Kind.ACTIVATION and plan.todo:
             enforce_activation_budget(ctx, keep={i.row.memory_id for i in plan.todo})
         return MemoryList(memories=tuple(to_memory(ctx, r) for r in [*out, *plan.unchanged]))

@@ -1,5 +1,8 @@
 """``rollback(id, to_version)``: version n+1 with the content, metadata, tags and payload of an older version.
 
+The kind stays, with one exception: a parametric memory that ``migrate(to="plaintext")`` archived as text rolls back
+to an adapter version as an active adapter again (no other operation can make an adapter of text).
+
 A rollback never commits a version that points at a missing file. The payload of the version it restores is
 normally still on disk (payload lifetime follows versions, ``memos.kernel.versions``). When it is not:
 
@@ -55,7 +58,9 @@ class RollbackOp(LongOperation):
         target = kernel.store.get_version(call.id, call.to_version)
         if target is None:
             raise NotFound(f"memory {call.id} has no version {call.to_version}", memory_id=call.id, version=call.to_version)
-        if target.kind != row.kind:
+        # Across kinds only back to an adapter: migrate(parametric -> plaintext) archived it as text, and nothing
+        # but a rollback can make an adapter of text (memos.kernel.ops.adapter_text).
+        if target.kind != row.kind and target.kind != Kind.PARAMETRIC:
             raise InvalidState(
                 f"version {call.to_version} is {target.kind} and the memory is now {row.kind}; migrate instead",
                 memory_id=call.id,
@@ -113,8 +118,9 @@ class RollbackOp(LongOperation):
         provenance = derived_provenance(
             target, author=ctx.principal, operation=f"rollback:v{call.to_version}", source_refs=(), policy_rule=None,
         )
+        across = {"kind": target.kind, "state": State.ACTIVE} if target.kind != row.kind else {}
         new = next_version(ctx, row, provenance, content=target.content, metadata=target.metadata, tags=target.tags,
-                           fingerprint=fingerprint, payload=payload)
+                           fingerprint=fingerprint, payload=payload, **across)
         if plan.journal is not None:
             kernel.store.journal_end(plan.journal, "done", kernel.clock.now())
         detail = f"v{new.version}=v{call.to_version}" + (", cache rebuilt" if built is not None else "")
