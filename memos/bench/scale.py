@@ -68,6 +68,10 @@ def queries(texts: Sequence[str], n: int, rng: random.Random) -> list[str]:
     return list(out)
 
 
+def _corpus_name(args: argparse.Namespace) -> str:
+    return f"{args.data or 'synthetic facts'} (seed {args.seed})"
+
+
 def _ms(values: list[float]) -> dict[str, float]:
     ms = [v * 1000 for v in values]
     return {q: round(percentile(ms, p), 2) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
@@ -134,6 +138,47 @@ def search_latencies(mem: Any, qs: dict[str, list[str]]) -> dict[str, dict[str, 
     return out
 
 
+def search_stages(kernel: Any, qs: list[str], limit: int = 50) -> dict[str, dict[str, float]]:
+    """The parts of one hybrid search, each timed alone on distinct (uncached) queries: the query's embedding (the
+    floor of dense and hybrid search), the unfiltered index probe, its check against SQLite, and the lexical query.
+    Two baselines in the same loop: the embedding with the process's torch threads (``query_threads=None``, how
+    queries were embedded before) and the lexical query ranking every match (``probe=False``)."""
+    from memos.kernel.ops.search import PROBE_FACTOR
+    from memos.storage.vector import parse_entry_id
+
+    embedder = kernel.embedder
+    threads = getattr(embedder, "query_threads", None)
+    parts: dict[str, list[float]] = {k: [] for k in (
+        "query_embedding", "query_embedding_process_threads", "index_probe", "probe_check", "lexical_query",
+        "lexical_query_full")}
+    for i, q in enumerate(qs):
+        t0 = time.perf_counter()
+        vec = embedder.embed([q])[0]
+        t1 = time.perf_counter()
+        found = kernel.index.nearest(vec, PROBE_FACTOR * limit)
+        t2 = time.perf_counter()
+        kernel.store.rowids_of((parse_entry_id(eid) for eid, _ in found), cubes=(CUBE,))
+        t3 = time.perf_counter()
+        kernel.store.lexical(q, (CUBE,), None, limit)
+        t4 = time.perf_counter()
+        kernel.store.lexical(q, (CUBE,), None, limit, probe=False)
+        t5 = time.perf_counter()
+        parts["query_embedding"].append(t1 - t0)
+        parts["index_probe"].append(t2 - t1)
+        parts["probe_check"].append(t3 - t2)
+        parts["lexical_query"].append(t4 - t3)
+        parts["lexical_query_full"].append(t5 - t4)
+        if threads is not None:  # the same embedding with the process's torch threads (the setting before)
+            embedder.query_threads = None
+            try:
+                t6 = time.perf_counter()
+                embedder.embed([f"{q} ({i})"])
+                parts["query_embedding_process_threads"].append(time.perf_counter() - t6)
+            finally:
+                embedder.query_threads = threads
+    return {k: _ms(v) for k, v in parts.items() if v}
+
+
 def _size_run(n: int, texts: list[str], home: Path, args: argparse.Namespace, rng: random.Random,
               bar: Progress, done: list[int]) -> dict[str, Any]:
     from memos.client import Memos
@@ -146,29 +191,46 @@ def _size_run(n: int, texts: list[str], home: Path, args: argparse.Namespace, rn
         done[0] += k
         bar.update(done[0], note=f"{n}: ingest")
 
-    sample = texts[: min(n, args.embed_sample)]
-    bar.update(done[0], note=f"{n}: embedder alone on {len(sample)} texts")
-    embed_rate = embedder_alone(sample, args.batch)
+    built_file = home.parent / "built.json"
+    built = json.loads(built_file.read_text(encoding="utf-8")) if built_file.exists() else None
+    if built is not None and (built.get("memories") != n or built.get("corpus") != _corpus_name(args)):
+        raise ValueError(f"{home.parent} holds a cube of {built.get('memories')} memories of {built.get('corpus')}, "
+                         f"not {n} of {_corpus_name(args)}: give another --keep directory")
     settings = Settings(home=home, model=None)
-    mem = Memos(InProcessTransport(KernelService(open_kernel(settings))), PRINCIPAL)
+    if built is None:
+        sample = texts[: min(n, args.embed_sample)]
+        bar.update(done[0], note=f"{n}: embedder alone on {len(sample)} texts")
+        embed_rate = embedder_alone(sample, args.batch)
+    kernel = open_kernel(settings)
+    mem = Memos(InProcessTransport(KernelService(kernel)), PRINCIPAL)
     try:
-        mem.create_cube(CUBE)
-        mem.search("warm-up", CUBE)
-        rate = ingest(mem, texts, args.batch, args.writers, tick)
+        if built is None:
+            mem.create_cube(CUBE)
+            mem.search("warm-up", CUBE)
+            rate = ingest(mem, texts, args.batch, args.writers, tick)
+            built = {"memories": n, "corpus": _corpus_name(args), "embedder_alone_texts_per_s": round(embed_rate, 1),
+                     "embedder_sample": len(sample), "ingest_memories_per_s": round(rate, 1),
+                     "ingest_ratio_to_embedder": round(rate / embed_rate, 3)}
+            if args.keep:
+                built_file.write_text(json.dumps(built, indent=2) + "\n", encoding="utf-8")
+        else:
+            done[0] += n
+            bar.update(done[0], note=f"{n}: reusing the cube built in {home.parent}")
+            mem.search("warm-up", CUBE)
         qs = {mode: queries(texts, args.queries, rng) for mode in MODES}
         bar.update(done[0], note=f"{n}: searching in-process")
         local = search_latencies(mem, qs)
+        bar.update(done[0], note=f"{n}: timing the parts of a search")
+        stages = search_stages(kernel, queries(texts, args.queries, rng))
         some = mem.list(CUBE, limit=1)[0].id
         read_local = _timed(lambda: mem.read(some), args.queries)
     finally:
         mem.close()
     result: dict[str, Any] = {
-        "memories": n,
-        "embedder_alone_texts_per_s": round(embed_rate, 1),
-        "embedder_sample": len(sample),
-        "ingest_memories_per_s": round(rate, 1),
-        "ingest_ratio_to_embedder": round(rate / embed_rate, 3),
+        **{k: v for k, v in built.items() if k != "corpus"},
         "search_ms": {"in_process": local},
+        "stages_ms": stages,
+        "hybrid_p95_to_embedding_p50": round(local["hybrid"]["p95"] / max(stages["query_embedding"]["p50"], 1e-3), 2),
         "read_ms": {"in_process": _ms(read_local)},
     }
     if args.ray:
@@ -206,11 +268,15 @@ def run_scale_bench(args: argparse.Namespace) -> dict[str, Any]:
     with Progress("scale", total=sum(sizes)) as bar:
         done = [0]
         for n in sizes:
-            scratch = Path(tempfile.mkdtemp(prefix="memos-scale-", dir=args.scratch))
-            try:
+            if args.keep:  # a persistent cube per size: built once, searched by every later run
+                scratch = Path(args.keep) / str(n)
                 runs.append(_size_run(n, texts[:n], scratch / "home", args, rng, bar, done))
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                scratch = Path(tempfile.mkdtemp(prefix="memos-scale-", dir=args.scratch))
+                try:
+                    runs.append(_size_run(n, texts[:n], scratch / "home", args, rng, bar, done))
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
             report = {  # written after each size, so a long run that is stopped keeps what it measured
                 "settings": {"sizes": sizes, "batch": args.batch, "writers": args.writers, "queries": args.queries,
                              "embed_sample": args.embed_sample,
@@ -241,6 +307,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['memories']} | {r['embedder_alone_texts_per_s']} (on {r['embedder_sample']}) | "
                      f"{r['ingest_memories_per_s']} | {r['ingest_ratio_to_embedder']} | "
                      f"{r.get('ray_overhead_p50_ms', 'n/a')} |")
+    lines += ["", "| memories | part of a search (timed alone) | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|"]
+    for r in report["runs"]:
+        for part, p in r.get("stages_ms", {}).items():
+            lines.append(f"| {r['memories']} | {part} | {p['p50']} | {p['p95']} | {p['p99']} |")
+        if "hybrid_p95_to_embedding_p50" in r:
+            lines.append(f"| {r['memories']} | hybrid p95 / query embedding p50 | {r['hybrid_p95_to_embedding_p50']} | | |")
     lines += ["", "| memories | transport | mode | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|"]
     for r in report["runs"]:
         for transport, modes in r["search_ms"].items():
@@ -259,6 +331,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="texts the embedder alone is timed on (the first ones of the corpus)")
     p.add_argument("--no-ray", dest="ray", action="store_false", help="skip the Ray transport")
     p.add_argument("--scratch", help="where the data dirs go (default: the system's temp dir)")
+    p.add_argument("--keep", help="a directory that keeps each size's cube (KEEP/<size>/): built on the first run, "
+                                  "reused (no ingest; the build's ingest figures are reported) by later runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results/scale")
 

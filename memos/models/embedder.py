@@ -34,17 +34,27 @@ def bundled_minilm_dir() -> Path:
     return path
 
 
+#: torch intra-op threads for a batch of at most ``SMALL_BATCH`` texts (a search query). One short text is too little
+#: work to split: with two OpenMP threads on a busy 2-core machine, each matrix product waits for the thread that
+#: was descheduled, and a query's embedding took 447 ms p50 against 49 ms with one thread (docs/performance.md).
+#: ``None`` keeps the process's setting.
+QUERY_THREADS: int | None = 1
+SMALL_BATCH = 4
+
+
 class MiniLMEmbedder:
     """Batch embedder with a small LRU cache keyed by text (rewrites of the same content cost nothing)."""
 
     dim = 384
 
-    def __init__(self, model_dir: str | Path | None = None, *, batch_size: int = 64, cache_size: int = 4096) -> None:
+    def __init__(self, model_dir: str | Path | None = None, *, batch_size: int = 64, cache_size: int = 4096,
+                 query_threads: int | None = QUERY_THREADS) -> None:
         self.model_dir = Path(model_dir) if model_dir else bundled_minilm_dir()
         self.name = DEFAULT_EMBEDDER if model_dir is None else self.model_dir.name
         self.batch_size = batch_size
         self._cache: OrderedDict[str, list[float]] = OrderedDict()
         self._cache_size = cache_size
+        self.query_threads = query_threads
         self._lock = threading.Lock()
         self._model = None
         self._tokenizer = None
@@ -87,9 +97,17 @@ class MiniLMEmbedder:
     def _encode(self, batch: list[str]) -> list[list[float]]:
         torch = self._torch
         enc = self._tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
-        with torch.inference_mode():
-            hidden = self._model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        threads = self.query_threads if self.query_threads and len(batch) <= SMALL_BATCH else None
+        before = torch.get_num_threads()
+        if threads is not None and threads != before:
+            torch.set_num_threads(threads)  # OpenMP's thread count is this thread's own setting; restored below
+        try:
+            with torch.inference_mode():
+                hidden = self._model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
         return pooled.tolist()

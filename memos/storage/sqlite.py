@@ -228,6 +228,10 @@ will with would you your yours yourself yourselves
 STOP_WORDS = frozenset(_STOP_TEXT.split())
 
 
+#: The lexical probe fetches this many times the rows asked for, from FTS5 alone (``SqliteStore.lexical``).
+LEXICAL_PROBE_FACTOR = 2
+
+
 def fts_query(text: str, max_terms: int = 32) -> str | None:
     """An FTS5 MATCH expression that ORs the distinct words of ``text`` (quoted, so no FTS syntax leaks through).
 
@@ -612,9 +616,17 @@ class SqliteStore:
     # ------------------------------------------------------------------------------------------------ search
 
     def lexical(
-        self, query: str, cubes: Iterable[str], at: float | None, limit: int, states: tuple[str, ...] = ("active",)
+        self, query: str, cubes: Iterable[str], at: float | None, limit: int, states: tuple[str, ...] = ("active",),
+        *, probe: bool = True,
     ) -> list[tuple[int, float]]:
-        """FTS5 bm25 ranking over versions valid at ``at`` (current when None). Returns (rowid, bm25) best first."""
+        """FTS5 bm25 ranking over versions valid at ``at`` (current when None). Returns (rowid, bm25) best first.
+
+        First a probe: FTS5's own best ``LEXICAL_PROBE_FACTOR * limit`` rows (``ORDER BY rank LIMIT``: FTS5 ranks
+        and cuts before any join), then their cube, state and validity checked on ``versions``. When at least
+        ``limit`` probed rows pass, or the probe held every match, they are exactly the best ``limit`` passing rows
+        (a better passing row would be in the probe). Otherwise (a small cube in a large store, many old versions)
+        the full query ranks every match joined to ``versions``. Ties (equal bm25) are ordered by rowid, up to ties
+        at the probe's edge. ``probe=False`` runs the full query alone (the benchmark's baseline)."""
         match = fts_query(query)
         if match is None:
             return []
@@ -625,10 +637,20 @@ class SqliteStore:
             validity, params = "v.valid_to = ?", [FOREVER]
         else:
             validity, params = "v.valid_from <= ? AND v.valid_to > ?", [at, at]
+        checks = f"v.cube IN ({cube_marks}) AND v.state IN ({state_marks}) AND {validity}"
+        probe_n = LEXICAL_PROBE_FACTOR * limit
+        probe = [] if not probe else self._all("SELECT rowid, rank FROM versions_fts WHERE versions_fts MATCH ? ORDER BY rank LIMIT ?",
+                          (match, probe_n))
+        if probe:
+            score = {r[0]: r[1] for r in probe}  # rank is bm25(versions_fts): no other rank function is configured
+            marks = ",".join("?" * len(score))
+            passing = {r[0] for r in self._all(f"SELECT v.rowid FROM versions v WHERE v.rowid IN ({marks}) AND {checks}",
+                                               [*score, *cube_list, *states, *params])}
+            if len(passing) >= limit or len(probe) < probe_n:
+                return sorted(((r, score[r]) for r in passing), key=lambda x: (x[1], x[0]))[:limit]
         sql = (
             "SELECT v.rowid, bm25(versions_fts) AS score FROM versions_fts JOIN versions v ON v.rowid = versions_fts.rowid "
-            f"WHERE versions_fts MATCH ? AND v.cube IN ({cube_marks}) AND v.state IN ({state_marks}) AND {validity} "
-            "ORDER BY score LIMIT ?"
+            f"WHERE versions_fts MATCH ? AND {checks} ORDER BY score, v.rowid LIMIT ?"
         )
         return [(r[0], r[1]) for r in self._all(sql, [match, *cube_list, *states, *params, limit])]
 
