@@ -184,12 +184,42 @@ class KernelService:
             },
         }
 
+    # Moving a cube between kernel shards (memos.kernel.moves; run by ShardRouter.move_cube). Envelopes, so a typed
+    # error crosses Ray as it does for syscalls.
+
+    def export_cube(self, cube: str) -> dict[str, Any]:
+        from memos.kernel.moves import export_cube
+
+        return _enveloped(lambda: export_cube(self.kernel, cube))
+
+    def import_cube(self, exported: dict[str, Any]) -> dict[str, Any]:
+        from memos.kernel.moves import import_cube
+
+        return _enveloped(lambda: import_cube(self.kernel, exported))
+
+    def drop_moved_cube(self, cube: str, fingerprint: Any) -> dict[str, Any]:
+        from memos.kernel.moves import drop_moved_cube
+
+        return _enveloped(lambda: drop_moved_cube(self.kernel, cube, fingerprint))
+
+    def discard_copy(self, cube: str) -> dict[str, Any]:
+        from memos.kernel.moves import discard_copy
+
+        return _enveloped(lambda: discard_copy(self.kernel, cube))
+
     def close(self) -> None:
         if self.policies is not None:
             self.policies.stop()
         self._stop.set()
         self._flusher.join(timeout=10)
         self.kernel.close()  # writes the reads still pending
+
+
+def _enveloped(fn: Callable[[], Any]) -> dict[str, Any]:
+    try:
+        return {"ok": fn()}
+    except MemosError as exc:
+        return {"error": exc.to_wire()}
 
 
 def _flush_reads_loop(kernel_ref: weakref.ref[Any], stop: threading.Event) -> None:

@@ -35,13 +35,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _run(shards: int, texts: list[str], cubes: int, batch: int, home: Path) -> dict[str, Any]:
+def _run(shards: int, texts: list[str], cubes: int, batch: int, home: Path, embedder: str) -> dict[str, Any]:
     from memos.client import Memos
     from memos.config import Settings
     from memos.hosting.ray_host import start_embedded
     from memos.storage.placement import Placement
 
-    settings = Settings(home=home, model=None, metrics_export_port=_free_port())
+    settings = Settings(home=home, model=None, embedder=embedder, metrics_export_port=_free_port())
     table = Placement.create(home, shards)
     names = [f"bench/cube-{i}" for i in range(cubes)]
     for i, name in enumerate(names):
@@ -88,25 +88,25 @@ def run_shards_bench(args: argparse.Namespace) -> dict[str, Any]:
     texts = corpus(args.memories, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    embed_rate = embedder_alone(texts, args.batch)
+    embed_rate = embedder_alone(texts, args.batch) if args.embedder == "all-MiniLM-L6-v2" else None
     runs = []
     for n in counts:
         scratch = Path(tempfile.mkdtemp(prefix="memos-shards-", dir=args.scratch))
         try:
-            runs.append(_run(n, texts, args.cubes, args.batch, scratch / "home"))
+            runs.append(_run(n, texts, args.cubes, args.batch, scratch / "home", args.embedder))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         print(f"{n} shard(s): {runs[-1]['memories_per_s']} memories/s", flush=True)
     base = next((r["memories_per_s"] for r in runs if r["shards"] == 1), runs[0]["memories_per_s"])
     for r in runs:
         r["ratio_to_1_shard"] = round(r["memories_per_s"] / base, 3)
-        r["ratio_to_embedder_alone"] = round(r["memories_per_s"] / embed_rate, 3)
+        r["ratio_to_embedder_alone"] = round(r["memories_per_s"] / embed_rate, 3) if embed_rate else None
     report = {
         "settings": {"memories": args.memories, "cubes": args.cubes, "batch": args.batch, "seed": args.seed,
-                     "embedder": "all-MiniLM-L6-v2", "sqlite_synchronous": "FULL", "index": "embedded Chroma per shard"},
+                     "embedder": args.embedder, "sqlite_synchronous": "FULL", "index": "embedded Chroma per shard"},
         "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
                         "load_average_end": [round(x, 2) for x in os.getloadavg()]},
-        "embedder_alone_texts_per_s": round(embed_rate, 1),
+        "embedder_alone_texts_per_s": round(embed_rate, 1) if embed_rate else None,
         "runs": runs,
     }
     (out / "shards.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -134,6 +134,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memories", type=int, default=4000, help="memories written per run")
     p.add_argument("--cubes", type=int, default=4, help="cubes (one client thread each), at least the largest count")
     p.add_argument("--batch", type=int, default=250, help="items per write_many")
+    p.add_argument("--embedder", default="all-MiniLM-L6-v2", choices=["all-MiniLM-L6-v2", "hashing"],
+                   help="hashing: no model, to check the mechanics quickly (the ratios then measure no embedding)")
     p.add_argument("--scratch", help="where the data dirs go (default: the system's temp dir)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results/shards")

@@ -38,6 +38,11 @@ def cmd_cube(args: argparse.Namespace) -> int:
             print_json(mem.create_cube(args.cube, args.description, exist_ok=args.exist_ok))
         elif args.cube_command == "grant":
             print_json(mem.grant(args.cube, args.grantee, args.right))
+        elif args.cube_command == "move":
+            move = getattr(runtime.transport, "move_cube", None)
+            if move is None:
+                raise InvalidSyscall("this data dir is not sharded: 'memos cube move' needs 'memos up --shards N'")
+            print_json(move(args.cube, args.shard))
         else:
             print_json(mem.revoke(args.cube, args.grantee))
     return 0
@@ -75,17 +80,20 @@ def register(sub: Any) -> None:
         return p
 
     memory_parser("cubes", "list the cubes you may read")
-    cube = sub.add_parser("cube", help="create a cube, grant or revoke a right on it")
+    cube = sub.add_parser("cube", help="create a cube, grant or revoke a right on it, move it to another shard")
     cube_sub = cube.add_subparsers(dest="cube_command", required=True)
     for name, help_ in [("create", "create a cube (you become its admin)"),
                         ("grant", "give a principal a right on a cube (admin)"),
-                        ("revoke", "take every right of a principal on a cube (admin)")]:
+                        ("revoke", "take every right of a principal on a cube (admin)"),
+                        ("move", "move a cube and all its data to another kernel shard (sharded data dirs)")]:
         p = cube_sub.add_parser(name, help=help_)
         add_principal(p)
         p.add_argument("cube")
         if name == "create":
             p.add_argument("--description", default="")
             p.add_argument("--exist-ok", action="store_true", help="no error when the cube exists")
+        elif name == "move":
+            p.add_argument("--shard", type=int, required=True, help="the shard to move it to (0..N-1)")
         else:
             p.add_argument("grantee", metavar="principal")
         if name == "grant":

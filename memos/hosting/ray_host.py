@@ -32,6 +32,7 @@ from memos.transports.router import ShardRouter
 __all__ = ["RETRY_FOR_S", "KernelActor", "RayHost", "RayTransport", "cluster_info", "connect", "start_embedded", "up"]
 
 GAUGE_PERIOD_S = 5.0
+SHARD_ADMIN = ("export_cube", "import_cube", "drop_moved_cube", "discard_copy")
 
 
 def loopback_env() -> None:
@@ -77,6 +78,12 @@ class KernelActor:
 
     def doctor(self, repair: bool = False) -> dict[str, Any]:
         return self.service.doctor(repair)
+
+    def shard_admin(self, method: str, *args: Any) -> dict[str, Any]:
+        """A cube move's step (``KernelService.export_cube`` ...), as an envelope."""
+        if method not in SHARD_ADMIN:
+            return {"error": MemosError(f"unknown shard method {method!r}").to_wire()}
+        return getattr(self.service, method)(*args)
 
     def run_policy(self, name: str | None = None) -> list[dict[str, Any]]:
         return self.service.run_policy(name)

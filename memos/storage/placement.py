@@ -55,6 +55,7 @@ class Placement:
         self._mtime: int | None = None
         self.shards = 0
         self.cubes: dict[str, int] = {}
+        self.moves: dict[str, dict[str, Any]] = {}
         self.refresh()
 
     @classmethod
@@ -84,8 +85,9 @@ class Placement:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return {"shards": 0, "cubes": {}}
-        return {"shards": int(data["shards"]), "cubes": {str(k): int(v) for k, v in data["cubes"].items()}}
+            return {"shards": 0, "cubes": {}, "moves": {}}
+        return {"shards": int(data["shards"]), "cubes": {str(k): int(v) for k, v in data["cubes"].items()},
+                "moves": {str(k): dict(v) for k, v in data.get("moves", {}).items()}}
 
     def refresh(self) -> None:
         """Reload the table if it changed on disk since the last read (one ``stat`` when it did not)."""
@@ -95,7 +97,7 @@ class Placement:
             mtime = None
         if mtime != self._mtime or mtime is None:
             data = self._read()
-            self.shards, self.cubes, self._mtime = data["shards"], data["cubes"], mtime
+            self.shards, self.cubes, self.moves, self._mtime = data["shards"], data["cubes"], data["moves"], mtime
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
@@ -141,6 +143,31 @@ class Placement:
             chosen = shard if shard is not None else data["cubes"].get(cube, default_shard(cube, data["shards"]))
             data["cubes"][cube] = chosen
         return chosen
+
+    def begin_move(self, cube: str, target: int) -> int:
+        """Journal a move of ``cube`` to ``target`` (``{"from", "to"}`` under ``moves``); returns its source shard.
+
+        Raises:
+            InvalidSyscall: ``target`` is no shard, or the cube is being moved already.
+        """
+        with self._locked() as data:
+            if not 0 <= target < data["shards"]:
+                raise InvalidSyscall(f"no shard {target}: this data dir has shards 0..{data['shards'] - 1}",
+                                     shard=target)
+            if cube in data["moves"]:
+                raise InvalidSyscall(f"cube {cube!r} is being moved already ({data['moves'][cube]}); 'memos cube "
+                                     "move' finishes or undoes an interrupted move first", cube=cube)
+            source = data["cubes"].get(cube, default_shard(cube, data["shards"]))
+            data["moves"][cube] = {"from": source, "to": target}
+        return int(source)
+
+    def end_move(self, cube: str, *, moved: bool) -> None:
+        """Close the journal entry of ``cube``'s move: the cube now on its target (``moved``) or still on its
+        source."""
+        with self._locked() as data:
+            move = data["moves"].pop(cube, None)
+            if move is not None:
+                data["cubes"][cube] = move["to"] if moved else move["from"]
 
     def forget(self, cube: str) -> None:
         """Drop ``cube``'s record (after ``drop_cube``): a cube created again under that name is placed anew."""

@@ -562,6 +562,69 @@ class SqliteStore:
         # The key stays (a retry must not write the memory again) but not the hash of what was written.
         self._exec("UPDATE idempotency SET request_hash = '' WHERE memory_id = ?", (memory_id,))
 
+    # ------------------------------------------------------------------------------------------------ moving a cube
+
+    #: What moves with a cube to another kernel shard (``cube_rows``/``insert_cube_rows``), in insertion order: the
+    #: cube, its grants and memories, every version (new rowids, in the same order), and what hangs off its memories.
+    #: The index outbox is not copied: the receiving kernel indexes what it inserted.
+    _MOVE_TABLES: tuple[tuple[str, str, str], ...] = (
+        ("cubes", "name, owner, description, created_at, incarnation", "name = ?"),
+        ("grants", "cube, principal, right", "cube = ?"),
+        ("memories", "id, cube, kind, current_version, state, pinned, stale, created_at, updated_at, reads, "
+                     "last_read_at", "cube = ?"),
+        ("versions", "memory_id, version, cube, kind, state, content, metadata, tags, provenance, content_hash, "
+                     "size_bytes, fingerprint, payload, valid_from, valid_to", "cube = ? ORDER BY rowid"),
+        ("access_log", "memory_id, at, principal", "memory_id IN (SELECT id FROM memories WHERE cube = ?)"),
+        ("links", "source, target, relation, author, created_at",
+         "source IN (SELECT id FROM memories WHERE cube = ?)"),
+        ("derivations", "child_id, child_version, parent_id, parent_version",
+         "child_id IN (SELECT id FROM memories WHERE cube = ?)"),
+        ("idempotency", "principal, key, op, request_hash, memory_id, version, at",
+         "memory_id IN (SELECT id FROM memories WHERE cube = ?)"),
+        ("migrations", "memory_id, from_version, to_kind, path, state, rule, principal, started_at, ended_at, detail",
+         "memory_id IN (SELECT id FROM memories WHERE cube = ?) ORDER BY seq"),
+        ("audit", "at, principal, op, cube, memory_id, outcome, detail, incarnation", "cube = ? ORDER BY seq"),
+        ("events", "at, type, cube, memory_id, principal, data, incarnation", "cube = ? ORDER BY seq"),
+    )
+
+    def cube_rows(self, cube: str) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row that belongs to ``cube``, by table (``_MOVE_TABLES``), read in one transaction."""
+        with self.transaction():
+            return {table: self._all(f"SELECT {cols} FROM {table} WHERE {where}", (cube,))
+                    for table, cols, where in self._MOVE_TABLES}
+
+    def cube_fingerprint(self, cube: str) -> list[tuple[Any, ...]]:
+        """What changes whenever anything is written to ``cube`` (reads aside): its memories' versions, states and
+        flags, and its newest version row. A move compares it before dropping the source."""
+        return self._all("SELECT id, current_version, state, pinned, stale, updated_at FROM memories WHERE cube = ? "
+                         "ORDER BY id", (cube,)) + self._all(
+            "SELECT COUNT(*), MAX(rowid) FROM versions WHERE cube = ?", (cube,))
+
+    def insert_cube_rows(self, rows: dict[str, list[tuple[Any, ...]]], *, payload_path: Any = None) -> int:
+        """Insert the rows ``cube_rows`` read on another kernel (inside the caller's transaction); every non-deleted
+        version gets its FTS row and an index ``add``. ``payload_path(old) -> new`` rewrites payload file paths.
+        Returns the versions inserted."""
+        for table, cols, _ in self._MOVE_TABLES:
+            data = rows.get(table, [])
+            if table == "versions":
+                for row in data:
+                    values = list(row)
+                    if values[12] and payload_path is not None:
+                        payload = json.loads(values[12])
+                        payload["path"] = str(payload_path(payload["path"]))
+                        values[12] = json.dumps(payload, sort_keys=True)
+                    cur = self._exec(f"INSERT INTO versions({cols}) VALUES ({','.join('?' * len(values))})", values)
+                    rowid = int(cur.lastrowid or 0)
+                    if values[4] != "deleted":
+                        self._exec("INSERT INTO versions_fts(rowid, content, tags) VALUES (?,?,?)",
+                                   (rowid, values[5], " ".join(json.loads(values[7]))))
+                        self._outbox("add", rowid, values[0], values[1])
+                continue
+            if data:  # a key left by an earlier life of these memories here (purge keeps idempotency keys) is replaced
+                verb = "INSERT OR REPLACE" if table in ("grants", "links", "derivations", "idempotency") else "INSERT"
+                self._executemany(f"{verb} INTO {table}({cols}) VALUES ({','.join('?' * len(data[0]))})", data)
+        return len(rows.get("versions", []))
+
     # ------------------------------------------------------------------------------------------------ usage
 
     def record_reads_many(self, reads: list[tuple[str, float, str]]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from memos.transports.envelope import unwrap
+
 if TYPE_CHECKING:
     from memos.service import KernelService
 
@@ -25,6 +27,17 @@ class InProcessTransport:
 
     def policy_admin(self, command: str, arg: str | None = None) -> Any:
         return self.service.policy_admin(command, arg)
+
+    def shard_admin(self, method: str, *args: Any) -> Any:
+        """A cube move's step on this kernel (``export_cube``, ``import_cube``, ``drop_moved_cube``,
+        ``discard_copy``: ``memos.kernel.moves``); raises its typed error."""
+        return unwrap(getattr(self.service, method)(*args))
+
+    def ping(self) -> dict[str, Any]:
+        return self.service.ping()
+
+    def doctor(self, repair: bool = False) -> dict[str, Any]:
+        return self.service.doctor(repair)
 
     def close(self) -> None:
         self.service.close()

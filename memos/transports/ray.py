@@ -72,6 +72,11 @@ class RayTransport:
         answer = self._get(lambda: self.actor.policy_admin_envelope.remote(command, arg), safe=False)
         return unwrap(answer)
 
+    def shard_admin(self, method: str, *args: Any) -> Any:
+        """A cube move's step on this kernel shard (``memos.kernel.moves``); never resent (the move's journal
+        decides what to redo)."""
+        return unwrap(self._get(lambda: self.actor.shard_admin.remote(method, *args), safe=False))
+
     def doctor(self, repair: bool = False) -> dict[str, Any]:
         return self._get(lambda: self.actor.doctor.remote(repair), safe=True)
 

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from memos import syscalls as sc
-from memos.errors import InvalidSyscall, MemosError
+from memos.errors import InvalidState, InvalidSyscall, MemosError, error_from_wire
 from memos.storage.placement import Placement
 from memos.transports.envelope import Transport
 
@@ -302,6 +302,67 @@ class ShardRouter:
         bad = [r["sqlite_integrity"] for r in reports if r["sqlite_integrity"] != "ok"]
         return {"sqlite_integrity": bad[0] if bad else "ok",
                 "pending_index": sum(r["pending_index"] for r in reports), "shards": reports}
+
+    # ----------------------------------------------------------------------------------------- moving a cube
+
+    def move_cube(self, cube: str, target: int) -> dict[str, Any]:
+        """Move ``cube`` and all its data to shard ``target`` (``memos.kernel.moves``), journaled in the placement
+        table: export from the source, import on the target, drop from the source only if nothing was written to
+        the cube meanwhile, then switch the placement. Between the drop and the switch (one table write) calls to
+        the cube answer ``not_found``. A move interrupted by a crash is finished or undone by ``recover_moves``,
+        which every move runs first. Returns what was done.
+
+        Raises:
+            InvalidSyscall: no such shard, or a move of this cube is journaled already. NotFound: no such cube.
+            InvalidState: a job or migration on the cube runs, or the cube was written to during the move (then
+                nothing moved; try again).
+        """
+        self.recover_moves()
+        if not 0 <= target < len(self.shards):
+            raise InvalidSyscall(f"no shard {target}: this router reaches shards 0..{len(self.shards) - 1}")
+        source = self._shard_of(cube)
+        if source == target:
+            return {"cube": cube, "from": source, "to": target, "moved": False, "detail": "already there"}
+        self.placement.begin_move(cube, target)
+        try:
+            exported = self.shards[source].shard_admin("export_cube", cube)  # type: ignore[attr-defined]
+            versions = self.shards[target].shard_admin("import_cube", exported)  # type: ignore[attr-defined]
+        except BaseException:
+            self._undo(cube, target)
+            raise
+        if not self.shards[source].shard_admin("drop_moved_cube", cube, exported["fingerprint"]):  # type: ignore[attr-defined]
+            self._undo(cube, target)
+            raise InvalidState(f"cube {cube!r} was written to during the move: nothing moved; try again", cube=cube)
+        self.placement.end_move(cube, moved=True)
+        with self._lock:  # its memories now answer from the target
+            for memory_id in [m for m, s in self._where.items() if s == source]:
+                self._where.pop(memory_id)
+        return {"cube": cube, "from": source, "to": target, "moved": True, "versions": versions,
+                "memories": len(exported["rows"]["memories"]), "payload_files": len(exported["blobs"])}
+
+    def _undo(self, cube: str, target: int) -> None:
+        self.shards[target].shard_admin("discard_copy", cube)  # type: ignore[attr-defined]
+        self.placement.end_move(cube, moved=False)
+
+    def recover_moves(self) -> list[dict[str, Any]]:
+        """Finish or undo the moves a crash interrupted (journaled in the placement table): a cube still on its
+        source loses the target's partial copy; one already dropped from its source is switched to its target."""
+        done = []
+        self.placement.refresh()
+        for cube, move in list(self.placement.moves.items()):
+            on_source = any(c["name"] == cube for c in self._cubes_of(move["from"]))
+            if on_source:
+                self._undo(cube, move["to"])
+            else:
+                self.placement.end_move(cube, moved=True)
+            done.append({"cube": cube, **move, "finished": not on_source})
+        return done
+
+    def _cubes_of(self, shard: int) -> list[dict[str, Any]]:
+        answer = self.shards[shard].call("system", {"op": "list_cubes"})
+        if "error" in answer:
+            raise error_from_wire(answer["error"])
+        return list(answer["ok"]["cubes"])
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

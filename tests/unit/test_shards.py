@@ -9,7 +9,7 @@ import pytest
 from fakes import HashingEmbedder
 
 from memos.client import Memos
-from memos.errors import InvalidSyscall, NotFound
+from memos.errors import InvalidState, InvalidSyscall, NotFound
 from memos.kernel import Kernel
 from memos.models.llm_rules import RuleBasedLanguageModel
 from memos.service import KernelService
@@ -158,3 +158,79 @@ def test_calls_that_cannot_be_merged_across_shards_are_refused(sharded):
     with pytest.raises(InvalidSyscall, match="single cursor"):
         mem.events()
     assert mem.events(cubes=["team/a"]).events  # one shard's cubes: its cursor
+
+
+def _two_cubes_apart(mem: Memos) -> None:
+    mem.transport.placement.place("team/a", 0)
+    mem.transport.placement.place("team/b", 1)
+    mem.create_cube("team/a")
+    mem.create_cube("team/b")
+
+
+def test_a_moved_cube_keeps_its_memories_versions_links_and_search(sharded):
+    mem, kernels = sharded(2)
+    _two_cubes_apart(mem)
+    m = mem.write("team/a", "the launch is on friday", tags=["plan"])
+    mem.update(m.id, content="the launch moved to monday", expected_version=1)
+    other = mem.write("team/a", "the venue is the old library")
+    mem.link(m.id, other.id, "supports")
+    mem.grant("team/a", "agent:bob", "read")
+    gone = mem.write("team/a", "a note to delete")
+    mem.delete(gone.id)
+    report = mem.transport.move_cube("team/a", 1)
+    assert report["moved"] and (report["from"], report["to"], report["memories"]) == (0, 1, 3)
+    assert _cubes_on(kernels[0]) == set() and _cubes_on(kernels[1]) == {"team/a", "team/b"}
+    assert mem.transport.placement.shard_of("team/a") == 1 and not mem.transport.placement.moves
+    fresh = Memos(ShardRouter(mem.transport.shards, mem.transport.placement), "agent:bob")
+    assert [v.content for v in fresh.history(m.id)] == ["the launch is on friday", "the launch moved to monday"]
+    assert [h.memory.id for h in fresh.search("launch monday", "team/a", k=1)] == [m.id]
+    assert [h.memory.id for h in fresh.search("launch monday", "team/a", k=1, mode="lexical")] == [m.id]
+    assert [r.memory.id for r in fresh.related(m.id)][:1] == [other.id]
+    assert fresh.read(gone.id).state == "deleted"
+    assert mem.update(m.id, content="the launch moved to tuesday", expected_version=2).version == 3
+
+
+class _WritesDuringImport:
+    """A shard transport that writes to the cube on the source shard while the target imports it."""
+
+    def __init__(self, inner, source_client: Memos) -> None:
+        self.inner, self.source_client = inner, source_client
+
+    def shard_admin(self, method, *args):
+        if method == "import_cube":
+            self.source_client.write("team/a", "written during the move")
+        return self.inner.shard_admin(method, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_write_during_a_move_undoes_the_move_and_is_kept(sharded):
+    mem, kernels = sharded(2)
+    _two_cubes_apart(mem)
+    mem.write("team/a", "before the move")
+    router = mem.transport
+    source_only = Memos(router.shards[0], "agent:alice")
+    router.shards[1] = _WritesDuringImport(router.shards[1], source_only)
+    with pytest.raises(InvalidState, match="written to during the move"):
+        router.move_cube("team/a", 1)
+    assert _cubes_on(kernels[1]) == {"team/b"} and router.placement.shard_of("team/a") == 0
+    assert sorted(m.content for m in mem.list("team/a")) == ["before the move", "written during the move"]
+
+
+def test_an_interrupted_move_is_undone_or_finished(sharded):
+    mem, kernels = sharded(2)
+    _two_cubes_apart(mem)
+    mem.write("team/a", "a fact")
+    router = mem.transport
+    router.placement.begin_move("team/a", 1)  # crashed after copying, before dropping the source
+    router.shards[1].shard_admin("import_cube", router.shards[0].shard_admin("export_cube", "team/a"))
+    assert [r["finished"] for r in router.recover_moves()] == [False]
+    assert _cubes_on(kernels[1]) == {"team/b"} and router.placement.shard_of("team/a") == 0
+    router.placement.begin_move("team/a", 1)  # crashed after dropping the source, before the switch
+    exported = router.shards[0].shard_admin("export_cube", "team/a")
+    router.shards[1].shard_admin("import_cube", exported)
+    router.shards[0].shard_admin("drop_moved_cube", "team/a", exported["fingerprint"])
+    assert [r["finished"] for r in router.recover_moves()] == [True]
+    assert router.placement.shard_of("team/a") == 1
+    assert [m.content for m in mem.list("team/a")] == ["a fact"]
