@@ -11,7 +11,10 @@ still load as uncompressed payloads), one safetensors file:
 
 - tensors ``layers.<i>.keys`` and ``layers.<i>.values``, shape ``[kv_heads, kept, head_dim]``: the model's dtype, or
   int8 with ``layers.<i>.key_scales`` (float32 ``[kv_heads, 1, head_dim]``, per channel) and
-  ``layers.<i>.value_scales`` (float32 ``[kv_heads, kept, 1]``, per token); ``token_ids``, int64 ``[tokens]``: every
+  ``layers.<i>.value_scales`` (float32 ``[kv_heads, kept, 1]``, per token), or, for ``int4`` / ``int2``, uint8
+  codes packed along ``head_dim`` for the kept entries between the sinks and the residual window, float16
+  ``(scale, minimum)`` pairs per group in the scales, and ``layers.<i>.full_keys`` / ``full_values`` (the model's
+  dtype) for the sinks and the window (see :func:`lowbit_split`); ``token_ids``, int64 ``[tokens]``: every
   token of the block, kept or not (a prompt is checked against them); ``positions``, int32
   ``[layers, kv_heads, kept]``, only when tokens were selected: the original position of each kept entry, strictly
   increasing per layer and head. Keys are stored as the model caches them (after RoPE at their original positions,
@@ -50,6 +53,8 @@ FORMAT_VERSION = 2
 _NO_COMPRESSION = KVCompression()
 _FINGERPRINT_FIELDS = ("model_id", "config_hash", "tokenizer_hash", "dtype")
 _WHAT = "activation payload"
+#: Bits per code of the low-bit (KIVI) quantisations.
+LOWBIT = {"int4": 4, "int2": 2}
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +74,11 @@ class KVPayload:
             kept]``, the original position of each kept entry, strictly increasing per layer and head.
         compression: how the tensors were compressed (method and parameters).
         key_scales / value_scales: with int8 tensors, per layer float32 ``[kv_heads, 1, head_dim]`` (per channel) and
-            ``[kv_heads, kept, 1]`` (per token); ``None`` otherwise.
+            ``[kv_heads, kept, 1]`` (per token); with int4 / int2, float16 ``[2, kv_heads, ceil(m / group), head_dim]``
+            (keys: scale and minimum per channel and group of ``group`` tokens) and ``[2, kv_heads, m, head_dim /
+            value_group]`` (values: per token and group of channels), ``m`` the quantised entries; ``None`` otherwise.
+        full_keys / full_values: with int4 / int2, per layer ``[kv_heads, sink + recent, head_dim]`` in the
+            fingerprint's dtype: the first and last kept entries, stored as computed (:func:`lowbit_split`).
 
     Raises:
         ValueError: on construction, when the shapes, lengths, positions or dtypes are inconsistent.
@@ -85,11 +94,19 @@ class KVPayload:
     compression: KVCompression = _NO_COMPRESSION
     key_scales: tuple[torch.Tensor, ...] | None = None
     value_scales: tuple[torch.Tensor, ...] | None = None
+    full_keys: tuple[torch.Tensor, ...] | None = None
+    full_values: tuple[torch.Tensor, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.keys or len(self.keys) != len(self.values):
             raise ValueError(f"need one keys and one values tensor per layer, got {len(self.keys)} and {len(self.values)}")
         n = len(self.token_ids)
+        if self.compression.quantize in LOWBIT:
+            self._check_positions(n)
+            self._check_lowbit()
+            return
+        if self.full_keys is not None or self.full_values is not None:
+            raise ValueError("full-precision entries are only for int4 / int2 payloads")
         kept = self.kept_tokens
         quantized = self.compression.quantize == "int8"
         dtype = "torch.int8" if quantized else f"torch.{self.fingerprint.dtype}"
@@ -101,6 +118,33 @@ class KVPayload:
                 raise ValueError(f"layer {i}: dtype {k.dtype}/{v.dtype}, fingerprint says {self.fingerprint.dtype}{stored}")
         self._check_scales(quantized)
         self._check_positions(n)
+
+    def _check_lowbit(self) -> None:
+        bits = LOWBIT[self.compression.quantize]
+        head, tail = lowbit_split(self.compression, self.kept_tokens)
+        m = self.kept_tokens - head - tail
+        parts = (self.key_scales, self.value_scales, self.full_keys, self.full_values)
+        if any(p is None or len(p) != len(self.keys) for p in parts):
+            raise ValueError(f"an {self.compression.quantize} payload needs scales and full entries for every layer")
+        assert self.key_scales and self.value_scales and self.full_keys and self.full_values
+        dtype = f"torch.{self.fingerprint.dtype}"
+        for i, (k, v, ks, vs, fk, fv) in enumerate(zip(self.keys, self.values, self.key_scales, self.value_scales,
+                                                       self.full_keys, self.full_values, strict=True)):
+            heads, dim = fk.shape[0], fk.shape[-1]
+            if (k.dim() != 3 or k.shape != v.shape or fk.dim() != 3 or fk.shape != fv.shape
+                    or tuple(k.shape) != (heads, m, dim * bits // 8) or fk.shape[1] != head + tail):
+                raise ValueError(f"layer {i}: codes {tuple(k.shape)} / {tuple(v.shape)} and full entries "
+                                 f"{tuple(fk.shape)} / {tuple(fv.shape)} do not hold {self.kept_tokens} tokens "
+                                 f"({head} sinks, {tail} recent in full precision)")
+            if str(k.dtype) != "torch.uint8" or v.dtype != k.dtype or str(fk.dtype) != dtype or fv.dtype != fk.dtype:
+                raise ValueError(f"layer {i}: codes must be uint8 and full entries {self.fingerprint.dtype}, got "
+                                 f"{k.dtype}/{v.dtype}, {fk.dtype}/{fv.dtype}")
+            groups = -(-m // self.compression.group)
+            if (tuple(ks.shape) != (2, heads, groups, dim)
+                    or tuple(vs.shape) != (2, heads, m, dim // value_group(dim, self.compression.group))
+                    or str(ks.dtype) != "torch.float16" or vs.dtype != ks.dtype):
+                raise ValueError(f"layer {i}: scales {tuple(ks.shape)} / {tuple(vs.shape)} {ks.dtype} do not fit "
+                                 f"{m} quantised entries of {heads} heads x {dim} channels")
 
     def _check_scales(self, quantized: bool) -> None:
         if not quantized:
@@ -125,7 +169,7 @@ class KVPayload:
         if p is None:
             return
         heads = self.keys[0].shape[0]
-        if p.dim() != 3 or tuple(p.shape) != (len(self.keys), heads, self.keys[0].shape[1]) or p.is_floating_point():
+        if p.dim() != 3 or tuple(p.shape[:2]) != (len(self.keys), heads) or p.is_floating_point():
             raise ValueError(f"positions {tuple(p.shape)} {p.dtype} must be integers [layers, kv_heads, kept]")
         if p.shape[-1] and (int(p.min()) < 0 or int(p.max()) >= n or not bool((p[..., 1:] > p[..., :-1]).all())):
             raise ValueError(f"positions must be strictly increasing per layer and head, within 0..{n - 1}")
@@ -154,25 +198,91 @@ class KVPayload:
             return None if ts is None else tuple(t.to(device) for t in ts)
 
         return dataclasses.replace(self, keys=move(self.keys), values=move(self.values),  # type: ignore[arg-type]
-                                   key_scales=move(self.key_scales), value_scales=move(self.value_scales))
+                                   key_scales=move(self.key_scales), value_scales=move(self.value_scales),
+                                   full_keys=move(self.full_keys), full_values=move(self.full_values))
 
     def dense(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Per layer ``(keys, values)`` in the fingerprint's dtype: the tensors themselves, or new dequantised ones
-        for an int8 payload (``int8 * scale``)."""
+        for a quantised one (int8: ``int8 * scale``; int4 / int2: ``code * scale + minimum`` between the
+        full-precision sinks and residual window), dequantised in float32 and cast to the fingerprint's dtype."""
         if self.key_scales is None or self.value_scales is None:
             return tuple(zip(self.keys, self.values, strict=True))
         import torch
 
         dtype = getattr(torch, self.fingerprint.dtype)
+        if self.compression.quantize in LOWBIT:
+            assert self.full_keys is not None and self.full_values is not None
+            bits = LOWBIT[self.compression.quantize]
+            head, _ = lowbit_split(self.compression, self.kept_tokens)
+            out = []
+            for k, v, ks, vs, fk, fv in zip(self.keys, self.values, self.key_scales, self.value_scales,
+                                            self.full_keys, self.full_values, strict=True):
+                dim = fk.shape[-1]
+                mk = dequantize_keys(k, ks, bits, dim, self.compression.group).to(dtype)
+                mv = dequantize_values(v, vs, bits, dim).to(dtype)
+                out.append((torch.cat([fk[:, :head], mk, fk[:, head:]], dim=1),
+                            torch.cat([fv[:, :head], mv, fv[:, head:]], dim=1)))
+            return tuple(out)
         return tuple(
             ((k.float() * ks).to(dtype), (v.float() * vs).to(dtype))
             for k, v, ks, vs in zip(self.keys, self.values, self.key_scales, self.value_scales, strict=True)
         )
 
 
+def lowbit_split(compression: KVCompression, kept: int) -> tuple[int, int]:
+    """How many of ``kept`` entries an int4 / int2 payload keeps in full precision at the front (the first
+    ``sink``: attention sinks) and at the back (the last ``recent``: the residual window, as KIVI keeps the most
+    recent tokens unquantised); the entries between them are quantised."""
+    head = min(compression.sink, kept)
+    return head, min(compression.recent, kept - head)
+
+
+def value_group(dim: int, group: int) -> int:
+    """Channels per value group: ``group`` when it divides ``dim``, else the whole head (one group per token)."""
+    return group if group <= dim and dim % group == 0 else dim
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned ``bits``-bit codes (uint8 ``[..., dim]``, ``dim * bits`` divisible by 8) packed into uint8
+    ``[..., dim * bits / 8]``, the first code in the lowest bits."""
+    per = 8 // bits
+    grouped = codes.reshape(*codes.shape[:-1], codes.shape[-1] // per, per)
+    out = grouped[..., 0].clone()
+    for j in range(1, per):
+        out |= grouped[..., j] << (bits * j)
+    return out
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """The inverse of :func:`pack_codes`: uint8 ``[..., dim]``."""
+    import torch
+
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    parts = [(packed >> (bits * j)) & mask for j in range(per)]
+    return torch.stack(parts, dim=-1).reshape(*packed.shape[:-1], dim)
+
+
+def dequantize_keys(packed: torch.Tensor, scales: torch.Tensor, bits: int, dim: int, group: int) -> torch.Tensor:
+    """Float32 ``[heads, m, dim]`` keys from codes and per-channel ``(scale, minimum)`` per group of tokens."""
+    codes = unpack_codes(packed, bits, dim).float()
+    m = codes.shape[1]
+    scale = scales[0].float().repeat_interleave(group, dim=1)[:, :m]
+    low = scales[1].float().repeat_interleave(group, dim=1)[:, :m]
+    return codes * scale + low
+
+
+def dequantize_values(packed: torch.Tensor, scales: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Float32 ``[heads, m, dim]`` values from codes and per-token ``(scale, minimum)`` per group of channels."""
+    codes = unpack_codes(packed, bits, dim).float()
+    per = dim // scales.shape[-1]
+    return codes * scales[0].float().repeat_interleave(per, dim=-1) + scales[1].float().repeat_interleave(per, dim=-1)
+
+
 def payload_nbytes(payload: KVPayload) -> int:
     """Bytes ``payload`` holds in RAM (tensors, scales, positions and token ids): the unit of the in-RAM budget."""
-    tensors = [*payload.keys, *payload.values, *(payload.key_scales or ()), *(payload.value_scales or ())]
+    tensors = [*payload.keys, *payload.values, *(payload.key_scales or ()), *(payload.value_scales or ()),
+               *(payload.full_keys or ()), *(payload.full_values or ())]
     positions = 0 if payload.positions is None else payload.positions.nbytes
     return sum(t.nbytes for t in tensors) + positions + 8 * payload.num_tokens
 
@@ -212,6 +322,9 @@ def save_kv(payload: KVPayload, path: str | Path) -> PayloadRef:
         if payload.key_scales is not None and payload.value_scales is not None:
             tensors[f"layers.{i}.key_scales"] = payload.key_scales[i].cpu().contiguous()
             tensors[f"layers.{i}.value_scales"] = payload.value_scales[i].cpu().contiguous()
+        if payload.full_keys is not None and payload.full_values is not None:
+            tensors[f"layers.{i}.full_keys"] = payload.full_keys[i].cpu().contiguous()
+            tensors[f"layers.{i}.full_values"] = payload.full_values[i].cpu().contiguous()
     tensors["token_ids"] = torch.tensor(payload.token_ids, dtype=torch.int64)
     if payload.positions is not None:
         tensors["positions"] = payload.positions.cpu().to(torch.int32).contiguous()
@@ -271,7 +384,8 @@ def _parse(data: bytes, *, name: str) -> KVPayload:
         compression = _NO_COMPRESSION
         if meta["format_version"] != "1":
             compression = KVCompression.model_validate_json(meta["compression"])
-        quantized = compression.quantize == "int8"
+        quantized = compression.quantize != "none"
+        lowbit = compression.quantize in LOWBIT
         payload = KVPayload(
             fingerprint=fingerprint,
             memory_messages=memory_messages,
@@ -283,6 +397,8 @@ def _parse(data: bytes, *, name: str) -> KVPayload:
             compression=compression,
             key_scales=tuple(tensors[f"layers.{i}.key_scales"] for i in range(num_layers)) if quantized else None,
             value_scales=tuple(tensors[f"layers.{i}.value_scales"] for i in range(num_layers)) if quantized else None,
+            full_keys=tuple(tensors[f"layers.{i}.full_keys"] for i in range(num_layers)) if lowbit else None,
+            full_values=tuple(tensors[f"layers.{i}.full_values"] for i in range(num_layers)) if lowbit else None,
         )
         if meta["format_version"] != "1" and payload.kept_tokens != int(meta["kept_tokens"]):
             raise ValueError(f"header says {meta['kept_tokens']} kept tokens, the tensors hold {payload.kept_tokens}")

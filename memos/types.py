@@ -185,9 +185,9 @@ def _string_or_object_schema(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [{"type": "string", "description": "e.g. int8, snapkv@0.5, int8+sink_window@0.5"}, mapping]
 
 
-KVQuantize = Literal["none", "int8"]
+KVQuantize = Literal["none", "int8", "int4", "int2"]
 KVSelect = Literal["none", "sink_window", "heavy_hitter", "snapkv"]
-_KV_QUANTIZE = ("none", "int8")
+_KV_QUANTIZE = ("none", "int8", "int4", "int2")
 _KV_SELECT = ("none", "sink_window", "heavy_hitter", "snapkv")
 
 
@@ -198,7 +198,10 @@ class KVCompression(_Frozen):
 
     - ``quantize``: ``"none"`` keeps the model's dtype; ``"int8"`` stores symmetric int8 with a float32 scale per
       channel for keys (per head and channel, over the tokens: keys have outlier channels) and per token for values
-      (per head and token, over the channels), as in KIVI.
+      (per head and token, over the channels), as in KIVI. ``"int4"`` / ``"int2"`` (KIVI proper): asymmetric
+      4- or 2-bit codes packed into bytes, keys per channel in groups of ``group`` tokens, values per token in groups
+      of ``group`` channels (a float16 scale and minimum per group), while the first ``sink`` and the last ``recent``
+      kept entries (the attention sinks and a residual window) stay in the model's dtype.
     - ``select``: which tokens' entries are kept. ``"none"``: all. ``"sink_window"`` (StreamingLLM): the first
       ``sink`` tokens and the most recent ones. ``"heavy_hitter"`` (H2O): the tokens that received the most attention,
       summed over every query of the prefill. ``"snapkv"`` (SnapKV): the tokens the last ``observe`` tokens of the
@@ -219,6 +222,7 @@ class KVCompression(_Frozen):
     recent: int = Field(default=16, ge=0, le=1 << 20)
     observe: int = Field(default=32, ge=1, le=1 << 20)
     pool: int = Field(default=7, ge=1, le=63)
+    group: int = Field(default=32, ge=1, le=4096)
 
     @model_validator(mode="before")
     @classmethod

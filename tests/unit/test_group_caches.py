@@ -85,3 +85,36 @@ def test_bad_groups_are_refused(mem, session) -> None:
     mem.delete(session[1].id)
     with pytest.raises(InvalidState):
         mem.migrate([m.id for m in session], "activation", group="g")
+
+
+def test_generate_with_named_memories_uses_the_group_cache_that_covers_them_in_order(mem, session) -> None:
+    third = mem.write("team/x", "The kettle is blue and lives in the kitchen.")
+    (group,) = mem.migrate([m.id for m in session], "activation", group="session-1")
+    question = [{"role": "user", "content": "Where is the brass key?"}]
+    # The group's sources first, in its order, then another memory: one cache (the group) and one text block.
+    out = mem.generate(question, memory=[session[0].id, session[1].id, third.id], token_budget=500)
+    assert out.text == "1 kv, 1 text"
+    used = [(i.memory_id, i.use) for i in out.plan.used]
+    assert used == [(group.id, "kv"), (third.id, "text")]
+    by_id = {i.memory_id: i for i in out.plan.items}
+    for m in session:
+        assert by_id[m.id].use == "skip" and f"covered by episodic cache {group.id}" in by_id[m.id].reason
+    assert out.plan.items[0].cached_tokens == by_id[session[0].id].tokens + by_id[session[1].id].tokens
+    (event,) = [e for e in mem.events(types=["activation_used"]).events if e.memory_id == group.id]
+    assert event.data["tier"] in ("ram", "disk")
+
+
+def test_generate_with_named_memories_keeps_their_order_over_a_group_cache(mem, session) -> None:
+    third = mem.write("team/x", "The kettle is blue and lives in the kitchen.")
+    (group,) = mem.migrate([m.id for m in session], "activation", group="session-1")
+    question = [{"role": "user", "content": "Where is the brass key?"}]
+    # Reversed, or not consecutive, or after a text memory: the group would change the prompt, so it is not used.
+    for memory in ([session[1].id, session[0].id], [session[0].id, third.id, session[1].id],
+                   [third.id, session[0].id, session[1].id]):
+        out = mem.generate(question, memory=memory, token_budget=500)
+        assert group.id not in {i.memory_id for i in out.plan.items}
+        assert [i.memory_id for i in out.plan.used] == memory and out.text == f"0 kv, {len(memory)} text"
+    # A stale group is never used.
+    mem.update(session[1].id, content="Tomas moved the red notebook to the attic.")
+    out = mem.generate(question, memory=[m.id for m in session], token_budget=500)
+    assert out.text == "0 kv, 2 text"

@@ -12,14 +12,23 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from memos.cubes.activation import KVPayload, load_kv, payload_nbytes, save_kv
+from memos.cubes.activation import (
+    KVPayload,
+    dequantize_keys,
+    dequantize_values,
+    load_kv,
+    pack_codes,
+    payload_nbytes,
+    save_kv,
+    unpack_codes,
+)
 from memos.errors import CorruptPayload
-from memos.models.kv_compression import compress, kept_count, quantize_int8, select_positions
+from memos.models.kv_compression import compress, kept_count, quantize_int8, quantize_lowbit, select_positions
 from memos.types import Fingerprint, KVCompression
 
 LAYERS, HEADS, TOKENS, DIM = 3, 2, 40, 8
 METHODS = ["none", "int8", "sink_window@0.5", "heavy_hitter@0.3", "snapkv@0.25", "int8+sink_window@0.5",
-           "int8+heavy_hitter@0.5", "int8+snapkv@0.3"]
+           "int8+heavy_hitter@0.5", "int8+snapkv@0.3", "int4", "int2", "int4+sink_window@0.5", "int2+snapkv@0.3"]
 
 
 def full_payload(dtype: str = "float32") -> KVPayload:
@@ -141,6 +150,58 @@ def test_int8_keeps_keys_per_channel_and_values_per_token_within_half_a_step() -
     assert ((qk.float() * ks - keys).abs() <= ks / 2 + 1e-6).all()
     assert ((qv.float() * vs - values).abs() <= vs / 2 + 1e-6).all()
     assert (qk.float() * ks - keys)[..., 1:].abs().max() < 0.03
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_lowbit_codes_pack_and_unpack(bits: int) -> None:
+    codes = torch.randint(0, 1 << bits, (3, 5, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    packed = pack_codes(codes, bits)
+    assert packed.shape == (3, 5, 16 * bits // 8) and torch.equal(unpack_codes(packed, bits, 16), codes)
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_lowbit_keeps_sinks_and_window_exact_and_the_rest_within_half_a_group_step(bits: int) -> None:
+    gen = torch.Generator().manual_seed(5)
+    heads, tokens, dim, group = 2, 100, 64, 32
+    keys = torch.randn(heads, tokens, dim, generator=gen)
+    keys[..., 3] *= 40.0  # an outlier channel: per-channel groups keep the other channels' steps small
+    values = torch.randn(heads, tokens, dim, generator=gen)
+    qk, qv, ks, vs, fk, fv = quantize_lowbit(keys, values, bits, group, 4, 16)
+    m = tokens - 20
+    assert qk.dtype == torch.uint8 and qk.shape == (heads, m, dim * bits // 8)
+    assert ks.shape == (2, heads, 3, dim) and vs.shape == (2, heads, m, dim // group) and ks.dtype == torch.float16
+    assert torch.equal(fk, torch.cat([keys[:, :4], keys[:, -16:]], dim=1))
+    assert torch.equal(fv, torch.cat([values[:, :4], values[:, -16:]], dim=1))
+    dk = dequantize_keys(qk, ks, bits, dim, group)
+    dv = dequantize_values(qv, vs, bits, dim)
+    key_step = ks[0].float().repeat_interleave(group, dim=1)[:, :m]
+    value_step = vs[0].float().repeat_interleave(group, dim=-1)
+    # Half a step, plus float16 rounding of the minimum.
+    assert ((dk - keys[:, 4:-16]).abs() <= key_step / 2 + 2e-3 * keys.abs().amax()).all()
+    assert ((dv - values[:, 4:-16]).abs() <= value_step / 2 + 2e-3).all()
+    # The outlier widens only its own channel's step.
+    assert key_step[..., 3].min() > 10 * key_step[..., [0, 1, 2, 4]].max()
+
+
+def test_lowbit_dense_puts_the_full_precision_entries_back_in_place() -> None:
+    gen = torch.Generator().manual_seed(6)
+    fp = full_payload().fingerprint
+    keys = tuple(torch.randn(HEADS, 70, 16, generator=gen) for _ in range(LAYERS))
+    values = tuple(torch.randn(HEADS, 70, 16, generator=gen) for _ in range(LAYERS))
+    full = KVPayload(fingerprint=fp, memory_messages=("x",), token_ids=tuple(range(70)), keys=keys, values=values)
+    spec = KVCompression(quantize="int4", sink=4, recent=8, group=16)
+    packed = compress(full, spec)
+    assert packed.kept_tokens == 70 and packed.keys[0].shape == (HEADS, 58, 8)
+    for (k, v), k0, v0 in zip(packed.dense(), keys, values, strict=True):
+        assert k.shape == k0.shape and k.dtype == torch.float32
+        assert torch.equal(k[:, :4], k0[:, :4]) and torch.equal(k[:, -8:], k0[:, -8:]) and torch.equal(v[:, -8:], v0[:, -8:])
+        assert (k[:, 4:-8] - k0[:, 4:-8]).abs().max() < 0.6 and not torch.equal(k[:, 4:-8], k0[:, 4:-8])
+    with pytest.raises(ValueError, match="full entries"):
+        dataclasses.replace(packed, full_keys=None)
+    with pytest.raises(ValueError, match="do not hold"):
+        dataclasses.replace(packed, full_keys=tuple(k[:, :-1] for k in packed.full_keys))
+    with pytest.raises(ValueError, match="full-precision entries are only"):
+        dataclasses.replace(full, full_keys=packed.full_keys, full_values=packed.full_values)
 
 
 def test_compression_shrinks_the_payload() -> None:

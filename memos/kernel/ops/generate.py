@@ -17,6 +17,7 @@ from memos.kernel import events as ev
 from memos.kernel.authz import require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
+from memos.kernel.ops.groups import prefer_groups
 from memos.kernel.ops.search import assemble, context_plan, plan_items, token_budget, usable_adapter
 from memos.kernel.reads import record_reads
 from memos.models.port import Generation, KVBlock
@@ -55,8 +56,10 @@ class GenerateOp(LongOperation):
                 f"memory {i.memory_id} was named but left out: its {i.tokens} tokens do not fit in token_budget="
                 f"{budget} after the memories before it; raise token_budget or name fewer memories" for i in left_out
             )
+            # A group cache of consecutive named memories replaces their prefill (the prompt stays the same).
+            items, groups = prefer_groups(ctx, items, tuple(dict.fromkeys(r.cube for r in chosen)), ordered=True)
             context = context_plan("", budget, items, estimated, warnings)
-            rows = {r.memory_id: r for r in chosen}
+            rows = {r.memory_id: r for r in chosen} | groups
         elif call.cubes:
             users = [m.content for m in call.messages if m.role == "user"]
             if not users:

@@ -14,7 +14,10 @@ kernel's derivation rule, as for adapters); a stale cache is never injected. Reb
 source of a usable (active, not stale, built for the loaded model) group memory in a searched cube is among the
 chosen memories (kv or text), the group is injected once as a cache and its sources are skipped ("covered by ...");
 the largest covering group goes first, groups never overlap. Group memories never appear in search results
-themselves: their text is their sources' text.
+themselves: their text is their sources' text. ``generate(memory=[ids])`` keeps the caller's order, so there
+(``ordered=True``) a group is used only where its sources are consecutive in the named order, in the group's order,
+and everything before them is injected as a cache: the prompt is then token for token what the named memories
+render, and the group only removes their prefill.
 
 The sources' order is the group's: it is the order the caller gave, which is the order in the prompt.
 """
@@ -173,10 +176,11 @@ def _find_group(ctx: CallContext, cube: str, name: str) -> VersionRow | None:
 
 # ---------------------------------------------------------------------------------------------------- prefer
 
-def prefer_groups(ctx: CallContext, items: list[ContextItem], cubes: tuple[str, ...]
+def prefer_groups(ctx: CallContext, items: list[ContextItem], cubes: tuple[str, ...], *, ordered: bool = False
                   ) -> tuple[list[ContextItem], dict[str, VersionRow]]:
     """``items`` with the usable group caches that cover chosen memories put in (first) and those memories
-    skipped; returns the new items and the group rows used."""
+    skipped; returns the new items and the group rows used. ``ordered``: keep the items' order (see the module
+    docstring), for memories a caller named."""
     from memos.kernel.ops.search import usable_kv
 
     chosen = {i.memory_id: i for i in items if i.use in ("kv", "text")}
@@ -186,6 +190,8 @@ def prefer_groups(ctx: CallContext, items: list[ContextItem], cubes: tuple[str, 
               if r.cube in cubes and is_group(r) and r.state == State.ACTIVE
               and usable_kv(ctx, r) is None and set(group_members(r)) <= chosen.keys()]
     groups.sort(key=lambda r: -len(group_members(r)))
+    if ordered:
+        return _prefer_in_order(items, groups)
     used: dict[str, VersionRow] = {}
     covered: dict[str, str] = {}
     for group in groups:
@@ -196,15 +202,52 @@ def prefer_groups(ctx: CallContext, items: list[ContextItem], cubes: tuple[str, 
         covered |= dict.fromkeys(members, group.memory_id)
     if not used:
         return items, {}
-    front = []
-    for group in used.values():
-        members = [chosen[m] for m in group_members(group)]
-        tokens = sum(m.cached_tokens if m.use == "kv" else m.tokens for m in members)
-        front.append(ContextItem(
-            memory_id=group.memory_id, version=group.version, kind=Kind.ACTIVATION, use="kv", tokens=0,
-            cached_tokens=tokens, score=max(m.score for m in members),
-            reason=f"episodic cache {group.metadata[GROUP_KEY]!r} covers {len(members)} chosen memories: "
-                   f"{tokens} tokens, no prefill"))
-    rest = [i.model_copy(update={"use": "skip", "reason": f"{i.reason}; covered by episodic cache {covered[i.memory_id]}"})
-            if i.memory_id in covered else i for i in items]
+    front = [_group_item(group, [chosen[m] for m in group_members(group)]) for group in used.values()]
+    rest = [_covered(i, covered[i.memory_id]) if i.memory_id in covered else i for i in items]
     return front + rest, used
+
+
+def _group_item(group: VersionRow, members: list[ContextItem]) -> ContextItem:
+    tokens = sum(m.cached_tokens if m.use == "kv" else m.tokens for m in members)
+    return ContextItem(
+        memory_id=group.memory_id, version=group.version, kind=Kind.ACTIVATION, use="kv", tokens=0,
+        cached_tokens=tokens, score=max(m.score for m in members),
+        reason=f"episodic cache {group.metadata[GROUP_KEY]!r} covers {len(members)} chosen memories: "
+               f"{tokens} tokens, no prefill")
+
+
+def _covered(item: ContextItem, group_id: str) -> ContextItem:
+    return item.model_copy(update={"use": "skip", "reason": f"{item.reason}; covered by episodic cache {group_id}"})
+
+
+def _prefer_in_order(items: list[ContextItem], groups: list[VersionRow]
+                     ) -> tuple[list[ContextItem], dict[str, VersionRow]]:
+    """Walk the chosen items in order while they can still be a cache prefix; where the next ones are exactly a
+    group's sources in the group's order (the largest such group first), put the group in their place."""
+    chosen = [i for i in items if i.use in ("kv", "text")]
+    at: dict[str, int] = {}  # memory id of a chosen item -> index of the group that covers it
+    used: dict[str, VersionRow] = {}
+    k = 0
+    while k < len(chosen):
+        match = next((g for g in groups if [i.memory_id for i in chosen[k:k + len(group_members(g))]]
+                      == group_members(g)), None)
+        if match is not None:
+            used[match.memory_id] = match
+            at |= dict.fromkeys(group_members(match), k)
+            k += len(group_members(match))
+        elif chosen[k].use == "kv":
+            k += 1
+        else:
+            break  # a memory that goes in as text: nothing after it can be a cache
+    if not used:
+        return items, {}
+    out: list[ContextItem] = []
+    for item in items:
+        if item.memory_id in at:
+            group = next(g for g in used.values() if item.memory_id in group_members(g))
+            if item.memory_id == group_members(group)[0]:
+                out.append(_group_item(group, [i for i in chosen if i.memory_id in group_members(group)]))
+            out.append(_covered(item, group.memory_id))
+        else:
+            out.append(item)
+    return out, used
