@@ -11,7 +11,7 @@ still load as uncompressed payloads), one safetensors file:
 
 - tensors ``layers.<i>.keys`` and ``layers.<i>.values``, shape ``[kv_heads, kept, head_dim]``: the model's dtype, or
   int8 with ``layers.<i>.key_scales`` (float32 ``[kv_heads, 1, head_dim]``, per channel) and
-  ``layers.<i>.value_scales`` (float32 ``[kv_heads, kept, 1]``, per token), or, for ``int4`` / ``int2``, uint8
+  ``layers.<i>.value_scales`` (float32 ``[kv_heads, kept, 1]``, per token), or, for ``int4`` / ``int2`` / ``k8v4``, uint8
   codes packed along ``head_dim`` for the kept entries between the sinks and the residual window, float16
   ``(scale, minimum)`` pairs per group in the scales, and ``layers.<i>.full_keys`` / ``full_values`` (the model's
   dtype) for the sinks and the window (see :func:`lowbit_split`); ``token_ids``, int64 ``[tokens]``: every
@@ -53,8 +53,8 @@ FORMAT_VERSION = 2
 _NO_COMPRESSION = KVCompression()
 _FINGERPRINT_FIELDS = ("model_id", "config_hash", "tokenizer_hash", "dtype")
 _WHAT = "activation payload"
-#: Bits per code of the low-bit (KIVI) quantisations.
-LOWBIT = {"int4": 4, "int2": 2}
+#: Bits per key code and per value code of the low-bit (KIVI-style) quantisations.
+LOWBIT = {"int4": (4, 4), "int2": (2, 2), "k8v4": (8, 4)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,10 +74,10 @@ class KVPayload:
             kept]``, the original position of each kept entry, strictly increasing per layer and head.
         compression: how the tensors were compressed (method and parameters).
         key_scales / value_scales: with int8 tensors, per layer float32 ``[kv_heads, 1, head_dim]`` (per channel) and
-            ``[kv_heads, kept, 1]`` (per token); with int4 / int2, float16 ``[2, kv_heads, ceil(m / group), head_dim]``
+            ``[kv_heads, kept, 1]`` (per token); with int4 / int2 / k8v4, float16 ``[2, kv_heads, ceil(m / group), head_dim]``
             (keys: scale and minimum per channel and group of ``group`` tokens) and ``[2, kv_heads, m, head_dim /
             value_group]`` (values: per token and group of channels), ``m`` the quantised entries; ``None`` otherwise.
-        full_keys / full_values: with int4 / int2, per layer ``[kv_heads, sink + recent, head_dim]`` in the
+        full_keys / full_values: with int4 / int2 / k8v4, per layer ``[kv_heads, sink + recent, head_dim]`` in the
             fingerprint's dtype: the first and last kept entries, stored as computed (:func:`lowbit_split`).
 
     Raises:
@@ -106,7 +106,7 @@ class KVPayload:
             self._check_lowbit()
             return
         if self.full_keys is not None or self.full_values is not None:
-            raise ValueError("full-precision entries are only for int4 / int2 payloads")
+            raise ValueError("full-precision entries are only for int4 / int2 / k8v4 payloads")
         kept = self.kept_tokens
         quantized = self.compression.quantize == "int8"
         dtype = "torch.int8" if quantized else f"torch.{self.fingerprint.dtype}"
@@ -120,7 +120,7 @@ class KVPayload:
         self._check_positions(n)
 
     def _check_lowbit(self) -> None:
-        bits = LOWBIT[self.compression.quantize]
+        key_bits, value_bits = LOWBIT[self.compression.quantize]
         head, tail = lowbit_split(self.compression, self.kept_tokens)
         m = self.kept_tokens - head - tail
         parts = (self.key_scales, self.value_scales, self.full_keys, self.full_values)
@@ -131,8 +131,9 @@ class KVPayload:
         for i, (k, v, ks, vs, fk, fv) in enumerate(zip(self.keys, self.values, self.key_scales, self.value_scales,
                                                        self.full_keys, self.full_values, strict=True)):
             heads, dim = fk.shape[0], fk.shape[-1]
-            if (k.dim() != 3 or k.shape != v.shape or fk.dim() != 3 or fk.shape != fv.shape
-                    or tuple(k.shape) != (heads, m, dim * bits // 8) or fk.shape[1] != head + tail):
+            if (k.dim() != 3 or v.dim() != 3 or fk.dim() != 3 or fk.shape != fv.shape
+                    or tuple(k.shape) != (heads, m, dim * key_bits // 8)
+                    or tuple(v.shape) != (heads, m, dim * value_bits // 8) or fk.shape[1] != head + tail):
                 raise ValueError(f"layer {i}: codes {tuple(k.shape)} / {tuple(v.shape)} and full entries "
                                  f"{tuple(fk.shape)} / {tuple(fv.shape)} do not hold {self.kept_tokens} tokens "
                                  f"({head} sinks, {tail} recent in full precision)")
@@ -203,7 +204,7 @@ class KVPayload:
 
     def dense(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Per layer ``(keys, values)`` in the fingerprint's dtype: the tensors themselves, or new dequantised ones
-        for a quantised one (int8: ``int8 * scale``; int4 / int2: ``code * scale + minimum`` between the
+        for a quantised one (int8: ``int8 * scale``; int4 / int2 / k8v4: ``code * scale + minimum`` between the
         full-precision sinks and residual window), dequantised in float32 and cast to the fingerprint's dtype."""
         if self.key_scales is None or self.value_scales is None:
             return tuple(zip(self.keys, self.values, strict=True))
@@ -212,14 +213,14 @@ class KVPayload:
         dtype = getattr(torch, self.fingerprint.dtype)
         if self.compression.quantize in LOWBIT:
             assert self.full_keys is not None and self.full_values is not None
-            bits = LOWBIT[self.compression.quantize]
+            key_bits, value_bits = LOWBIT[self.compression.quantize]
             head, _ = lowbit_split(self.compression, self.kept_tokens)
             out = []
             for k, v, ks, vs, fk, fv in zip(self.keys, self.values, self.key_scales, self.value_scales,
                                             self.full_keys, self.full_values, strict=True):
                 dim = fk.shape[-1]
-                mk = dequantize_keys(k, ks, bits, dim, self.compression.group).to(dtype)
-                mv = dequantize_values(v, vs, bits, dim).to(dtype)
+                mk = dequantize_keys(k, ks, key_bits, dim, self.compression.group).to(dtype)
+                mv = dequantize_values(v, vs, value_bits, dim).to(dtype)
                 out.append((torch.cat([fk[:, :head], mk, fk[:, head:]], dim=1),
                             torch.cat([fv[:, :head], mv, fv[:, head:]], dim=1)))
             return tuple(out)
@@ -230,7 +231,7 @@ class KVPayload:
 
 
 def lowbit_split(compression: KVCompression, kept: int) -> tuple[int, int]:
-    """How many of ``kept`` entries an int4 / int2 payload keeps in full precision at the front (the first
+    """How many of ``kept`` entries an int4 / int2 / k8v4 payload keeps in full precision at the front (the first
     ``sink``: attention sinks) and at the back (the last ``recent``: the residual window, as KIVI keeps the most
     recent tokens unquantised); the entries between them are quantised."""
     head = min(compression.sink, kept)

@@ -12,10 +12,10 @@ prefill); :func:`compress` turns that into the stored payload. What each method 
 - ``snapkv`` (SnapKV): per layer and key-value head, the tokens with the largest attention from the block's last
   ``observe`` tokens (the observation window), average-pooled over ``pool`` neighbours so that a kept token keeps its
   neighbours, plus the ``sink`` first tokens and the observation window itself (at least ``recent`` last tokens).
-- ``int4`` / ``int2`` (KIVI): asymmetric 4- or 2-bit codes (``code * scale + minimum``), keys per channel in groups
-  of ``group`` tokens, values per token in groups of ``group`` channels, scale and minimum in float16 per group; the
-  first ``sink`` and the last ``recent`` kept entries (attention sinks, residual window) stay in the model's dtype.
-  On any selection's result.
+- ``int4`` / ``int2`` / ``k8v4`` (KIVI): asymmetric codes (``code * scale + minimum``) of 4 or 2 bits (``k8v4``:
+  8-bit keys, 4-bit values), keys per channel in groups of ``group`` tokens, values per token in groups of ``group``
+  channels, scale and minimum in float16 per group; the first ``sink`` and the last ``recent`` kept entries
+  (attention sinks, residual window) stay in the model's dtype. On any selection's result.
 - ``int8``: symmetric, keys per channel (one scale per head and channel over the kept tokens: key outliers are
   per channel) and values per token (one scale per head and token over the channels), as KIVI argues; on any
   selection's result.
@@ -129,7 +129,7 @@ def compress(payload: KVPayload, compression: KVCompression, scores: torch.Tenso
     key_scales = value_scales = full_keys = full_values = None
     if compression.quantize in LOWBIT:
         head, tail = lowbit_split(compression, keys[0].shape[1])
-        quantized = [quantize_lowbit(k, v, LOWBIT[compression.quantize], compression.group, head, tail)
+        quantized = [quantize_lowbit(k, v, *LOWBIT[compression.quantize], compression.group, head, tail)
                      for k, v in zip(keys, values, strict=True)]
         keys, values, key_scales, value_scales, full_keys, full_values = (
             tuple(q[j] for q in quantized) for j in range(6))
@@ -144,12 +144,13 @@ def compress(payload: KVPayload, compression: KVCompression, scores: torch.Tenso
                                full_keys=full_keys, full_values=full_values)
 
 
-def quantize_lowbit(keys: torch.Tensor, values: torch.Tensor, bits: int, group: int, head: int,
+def quantize_lowbit(keys: torch.Tensor, values: torch.Tensor, key_bits: int, value_bits: int, group: int, head: int,
                     tail: int) -> tuple[torch.Tensor, ...]:
-    """KIVI-style ``bits``-bit quantisation of one layer's ``[heads, kept, dim]`` keys and values: the first
-    ``head`` and last ``tail`` entries stay as they are; the others become asymmetric codes (``round((x - min) /
-    scale)``, ``scale = (max - min) / (2**bits - 1)``), keys per channel over groups of ``group`` tokens, values per
-    token over groups of ``group`` channels (:func:`~memos.cubes.activation.value_group`).
+    """KIVI-style quantisation of one layer's ``[heads, kept, dim]`` keys and values to ``key_bits`` and
+    ``value_bits`` codes: the first ``head`` and last ``tail`` entries stay as they are; the others become
+    asymmetric codes (``round((x - min) / scale)``, ``scale = (max - min) / (2**bits - 1)``), keys per channel over
+    groups of ``group`` tokens, values per token over groups of ``group`` channels
+    (:func:`~memos.cubes.activation.value_group`).
 
     Returns ``(packed keys, packed values, key scales, value scales, full keys, full values)`` as
     :class:`KVPayload` stores them; scale and minimum are rounded to float16 before the codes are computed, so the
@@ -157,15 +158,15 @@ def quantize_lowbit(keys: torch.Tensor, values: torch.Tensor, bits: int, group: 
     import torch
 
     heads, kept, dim = keys.shape
-    if (dim * bits) % 8:
-        raise ValueError(f"head_dim {dim} cannot be packed at {bits} bits")
-    levels = (1 << bits) - 1
+    if (dim * min(key_bits, value_bits)) % 8:
+        raise ValueError(f"head_dim {dim} cannot be packed at {min(key_bits, value_bits)} bits")
     full_keys = torch.cat([keys[:, :head], keys[:, kept - tail:]], dim=1).clone()
     full_values = torch.cat([values[:, :head], values[:, kept - tail:]], dim=1).clone()
     k, v = keys[:, head:kept - tail].float(), values[:, head:kept - tail].float()
     m = k.shape[1]
 
-    def codes(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def codes(x: torch.Tensor, axis: int, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        levels = (1 << bits) - 1
         low = x.amin(dim=axis, keepdim=True)
         scale = ((x.amax(dim=axis, keepdim=True) - low) / levels).clamp_min(1e-4)
         low, scale = low.half(), scale.half()
@@ -175,12 +176,12 @@ def quantize_lowbit(keys: torch.Tensor, values: torch.Tensor, bits: int, group: 
     groups = -(-m // group)
     # Keys: pad the token axis to whole groups by repeating the last token (it moves no group's min or max).
     padded = torch.cat([k, k[:, -1:].expand(heads, groups * group - m, dim)], dim=1) if m and groups * group > m else k
-    qk, key_scales = codes(padded.reshape(heads, groups, group, dim), 2)
+    qk, key_scales = codes(padded.reshape(heads, groups, group, dim), 2, key_bits)
     qk = qk.reshape(heads, groups * group, dim)[:, :m]
     vg = value_group(dim, group)
-    qv, value_scales = codes(v.reshape(heads, m, dim // vg, vg), 3)
+    qv, value_scales = codes(v.reshape(heads, m, dim // vg, vg), 3, value_bits)
     qv = qv.reshape(heads, m, dim)
-    return pack_codes(qk, bits), pack_codes(qv, bits), key_scales, value_scales, full_keys, full_values
+    return pack_codes(qk, key_bits), pack_codes(qv, value_bits), key_scales, value_scales, full_keys, full_values
 
 
 def quantize_int8(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, ...]:

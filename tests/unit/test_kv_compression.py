@@ -28,7 +28,8 @@ from memos.types import Fingerprint, KVCompression
 
 LAYERS, HEADS, TOKENS, DIM = 3, 2, 40, 8
 METHODS = ["none", "int8", "sink_window@0.5", "heavy_hitter@0.3", "snapkv@0.25", "int8+sink_window@0.5",
-           "int8+heavy_hitter@0.5", "int8+snapkv@0.3", "int4", "int2", "int4+sink_window@0.5", "int2+snapkv@0.3"]
+           "int8+heavy_hitter@0.5", "int8+snapkv@0.3", "int4", "int2", "k8v4", "int4+sink_window@0.5", "int2+snapkv@0.3",
+           "k8v4+sink_window@0.75"]
 
 
 def full_payload(dtype: str = "float32") -> KVPayload:
@@ -166,7 +167,7 @@ def test_lowbit_keeps_sinks_and_window_exact_and_the_rest_within_half_a_group_st
     keys = torch.randn(heads, tokens, dim, generator=gen)
     keys[..., 3] *= 40.0  # an outlier channel: per-channel groups keep the other channels' steps small
     values = torch.randn(heads, tokens, dim, generator=gen)
-    qk, qv, ks, vs, fk, fv = quantize_lowbit(keys, values, bits, group, 4, 16)
+    qk, qv, ks, vs, fk, fv = quantize_lowbit(keys, values, bits, bits, group, 4, 16)
     m = tokens - 20
     assert qk.dtype == torch.uint8 and qk.shape == (heads, m, dim * bits // 8)
     assert ks.shape == (2, heads, 3, dim) and vs.shape == (2, heads, m, dim // group) and ks.dtype == torch.float16
