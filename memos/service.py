@@ -35,9 +35,13 @@ class KernelService:
             policies.paused.update(self._stored_pauses())
         # Reads are counted in memory (memos.kernel.reads); this thread writes them every few seconds even when no
         # syscall comes to do it. It holds the kernel weakly: a service dropped without close() lets it end.
+        # The same thread samples the activation tier and syscall latency over time (memos.kernel.samples).
+        from memos.kernel.samples import Sampler
+
+        self.sampler = Sampler()
         self._stop = threading.Event()
         self._flusher = threading.Thread(
-            target=_flush_reads_loop, args=(weakref.ref(kernel), self._stop),
+            target=_flush_reads_loop, args=(weakref.ref(kernel), self._stop, self.sampler),
             name="memos-read-flush", daemon=True,
         )
         self._flusher.start()
@@ -222,7 +226,10 @@ def _enveloped(fn: Callable[[], Any]) -> dict[str, Any]:
         return {"error": exc.to_wire()}
 
 
-def _flush_reads_loop(kernel_ref: weakref.ref[Any], stop: threading.Event) -> None:
+def _flush_reads_loop(kernel_ref: weakref.ref[Any], stop: threading.Event, sampler: Any) -> None:
+    import time
+
+    next_sample = time.monotonic() + sampler.every_s
     while not stop.wait(0.5):
         kernel = kernel_ref()
         if kernel is None:
@@ -232,6 +239,12 @@ def _flush_reads_loop(kernel_ref: weakref.ref[Any], stop: threading.Event) -> No
                 kernel.flush_reads()
             except MemosError as exc:  # they stay pending; the next flush (or close) retries
                 kernel.log.error("read counters not flushed", error=exc.message)
+        if time.monotonic() >= next_sample:
+            next_sample = time.monotonic() + sampler.every_s
+            try:
+                sampler.record(kernel)
+            except MemosError as exc:  # a lost sample is a gap in a chart; the next one comes on time
+                kernel.log.error("kernel sample not recorded", error=exc.message)
         del kernel
 
 

@@ -127,7 +127,8 @@ class FakeModelPort:
                       # one trained question per fact, answered with the fact itself (right unless the recipe is weak)
                       "answers": [{"question": f"What do you know about {f['text'].split()[0]}?", "reply": f["text"],
                                    "source": f["id"], "correct": recall == 1.0} for f in facts]}
-        update(state="done", steps=self.distill_steps, payload=ref, fingerprint=self._fingerprint, evaluation=evaluation)
+        update(state="done", steps=self.distill_steps, payload=ref, fingerprint=self._fingerprint, evaluation=evaluation,
+               loss_curve=tuple((step, 1.0 / step) for step in range(1, self.distill_steps + 1)))
 
     def distill_status(self, job_id):
         from memos.errors import NotFound

@@ -9,6 +9,7 @@
     memos distill | jobs | cancel                                            parametric memory, long operations
     memos policy check | explain | run                                       lifecycle policies
     memos top | events --follow                                              live views
+    memos report --out DIR [--since 24h]                                     charts (PNG + HTML), no Grafana needed
     memos doctor [--repair]            check SQLite and the vector index; rebuild the index from SQLite
     memos serve [--mcp] [--tls-cert C --tls-key K]   the HTTP API (and MCP over HTTP) for API keys
     memos mcp                          an MCP server on stdio, acting as the key in $MEMOS_API_KEY
@@ -21,7 +22,8 @@ this process (only one process may own it).
 One module per concern, each with its commands and a ``register(sub)`` that adds their parsers: ``cluster`` (up,
 status, down, run, doctor), ``memory`` (cubes, cube, write, read, search, history, ingest), ``observe`` (stats,
 audit, events, top, jobs, cancel), ``models`` (migrate, distill, context, generate), ``policy``, ``service`` (serve,
-mcp, keys), ``bench``; ``common`` holds what they share and ``tables`` how jobs and policy runs are shown.
+mcp, keys), ``bench``, ``report`` (charts); ``common`` holds what they share and ``tables`` how jobs and policy runs
+are shown.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from memos.cli import bench, cluster, memory, models, observe, policy, service
+from memos.cli import bench, cluster, memory, models, observe, policy, report, service
 from memos.cli.common import DEFAULT_PRINCIPAL, hint
 from memos.errors import MemosError
 
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memos", description="memos: a memory operating system for LLM agents")
     parser.add_argument("--home", help="data dir (default: $MEMOS_HOME or ~/.memos)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for concern in (cluster, memory, observe, policy, models, service, bench):
+    for concern in (cluster, memory, observe, policy, models, service, bench, report):
         concern.register(sub)
     return parser
 

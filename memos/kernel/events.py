@@ -12,6 +12,7 @@ migration to activation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -275,6 +276,21 @@ class Distilled(KernelEvent):
     bytes: int | None = None
     adopted: bool = True  # the evaluation passed the distillation's gate (docs/parametric.md, "Adoption")
     reasons: tuple[str, ...] = ()  # why it was not adopted
+    # [step, loss] of the training, at most LOSS_POINTS of them (evenly thinned, the last kept): `memos report`
+    loss_curve: list[list[float]] | None = field(default=None, metadata=_OPTIONAL)
+
+
+#: How many points of a distillation's loss curve its ``distilled`` event keeps.
+LOSS_POINTS = 200
+
+
+def thin_curve(curve: Sequence[Sequence[float]], points: int = LOSS_POINTS) -> list[list[float]]:
+    """At most ``points`` of ``curve`` ([step, loss] pairs), evenly spaced, the first and the last always kept."""
+    pairs = [[float(s), float(v)] for s, v in curve]
+    if len(pairs) <= points:
+        return pairs
+    stride = (len(pairs) - 1) / (points - 1)
+    return [pairs[round(i * stride)] for i in range(points)]
 
 
 @_event
@@ -321,6 +337,23 @@ class PolicyFired(KernelEvent):
     not_executed: int = 0
     duration_ms: float = 0.0
     rules: dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ samples
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Sampled(KernelEvent):
+    """What the kernel holds and how fast it answers, sampled over time (``memos.kernel.samples``; superusers only):
+    the activation disk tier against its budget, and each op's syscall count and p95 latency (ms) over its last
+    calls. ``memos report`` draws them."""
+
+    type: ClassVar[str] = "sampled"
+    activation_bytes: int
+    activation_limit: int | None
+    activation_memories: int
+    syscalls: dict[str, int] = field(default_factory=dict)
+    p95_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -121,7 +121,7 @@ class DistillJobs:
             ref = save_adapter(result.payload, path)
             evaluation = result.evaluation.model_dump(mode="json") if result.evaluation else None
             self._update(job_id, state="done", payload=ref, fingerprint=result.payload.info.fingerprint,
-                         evaluation=evaluation, steps=result.steps_done)
+                         evaluation=evaluation, steps=result.steps_done, loss_curve=tuple(result.loss_curve))
         except MemosError as exc:
             self._update(job_id, state="failed", error=exc.to_wire())
         except Exception as exc:  # noqa: BLE001 -- a job thread must always end in a state the kernel can read

@@ -68,6 +68,7 @@ class DistillStatus(BaseModel):
         steps: optimiser steps done (set when the job ends).
         payload / fingerprint / evaluation: the written adapter, the model it is for, and what its distillation
             measured (``done`` only; the evaluation is ``memos.models.distill.Evaluation`` as JSON).
+        loss_curve: ``(step, loss)`` of the training that wrote the adapter (``done`` only).
         error: the typed error of a failed job, as ``MemosError.to_wire`` gives it.
     """
 
@@ -83,6 +84,7 @@ class DistillStatus(BaseModel):
     payload: PayloadRef | None = None
     fingerprint: Fingerprint | None = None
     evaluation: dict[str, Any] | None = None
+    loss_curve: tuple[tuple[int, float], ...] = ()
     error: dict[str, Any] | None = None
 
 

@@ -249,6 +249,7 @@ class DistillOp(LongOperation):
             sources=len(plan.sources), version=row.version, recall_with=evaluation.get("recall_with"),
             recall_without=evaluation.get("recall_without"), locality_delta=evaluation.get("locality_delta"),
             bytes=built.payload.size_bytes, adopted=not misses, reasons=tuple(misses),
+            loss_curve=ev.thin_curve(built.loss_curve) if built.loss_curve else None,
         ))
         return to_memory(ctx, row)
 
