@@ -103,3 +103,75 @@ def test_a_taken_dashboard_port_is_refused_before_ray_starts_and_leaves_nothing_
         assert not left, left
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+TIDY = ("name: tidy\napplies_to: {cubes: ['team/*']}\nschedule: {every: 1h}\nrules:\n  - name: archive-all\n"
+        "    when: {kind: plaintext}\n    then: archive\n")
+HOT = ("name: hot\napplies_to: {cubes: ['team/*']}\nschedule: {every: 1h}\nrules:\n  - name: promote\n"
+       "    when: {kind: plaintext, reads: {within: 1h, at_least: 5}}\n    then: {migrate: activation}\n")
+
+
+def test_the_policy_lifecycle_on_a_running_cluster_and_a_pause_through_a_kernel_restart(tmp_path):
+    """memos up with MEMOS_POLICIES -> policy list / edit on disk / status / reload / apply / pause / run -> SIGKILL of
+    the kernel actor (it restarts and reopens the home: the rule is still paused) -> resume / run -> memos down, all
+    through the real CLI in its own processes."""
+    import json
+    import re
+    import signal
+    import time
+
+    home, tidy, hot = tmp_path / "home", tmp_path / "tidy.yaml", tmp_path / "hot.yaml"
+    tidy.write_text(TIDY)
+    hot.write_text(HOT)
+
+    def ok(*args: str) -> str:
+        result = memos(home, *args, MEMOS_POLICIES=str(tidy), COLUMNS="200")
+        assert result.returncode == 0, f"memos {' '.join(args)}:\n{result.stdout}{result.stderr}"
+        return result.stdout
+
+    def listed() -> dict[str, dict]:
+        return {p["name"]: p for p in json.loads(ok("policy", "list", "--json"))}
+
+    def run_tidy() -> list[str]:
+        (report,) = json.loads(ok("policy", "run", "tidy", "--json"))
+        return [o["outcome"] for o in report["outcomes"]]
+
+    ok("up")
+    try:
+        (loaded,) = listed().values()
+        assert loaded["name"] == "tidy" and not loaded["differs_from_disk"] and loaded["every_s"] == 3600.0
+        tidy.write_text(TIDY.replace("every: 1h", "every: 30m"))
+        assert listed()["tidy"]["differs_from_disk"]
+        assert "differs from disk" in ok("status")
+        ok("policy", "reload")
+        reloaded = listed()["tidy"]
+        assert reloaded["every_s"] == 1800.0 and not reloaded["differs_from_disk"]
+        ok("policy", "apply", str(hot))
+        assert sorted(listed()) == ["hot", "tidy"]
+
+        ok("cube", "create", "--as", "system", "team/a")
+        ok("write", "--as", "system", "team/a", "a note the tidy policy would archive")
+        assert "paused rules: tidy/archive-all" in ok("policy", "pause", "tidy/archive-all")
+        assert run_tidy() == ["not_executed"]
+
+        old_pid = int(re.search(r"kernel pid (\d+)", ok("status")).group(1))
+        os.kill(old_pid, signal.SIGKILL)  # the supervised actor restarts and reopens the home
+        deadline = time.monotonic() + 120
+        while True:
+            status = memos(home, "status", MEMOS_POLICIES=str(tidy))
+            found = re.search(r"kernel pid (\d+)", status.stdout)
+            if status.returncode == 0 and found and int(found.group(1)) != old_pid:
+                break
+            assert time.monotonic() < deadline, status.stdout + status.stderr
+            time.sleep(2)
+        assert listed()["tidy"]["paused"] == ["tidy/archive-all"]  # kept in the home, not in the dead process
+        assert run_tidy() == ["not_executed"]
+        ok("policy", "resume", "tidy/archive-all")
+        assert listed()["tidy"]["paused"] == [] and run_tidy() == ["ok"]
+        bad = memos(home, "policy", "pause", "tidy/nope", MEMOS_POLICIES=str(tidy))
+        assert bad.returncode == 2 and "loaded rules: tidy/archive-all" in bad.stderr
+    finally:
+        down = memos(home, "down")
+    assert down.returncode == 0 and "memos is down" in down.stdout
+    stopped = memos(home, "policy", "pause", "tidy/archive-all")
+    assert stopped.returncode == 1 and "none is running" in stopped.stderr
