@@ -346,6 +346,12 @@ class Memos:
                         steps=steps, expected_versions=None if expected_versions is None else tuple(expected_versions),
                         replaces=replaces, gate=gate or AdoptionGate(), recipes=tuple(recipes))
 
+    def reevaluate(self, memory_id: str) -> Memory:
+        """Evaluate the adapter of parametric memory ``memory_id`` again on the loaded base model (it was built for
+        another one): its next version says in ``metadata["adoption"]`` whether it stays adopted. The kernel does this
+        itself for adopted adapters when it comes up with a new base model; blocks until evaluated."""
+        return self._do(sc.Reevaluate, id=memory_id)
+
     def jobs(self, *, running_only: bool = False) -> tuple[Job, ...]:
         """Long operations (migrations to activation, distillations) running or recently ended that you may see."""
         return self._do(sc.ListJobs, running_only=running_only).jobs

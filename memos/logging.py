@@ -27,10 +27,21 @@ def configure_logging(level: str | None = None, *, stream: TextIO | None = None,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.WARNING)),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or _Stderr()),
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+class _Stderr:
+    """``sys.stderr`` as it is when a line is written, not when logging was configured: a process that swaps it
+    (pytest's capture, a CLI run inside a test) never leaves the loggers writing to a closed stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def get_logger(name: str = "memos") -> Any:

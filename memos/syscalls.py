@@ -438,6 +438,19 @@ class Distill(_Syscall):
         return self
 
 
+class Reevaluate(_Syscall):
+    """Evaluate the adapter of parametric memory ``id`` again, on the loaded base model, after the base model changed
+    (a new fingerprint): a new version that is adopted, with the adapter re-stamped for the loaded model, when the
+    evaluation passes the adapter's gate; otherwise not adopted, with the reason, and stale (so that ``distill
+    (replaces=id)`` or a policy retrains it). The kernel issues it itself, as ``system``, for each adopted adapter of
+    another base model when it comes up with a model host. Needs a model host; runs as a job (``jobs``, ``cancel``)."""
+
+    op: Literal["reevaluate"] = "reevaluate"
+    policy_rule: str | None = Field(default=None, max_length=128)  # set by the policy scheduler only
+    id: MemoryId
+    result_type: ClassVar[type[BaseModel]] = Memory
+
+
 class ListJobs(_Syscall):
     """Long operations (migrations to activation, distillations) running or recently ended, in cubes the caller
     may read: what they work on, their phase and progress, who started them."""
@@ -618,6 +631,7 @@ Syscall = Annotated[
     | Snapshot
     | Migrate
     | Distill
+    | Reevaluate
     | ListJobs
     | CancelJob
     | AssembleContext
@@ -635,7 +649,7 @@ SYSCALL_TYPES: dict[str, type[_Syscall]] = {
     for cls in (
         CreateCube, DropCube, ListCubes, GetCube, Write, Read, ListMemories, Search, Update, Delete, Purge, Archive, Restore, History,
         Rollback, LinkMemories, Fuse, Pin, Unpin, GrantRight, RevokeRight, GetStats, GetEvents, GetAudit, Snapshot, Migrate, Distill,
-        ListJobs, CancelJob, AssembleContext, Generate, WriteMany, Ingest, Related, Compress, Merge,
+        Reevaluate, ListJobs, CancelJob, AssembleContext, Generate, WriteMany, Ingest, Related, Compress, Merge,
     )
 }
 

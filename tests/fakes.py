@@ -22,11 +22,11 @@ class FakeModelPort:
     It has no model: ``generate`` only checks the payloads it is given (as the real host does) and answers with a
     count; the real host is exercised by tests/integration."""
 
-    def __init__(self, payload_bytes: int = 1000) -> None:
+    def __init__(self, payload_bytes: int = 1000, model_id: str = "fake") -> None:
         from memos.types import Fingerprint
 
         self.payload_bytes = payload_bytes
-        self._fingerprint = Fingerprint(model_id="fake", config_hash="c", tokenizer_hash="t", dtype="float32")
+        self._fingerprint = Fingerprint(model_id=model_id, config_hash="c", tokenizer_hash="t", dtype="float32")
         self.forgotten: list[str] = []
         self.compressions: list[dict | None] = []
         self.context_tokens = 2048
@@ -129,6 +129,42 @@ class FakeModelPort:
                                    "source": f["id"], "correct": recall == 1.0} for f in facts]}
         update(state="done", steps=self.distill_steps, payload=ref, fingerprint=self._fingerprint, evaluation=evaluation,
                loss_curve=tuple((step, 1.0 / step) for step in range(1, self.distill_steps + 1)))
+
+    # Re-evaluation on this host's (new) base model: the adapter shows ``reevaluate_recall``; when ``applicable`` is
+    # False it cannot be applied (another architecture), as the real host's shape check says. ``reevaluations``
+    # records each (facts, adapter path, new path).
+    reevaluate_recall = 1.0
+    applicable = True
+
+    def start_reevaluate(self, facts, adapter, path):
+        from pathlib import Path
+
+        from memos.errors import InvalidSyscall
+        from memos.models.port import DistillStatus
+        from memos.types import PayloadRef
+
+        if not hasattr(self, "_distills"):
+            self._distills = {}
+        self.reevaluations = [*getattr(self, "reevaluations", []), (list(facts), adapter["path"], path)]
+        job_id = f"fake-{len(self._distills)}"
+        if not self.applicable:
+            error = InvalidSyscall(f"adapter {adapter['path']}: model.layers.0.self_attn.q_proj is Linear (64, 64), "
+                                   "the adapter's update is (576, 576)").to_wire()
+            status = DistillStatus(job_id=job_id, state="failed", error=error)
+        else:
+            data = Path(adapter["path"]).read_bytes() + json.dumps(self._fingerprint.model_dump()).encode()
+            Path(path).write_bytes(data)
+            ref = PayloadRef(path=path, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+            recall = self.reevaluate_recall
+            evaluation = {"facts": len(facts), "steps": self.distill_steps, "recall_with": recall, "recall_without": 0.0,
+                          "held_out_recall_with": recall, "locality_delta": 0.02, "final_loss": 0.1,
+                          "weak_sources": [] if recall == 1.0 else [f["id"] for f in facts],
+                          "answers": [{"question": f"What do you know about {f['text'].split()[0]}?",
+                                       "reply": f["text"], "source": f["id"], "correct": recall == 1.0} for f in facts]}
+            status = DistillStatus(job_id=job_id, state="done", payload=ref, fingerprint=self._fingerprint,
+                                   evaluation=evaluation)
+        self._distills[job_id] = (status, threading.Event())
+        return status
 
     def distill_status(self, job_id):
         from memos.errors import NotFound

@@ -103,6 +103,9 @@ class RayModelPort:
     def start_distill(self, facts: list[dict[str, Any]], path: str, config: dict[str, Any]) -> DistillStatus:
         return DistillStatus.model_validate(self._call("start_distill", facts, path, config))
 
+    def start_reevaluate(self, facts: list[dict[str, Any]], adapter: dict[str, Any], path: str) -> DistillStatus:
+        return DistillStatus.model_validate(self._call("start_reevaluate", facts, adapter, path))
+
     def distill_status(self, job_id: str) -> DistillStatus:
         return DistillStatus.model_validate(self._call("distill_status", job_id))
 

@@ -150,6 +150,7 @@ class Stale(KernelEvent):
     source: str
     source_version: int | None = field(default=None, metadata=_OPTIONAL)
     purged: bool | None = field(default=None, metadata=_OPTIONAL)
+    base_model: str | None = field(default=None, metadata=_OPTIONAL)  # an adapter that failed its re-evaluation on it
 
 
 @_event
@@ -291,6 +292,20 @@ def thin_curve(curve: Sequence[Sequence[float]], points: int = LOSS_POINTS) -> l
         return pairs
     stride = (len(pairs) - 1) / (points - 1)
     return [pairs[round(i * stride)] for i in range(points)]
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class Reevaluated(KernelEvent):
+    """An adapter was evaluated again on a new base model (docs/parametric.md, "A new base model")."""
+
+    type: ClassVar[str] = "reevaluated"
+    rule: str | None
+    version: int
+    adopted: bool
+    reasons: tuple[str, ...] = ()
+    recall_with: float | None = None
+    locality_delta: float | None = None
 
 
 @_event

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from memos.clock import Clock
 from memos.config import Settings
 from memos.kernel.kernel import Kernel
 from memos.kernel.ops.kinds import ActivationBudget
+from memos.kernel.ops.reevaluate import reevaluate_adapters
 from memos.models.llm import open_language_model
 from memos.models.port import ModelPort
 from memos.storage.owner import HomeLock
@@ -73,4 +75,9 @@ def open_kernel(
     kernel.distill_max_steps = settings.distill_max_steps
     kernel.distill_max_s = settings.distill_max_s
     kernel.distill_queue.per_principal = settings.distill_queue_per_principal
+    if model is not None:
+        # A new base model: adopted adapters built for another one are not used, and are re-evaluated in the
+        # background (the first fingerprint may load the model: not on the opener's time).
+        threading.Thread(target=reevaluate_adapters, args=(kernel, kernel.closing), name="memos-reevaluate",
+                         daemon=True).start()
     return kernel

@@ -105,6 +105,7 @@ class Kernel:
         # One syscall at a time holds the kernel; long operations (model work) release it between their phases, and
         # index updates (embedding) run after it is released (memos.kernel.indexer, "Locking").
         self.lock = threading.RLock()
+        self.closing = threading.Event()  # set by close: background passes (re-evaluations) stop between items
         self.indexer = Indexer(store, index, embedder, store_lock=self.lock)
         self.jobs = JobTable(self.clock.now)
         self.job_poll_s = 0.25  # how often a long operation polls the model host for progress
@@ -128,6 +129,7 @@ class Kernel:
             self.log.warning("vector index reconciled at start", added=report.added, removed=report.removed)
 
     def close(self) -> None:
+        self.closing.set()
         try:
             self.flush_reads()
             self.index.close()

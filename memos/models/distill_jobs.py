@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from memos.cubes.parametric import save_adapter
 from memos.errors import CapacityExceeded, InvalidSyscall, MemosError, NotFound
-from memos.models.distill import DistillProgress, LoraConfig, SourceFact, distill
+from memos.models.distill import DistillProgress, DistillResult, LoraConfig, SourceFact, distill
 from memos.models.port import DistillStatus
+from memos.models.reevaluate import reevaluate
+from memos.types import PayloadRef
 
 __all__ = ["DistillJobs", "DistillStatus"]
 
@@ -51,17 +53,36 @@ class DistillJobs:
         """
         if not facts:
             raise InvalidSyscall("distill needs at least one memory")
+        facts = list(facts)
+        return self._launch("distill", path, lambda progress, cancel: distill(
+            self._model, facts, config, progress=progress, cancel=cancel, lock=self._model_lock))
+
+    def start_reevaluate(self, facts: Sequence[SourceFact], adapter: PayloadRef, path: str) -> DistillStatus:
+        """Start re-evaluating the adapter ``adapter`` (trained for another base model) on this model with the
+        questions of ``facts``; when done, the adapter re-stamped for this model is at ``path``
+        (``memos.models.reevaluate``). A job like a distillation's: same status, cancel, forget, and cap.
+
+        Raises:
+            CapacityExceeded: ``max_running`` jobs are running already. InvalidSyscall: no facts.
+        """
+        if not facts:
+            raise InvalidSyscall("re-evaluation needs at least one source memory to ask about")
+        facts = list(facts)
+        return self._launch("reevaluate", path, lambda progress, cancel: reevaluate(
+            self._model, facts, adapter, progress=progress, cancel=cancel, lock=self._model_lock))
+
+    def _launch(self, kind: str, path: str,
+                work: Callable[[Callable[[DistillProgress], None], threading.Event], DistillResult]) -> DistillStatus:
         with self._lock:
             running = sum(1 for status, _ in self._jobs.values() if status.state == "running")
             if running >= self._max_running:
                 raise CapacityExceeded(f"{running} distillation(s) running; at most {self._max_running} at once",
                                        running=running)
-            job_id = f"distill-{uuid.uuid4().hex[:12]}"
-            status = DistillStatus(job_id=job_id, state="running")
+            job_id = f"{kind}-{uuid.uuid4().hex[:12]}"
+            status = DistillStatus(job_id=job_id, state="running", phase="evaluate" if kind == "reevaluate" else "train")
             cancel = threading.Event()
             self._jobs[job_id] = (status, cancel)
-        thread = threading.Thread(target=self._run, args=(job_id, list(facts), path, config, cancel),
-                                  name=job_id, daemon=True)
+        thread = threading.Thread(target=self._run, args=(job_id, work, path, cancel), name=job_id, daemon=True)
         thread.start()
         return status
 
@@ -107,14 +128,14 @@ class DistillJobs:
                 status, cancel = self._jobs[job_id]
                 self._jobs[job_id] = (status.model_copy(update=changes), cancel)
 
-    def _run(self, job_id: str, facts: list[SourceFact], path: str, config: LoraConfig | None,
-             cancel: threading.Event) -> None:
+    def _run(self, job_id: str, work: Callable[[Callable[[DistillProgress], None], threading.Event], DistillResult],
+             path: str, cancel: threading.Event) -> None:
         def progress(p: DistillProgress) -> None:
             self._update(job_id, phase=p.phase, step=p.step, total=p.total,
                          **({"loss": p.loss} if p.loss is not None else {}))
 
         try:
-            result = distill(self._model, facts, config, progress=progress, cancel=cancel, lock=self._model_lock)
+            result = work(progress, cancel)
             if result.cancelled or result.payload is None:
                 self._update(job_id, state="cancelled", steps=result.steps_done)
                 return
@@ -126,4 +147,4 @@ class DistillJobs:
             self._update(job_id, state="failed", error=exc.to_wire())
         except Exception as exc:  # noqa: BLE001 -- a job thread must always end in a state the kernel can read
             self._update(job_id, state="failed",
-                         error={"code": "backend", "message": f"distillation failed: {exc!r}", "details": {}})
+                         error={"code": "backend", "message": f"{job_id.split('-')[0]} failed: {exc!r}", "details": {}})

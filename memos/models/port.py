@@ -131,6 +131,17 @@ class ModelPort(Protocol):
         """
         ...
 
+    def start_reevaluate(self, facts: list[dict[str, object]], adapter: dict[str, object], path: str) -> DistillStatus:
+        """Start re-evaluating the adapter ``adapter`` (a ``PayloadRef`` as a dict; trained for another base model)
+        on the loaded model with the questions of ``facts``; when done, the adapter re-stamped for the loaded model
+        (same factors, its fingerprint, the new evaluation) is at ``path`` (``memos.models.reevaluate``). Followed
+        like a distillation: ``distill_status``, ``cancel_distill``, ``forget_distill``.
+
+        Raises:
+            CapacityExceeded: the host runs as many jobs as it may at once. InvalidSyscall: no facts.
+        """
+        ...
+
     def distill_status(self, job_id: str) -> DistillStatus:
         """Progress of a job. Raises NotFound for an unknown (or forgotten) job."""
         ...

@@ -27,7 +27,7 @@ from memos.config import Settings
 from memos.models.host import ComposeMethod, ModelHost, memory_messages
 from memos.models.loader import ModelSpec
 from memos.models.port import ActivationBuilt, DistillStatus, Generation, KVBlock
-from memos.types import Fingerprint
+from memos.types import Fingerprint, PayloadRef
 
 DEFAULT_RAM_BUDGET = 256 * 1024 * 1024
 
@@ -159,6 +159,11 @@ class ModelService:
 
         return self._distills.start([SourceFact(**f) for f in facts], path, LoraConfig(**config))
 
+    def start_reevaluate(self, facts: list[dict[str, Any]], adapter: dict[str, Any], path: str) -> DistillStatus:
+        from memos.models.distill import SourceFact
+
+        return self._distills.start_reevaluate([SourceFact(**f) for f in facts], PayloadRef.model_validate(adapter), path)
+
     def distill_status(self, job_id: str) -> DistillStatus:
         return self._distills.status(job_id)
 
@@ -277,6 +282,9 @@ class LazyModelService:
 
     def start_distill(self, *args: Any, **kwargs: Any) -> DistillStatus:
         return self.service().start_distill(*args, **kwargs)
+
+    def start_reevaluate(self, *args: Any, **kwargs: Any) -> DistillStatus:
+        return self.service().start_reevaluate(*args, **kwargs)
 
     def distill_status(self, *args: Any, **kwargs: Any) -> DistillStatus:
         return self.service().distill_status(*args, **kwargs)

@@ -164,6 +164,35 @@ def test_adapter_for_another_base_model_is_refused(trained, host: ModelHost) -> 
         AdapterPool(host.loaded.model, other).get(refs["a"])
 
 
+def test_an_adapter_stamped_for_another_base_is_re_evaluated_and_re_stamped_for_the_loaded_one(
+    trained, team_adapters, host: ModelHost, tmp_path: Path
+) -> None:
+    """The real side of re-evaluation on a new base model (memos.models.reevaluate): bob's adapter, its header
+    re-stamped as if trained on a bf16 base, evaluated on the loaded float32 model with one of its facts (one fact
+    keeps it short): the same factors, the loaded model's fingerprint, the fact recalled, locality measured."""
+    from dataclasses import replace
+
+    from memos.models.reevaluate import reevaluate
+
+    _, refs = trained
+    original = load_adapter(refs["b"], host.fingerprint)
+    bf16 = host.fingerprint.model_copy(update={"dtype": "bfloat16"})
+    foreign = save_adapter(replace(original, info=replace(original.info, fingerprint=bf16)),
+                           str(tmp_path / "bf16.adapter.safetensors"))
+    with pytest.raises(FingerprintMismatch):
+        load_adapter(foreign, host.fingerprint)
+    fact = SourceFact(id=team_adapters["ids_b"][2], version=1, text=FACTS_B[2])
+    result = reevaluate(host, [fact], foreign)
+    assert not result.cancelled and result.payload.info.fingerprint == host.fingerprint
+    e = result.evaluation
+    assert e.facts == 1 and e.recall_with == 1.0 and e.recall_without == 0.0, e.misses
+    assert e.steps == original.info.evaluation["steps"]  # how it was trained stays
+    assert [a["correct"] for a in e.answers] == [True] * e.questions and "4826" in e.answers[0]["reply"]
+    again = load_adapter(save_adapter(result.payload, str(tmp_path / "restamped.adapter.safetensors")),
+                         host.fingerprint)
+    assert all(torch.equal(again.weights[m][0], original.weights[m][0]) for m in original.weights)
+
+
 def test_distillation_can_be_cancelled_and_reports_progress(host: ModelHost, before) -> None:
     cancel = threading.Event()
     seen: list[DistillProgress] = []

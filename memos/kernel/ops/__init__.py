@@ -4,10 +4,11 @@
 - ``memories``: write, read, list, update, lifecycle, history, link, fuse, pin; ``batch``: write_many;
 - ``search``: search and assemble_context;
 - ``observe``: stats, events, audit, snapshot, jobs, cancel;
-- ``kinds``: migrate (a long operation), demotion, the activation budget, crash recovery;
+- ``kinds``: migrate (a long operation), demotion, the activation budget, crash recovery; ``adapter_text``: an
+  adapter migrated back to plaintext (its sources' text restored);
 - ``related``: what links a memory;
-- ``distill``, ``generate``, ``ingest``, ``consolidate`` (compress, merge), ``rollback`` (it may rebuild an evicted
-  cache): the other long operations
+- ``distill``, ``reevaluate`` (an adapter on a new base model), ``generate``, ``ingest``, ``consolidate``
+  (compress, merge), ``rollback`` (it may rebuild an evicted cache): the other long operations
   (``memos.kernel.longops``).
 
 A handler is ``handler(ctx: CallContext, call) -> result``; it runs inside the call's transaction.
@@ -27,6 +28,7 @@ from memos.kernel.ops.distill import DistillOp
 from memos.kernel.ops.generate import GenerateOp
 from memos.kernel.ops.ingest import IngestOp
 from memos.kernel.ops.kinds import MigrateOp
+from memos.kernel.ops.reevaluate import ReevaluateOp
 from memos.kernel.ops.rollback import RollbackOp
 
 HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {
@@ -35,7 +37,7 @@ HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {
 }
 LONG_OPS: dict[type[Any], LongOperation] = {
     sc.Migrate: MigrateOp(), sc.Distill: DistillOp(), sc.Generate: GenerateOp(), sc.Ingest: IngestOp(),
-    sc.Compress: CompressOp(), sc.Merge: MergeOp(), sc.Rollback: RollbackOp(),
+    sc.Compress: CompressOp(), sc.Merge: MergeOp(), sc.Rollback: RollbackOp(), sc.Reevaluate: ReevaluateOp(),
 }
 
 _missing = set(sc.SYSCALL_TYPES.values()) - set(HANDLERS) - set(LONG_OPS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ class DistillPlan:
 
 
 #: What the parametric memory's metadata keeps of each evaluation (the whole one is in the adapter's header).
-_SUMMARY = ("facts", "steps", "recall_with", "recall_without", "held_out_recall_with", "held_out_recall_without",
+SUMMARY = ("facts", "steps", "recall_with", "recall_without", "held_out_recall_with", "held_out_recall_without",
             "locality_delta", "train_s", "final_loss")
 
 
@@ -120,66 +121,15 @@ class DistillOp(LongOperation):
                 evaluation = status.evaluation or {}
                 misses = call.gate.misses(evaluation)
                 plan.attempts.append({"recipe": recipe.overrides(), "reasons": list(misses),
-                                      **{k: evaluation.get(k) for k in _SUMMARY}})
+                                      **{k: evaluation.get(k) for k in SUMMARY}})
                 if not misses:
                     break
             return status
 
-    @staticmethod
-    def _start(ctx: CallContext, model: Any, facts: list[dict[str, Any]], path: str, config: dict[str, Any],
-               job: RunningJob | None) -> DistillStatus:
-        """Start the training; while the model host is busy with another kernel's job (kernels that share one model
-        host each have their own queue), wait for it, still cancellable, instead of failing."""
-        while True:
-            try:
-                return model.start_distill(facts, path, config)
-            except CapacityExceeded:
-                if job is None:
-                    raise
-                job.progress(0, 0, phase="queued")
-                if job.wait_cancel(ctx.kernel.job_poll_s):
-                    job.raise_if_cancelled()
-
     def _train(self, ctx: CallContext, facts: list[dict[str, Any]], path: str, config: dict[str, Any],
                job: RunningJob | None) -> DistillStatus:
-        """One training on the model host: follow it (progress into the job), forward a cancellation, stop it at
-        the time bound."""
-        kernel = ctx.kernel
         model = require_model(ctx, "distill")
-        status = self._start(ctx, model, facts, path, config, job)
-        deadline = time.monotonic() + kernel.distill_max_s
-        cancel_sent = timed_out = False
-        try:
-            while status.state == "running":
-                if job is None or cancel_sent:
-                    time.sleep(kernel.job_poll_s)
-                elif job.wait_cancel(kernel.job_poll_s):
-                    model.cancel_distill(status.job_id)
-                    cancel_sent = True
-                if not timed_out and time.monotonic() > deadline:
-                    model.cancel_distill(status.job_id)
-                    cancel_sent = timed_out = True
-                    break
-                status = model.distill_status(status.job_id)
-                if job is not None:
-                    job.progress(status.step, status.total, phase=status.phase, loss=status.loss)
-        finally:
-            try:
-                model.forget_distill(status.job_id)  # cancels it if this kernel thread is leaving early
-            except MemosError as exc:
-                kernel.log.warning("could not forget a distillation job", job=status.job_id, error=exc.message)
-        if timed_out:
-            raise Cancelled(f"distillation {status.job_id} ran past its time bound of {kernel.distill_max_s:g} s "
-                            "(distill_max_s) and was stopped; nothing was kept", limit_s=kernel.distill_max_s)
-        if status.state == "done" and status.payload is not None:
-            return status
-        if status.state == "cancelled":
-            if job is not None:
-                job.raise_if_cancelled()
-            raise Cancelled(f"the model host cancelled distillation {status.job_id}")
-        if status.error:
-            raise error_from_wire(status.error)
-        raise InvalidState(f"distillation {status.job_id} ended {status.state} without an adapter")
+        return follow_host_job(ctx, lambda: model.start_distill(facts, path, config), job)
 
     def commit(self, ctx: CallContext, call: Any, plan: DistillPlan, built: Any) -> Any:
         from memos.syscalls import MAX_CONTENT_BYTES
@@ -217,7 +167,7 @@ class DistillOp(LongOperation):
         own = {r.memory_id for r in plan.sources if r.cube == plan.cube}
         fingerprint = (built.fingerprint or kernel.model.fingerprint()).model_dump()  # type: ignore[union-attr]
         metadata = {
-            "distill": {k: evaluation.get(k) for k in _SUMMARY},
+            "distill": {k: evaluation.get(k) for k in SUMMARY},
             # Adopted: assemble_context and generate use it in place of its sources (but its weak sources).
             "adoption": {"adopted": not misses, "reasons": list(misses), "gate": call.gate.model_dump(),
                          "weak_sources": list(evaluation.get("weak_sources") or ()), "attempts": plan.attempts,
@@ -225,8 +175,7 @@ class DistillOp(LongOperation):
             # The trained questions the adapter answered right, about sources of its own cube (like its text: another
             # cube's stays there): they stand in for a source that is gone when the adapter goes back to text
             # (memos.kernel.ops.adapter_text).
-            "answers": [{"source": a["source"], "question": a["question"], "answer": a["reply"]}
-                        for a in evaluation.get("answers") or () if a.get("correct") and a["source"] in own],
+            "answers": kept_answers(evaluation, own),
         }
         tags = tuple(dict.fromkeys(call.tags)) or (previous.tags if previous is not None else ())
         fields: dict[str, Any] = {
@@ -257,3 +206,68 @@ class DistillOp(LongOperation):
         kernel = ctx.kernel
         kernel.store.journal_end(plan.journal, "rolled_back", kernel.clock.now(), "failed before commit")
         ctx.after_commit(lambda p=plan.path: delete_blob(kernel, p))
+
+
+def follow_host_job(ctx: CallContext, begin: Callable[[], DistillStatus], job: RunningJob | None) -> DistillStatus:
+    """A training (or re-evaluation) job on the model host, from ``begin()`` (which starts it) to its end: progress
+    into ``job``, a cancellation forwarded, stopped at ``distill_max_s``. While the host is busy with another
+    kernel's job (kernels that share one model host each have their own queue), wait for it, still cancellable,
+    instead of failing. Returns the finished status (with its payload).
+
+    Raises:
+        Cancelled: cancelled, or past the time bound. InvalidState: ended without an adapter. The job's own typed
+        error when it failed on the host.
+    """
+    kernel = ctx.kernel
+    model = require_model(ctx, "distill")
+    while True:
+        try:
+            status = begin()
+            break
+        except CapacityExceeded:
+            if job is None:
+                raise
+            job.progress(0, 0, phase="queued")
+            if job.wait_cancel(kernel.job_poll_s):
+                job.raise_if_cancelled()
+    deadline = time.monotonic() + kernel.distill_max_s
+    cancel_sent = timed_out = False
+    try:
+        while status.state == "running":
+            if job is None or cancel_sent:
+                time.sleep(kernel.job_poll_s)
+            elif job.wait_cancel(kernel.job_poll_s):
+                model.cancel_distill(status.job_id)
+                cancel_sent = True
+            if not timed_out and time.monotonic() > deadline:
+                model.cancel_distill(status.job_id)
+                cancel_sent = timed_out = True
+                break
+            status = model.distill_status(status.job_id)
+            if job is not None:
+                job.progress(status.step, status.total, phase=status.phase, loss=status.loss)
+    finally:
+        try:
+            model.forget_distill(status.job_id)  # cancels it if this kernel thread is leaving early
+        except MemosError as exc:
+            kernel.log.warning("could not forget a distillation job", job=status.job_id, error=exc.message)
+    if timed_out:
+        raise Cancelled(f"distillation {status.job_id} ran past its time bound of {kernel.distill_max_s:g} s "
+                        "(distill_max_s) and was stopped; nothing was kept", limit_s=kernel.distill_max_s)
+    if status.state == "done" and status.payload is not None:
+        return status
+    if status.state == "cancelled":
+        if job is not None:
+            job.raise_if_cancelled()
+        raise Cancelled(f"the model host cancelled distillation {status.job_id}")
+    if status.error:
+        raise error_from_wire(status.error)
+    raise InvalidState(f"distillation {status.job_id} ended {status.state} without an adapter")
+
+
+def kept_answers(evaluation: dict[str, Any], own: set[str]) -> list[dict[str, str]]:
+    """What a parametric memory keeps of its evaluation's answers (``metadata.answers``): the trained questions
+    answered right about the sources in ``own`` (those of its own cube), which stand in for a deleted source when
+    the adapter goes back to text (``memos.kernel.ops.adapter_text``)."""
+    return [{"source": a["source"], "question": a["question"], "answer": a["reply"]}
+            for a in evaluation.get("answers") or () if a.get("correct") and a["source"] in own]
