@@ -86,12 +86,11 @@ class Memos:
             DataDirInUse: another process owns ``home`` (``memos serve``, ``memos up``, another embedded kernel).
         """
         from memos.config import Settings
-        from memos.service import lazy_model, open_service
-        from memos.transports import InProcessTransport
+        from memos.service import lazy_model, open_transport
 
         config = Settings(home=Path(home).expanduser(), **settings)
-        service = open_service(config, model=lazy_model(config), owner="Memos.embedded", policies=False)
-        return cls(InProcessTransport(service), principal)
+        # A sharded data dir ('memos up --shards N' made it): every shard's kernel, behind the shard router.
+        return cls(open_transport(config, model=lazy_model(config), owner="Memos.embedded", policies=False), principal)
 
     def as_principal(self, principal: str) -> Memos:
         return Memos(self.transport, principal)

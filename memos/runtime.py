@@ -17,7 +17,7 @@ from typing import Any, Literal
 from memos.client import Memos
 from memos.config import Settings
 from memos.errors import BackendError
-from memos.transports import InProcessTransport, Transport
+from memos.transports import Transport
 
 Mode = Literal["auto", "ray", "cluster", "inprocess"]
 
@@ -41,26 +41,11 @@ class Runtime:
         """
         settings = settings or Settings.from_env()
         if mode == "inprocess":
-            from memos.service import lazy_model, open_service, shard_settings
-            from memos.storage.placement import Placement
+            from memos.service import lazy_model, open_transport
 
-            # The model host is loaded by the first call that needs it.
-            model = lazy_model(settings)
-            if not Placement.exists(settings.home):
-                return cls(settings, InProcessTransport(open_service(settings, model=model, owner=owner)),
-                           mode="inprocess")
-            # A sharded data dir ('memos up --shards N' made it): every shard's kernel here, behind the router.
-            from memos.transports.router import ShardRouter
-
-            table, services = Placement(settings.home), []
-            try:
-                for k in range(table.shards):
-                    services.append(open_service(shard_settings(settings, k), model=model, owner=f"{owner} (shard {k})"))
-            except BaseException:
-                for service in services:
-                    service.close()
-                raise
-            return cls(settings, ShardRouter([InProcessTransport(s) for s in services], table), mode="inprocess")
+            # The model host is loaded by the first call that needs it. A sharded data dir: every shard's kernel here.
+            transport = open_transport(settings, model=lazy_model(settings), owner=owner)
+            return cls(settings, transport, mode="inprocess")
         from memos.hosting import ray_host
 
         if mode in ("auto", "cluster") and ray_host.cluster_info(settings) is not None:

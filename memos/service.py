@@ -269,6 +269,32 @@ def shard_settings(settings: Settings, shard: int) -> Settings:
     })
 
 
+def open_transport(settings: Settings, *, model: ModelPort | None, owner: str, policies: bool = True) -> Any:
+    """An in-process transport to the kernel of ``settings.home``: one service (``InProcessTransport``), or, on a
+    sharded data dir, every shard's service behind a ``ShardRouter`` (``memos.transports.router``).
+
+    Raises:
+        DataDirInUse: another process owns the data dir (or a shard's).
+    """
+    from memos.storage.placement import Placement
+    from memos.transports import InProcessTransport
+
+    if not Placement.exists(settings.home):
+        return InProcessTransport(open_service(settings, model=model, owner=owner, policies=policies))
+    from memos.transports.router import ShardRouter
+
+    table, services = Placement(settings.home), []
+    try:
+        for k in range(table.shards):
+            services.append(open_service(shard_settings(settings, k), model=model, owner=f"{owner} (shard {k})",
+                                         policies=policies))
+    except BaseException:
+        for service in services:
+            service.close()
+        raise
+    return ShardRouter([InProcessTransport(s) for s in services], table)
+
+
 def open_service(
     settings: Settings, *, model: ModelPort | None, owner: str, lock_wait_s: float = 0.0, policies: bool = True,
 ) -> KernelService:
@@ -280,7 +306,13 @@ def open_service(
         DataDirInUse: another process owns the data dir.
         PolicyError: a policy file is invalid.
     """
+    from memos.errors import DataDirInUse
     from memos.kernel.factory import open_kernel
+    from memos.storage.placement import Placement
 
+    if Placement.exists(settings.home):
+        raise DataDirInUse(f"{settings.home} is a sharded data dir (shards/placement.json): its kernels own "
+                           "shards/<k>; open it with Runtime.start, Memos.embedded or 'memos up --shards N', which "
+                           "open every shard behind the router", home=str(settings.home))
     kernel = open_kernel(settings, model=model, owner=owner, lock_wait_s=lock_wait_s)
     return KernelService.with_policies(kernel, settings.policies) if policies else KernelService(kernel)

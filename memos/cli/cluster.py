@@ -31,8 +31,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if info.get("joined"):
         print(f"joined the Ray cluster at {info['address']} ('memos down' stops memos' actors, not the cluster)")
     print(f"Ray dashboard: {info['dashboard_url']}")
-    print(f"Metrics (Prometheus text): {info['metrics_url']}")
-    print(f"Prometheus file_sd target: {info['prometheus_targets']}")
+    if info.get("metrics_url"):
+        print(f"Metrics (Prometheus text): {info['metrics_url']}")
+    if info.get("prometheus_targets"):
+        print(f"Prometheus file_sd target: {info['prometheus_targets']}")
     return 0
 
 

@@ -223,8 +223,11 @@ def _dashboard_url(context: Any) -> str | None:
 def start_embedded(settings: Settings, *, dashboard: bool = True, num_cpus: int | None = None,
                    shards: int = 0) -> RayHost:
     """Start a private local Ray (127.0.0.1) and the kernel actor in it (with ``shards``: that many kernel shard
-    actors, placed by ``<home>/shards/placement.json``, behind a ``ShardRouter``)."""
+    actors, placed by ``<home>/shards/placement.json``, behind a ``ShardRouter``; a sharded data dir gets its table's
+    count without asking)."""
     loopback_env()
+    if not shards and Placement.exists(settings.home):
+        shards = Placement(settings.home).shards
     if shards:
         prepare_shards(settings, shards)
     import ray
@@ -417,6 +420,14 @@ def _join(settings: Settings, address: str, shards: int) -> dict[str, Any]:
     except Exception as exc:  # ray raises ConnectionError, ValueError, RuntimeError here
         raise BackendError(f"cannot join the Ray cluster at {address}: {exc} (with token auth, this machine needs "
                            "the cluster's token: docs/operations.md)", address=address) from exc
+    names = [shard_actor(settings, k) for k in range(shards)] if shards else [settings.kernel_actor]
+    for name in names:  # detached actors are found by name: never adopt another memos' kernel in that cluster
+        with contextlib.suppress(ValueError):
+            ray.get_actor(name, namespace=settings.ray_namespace)
+            ray.shutdown()
+            raise BackendError(f"the Ray cluster at {address} already runs an actor named {name!r} in namespace "
+                               f"{settings.ray_namespace!r} (another memos data dir?): stop it, or give this one "
+                               "another kernel_actor or ray_namespace in its Settings", actor=name)
     actors: dict[str, Any] = {}
     try:
         actors = _start_actors(settings, detached=True, shards=shards)

@@ -234,3 +234,21 @@ def test_an_interrupted_move_is_undone_or_finished(sharded):
     assert [r["finished"] for r in router.recover_moves()] == [True]
     assert router.placement.shard_of("team/a") == 1
     assert [m.content for m in mem.list("team/a")] == ["a fact"]
+
+
+def test_a_sharded_home_opens_as_its_shards_never_as_one_kernel(tmp_path):
+    from memos.config import Settings
+    from memos.errors import DataDirInUse
+    from memos.service import open_service
+
+    Placement.create(tmp_path, 2)
+    mem = Memos.embedded(tmp_path, "agent:alice", model=None, embedder="hashing")
+    try:
+        assert isinstance(mem.transport, ShardRouter) and len(mem.transport.shards) == 2
+        mem.create_cube("team/a")
+        assert (shard_home(tmp_path, mem.transport.placement.shard_of("team/a")) / "memos.sqlite3").exists()
+    finally:
+        mem.close()
+    with pytest.raises(DataDirInUse, match="sharded data dir"):
+        open_service(Settings(home=tmp_path, model=None, embedder="hashing"), model=None, owner="test")
+    assert not (tmp_path / "memos.sqlite3").exists()
