@@ -11,7 +11,7 @@ still load as uncompressed payloads), one safetensors file:
 
 - tensors ``layers.<i>.keys`` and ``layers.<i>.values``, shape ``[kv_heads, kept, head_dim]``: the model's dtype, or
   int8 with ``layers.<i>.key_scales`` (float32 ``[kv_heads, 1, head_dim]``, per channel) and
-  ``layers.<i>.value_scales`` (float32 ``[kv_heads, kept, 1]``, per token), or, for ``int4`` / ``int2`` / ``k8v4``, uint8
+  ``layers.<i>.value_scales`` (float32 ``[kv_heads, kept, 1]``, per token), or, for low-bit (:data:`LOWBIT`), uint8
   codes packed along ``head_dim`` for the kept entries between the sinks and the residual window, float16
   ``(scale, minimum)`` pairs per group in the scales, and ``layers.<i>.full_keys`` / ``full_values`` (the model's
   dtype) for the sinks and the window (see :func:`lowbit_split`); ``token_ids``, int64 ``[tokens]``: every
@@ -54,7 +54,7 @@ _NO_COMPRESSION = KVCompression()
 _FINGERPRINT_FIELDS = ("model_id", "config_hash", "tokenizer_hash", "dtype")
 _WHAT = "activation payload"
 #: Bits per key code and per value code of the low-bit (KIVI-style) quantisations.
-LOWBIT = {"int4": (4, 4), "int2": (2, 2), "k8v4": (8, 4)}
+LOWBIT = {"int4": (4, 4), "int2": (2, 2), "k8v4": (8, 4), "k8v2": (8, 2)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,10 +74,10 @@ class KVPayload:
             kept]``, the original position of each kept entry, strictly increasing per layer and head.
         compression: how the tensors were compressed (method and parameters).
         key_scales / value_scales: with int8 tensors, per layer float32 ``[kv_heads, 1, head_dim]`` (per channel) and
-            ``[kv_heads, kept, 1]`` (per token); with int4 / int2 / k8v4, float16 ``[2, kv_heads, ceil(m / group), head_dim]``
+            ``[kv_heads, kept, 1]`` (per token); with a low-bit quantisation, float16 ``[2, kv_heads, ceil(m / group), head_dim]``
             (keys: scale and minimum per channel and group of ``group`` tokens) and ``[2, kv_heads, m, head_dim /
             value_group]`` (values: per token and group of channels), ``m`` the quantised entries; ``None`` otherwise.
-        full_keys / full_values: with int4 / int2 / k8v4, per layer ``[kv_heads, sink + recent, head_dim]`` in the
+        full_keys / full_values: with a low-bit quantisation, per layer ``[kv_heads, sink + recent, head_dim]`` in the
             fingerprint's dtype: the first and last kept entries, stored as computed (:func:`lowbit_split`).
 
     Raises:
@@ -106,7 +106,7 @@ class KVPayload:
             self._check_lowbit()
             return
         if self.full_keys is not None or self.full_values is not None:
-            raise ValueError("full-precision entries are only for int4 / int2 / k8v4 payloads")
+            raise ValueError("full-precision entries are only for low-bit payloads (int4, int2, k8v4, k8v2)")
         kept = self.kept_tokens
         quantized = self.compression.quantize == "int8"
         dtype = "torch.int8" if quantized else f"torch.{self.fingerprint.dtype}"
@@ -204,7 +204,7 @@ class KVPayload:
 
     def dense(self) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Per layer ``(keys, values)`` in the fingerprint's dtype: the tensors themselves, or new dequantised ones
-        for a quantised one (int8: ``int8 * scale``; int4 / int2 / k8v4: ``code * scale + minimum`` between the
+        for a quantised one (int8: ``int8 * scale``; low-bit: ``code * scale + minimum`` between the
         full-precision sinks and residual window), dequantised in float32 and cast to the fingerprint's dtype."""
         if self.key_scales is None or self.value_scales is None:
             return tuple(zip(self.keys, self.values, strict=True))
@@ -231,7 +231,7 @@ class KVPayload:
 
 
 def lowbit_split(compression: KVCompression, kept: int) -> tuple[int, int]:
-    """How many of ``kept`` entries an int4 / int2 / k8v4 payload keeps in full precision at the front (the first
+    """How many of ``kept`` entries a low-bit payload keeps in full precision at the front (the first
     ``sink``: attention sinks) and at the back (the last ``recent``: the residual window, as KIVI keeps the most
     recent tokens unquantised); the entries between them are quantised."""
     head = min(compression.sink, kept)

@@ -185,9 +185,9 @@ def _string_or_object_schema(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [{"type": "string", "description": "e.g. int8, snapkv@0.5, int8+sink_window@0.5"}, mapping]
 
 
-KVQuantize = Literal["none", "int8", "int4", "int2", "k8v4"]
+KVQuantize = Literal["none", "int8", "int4", "int2", "k8v4", "k8v2"]
 KVSelect = Literal["none", "sink_window", "heavy_hitter", "snapkv"]
-_KV_QUANTIZE = ("none", "int8", "int4", "int2", "k8v4")
+_KV_QUANTIZE = ("none", "int8", "int4", "int2", "k8v4", "k8v2")
 _KV_SELECT = ("none", "sink_window", "heavy_hitter", "snapkv")
 
 
@@ -201,8 +201,8 @@ class KVCompression(_Frozen):
       (per head and token, over the channels), as in KIVI. ``"int4"`` / ``"int2"`` (KIVI proper): asymmetric
       4- or 2-bit codes packed into bytes, keys per channel in groups of ``group`` tokens, values per token in groups
       of ``group`` channels (a float16 scale and minimum per group), while the first ``sink`` and the last ``recent``
-      kept entries (the attention sinks and a residual window) stay in the model's dtype. ``"k8v4"``: the same with
-      8-bit keys and 4-bit values (keys, which pass through the softmax, are the sensitive half).
+      kept entries (the attention sinks and a residual window) stay in the model's dtype. ``"k8v4"`` / ``"k8v2"``: the same
+      with 8-bit keys and 4- or 2-bit values (keys, which pass through the softmax, are the sensitive half).
     - ``select``: which tokens' entries are kept. ``"none"``: all. ``"sink_window"`` (StreamingLLM): the first
       ``sink`` tokens and the most recent ones. ``"heavy_hitter"`` (H2O): the tokens that received the most attention,
       summed over every query of the prefill. ``"snapkv"`` (SnapKV): the tokens the last ``observe`` tokens of the

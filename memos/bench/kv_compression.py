@@ -37,8 +37,8 @@ from memos.models.kv_compression import compress
 from memos.progress import Progress
 from memos.types import KVCompression
 
-DEFAULT_METHODS = ("none", "int8", "sink_window@0.5", "heavy_hitter@0.5", "snapkv@0.5", "int8+heavy_hitter@0.75",
-                   "int8+snapkv@0.75", "int8+snapkv@0.5")
+DEFAULT_METHODS = ("none", "int8", "k8v4", "k8v2", "int4", "int2", "sink_window@0.5", "heavy_hitter@0.5", "snapkv@0.5",
+                   "int8+snapkv@0.75", "k8v4+sink_window@0.5")
 _COLOURS = ("blue", "red", "green", "yellow", "white", "black", "orange", "purple", "grey")
 _THINGS = ("locker", "safe", "gate", "door", "box", "vault", "cabinet", "drawer", "chest")
 #: Where the nine facts sit in the block (fraction of the filler), and what the report calls each third.

@@ -12,8 +12,8 @@ prefill); :func:`compress` turns that into the stored payload. What each method 
 - ``snapkv`` (SnapKV): per layer and key-value head, the tokens with the largest attention from the block's last
   ``observe`` tokens (the observation window), average-pooled over ``pool`` neighbours so that a kept token keeps its
   neighbours, plus the ``sink`` first tokens and the observation window itself (at least ``recent`` last tokens).
-- ``int4`` / ``int2`` / ``k8v4`` (KIVI): asymmetric codes (``code * scale + minimum``) of 4 or 2 bits (``k8v4``:
-  8-bit keys, 4-bit values), keys per channel in groups of ``group`` tokens, values per token in groups of ``group``
+- ``int4`` / ``int2`` / ``k8v4`` / ``k8v2`` (KIVI): asymmetric codes (``code * scale + minimum``) of 4 or 2 bits
+  (``k8v4`` / ``k8v2``: 8-bit keys, 4- or 2-bit values), keys per channel in groups of ``group`` tokens, values per token in groups of ``group``
   channels, scale and minimum in float16 per group; the first ``sink`` and the last ``recent`` kept entries
   (attention sinks, residual window) stay in the model's dtype. On any selection's result.
 - ``int8``: symmetric, keys per channel (one scale per head and channel over the kept tokens: key outliers are

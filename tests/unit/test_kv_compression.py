@@ -28,7 +28,7 @@ from memos.types import Fingerprint, KVCompression
 
 LAYERS, HEADS, TOKENS, DIM = 3, 2, 40, 8
 METHODS = ["none", "int8", "sink_window@0.5", "heavy_hitter@0.3", "snapkv@0.25", "int8+sink_window@0.5",
-           "int8+heavy_hitter@0.5", "int8+snapkv@0.3", "int4", "int2", "k8v4", "int4+sink_window@0.5", "int2+snapkv@0.3",
+           "int8+heavy_hitter@0.5", "int8+snapkv@0.3", "int4", "int2", "k8v4", "k8v2", "int4+sink_window@0.5", "int2+snapkv@0.3",
            "k8v4+sink_window@0.75"]
 
 
