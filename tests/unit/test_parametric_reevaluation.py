@@ -151,3 +151,29 @@ def test_a_not_adopted_adapter_is_not_re_evaluated_and_the_kernel_re_evaluates_w
         assert [e.memory_id for e in reevaluated] == [adopted.id]
     finally:
         kernel.close()
+
+
+def test_a_policy_distils_the_sources_of_an_adapter_that_failed_its_re_evaluation_again(adopted, clock) -> None:
+    from memos.schedulers.engine import compile_policy
+    from memos.schedulers.loader import parse_spec
+    from memos.schedulers.runner import PolicyRunner
+
+    kernel, mem, port, ids, adapter = adopted
+    text = (
+        "name: knowledge\n"
+        "applies_to: {cubes: [team/*]}\n"
+        "rules:\n"
+        "  - name: distill-stable\n"
+        "    when: {kind: plaintext}\n"
+        "    then: {distill: {min_group: 2, recipes: [{epochs: 20}]}}\n"
+    )
+    runner = PolicyRunner(kernel.execute, [compile_policy(parse_spec(text, "k.yaml"), source="k.yaml")], clock=clock.now)
+    reevaluate_adapters(kernel)  # adopted on fake-b: its sources are distilled, the rule has nothing to do
+    assert runner.run_once("knowledge").outcomes == ()
+    port.reevaluate_recall = 0.2
+    mem.rollback(adapter.id, to_version=1)  # back to the fake-a adapter, to re-evaluate it again
+    assert mem.reevaluate(adapter.id).metadata["adoption"]["adopted"] is False
+    assert [o.outcome for o in runner.run_once("knowledge").outcomes] == ["ok"]
+    fresh = [m for m in mem.list("team/facts") if m.kind == "parametric" and m.id != adapter.id]
+    assert len(fresh) == 1 and fresh[0].metadata["adoption"]["adopted"] is True
+    assert {r.id for r in fresh[0].provenance.derived_from} == set(ids)
