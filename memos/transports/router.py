@@ -3,7 +3,9 @@
 It speaks the envelope like any transport, so ``Memos`` is unchanged over it. Each syscall goes where its data is:
 
 - **a cube named** (``write``, ``list``, ``create_cube``, ``drop_cube``, ``cube_info``, ``grant``, ``revoke``,
-  ``ingest``, ``fuse``, ``distill``/``compress`` with a cube, ``audit`` of a cube): the cube's shard. ``create_cube``
+  ``ingest``, ``fuse``, ``distill``/``compress`` with a cube, ``audit`` of a cube): the cube's shard. (``audit``
+  of everything asks every shard and keeps the oldest ``limit`` records by time; its ``since`` cursor is per shard,
+  so paging through it names a cube.) ``create_cube``
   records the cube in the placement table first, so it stays where it was created.
 - **several cubes** (``search``, ``assemble_context``, ``generate``, ``events``, ``snapshot``): the one shard holding
   them all. ``search`` over cubes on several shards fans out to them in parallel, each shard searching its own cubes
@@ -85,10 +87,11 @@ def fuse_hits(per_shard: Sequence[Sequence[dict[str, Any]]], k: int) -> list[dic
     shards' order (lower shard first, then each shard's own order).
 
     Each shard's score is its hybrid score (``memos.kernel.retrieval``: RRF of the dense and lexical ranks, then the
-    reranking boosts), computed over that shard's candidates. A memory that would rank r-th on one kernel holding
-    every searched cube ranks at most r-th within its shard, so it scores at least as high there: the merged top k
-    holds every memory that both retrievers rank high. The order among memories of different shards is by those
-    shard-local scores, which can differ from one kernel's global ranks (docs/architecture.md, "Kernel shards")."""
+    reranking boosts) over that shard's own candidates. A memory's rank within its shard is never worse than over
+    all the searched cubes, so the memories one kernel would rank first score high on their shards too (and the
+    1-shard and 2-shard top k agree in ``tests/unit/test_shards.py``); but the shards' ranks are not shared, so the
+    order across shards, and which memories fill the last places, can differ from one kernel's (exact global
+    fusion would need each retriever's raw scores on the wire: docs/architecture.md)."""
     merged = [(hit["score"], shard, i, hit) for shard, hits in enumerate(per_shard) for i, hit in enumerate(hits)]
     merged.sort(key=lambda t: (-t[0], t[1], t[2]))
     return [hit for *_, hit in merged[:k]]
@@ -175,6 +178,13 @@ class ShardRouter:
             return self._send(self._shard_of(getattr(call, field)), principal, syscall, trace_id)
         if op in _MULTI_CUBE and getattr(call, "cubes", ()):
             return self._multi_cube(call, principal, syscall, trace_id)
+        if op == "audit" and len(self.shards) > 1:
+            if call.since:
+                raise InvalidSyscall("an audit cursor (since) is per shard: name the cube to page through its log")
+            answer = self._fan_out(op, principal, syscall, trace_id)
+            if "ok" in answer:  # the newest records first are not what audit pages: the oldest `limit`, by time
+                answer["ok"]["records"] = answer["ok"]["records"][: call.limit]
+            return answer
         if op in _FAN_OUT or (op == "events" and len(self.shards) == 1):
             return self._fan_out(op, principal, syscall, trace_id)
         if op == "events":

@@ -158,6 +158,11 @@ def test_calls_that_cannot_be_merged_across_shards_are_refused(sharded):
     with pytest.raises(InvalidSyscall, match="single cursor"):
         mem.events()
     assert mem.events(cubes=["team/a"]).events  # one shard's cubes: its cursor
+    records = mem.as_principal("system").audit(limit=1000)
+    assert {"team/a", "team/b"} <= {r.cube for r in records}  # every shard's log, merged by time
+    assert [r.at for r in records] == sorted(r.at for r in records)
+    with pytest.raises(InvalidSyscall, match="per shard"):
+        mem.as_principal("system").audit(since=1)
 
 
 def _two_cubes_apart(mem: Memos) -> None:
