@@ -11,7 +11,8 @@ It speaks the envelope like any transport, so ``Memos`` is unchanged over it. Ea
   them all. ``search`` over cubes on several shards fans out to them in parallel, each shard searching its own cubes
   with the same query and ``k``, and the router merges their hits by score (see ``fuse_hits``). The other multi-cube
   calls over several shards are refused (``InvalidSyscall``): a context plan, a generation or an event cursor
-  cannot be merged from parts.
+  cannot be merged from parts; except ``events`` with ``latest`` and no ``since`` (what ``memos top`` asks): the
+  newest ``limit`` of every shard's, by time, with no cursor (``next_seq`` 0).
 - **write_many**: its items split by their cube's shard, one ``write_many`` per shard in parallel, the outcomes put
   back in the items' order. Each shard's part is atomic per item, as on one kernel.
 - **a memory or job id** (``read``, ``update``, ``history``, ``link`` (its source), ``migrate`` (its first id), ...):
@@ -79,6 +80,9 @@ MERGE: dict[str, Callable[[Sequence[dict[str, Any]]], dict[str, Any]]] = {
     "jobs": lambda answers: {"jobs": [j for a in answers for j in a["jobs"]]},
     "audit": lambda answers: {"records": sorted((r for a in answers for r in a["records"]), key=lambda r: r["at"])},
     "snapshot": _merge_snapshots,
+    # Each shard's seq counts its own events: the merged list has no cursor to continue from (next_seq 0).
+    "events": lambda answers: {"events": sorted((e for a in answers for e in a["events"]), key=lambda e: e["at"]),
+                               "next_seq": 0},
 }
 
 
@@ -187,8 +191,14 @@ class ShardRouter:
             return answer
         if op in _FAN_OUT or (op == "events" and len(self.shards) == 1):
             return self._fan_out(op, principal, syscall, trace_id)
+        if op == "events" and call.latest and not call.since:  # the newest `limit` of all shards, by time (no cursor)
+            answer = self._fan_out(op, principal, syscall, trace_id)
+            if "ok" in answer:
+                answer["ok"]["events"] = answer["ok"]["events"][-call.limit:]
+            return answer
         if op == "events":
-            raise InvalidSyscall("events across shards have no single cursor: name the cubes of one shard")
+            raise InvalidSyscall("events across shards have no single cursor: name the cubes of one shard (the "
+                                 "newest events of every shard: latest=True, since=0)")
         if op == "cancel":
             return self._probe(range(len(self.shards)), principal, syscall, trace_id)
         return self._by_memory(self._memory_of(call), principal, syscall, trace_id)

@@ -157,6 +157,8 @@ def test_calls_that_cannot_be_merged_across_shards_are_refused(sharded):
         mem.assemble_context("anything", ["team/a", "team/b"])
     with pytest.raises(InvalidSyscall, match="single cursor"):
         mem.events()
+    newest = mem.as_principal("system").events(latest=True, limit=2, types=["cube_created"])
+    assert sorted(e.cube for e in newest.events) == ["team/a", "team/b"] and newest.next_seq == 0
     assert mem.events(cubes=["team/a"]).events  # one shard's cubes: its cursor
     records = mem.as_principal("system").audit(limit=1000)
     assert {"team/a", "team/b"} <= {r.cube for r in records}  # every shard's log, merged by time
