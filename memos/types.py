@@ -464,6 +464,7 @@ class DistillRecipe(_Frozen):
     dtype: Literal["float32", "bfloat16"] | None = None
     early_stop: bool | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    teacher: Literal["text", "context"] | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The fields set, as the model host's recipe takes them."""

@@ -9,8 +9,17 @@ and the bench records what distillation measured itself (its evaluation is the o
 - locality: the base model's mean token loss on held-out general text with and without the adapter;
 - training time (wall and process CPU), steps, examples, adapter parameters and bytes on disk.
 
-With ``compare_legacy`` every size is also distilled with the recipe before 2026-12 (``lora.LEGACY_RECIPE``), in
-the same run, so the two recipes' times can be compared as a ratio on the same (shared) machine.
+With ``compare_legacy`` every size is also distilled with the recipe before 2026-12 (``LEGACY_RECIPE``), in
+the same run, so the two recipes' times can be compared as a ratio on the same (shared) machine. With ``context``
+(the default) every size is also distilled with ``teacher="context"`` (context distillation: the model with each
+memory's cached block in front is the teacher), so text-trained and context-distilled adapters are compared on the
+same facts in the same run.
+
+For each size, the context savings of the default adapter: each fact's trained question asked through
+``memos.models.adapters.generate_with_adapter`` (the serving path) with the adapter standing in for its sources
+(a memory-free prompt), and asked with the sources as memory blocks in front instead (their KV cache, as
+``assemble_context`` would inject them, no adapter): prompt tokens and answer accuracy (greedy, answer key in the
+reply) for both.
 
 Then, once, serving costs on the largest adapter: applying and removing it (``memos.models.adapters``, forward
 hooks) against peft's ``set_adapter`` on a peft-wrapped copy, and greedy decoding speed without an adapter, with
@@ -31,7 +40,7 @@ from typing import Any
 
 from memos.bench.activation import model_environment
 from memos.bench.synthetic_facts import synthetic_facts
-from memos.cubes.parametric import save_adapter
+from memos.cubes.parametric import AdapterPayload, save_adapter
 from memos.models.adapter_costs import measure_serving_costs
 from memos.models.distill import LEGACY_RECIPE, DistillProgress, LoraConfig, SourceFact, distill
 from memos.models.host import ModelHost
@@ -49,6 +58,8 @@ def run_parametric_bench(
     seed: int = 0,
     serving_repeats: int = 3,
     compare_legacy: bool = False,
+    context: bool = True,
+    savings: bool = True,
     log: Any = print,
 ) -> dict[str, Any]:
     """Distil ``sizes`` facts on ``host``, write JSON, markdown and PNG reports into ``out_dir``; return the JSON.
@@ -62,7 +73,8 @@ def run_parametric_bench(
     if not sizes or min(sizes) < 1:
         raise ValueError("need at least one size, each >= 1")
     config = config or LoraConfig()
-    recipes = {"default": config, **({"legacy": LEGACY_RECIPE} if compare_legacy else {})}
+    recipes = {"default": config, **({"context": config.model_copy(update={"teacher": "context"})} if context else {}),
+               **({"legacy": LEGACY_RECIPE} if compare_legacy else {})}
     out = Path(out_dir)
     (out / "adapters").mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -80,8 +92,14 @@ def run_parametric_bench(
                 result = distill(host, facts, recipe, progress=_progress_drawer(f"{size} facts, {name}", bar))
             assert result.payload is not None and result.evaluation is not None, "nothing cancels the bench"
             ref = save_adapter(result.payload, str(out / "adapters" / f"facts-{size}-{name}.safetensors"))
+            saved = None
             if name == "default":
                 refs.append(ref)
+                if savings:
+                    label = f"[{size} facts] context savings"
+                    with Progress(label) as bar:
+                        saved = context_savings(host, facts, result.payload,
+                                                on_question=lambda i, n, bar=bar, label=label: bar.update(i, n, label=label))
             report["rows"].append({
                 "facts": size,
                 "recipe": name,
@@ -91,6 +109,7 @@ def run_parametric_bench(
                 "loss_curve": [list(p) for p in result.loss_curve],
                 "sample_facts": [f.text for f in facts[:3]],
                 "load_average_after": os.getloadavg(),
+                **({"savings": saved} if saved is not None else {}),
             })
             log(f"[{size} facts, {name}] " + _row_line(report["rows"][-1]))
             _write(report, out, started)
@@ -99,6 +118,33 @@ def run_parametric_bench(
     _write(report, out, started)
     _plot(report, out / "parametric.png")
     return report
+
+
+def context_savings(host: ModelHost, facts: list[SourceFact], payload: AdapterPayload, *,
+                    max_new_tokens: int = 24, on_question: Any = None) -> dict[str, Any]:
+    """Each fact's trained question answered two ways on ``host``, greedy: with the adapter standing in for the
+    facts (a memory-free prompt, the adapter applied) and with the facts as memory blocks in front (their KV cache,
+    no adapter). Returns prompt tokens (mean per question) and answer accuracy for both."""
+    from memos.models import fact_questions
+    from memos.models.adapters import generate_with_adapter, prepare
+
+    questions = [(q.question, q.key) for f in facts for s in fact_questions.derive(f.text)
+                 for q in s.questions if q.trained]
+    ready = prepare(payload, host.loaded.model, name="the benchmarked adapter")
+    kv = host.build_kv([f.text for f in facts])
+    conditions: dict[str, dict[str, Any]] = {"adapter": {"tokens": 0, "hits": 0}, "text": {"tokens": 0, "hits": 0}}
+    for i, (question, key) in enumerate(questions, 1):
+        ask = [{"role": "user", "content": question}]
+        for name, kwargs in (("adapter", {"adapter": ready}), ("text", {"adapter": None, "kv": kv})):
+            out = generate_with_adapter(host, ask, max_new_tokens=max_new_tokens, **kwargs)
+            conditions[name]["tokens"] += out.prompt_tokens
+            conditions[name]["hits"] += fact_questions.answer_matches(out.text, key)
+        if on_question is not None:
+            on_question(i, len(questions))
+    n = len(questions)
+    return {"questions": n, "memory_tokens": kv.num_tokens,
+            **{f"{name}_prompt_tokens": c["tokens"] / n for name, c in conditions.items()},
+            **{f"{name}_accuracy": c["hits"] / n for name, c in conditions.items()}}
 
 
 def _progress_drawer(what: str, bar: Progress) -> Any:
@@ -167,6 +213,35 @@ def render_markdown(report: dict[str, Any]) -> str:
                    f", CPU {new['train_cpu_s'] / old['train_cpu_s']:.2f}x")
             lines.append(f"\n{size} facts, default / legacy recipe in this run: training wall time "
                          f"{new['train_s'] / old['train_s']:.2f}x{cpu}, evaluation {new['eval_s'] / old['eval_s']:.2f}x.")
+    saved = [r for r in report["rows"] if r.get("savings")]
+    if saved:
+        lines += [
+            "",
+            "Context savings (default adapter; each fact's trained question, greedy, through the serving path): the "
+            "adapter standing in for the sources (memory-free prompt) vs the sources as memory blocks in front "
+            "(their KV cache, no adapter).",
+            "",
+            "| facts | questions | prompt tokens, sources in context | prompt tokens, adapter | saved per request "
+            "| accuracy, sources in context | accuracy, adapter |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in saved:
+            v = r["savings"]
+            lines.append(f"| {r['facts']} | {v['questions']} | {v['text_prompt_tokens']:.0f} | "
+                         f"{v['adapter_prompt_tokens']:.0f} | {v['text_prompt_tokens'] - v['adapter_prompt_tokens']:.0f} "
+                         f"| {v['text_accuracy']:.0%} | {v['adapter_accuracy']:.0%} |")
+    context_rows = [r for r in report["rows"] if r.get("teacher") == "context"]
+    if context_rows:
+        lines += ["", "Text training vs context distillation (same facts, same run; teacher recall: the model with "
+                  "each memory's block in front, i.e. what the context-distilled adapter can learn at best):", "",
+                  "| facts | teacher | recall | held-out recall | locality delta | teacher recall | train CPU s |",
+                  "|---:|---|---:|---:|---:|---:|---:|"]
+        for r in report["rows"]:
+            if r.get("recipe", "default") in ("default", "context"):
+                held = "-" if r["held_out_recall_with"] is None else f"{r['held_out_recall_with']:.0%}"
+                teach = "-" if r.get("teacher_recall") is None else f"{r['teacher_recall']:.0%}"
+                lines.append(f"| {r['facts']} | {r.get('teacher', 'text')} | {r['recall_with']:.0%} | {held} "
+                             f"| {r['locality_delta']:+.3f} | {teach} | {_cpu(r)} |")
     if serving := report.get("serving"):
         tps = serving["decode_tokens_per_s"]
         lines += [
@@ -225,8 +300,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, default=defaults.rank)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--replay-weight", type=float, default=defaults.replay_weight)
+    parser.add_argument("--top-layers", type=float, default=defaults.top_layers,
+                        help="share of decoder layers adapted, from the top")
     parser.add_argument("--compare-legacy", action="store_true",
                         help="also distil each size with the recipe before 2026-12, in the same run")
+    parser.add_argument("--no-context", action="store_true",
+                        help="skip the context-distilled adapter (teacher: the model with the memories in front)")
+    parser.add_argument("--no-savings", action="store_true",
+                        help="skip asking each question with the adapter and with the sources in context")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -237,9 +318,10 @@ def main(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_model_cache()
     host = ModelHost(ModelSpec(model=args.model, dtype=args.dtype, cache_dir=cache_dir, num_threads=args.threads))
     config = LoraConfig(epochs=args.epochs, rank=args.rank, alpha=2.0 * args.rank, learning_rate=args.learning_rate,
-                        replay_weight=args.replay_weight)
+                        replay_weight=args.replay_weight, top_layers=args.top_layers)
     report = run_parametric_bench(args.out, tuple(args.sizes), host=host, config=config, seed=args.seed,
-                                  compare_legacy=args.compare_legacy)
+                                  compare_legacy=args.compare_legacy, context=not args.no_context,
+                                  savings=not args.no_savings)
     print(render_markdown(report), end="")
     print(f"wrote {Path(args.out) / 'parametric.json'}, parametric.md, parametric.png")
     return 0

@@ -46,8 +46,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -106,6 +106,11 @@ class LoraConfig(BaseModel):
             decoding would say after the trained reply's start) at its latest visit, checked from half the cap on;
             the learning rate then decays to 0 over ``cooldown_steps`` more steps. ``epochs``/``steps`` are the cap.
         cooldown_steps: steps after the early stop, learning rate decaying linearly to 0.
+        teacher: ``"text"`` trains on the memories' text and canonical answers (cross-entropy on the tokens);
+            ``"context"`` distils from the model with each memory in front of it (context distillation, the teacher
+            of an activation memory: its cached block): the adapter learns the teacher's next-token distributions
+            on the teacher's own greedy replies to the trained questions and on the statements, with no context.
+        teacher_top_k: the teacher's most likely tokens kept per position (``"context"``; renormalised).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -126,6 +131,8 @@ class LoraConfig(BaseModel):
     dtype: Literal["float32", "bfloat16"] = "float32"
     early_stop: bool = True
     cooldown_steps: int = Field(default=3, ge=0, le=10_000)
+    teacher: Literal["text", "context"] = "text"
+    teacher_top_k: int = Field(default=32, ge=1, le=4096)
 
 
 #: The recipe before 2026-12 (10 full epochs, evaluation 4 questions at a time), kept to compare with:
@@ -154,6 +161,9 @@ class Evaluation(BaseModel):
         stopped_early: training stopped before its cap because every trained question's key was predicted.
         train_cpu_s: CPU seconds of this process during training (all threads; steadier than ``train_s`` on a
             shared machine, but it counts other work of the process too).
+        teacher: the recipe's teacher; teacher_recall: with ``"context"``, the share of trained questions the
+            teacher (the model with the memory in front) answered correctly, i.e. what the adapter could learn;
+            teacher_s: seconds spent preparing the teacher's targets (included in ``train_s``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -180,6 +190,9 @@ class Evaluation(BaseModel):
     stopped_early: bool = False
     train_cpu_s: float | None = None
     answers: tuple[dict[str, Any], ...] = ()
+    teacher: Literal["text", "context"] = "text"
+    teacher_recall: float | None = None
+    teacher_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,8 @@ class _Example:
     prefixed: bool  # ids follow the shared chat prefix (which they do not include)
     question: bool = False  # a trained question's answer: early stopping waits until its key is reproduced
     key_positions: tuple[int, ...] = ()  # positions in ids of the answer key's tokens (question examples)
+    # Context teacher: per labelled position (in order), the teacher's top-k token ids and probabilities.
+    soft: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -268,6 +283,7 @@ def distill(
     tokenizer = loaded.tokenizer
     examples, probes = _build_examples(tokenizer, facts)
     replay = _replay_examples(tokenizer)
+    teacher_s, teacher_recall = 0.0, None
     with lock or nullcontext():
         if (name := active_adapter(loaded.model)) is not None:
             raise InvalidState(f"adapter {name} is applied to the shared model; distill must not copy it")
@@ -279,6 +295,11 @@ def distill(
     curve: list[tuple[int, float]] = []
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
+        if config.teacher == "context":
+            # The teacher is the base model in the served dtype with each memory's block in front (before any
+            # dtype change and before LoRA modules exist).
+            examples, teacher_recall = _context_examples(work, tokenizer, facts, examples.prefix, config, cancel)
+            teacher_s = time.perf_counter() - started
         if train_dtype != served_dtype:
             work.to(train_dtype)
         with torch.random.fork_rng(devices=[]):
@@ -311,7 +332,8 @@ def distill(
     evaluation = Evaluation(
         facts=len(facts), examples=len(examples.examples), steps=len(curve), train_s=train_s, train_cpu_s=train_cpu_s,
         eval_s=time.perf_counter() - started, final_loss=curve[-1][1], final_replay_kl=replay_kl,
-        stopped_early=stopped_early, **measured,
+        stopped_early=stopped_early, teacher=config.teacher, teacher_recall=teacher_recall,
+        teacher_s=teacher_s if config.teacher == "context" else None, **measured,
     )
     payload = replace(payload, info=replace(info, evaluation=evaluation.model_dump(mode="json")))
     return DistillResult(payload=payload, cancelled=False, steps_done=len(curve), loss_curve=tuple(curve),
@@ -335,6 +357,100 @@ def _build_examples(tokenizer: Any, facts: Sequence[SourceFact]) -> tuple[_Batch
                 if q.trained:
                     examples.append(_chat_example(tokenizer, prefix, q.question, q.answer, q.key))
     return _Batches(prefix, examples), probes
+
+
+def _context_examples(
+    work: Any, tokenizer: Any, facts: Sequence[SourceFact], prefix: tuple[int, ...], config: LoraConfig,
+    cancel: threading.Event | None,
+) -> tuple[_Batches, float]:
+    """Context distillation's examples and the teacher's recall on the trained questions.
+
+    The teacher is ``work`` (the base model) with a memory's block in front, rendered as serving renders memory
+    (``memos.models.host.memory_messages``) and prefilled once per memory: the KV cache an activation memory of that
+    text holds. For each of the memory's sentences (as :func:`_build_examples` derives them):
+
+    - each trained question: the teacher answers it greedily with the block in front; the student's example is the
+      question as a memory-free chat prompt (what serving sends when the adapter stands in) followed by the
+      teacher's reply, and its targets are the teacher's next-token distributions over that reply;
+    - the statement and its paraphrases: the teacher's distributions over their tokens, the block in front.
+
+    Targets are the teacher's ``teacher_top_k`` most likely tokens per position, renormalised.
+    """
+    import torch
+
+    from memos.models.host import memory_messages
+
+    stop = work.generation_config.eos_token_id
+    stop = {*([stop] if isinstance(stop, int) else list(stop or [])), tokenizer.eos_token_id} - {None}
+    examples: list[_Example] = []
+    answered = asked = 0
+
+    def top(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values, index = torch.log_softmax(logits.float(), dim=-1).topk(config.teacher_top_k, dim=-1)
+        probs = values.exp()
+        return index, probs / probs.sum(-1, keepdim=True)
+
+    with torch.no_grad():
+        for fact in facts:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
+            messages = memory_messages([fact.text])
+            block = _encode(tokenizer, tokenizer.apply_chat_template(messages, tokenize=False))
+            out = work(input_ids=torch.tensor([block]), use_cache=True)
+            cache, last = out.past_key_values, out.logits[0, -1:]
+
+            def teacher(ids: list[int], *, block: list[int] = block, cache: Any = cache,
+                        last: torch.Tensor = last) -> torch.Tensor:
+                """Teacher logits predicting each of ``ids`` (after the block), the cache left as it was."""
+                logits = work(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True).logits[0]
+                _crop(cache, len(block))
+                return torch.cat([last, logits[:-1]])
+
+            for sentence in fact_questions.derive(fact.text):
+                for text in (sentence.statement, *sentence.paraphrases):
+                    ids = _encode(tokenizer, text)
+                    index, probs = top(teacher(ids)[1:])
+                    examples.append(_Example(tuple(ids), tuple(ids), prefixed=False, soft=(index, probs)))
+                for q in sentence.questions:
+                    if not q.trained:
+                        continue
+                    prompt = _encode(tokenizer, tokenizer.apply_chat_template(
+                        [*messages, {"role": "user", "content": q.question}], tokenize=False,
+                        add_generation_prompt=True))
+                    if prompt[: len(block)] != block:
+                        raise InvalidSyscall("the model's chat template does not render a memory block as a prefix")
+                    rest = prompt[len(block):]
+                    reply = _greedy_after(work, cache, len(block), rest, config.eval_max_new_tokens, stop)
+                    text_reply = tokenizer.decode(reply, skip_special_tokens=True).strip() or q.answer
+                    asked += 1
+                    answered += fact_questions.answer_matches(text_reply, q.key)
+                    example = _chat_example(tokenizer, prefix, q.question, text_reply, q.key)
+                    reply_ids = [t for t in example.labels if t != -100]
+                    index, probs = top(teacher(rest + reply_ids)[len(rest):])
+                    examples.append(replace(example, soft=(index, probs)))
+    return _Batches(prefix, examples), answered / max(asked, 1)
+
+
+def _greedy_after(work: Any, cache: Any, keep: int, ids: list[int], max_new: int, stop: set[int]) -> list[int]:
+    """Greedy tokens after ``ids`` with ``cache`` in front (cropped back to ``keep`` tokens afterwards)."""
+    import torch
+
+    reply: list[int] = []
+    logits = work(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True).logits[0, -1]
+    for _ in range(max_new):
+        token = int(logits.argmax())
+        if token in stop:
+            break
+        reply.append(token)
+        logits = work(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1]
+    _crop(cache, keep)
+    return reply
+
+
+def _crop(cache: Any, keep: int) -> None:
+    """Drop every token of ``cache`` after its first ``keep`` (transformers' ``crop`` takes the count to remove)."""
+    if (extra := cache.get_seq_length() - keep) > 0:
+        cache.crop(-extra)
 
 
 def _replay_examples(tokenizer: Any) -> _Batches:
@@ -415,11 +531,14 @@ def _train(
 
     order = random.Random(config.seed)
     pad = _pad_id(work)
-    # Before LoRA modules exist, so the references are the base model's by construction.
-    replay_batches = replay.fixed(config.replay_batch_size, order) if config.replay_weight > 0 else []
-    references = _replay_references(work, replay_batches, replay.prefix, pad)
     layers = work.config.num_hidden_layers
     first = layers - max(1, round(layers * config.top_layers))
+    replay_batches = replay.fixed(config.replay_batch_size, order) if config.replay_weight > 0 else []
+    # Before LoRA modules exist, so the cached states and the references are the base model's by construction.
+    if first > 0:
+        lower = _LowerCache.build(work, first, [examples, replay])
+        examples, replay = replace(examples, lower=lower), replace(replay, lower=lower)
+    references = _replay_references(work, replay_batches, replay, pad)
     try:
         peft_model = peft.get_peft_model(
             work,
@@ -451,12 +570,12 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = next(batches)
-            loss, hits = _fact_loss(work, batch, examples.prefix, pad)
+            loss, hits = _fact_loss(work, batch, examples, pad)
             exact.update((id(e), hit) for e, hit in hits if e.question)
             total = loss
             if replay_batches:
                 i = step % len(replay_batches)
-                kl = _replay_kl(work, replay_batches[i], references[i], replay.prefix, pad)
+                kl = _replay_kl(work, replay_batches[i], references[i], replay, pad)
                 total = loss + config.replay_weight * kl
                 replay_kl = float(kl.detach())
             total.backward()
@@ -481,10 +600,12 @@ def _train(
 
 @dataclass(frozen=True)
 class _Batches:
-    """Training examples and the chat prefix their ``prefixed`` examples share."""
+    """Training examples, the chat prefix their ``prefixed`` examples share and, when only the top layers are
+    adapted, the frozen lower layers' output for each example (computed once)."""
 
     prefix: tuple[int, ...]
     examples: list[_Example]
+    lower: _LowerCache | None = None
 
     def fixed(self, size: int, order: random.Random) -> list[list[_Example]]:
         """The examples in one seeded order, cut into batches of ``size``."""
@@ -501,20 +622,83 @@ class _Batches:
                 yield shuffled[i : i + size]
 
 
+@dataclass(frozen=True)
+class _LowerCache:
+    """The input of decoder layer ``first`` for each example (prefix included), by ``id(example)``: the layers
+    below ``first`` carry no LoRA factors, so their output never changes during training and is computed once.
+    Training then runs only the adapted layers, from these states, instead of the whole model every step."""
+
+    first: int
+    states: dict[int, torch.Tensor]
+
+    @classmethod
+    def build(cls, work: Any, first: int, sets: list[_Batches]) -> _LowerCache:
+        import torch
+
+        decoder = work.get_decoder()
+        states: dict[int, torch.Tensor] = {}
+        with torch.no_grad(), _decoder_slice(decoder, 0, first, norm=False):
+            for batches in sets:
+                for e in batches.examples:
+                    ids = (batches.prefix if e.prefixed else ()) + e.ids
+                    states[id(e)] = decoder(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        return cls(first, states)
+
+    def batch(self, batch: list[_Example], prefix: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(states [B, T, H], labels [B, T], mask [B, T])`` of ``batch``, right-padded with zeros."""
+        import torch
+
+        rows = [self.states[id(e)] for e in batch]
+        width = max(len(r) for r in rows)
+        states = torch.zeros((len(rows), width, rows[0].shape[-1]), dtype=rows[0].dtype)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (e, r) in enumerate(zip(batch, rows, strict=True)):
+            skip = len(prefix) if e.prefixed else 0
+            states[i, : len(r)] = r
+            labels[i, skip : skip + len(e.labels)] = torch.tensor(e.labels)
+            mask[i, : len(r)] = 1
+        return states, labels, mask
+
+
+@contextmanager
+def _decoder_slice(decoder: Any, start: int, stop: int, *, norm: bool) -> Iterator[None]:
+    """Within the block, ``decoder`` runs only its layers ``start:stop`` (and its final norm when ``norm``): its
+    ``inputs_embeds`` are then the input of layer ``start``."""
+    import torch
+
+    layers, final = decoder.layers, decoder.norm
+    decoder.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if not norm:
+        decoder.norm = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        decoder.layers, decoder.norm = layers, final
+
+
 def _hidden_states(
-    work: Any, batch: list[_Example], prefix: tuple[int, ...], pad: int
+    work: Any, batch: list[_Example], examples: _Batches, pad: int
 ) -> Iterator[tuple[list[_Example], torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Last hidden states of ``batch``, as ``(rows, hidden [B, T, H], labels [B, T], mask [B, T])`` per group of
     rows.
 
-    Rows that start with the shared chat prefix are run as one group after the prefix, which is computed once (with
-    gradients: the adapter changes it too) and broadcast to the group, instead of once per row: the prefix is
-    about half of a chat example's tokens. Other rows are run as they are.
+    With a lower-layer cache (``examples.lower``), the whole batch is one group, run through the adapted layers
+    only, from the cached input of the first adapted layer (prefix included). Without one, rows that start with
+    the shared chat prefix are run as one group after the prefix, which is computed once (with gradients: the
+    adapter changes it too) and broadcast to the group, instead of once per row: the prefix is about half of a
+    chat example's tokens. Other rows are run as they are.
     """
     import torch
     from transformers import DynamicCache
 
     decoder = work.get_decoder()
+    prefix = examples.prefix
+    if examples.lower is not None:
+        states, labels, mask = examples.lower.batch(batch, prefix)
+        with _decoder_slice(decoder, examples.lower.first, len(decoder.layers), norm=True):
+            yield batch, decoder(inputs_embeds=states, attention_mask=mask).last_hidden_state, labels, mask
+        return
     for prefixed in (True, False):
         rows = [e for e in batch if e.prefixed == prefixed]
         if not rows:
@@ -535,7 +719,7 @@ def _hidden_states(
 
 
 def _fact_loss(
-    work: Any, batch: list[_Example], prefix: tuple[int, ...], pad: int
+    work: Any, batch: list[_Example], examples: _Batches, pad: int
 ) -> tuple[torch.Tensor, list[tuple[_Example, bool]]]:
     """Mean next-token loss over the labelled tokens of ``batch`` (logits computed only where a label is), and
     for each example whether each token of its answer key is the arg-max given the tokens before it (teacher
@@ -546,21 +730,30 @@ def _fact_loss(
     head = work.get_output_embeddings()
     total, count = 0.0, 0
     hits: list[tuple[_Example, bool]] = []
-    for rows, hidden, labels, _ in _hidden_states(work, batch, prefix, pad):
+    for rows, hidden, labels, _ in _hidden_states(work, batch, examples, pad):
         targets = labels[:, 1:]
         chosen = targets != -100
         logits = head(hidden[:, :-1][chosen]).float()
-        total = total + F.cross_entropy(logits, targets[chosen], reduction="sum")
+        if rows[0].soft is not None:
+            # The teacher's distributions (context distillation): cross-entropy against them, i.e. KL up to the
+            # teacher's own entropy.
+            index = torch.cat([e.soft[0] for e in rows if e.soft is not None])
+            probs = torch.cat([e.soft[1] for e in rows if e.soft is not None])
+            total = total - (probs * F.log_softmax(logits, dim=-1).gather(1, index)).sum()
+        else:
+            total = total + F.cross_entropy(logits, targets[chosen], reduction="sum")
         count += int(chosen.sum())
         correct = torch.zeros_like(chosen)
         correct[chosen] = logits.detach().argmax(-1) == targets[chosen]
         # Position p's token is predicted at p - 1.
-        hits += [(e, bool(correct[r, [p - 1 for p in e.key_positions]].all())) if e.key_positions else (e, True)
-                 for r, e in enumerate(rows)]
+        # Rows from the lower-layer cache start with the chat prefix, which key_positions do not count.
+        shift = [len(examples.prefix) if examples.lower is not None and e.prefixed else 0 for e in rows]
+        hits += [(e, bool(correct[r, [p - 1 + shift[r] for p in e.key_positions]].all())) if e.key_positions
+                 else (e, True) for r, e in enumerate(rows)]
     return total / max(count, 1), hits
 
 
-def _replay_references(work: Any, batches: list[list[_Example]], prefix: tuple[int, ...], pad: int) -> list[Any]:
+def _replay_references(work: Any, batches: list[list[_Example]], replay: _Batches, pad: int) -> list[Any]:
     """The base model's next-token log-probabilities on each replay batch (bfloat16: they are only a target),
     computed once before training: the base never changes, so the KL term costs no extra forward per step."""
     import torch
@@ -569,17 +762,17 @@ def _replay_references(work: Any, batches: list[list[_Example]], prefix: tuple[i
     head = work.get_output_embeddings()
     with torch.no_grad():
         return [[F.log_softmax(head(h).float(), dim=-1).to(torch.bfloat16) for _, h, _, _ in
-                 _hidden_states(work, batch, prefix, pad)] for batch in batches]
+                 _hidden_states(work, batch, replay, pad)] for batch in batches]
 
 
-def _replay_kl(work: Any, batch: list[_Example], reference: list[Any], prefix: tuple[int, ...], pad: int) -> torch.Tensor:
+def _replay_kl(work: Any, batch: list[_Example], reference: list[Any], replay: _Batches, pad: int) -> torch.Tensor:
     """Mean per-token KL(base || adapted) of the next-token distributions on ``batch``, ``reference`` being the
     base's log-probabilities per group of rows (as :func:`_replay_references` made them)."""
     import torch.nn.functional as F
 
     head = work.get_output_embeddings()
     total, count = 0.0, 0.0
-    for base, (_, hidden, _, mask) in zip(reference, _hidden_states(work, batch, prefix, pad), strict=True):
+    for base, (_, hidden, _, mask) in zip(reference, _hidden_states(work, batch, replay, pad), strict=True):
         base = base.float()
         adapted = F.log_softmax(head(hidden).float(), dim=-1)
         per_token = (base.exp() * (base - adapted)).sum(-1)

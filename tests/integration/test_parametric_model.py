@@ -208,3 +208,31 @@ def test_distillation_can_be_cancelled_and_reports_progress(host: ModelHost, bef
     assert result.steps_done == 2 and [p.step for p in seen] == [1, 2]
     assert seen[0].phase == "train" and seen[0].loss is not None
     assert weights_digest(host.loaded.model) == before["digest"]
+
+
+def test_training_from_cached_lower_layers_gives_the_whole_models_loss(host: ModelHost) -> None:
+    """With only the top layers adapted, training runs them from the frozen layers' output computed once: the loss
+    and the early-stop hits are those of the whole model run on the same examples."""
+    import random
+    from dataclasses import replace
+
+    from memos.models import distill as d
+
+    work = copy.deepcopy(host.loaded.model)
+    work.requires_grad_(False)
+    facts = [SourceFact(id=f"m_b00000000000000{i}", version=1, text=t) for i, t in enumerate(FACTS_B)]
+    examples, _ = d._build_examples(host.loaded.tokenizer, facts)
+    replay = d._replay_examples(host.loaded.tokenizer)
+    pad = d._pad_id(work)
+    lower = d._LowerCache.build(work, 24, [examples, replay])
+    cached, cached_replay = replace(examples, lower=lower), replace(replay, lower=lower)
+    batch = examples.examples[:6]
+    with torch.no_grad():
+        whole, hits = d._fact_loss(work, batch, examples, pad)
+        top, top_hits = d._fact_loss(work, batch, cached, pad)
+        assert abs(float(whole) - float(top)) < 1e-4
+        assert {id(e): h for e, h in hits} == {id(e): h for e, h in top_hits}
+        replay_batch = replay.fixed(2, random.Random(0))[:1]
+        reference = d._replay_references(work, replay_batch, cached_replay, pad)
+        assert abs(float(d._replay_kl(work, replay_batch[0], reference[0], cached_replay, pad))) < 1e-3
+    assert len(work.get_decoder().layers) == work.config.num_hidden_layers  # the slice is undone

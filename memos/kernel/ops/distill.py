@@ -114,9 +114,12 @@ class DistillOp(LongOperation):
         evaluation passes the gate (the last one's adapter is kept otherwise); every attempt goes into
         ``plan.attempts``."""
         facts = [{"id": r.memory_id, "version": r.version, "text": r.content} for r in plan.sources]
+        # Activation memories are distilled from their cached context (the model with the memory in front is the
+        # teacher) unless the recipe says otherwise; plaintext memories from their text.
+        teacher = {"teacher": "context"} if all(r.kind == Kind.ACTIVATION for r in plan.sources) else {}
         with ctx.kernel.distill_queue.turn(ctx.principal, job):
             for recipe in call.recipes or (DistillRecipe(),):
-                config = {**recipe.overrides(), **({"steps": call.steps} if call.steps else {})}
+                config = {**teacher, **recipe.overrides(), **({"steps": call.steps} if call.steps else {})}
                 status = self._train(ctx, facts, str(plan.path), config, job)
                 evaluation = status.evaluation or {}
                 misses = call.gate.misses(evaluation)
