@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from memos.kernel.retrieval import embedding_text
 from memos.storage.sqlite import SqliteStore, VersionRow
 from memos.storage.vector import Embedder, IndexEntry, VectorIndex, entry_id
 
@@ -78,7 +79,14 @@ class Indexer:
         self._flush_lock = threading.RLock()  # reconcile holds it and flushes first
 
     def _entries(self, rows: list[VersionRow]) -> list[IndexEntry]:
-        vectors = self.embedder.embed([r.content for r in rows]) if rows else []
+        """Index entries of ``rows``. A memory of a session is embedded with the turn before it
+        (``embedding_text``); the call takes ``store_lock`` briefly, so call it without holding it."""
+        if not rows:
+            return []
+        with self.store_lock:
+            before = self.store.insertion_neighbours([r.memory_id for r in rows], sides=(-1,))
+        texts = [embedding_text(r.content, next(iter(before.get(r.memory_id, ())), None)) for r in rows]
+        vectors = self.embedder.embed(texts)
         return [
             IndexEntry(entry_id(r.memory_id, r.version), v, entry_metadata(r)) for r, v in zip(rows, vectors, strict=True)
         ]

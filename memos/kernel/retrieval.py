@@ -30,6 +30,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from memos.storage.sqlite import VersionRow
+
 RRF_K = 5
 LEXICAL_WEIGHT = 1.5
 SPEAKER_BOOST = 1.0
@@ -53,6 +55,15 @@ def asks_when(query: str) -> bool:
 def is_dated(text: str) -> bool:
     """The text (without a leading ``[date]`` stamp) names a date or a relative one (``yesterday``, ``last week``)."""
     return _DATED.search(re.sub(r"^\[[^\]]*\]\s*", "", text)) is not None
+
+
+def embedding_text(content: str, before: VersionRow | None) -> str:
+    """The text the vector index embeds for a memory: its content, after the content of the memory inserted just
+    before it in the same session (``metadata.session``) when there is one. A turn often answers the one before it
+    ("Yes, last Friday!"), and alone its embedding says nothing of what it answers. Lexical search still sees the
+    content alone. An update of the turn before does not re-embed this one (the context is the one it was written in).
+    """
+    return f"{before.content}\n{content}" if before is not None else content
 
 
 def named_in(query: str, names: Iterable[str]) -> str | None:

@@ -948,17 +948,21 @@ class SqliteStore:
         nearest_first += before[len(after):] + after[len(before):]
         return [_row_to_version(r) for r in nearest_first]
 
-    def insertion_neighbours(self, memory_ids: Iterable[str]) -> dict[str, list[VersionRow]]:
+    def insertion_neighbours(
+        self, memory_ids: Iterable[str], sides: tuple[int, ...] = (-1, 1)
+    ) -> dict[str, list[VersionRow]]:
         """For each memory, the current active memories inserted just before and after it in its cube that share
-        its ``metadata.session`` (a conversation's turns are written in order): its neighbours in the session."""
+        its ``metadata.session`` (a conversation's turns are written in order): its neighbours in the session.
+        ``sides=(-1,)`` gives only the one before (the turn a memory answers)."""
         ids = list(dict.fromkeys(memory_ids))
-        if not ids:
+        if not ids or not sides:
             return {}
         marks = ",".join("?" * len(ids))
+        near = ", ".join(f"c.r {'+' if side > 0 else '-'} {abs(int(side))}" for side in sides)
         rows = self._all(
             f"WITH c AS (SELECT m.id, m.rowid AS r, m.cube, json_extract(v.metadata, '$.session') AS s FROM {_FROM} "
             f"WHERE m.id IN ({marks}) AND v.version = m.current_version AND s IS NOT NULL) "
-            f"SELECT c.id, {_VERSION_COLUMNS} FROM c JOIN memories m ON m.rowid IN (c.r - 1, c.r + 1) AND m.cube = c.cube "
+            f"SELECT c.id, {_VERSION_COLUMNS} FROM c JOIN memories m ON m.rowid IN ({near}) AND m.cube = c.cube "
             "JOIN versions v ON v.memory_id = m.id AND v.version = m.current_version "
             "WHERE m.state = 'active' AND json_extract(v.metadata, '$.session') = c.s",
             ids,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from memos.kernel.retrieval import reciprocal_rank_fusion
+from memos.storage.vector import entry_id
 
 
 def test_rrf_prefers_documents_found_by_both():
@@ -72,6 +73,22 @@ def test_hybrid_search_prefers_the_named_speaker_and_knows_session_neighbours(me
     near = kernel.store.insertion_neighbours([mel.id, after.id, other.id])
     assert {n.memory_id for n in near[mel.id]} == {ana.id, after.id}
     assert [n.memory_id for n in near[after.id]] == [mel.id] and other.id not in near  # session 2 is alone
+
+
+def test_a_session_turn_is_embedded_after_the_turn_before_it(mem, kernel):
+    """The vector index embeds a memory of a session with the content of the one written just before it in that
+    session (memos.kernel.retrieval.embedding_text); a memory without a session, or first in its session, alone."""
+    mem.create_cube("team/chat")
+    ask = mem.write("team/chat", "Ana: where did you go last weekend?", metadata={"session": 1})
+    reply = mem.write("team/chat", "Mel: to the lake, with the kids", metadata={"session": 1})
+    later = mem.write("team/chat", "Mel: I start a pottery class", metadata={"session": 2})
+    loose = mem.write("team/chat", "a note of no session")
+    texts = [(ask, ask.content), (reply, f"{ask.content}\n{reply.content}"), (later, later.content),
+             (loose, loose.content)]
+    for m, text in texts:
+        [(found, distance)] = kernel.index.nearest(kernel.embedder.embed([text])[0], 1)
+        assert found == entry_id(m.id, m.version) and distance < 1e-5
+    assert mem.search("where did Mel go last weekend", "team/chat", k=1, mode="lexical")[0].memory.id == ask.id
 
 
 def test_a_when_question_prefers_a_dated_memory(mem):
