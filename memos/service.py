@@ -101,7 +101,9 @@ class KernelService:
         if command == "list":
             return runner.loaded()
         if command == "apply":
-            return runner.apply(str(arg))
+            applied = runner.apply(str(arg))
+            self._store_applied({**self._stored_applied(), applied["name"]: applied["source"]})
+            return applied
         if command == "reload":
             return runner.reload()
         try:
@@ -133,6 +135,48 @@ class KernelService:
 
         with self.kernel.store.transaction():
             self.kernel.store.set_meta(self.PAUSED_KEY, json.dumps(sorted(paused)))
+
+    # Policies loaded with `apply` (name -> file), so that a kernel actor Ray restarts after its process died loads
+    # them again (restore_applied); a fresh `memos up` starts from MEMOS_POLICIES instead (forget_applied).
+    APPLIED_KEY = "policy_applied"
+
+    def _stored_applied(self) -> dict[str, str]:
+        import json
+
+        raw = self.kernel.store.get_meta(self.APPLIED_KEY)
+        return dict(json.loads(raw)) if raw else {}
+
+    def _store_applied(self, applied: dict[str, str]) -> None:
+        import json
+
+        with self.kernel.store.transaction():
+            self.kernel.store.set_meta(self.APPLIED_KEY, json.dumps(dict(sorted(applied.items()))))
+
+    def restore_applied(self) -> list[str]:
+        """Load again the policies an earlier process of this home loaded with ``apply`` (a restarted kernel actor)
+        and that are not loaded now; returns their names. A file that is gone or no longer a valid policy is
+        logged and forgotten: the restart must not fail on it."""
+        from memos.errors import PolicyError
+
+        stored = self._stored_applied()
+        loaded = set(self.policies.policies) if self.policies is not None else set()
+        restored, kept = [], dict(stored)
+        for name, source in stored.items():
+            if name in loaded:
+                continue
+            try:
+                self.policy_admin("apply", source)
+                restored.append(name)
+            except PolicyError as exc:
+                self.kernel.log.error("applied policy not restored", policy=name, source=source, error=exc.message)
+                kept.pop(name)
+        self._store_applied(kept)
+        return restored
+
+    def forget_applied(self) -> None:
+        """Start from the configured policies only (a fresh ``memos up``): the ``apply`` of an earlier run is gone."""
+        if self._stored_applied():
+            self._store_applied({})
 
     def record_policy_run(self, report: Any) -> None:
         """Report one policy evaluation (a ``RunReport``): to every observer (``policy_run``), and, if it planned

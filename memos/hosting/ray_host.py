@@ -57,6 +57,14 @@ class KernelActor:
         configure_logging(stream=open(log_dir / "kernel.jsonl", "a", buffering=1))  # noqa: SIM115 (lives with the actor)
         model = RayModelPort(model_actor) if model_actor is not None else None
         self.service = open_service(cfg, model=model, owner=owner, lock_wait_s=KERNEL_LOCK_WAIT_S)
+        # Ray restarted this actor after its process died: the policies applied meanwhile come back (paused rules
+        # always do, memos.service); a fresh start (memos up) loads MEMOS_POLICIES only.
+        import ray
+
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            self.service.restore_applied()
+        else:
+            self.service.forget_applied()
         self.kernel, self.policies = self.service.kernel, self.service.policies
         from memos.hosting.metrics import RayMetricsObserver
 

@@ -113,7 +113,8 @@ HOT = ("name: hot\napplies_to: {cubes: ['team/*']}\nschedule: {every: 1h}\nrules
 
 def test_the_policy_lifecycle_on_a_running_cluster_and_a_pause_through_a_kernel_restart(tmp_path):
     """memos up with MEMOS_POLICIES -> policy list / edit on disk / status / reload / apply / pause / run -> SIGKILL of
-    the kernel actor (it restarts and reopens the home: the rule is still paused) -> resume / run -> memos down, all
+    the kernel actor (it restarts and reopens the home: the rule is still paused, the applied policy loaded) -> resume
+    / run -> memos down, all
     through the real CLI in its own processes."""
     import json
     import re
@@ -164,12 +165,16 @@ def test_the_policy_lifecycle_on_a_running_cluster_and_a_pause_through_a_kernel_
                 break
             assert time.monotonic() < deadline, status.stdout + status.stderr
             time.sleep(2)
-        assert listed()["tidy"]["paused"] == ["tidy/archive-all"]  # kept in the home, not in the dead process
+        after = listed()  # kept in the home, not in the dead process: the pause, and the policy applied by hand
+        assert sorted(after) == ["hot", "tidy"] and after["tidy"]["paused"] == ["tidy/archive-all"]
         assert run_tidy() == ["not_executed"]
         ok("policy", "resume", "tidy/archive-all")
         assert listed()["tidy"]["paused"] == [] and run_tidy() == ["ok"]
         bad = memos(home, "policy", "pause", "tidy/nope", MEMOS_POLICIES=str(tidy))
-        assert bad.returncode == 2 and "loaded rules: tidy/archive-all" in bad.stderr
+        assert bad.returncode == 2 and "loaded rules: hot/promote, tidy/archive-all" in bad.stderr
+        report = ok("report", "--out", str(tmp_path / "charts"))  # the charts, read from the running cluster
+        assert all((tmp_path / "charts" / f).exists() for f in ("migrations.png", "syscall_p95.png", "index.html"))
+        assert f"{tmp_path / 'charts' / 'distill_loss.png'}: 0 point(s)" in report
     finally:
         down = memos(home, "down")
     assert down.returncode == 0 and "memos is down" in down.stdout

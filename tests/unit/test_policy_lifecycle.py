@@ -140,3 +140,41 @@ def test_a_pause_survives_a_restart_of_the_kernel_and_resume_clears_it(tmp_path,
         assert [o["outcome"] for o in report["outcomes"]] == ["ok"]
     finally:
         third.close()
+
+
+def test_a_restarted_kernel_loads_the_applied_policies_again_and_a_fresh_start_forgets_them(tmp_path, clock,
+                                                                                          model_port):
+    """What the Ray kernel actor does when Ray restarts it (``restore_applied``) or ``memos up`` starts it
+    (``forget_applied``); a file that went bad meanwhile is logged and dropped, the restart goes on."""
+    from fakes import HashingEmbedder
+
+    from memos.kernel import Kernel
+    from memos.models.llm_rules import RuleBasedLanguageModel
+    from memos.storage.sqlite import SqliteStore
+    from memos.storage.vector import InMemoryVectorIndex
+
+    tidy, hot = tmp_path / "tidy.yaml", tmp_path / "hot.yaml"
+    tidy.write_text(ARCHIVE)
+    hot.write_text(PROMOTE)
+
+    def reopen() -> KernelService:
+        kernel = Kernel(SqliteStore(tmp_path / "memos.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(),
+                        HashingEmbedder(), clock=clock, model=model_port, llm=RuleBasedLanguageModel())
+        return KernelService(kernel)
+
+    first = reopen()
+    first.policy_admin("apply", str(tidy))
+    first.policy_admin("apply", str(hot))
+    first.close()
+    second = reopen()
+    assert second.policy_admin("list") == [] and sorted(second.restore_applied()) == ["hot", "tidy"]
+    assert [p["name"] for p in second.policy_admin("list")] == ["hot", "tidy"]
+    second.close()
+    hot.write_text("name: hot\nrules: []\n")  # broken while the kernel was down
+    third = reopen()
+    assert third.restore_applied() == ["tidy"] and third.restore_applied() == []
+    third.close()
+    fourth = reopen()
+    fourth.forget_applied()
+    assert fourth.restore_applied() == [] and fourth.policy_admin("list") == []
+    fourth.close()
