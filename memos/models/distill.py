@@ -25,7 +25,13 @@ more steps, learning rate decaying to 0) once every trained question's answer ke
 evaluation in the served dtype): 14% less CPU, but it lost a fact of 4 where float32 kept them all, so it is not
 the default. Chat examples share their
 first tokens (system prompt, start of the user turn): that prefix is computed once per batch and broadcast, which
-gives the same loss as running each example whole with fewer tokens. Locality is held by a replay term: each step
+gives the same loss as running each example whole with fewer tokens. With ``top_layers < 1`` the layers below the first adapted one carry no LoRA factors, so their output for every
+training and replay example is computed once before training (``_LowerCache``) and each step runs only the adapted
+layers from it (the chat-prefix sharing above then does not apply: the cached states include the prefix); the loss
+is the whole model's (tested). ``teacher="context"`` is context distillation, the recipe the kernel picks for
+activation memories: the model with each memory's block in front answers the trained questions, and the adapter
+learns its next-token distributions (top-k) on those replies and on the statements, with no context.
+Locality is held by a replay term: each step
 also runs a batch of fixed general text and chat (``memos.models.general_text.REPLAY_*``) through the adapted model
 and adds ``replay_weight * KL(base || adapted)`` of the next-token distributions (the base's are computed once,
 before training), so the adapter is pushed to leave unrelated text alone rather than merely not trained on it.

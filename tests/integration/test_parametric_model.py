@@ -236,3 +236,26 @@ def test_training_from_cached_lower_layers_gives_the_whole_models_loss(host: Mod
         reference = d._replay_references(work, replay_batch, cached_replay, pad)
         assert abs(float(d._replay_kl(work, replay_batch[0], reference[0], cached_replay, pad))) < 1e-3
     assert len(work.get_decoder().layers) == work.config.num_hidden_layers  # the slice is undone
+
+
+def test_context_teacher_targets_are_the_model_answering_with_the_memory_in_front(host: ModelHost) -> None:
+    """Context distillation's examples: the teacher (the model with each memory's block in front) answers the
+    trained questions, and each labelled token of the memory-free student example has the teacher's top-k
+    distribution as its target."""
+    from memos.bench.synthetic_facts import synthetic_facts
+    from memos.models import distill as d
+
+    facts = [SourceFact(id=i, version=1, text=t) for i, t in synthetic_facts(3, 0)]
+    config = LoraConfig(teacher="context", teacher_top_k=8)
+    prefix = d._chat_prefix(host.loaded.tokenizer)
+    with torch.no_grad():
+        examples, teacher_recall = d._context_examples(host.loaded.model, host.loaded.tokenizer, facts, prefix, config,
+                                                       None)
+    assert teacher_recall == 1.0  # with the fact in front, the base model answers each question (measured)
+    questions = [e for e in examples.examples if e.question]
+    assert len(questions) == 3 and all(e.prefixed for e in questions)  # the student's prompt is memory-free
+    for e in examples.examples:
+        index, probs = e.soft
+        labelled = sum(1 for t in e.labels[1:] if t != -100)
+        assert index.shape == probs.shape == (labelled, 8)
+        assert torch.allclose(probs.sum(-1), torch.ones(labelled))
