@@ -1,0 +1,32 @@
+"""``memos bench parametric``'s report (no model): the context-savings and text-vs-context tables render what the
+rows hold."""
+
+from __future__ import annotations
+
+from memos.bench.parametric import render_markdown
+from memos.models.distill import LoraConfig
+
+
+def _row(recipe: str, teacher: str, recall: float, **extra: object) -> dict:
+    return {"facts": 5, "recipe": recipe, "teacher": teacher, "recall_with": recall, "recall_without": 0.0,
+            "held_out_recall_with": 0.5, "held_out_recall_without": 0.0, "questions": 5, "held_out_questions": 10,
+            "locality_loss_without": 3.862, "locality_delta": 0.02, "steps": 33, "train_s": 40.0, "train_cpu_s": 30.0,
+            "eval_s": 10.0, "adapter_bytes": 2**20, "adapter_parameters": 1000, "teacher_recall": None, **extra}
+
+
+def test_savings_and_teacher_tables() -> None:
+    report = {
+        "environment": {"fingerprint": {"model_id": "m@0", "dtype": "float32"}, "torch": "2", "peft": "0",
+                        "torch_threads": 1, "cpus": 2, "load_average_start": [1.0, 1.0, 1.0]},
+        "settings": {"config": LoraConfig().model_dump(mode="json"), "seed": 0},
+        "rows": [
+            _row("default", "text", 0.8, savings={"questions": 5, "memory_tokens": 120, "text_prompt_tokens": 150.0,
+                                                  "adapter_prompt_tokens": 40.0, "text_accuracy": 0.6,
+                                                  "adapter_accuracy": 0.8}),
+            _row("context", "context", 1.0, teacher_recall=1.0),
+        ],
+    }
+    md = render_markdown(report)
+    assert "| 5 | 5 | 150 | 40 | 110 | 60% | 80% |" in md
+    assert "| 5 | text | 80% | 50% | +0.020 | - | 30 |" in md
+    assert "| 5 | context | 100% | 50% | +0.020 | 100% | 30 |" in md
