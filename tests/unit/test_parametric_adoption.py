@@ -128,3 +128,15 @@ def test_a_source_the_evaluation_marked_weak_is_injected_as_text(mem, model_port
     plan = mem.assemble_context("Where does Mara keep the brass key?", "team/facts", token_budget=4096)
     assert plan.adapter == weak.id and plan.covered == ()
     assert {i.memory_id: i.use for i in plan.items if i.memory_id in ids} == dict.fromkeys(ids, "text")
+
+
+def test_activation_sources_are_distilled_from_their_context_plaintext_from_text(mem, model_port) -> None:
+    ids = facts(mem)
+    mem.distill(ids, "team/facts")
+    assert "teacher" not in model_port.distill_configs[-1]  # plaintext: the host's default (text)
+    for memory_id in ids:
+        mem.migrate(memory_id, "activation")
+    mem.distill(ids, "team/facts")
+    assert model_port.distill_configs[-1]["teacher"] == "context"  # activation memories: their cache teaches
+    mem.distill(ids, "team/facts", recipes=[DistillRecipe(teacher="text")])
+    assert model_port.distill_configs[-1]["teacher"] == "text"  # a recipe that names a teacher wins
