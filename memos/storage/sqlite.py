@@ -684,12 +684,13 @@ class SqliteStore:
     ) -> list[tuple[int, float]]:
         """FTS5 bm25 ranking over versions valid at ``at`` (current when None). Returns (rowid, bm25) best first.
 
-        First a probe: FTS5's own best ``LEXICAL_PROBE_FACTOR * limit`` rows (``ORDER BY rank LIMIT``: FTS5 ranks
-        and cuts before any join), then their cube, state and validity checked on ``versions``. When at least
-        ``limit`` probed rows pass, or the probe held every match, they are exactly the best ``limit`` passing rows
-        (a better passing row would be in the probe). Otherwise (a small cube in a large store, many old versions)
-        the full query ranks every match joined to ``versions``. Ties (equal bm25) are ordered by rowid, up to ties
-        at the probe's edge. ``probe=False`` runs the full query alone (the benchmark's baseline)."""
+        First a probe: FTS5's own best ``LEXICAL_PROBE_FACTOR * limit`` rows, ranked and cut before any join (the
+        join of every match to ``versions`` cost 1.6x the ranking alone at 100k memories, docs/performance.md); then
+        their cube, state and validity are checked on ``versions``. When at least ``limit`` probed rows pass, or the
+        probe held every match, they are exactly the best ``limit`` passing rows (a better passing row would be in
+        the probe). Otherwise (a small cube in a large store, many old versions) the full query ranks every match
+        joined to ``versions``. Ties (equal bm25) are ordered by rowid, up to ties at the probe's edge.
+        ``probe=False`` runs the full query alone (the benchmark's baseline)."""
         match = fts_query(query)
         if match is None:
             return []
@@ -702,10 +703,11 @@ class SqliteStore:
             validity, params = "v.valid_from <= ? AND v.valid_to > ?", [at, at]
         checks = f"v.cube IN ({cube_marks}) AND v.state IN ({state_marks}) AND {validity}"
         probe_n = LEXICAL_PROBE_FACTOR * limit
-        probe = [] if not probe else self._all("SELECT rowid, rank FROM versions_fts WHERE versions_fts MATCH ? ORDER BY rank LIMIT ?",
-                          (match, probe_n))
+        probe = [] if not probe else self._all(
+            "SELECT rowid, bm25(versions_fts) AS score FROM versions_fts WHERE versions_fts MATCH ? ORDER BY score LIMIT ?",
+            (match, probe_n))
         if probe:
-            score = {r[0]: r[1] for r in probe}  # rank is bm25(versions_fts): no other rank function is configured
+            score = {r[0]: r[1] for r in probe}
             marks = ",".join("?" * len(score))
             passing = {r[0] for r in self._all(f"SELECT v.rowid FROM versions v WHERE v.rowid IN ({marks}) AND {checks}",
                                                [*score, *cube_list, *states, *params])}
