@@ -508,8 +508,10 @@ class SqliteStore:
         where, params = "", []
         if cubes is not None:
             cube_list, state_list = list(cubes), list(states or ("active",))
-            where = (f" AND cube IN ({','.join('?' * len(cube_list))}) AND state IN ({','.join('?' * len(state_list))})"
-                     + (" AND valid_to = ?" if at is None else " AND valid_from <= ? AND valid_to > ?"))
+            # Unary + keeps these columns off the index: the lookup is by memory_id (the UNIQUE index); planned on
+            # versions_by_cube it scanned the whole cube (73 ms p50 at 100k memories, docs/performance.md).
+            where = (f" AND +cube IN ({','.join('?' * len(cube_list))}) AND +state IN ({','.join('?' * len(state_list))})"
+                     + (" AND +valid_to = ?" if at is None else " AND +valid_from <= ? AND +valid_to > ?"))
             params = [*cube_list, *state_list, *([FOREVER] if at is None else [at, at])]
         for chunk in range(0, len(ids), 500):
             part = ids[chunk : chunk + 500]
@@ -702,6 +704,7 @@ class SqliteStore:
         else:
             validity, params = "v.valid_from <= ? AND v.valid_to > ?", [at, at]
         checks = f"v.cube IN ({cube_marks}) AND v.state IN ({state_marks}) AND {validity}"
+        by_rowid = f"+v.cube IN ({cube_marks}) AND +v.state IN ({state_marks}) AND " + validity.replace("v.", "+v.")
         probe_n = LEXICAL_PROBE_FACTOR * limit
         probe = [] if not probe else self._all(
             "SELECT rowid, bm25(versions_fts) AS score FROM versions_fts WHERE versions_fts MATCH ? ORDER BY score LIMIT ?",
@@ -709,7 +712,7 @@ class SqliteStore:
         if probe:
             score = {r[0]: r[1] for r in probe}
             marks = ",".join("?" * len(score))
-            passing = {r[0] for r in self._all(f"SELECT v.rowid FROM versions v WHERE v.rowid IN ({marks}) AND {checks}",
+            passing = {r[0] for r in self._all(f"SELECT v.rowid FROM versions v WHERE v.rowid IN ({marks}) AND {by_rowid}",
                                                [*score, *cube_list, *states, *params])}
             if len(passing) >= limit or len(probe) < probe_n:
                 return sorted(((r, score[r]) for r in passing), key=lambda x: (x[1], x[0]))[:limit]
