@@ -224,8 +224,10 @@ def main(args: argparse.Namespace) -> int:
     from memos.config import Settings
     from memos.models.embedder import MiniLMEmbedder
     from memos.models.llm import open_language_model
+    from memos.service import lazy_model
 
-    llm = open_language_model(Settings.from_env())
+    settings = Settings.from_env()
+    llm = open_language_model(settings, lazy_model(settings))  # MEMOS_LLM=local needs the model host
     result = run_extraction_bench(args.data, args.out, llm=llm, embedder=MiniLMEmbedder(cache_size=1),
                                   limit_conversations=args.limit)
     print(render_markdown(result), end="")
