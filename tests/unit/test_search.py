@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from memos.kernel.retrieval import reciprocal_rank_fusion
 from memos.storage.vector import entry_id
 
@@ -89,6 +91,15 @@ def test_a_session_turn_is_embedded_after_the_turn_before_it(mem, kernel):
         [(found, distance)] = kernel.index.nearest(kernel.embedder.embed([text])[0], 1)
         assert found == entry_id(m.id, m.version) and distance < 1e-5
     assert mem.search("where did Mel go last weekend", "team/chat", k=1, mode="lexical")[0].memory.id == ask.id
+
+
+def test_session_factors_favour_the_strongest_session():
+    from memos.kernel.retrieval import session_factors
+
+    hits = [("s1", 1.0), ("s1", 0.5), ("s2", 0.75), (None, 2.0), ("s1", 0.1), ("s1", 0.01)]
+    # s1's strength is its three best (1.6), s2's 0.75; a hit of no session keeps its score
+    assert session_factors(hits, boost=0.5) == pytest.approx([1.5, 1.5, 1 + 0.5 * 0.75 / 1.6, 1.0, 1.5, 1.5])
+    assert session_factors([(None, 1.0)]) == [1.0] and session_factors([]) == []
 
 
 def test_a_when_question_prefers_a_dated_memory(mem):

@@ -37,6 +37,7 @@ from memos.kernel.retrieval import (
     is_dated,
     named_in,
     reciprocal_rank_fusion,
+    session_factors,
 )
 from memos.kernel.versions import to_memory
 from memos.storage.sqlite import VersionRow
@@ -122,7 +123,7 @@ def search_hits(
 
 def _rerank(ctx: CallContext, query: str, hits: list[tuple[VersionRow, Fused]], f: sc.SearchFilters,
             at: float | None) -> list[tuple[VersionRow, Fused]]:
-    """Speaker, temporal and session-neighbour reranking of fused hits (memos.kernel.retrieval, steps 2-4)."""
+    """Speaker, temporal, session-neighbour and session reranking of fused hits (memos.kernel.retrieval, steps 2-5)."""
     names = {str(r.metadata.get(key)) for r, _ in hits for key in ("speaker", "subject") if r.metadata.get(key)}
     named = named_in(query, names)
     temporal = asks_when(query)
@@ -135,7 +136,7 @@ def _rerank(ctx: CallContext, query: str, hits: list[tuple[VersionRow, Fused]], 
             factor *= 1 + TEMPORAL_BOOST
         scored.append((row, Fused(item.key, item.score * factor, item.dense_rank, item.lexical_rank)))
     if at is not None or not scored:
-        return scored
+        return _by_session(scored)
     score = {row.memory_id: item.score for row, item in scored}
     neighbours = ctx.kernel.store.insertion_neighbours(score)
     out, extra = [], {}
@@ -148,7 +149,16 @@ def _rerank(ctx: CallContext, query: str, hits: list[tuple[VersionRow, Fused]], 
                 if gain > extra.get(n.memory_id, (None, 0.0))[1]:
                     extra[n.memory_id] = (n, gain)
     out += [(n, Fused(n.rowid, gain, None, None)) for n, gain in extra.values()]
-    return out
+    return _by_session(out)
+
+
+def _by_session(hits: list[tuple[VersionRow, Fused]]) -> list[tuple[VersionRow, Fused]]:
+    """Step 5 of memos.kernel.retrieval: hits of the strongest sessions (per cube) gain."""
+    keys = [(row.cube, str(row.metadata["session"])) if row.metadata.get("session") is not None else None
+            for row, _ in hits]
+    factors = session_factors(list(zip(keys, (item.score for _, item in hits), strict=True)))
+    return [(row, Fused(item.key, item.score * x, item.dense_rank, item.lexical_rank))
+            for (row, item), x in zip(hits, factors, strict=True)]
 
 
 def dense_candidates(ctx: CallContext, q: IndexQuery) -> list[int]:
