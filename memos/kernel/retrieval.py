@@ -28,7 +28,8 @@ rankings (docs/retrieval.md gives the ``memos bench retrieval`` numbers).
 The dense side embeds a memory of a session after the turn before it (``embedding_text``, applied by the indexer).
 Held out the same way, with candidate lists of 125: hybrid recall@10 0.729 -> 0.748, R@1 0.405 -> 0.416; every fold
 kept it. Dense search alone loses by it (single turns 0.546, in context 0.495 R@10): the context helps the fusion,
-where bm25 already finds the turn that has the question's words and the dense side finds the reply to it.
+where bm25 already finds the turn that has the question's words and the dense side finds the reply to it. The
+session step (5) and a neighbour weight of 0.5 were chosen by all five folds next: held-out R@10 0.763, R@1 0.414.
 """
 
 from __future__ import annotations
