@@ -30,3 +30,17 @@ def test_the_report_renders_every_size_mode_and_transport():
     text = render_markdown(report)
     assert "| 10 | 100.0 (on 10) | 95.0 | 0.95 | 0.8 |" in text
     assert text.count("| 10 | ") == 1 + 6
+
+
+def test_the_report_renders_the_parts_of_a_search_and_the_ratio_to_the_embedding_floor():
+    part = {"p50": 1.5, "p95": 2.5, "p99": 3.5}
+    run = {"memories": 10, "embedder_alone_texts_per_s": 100.0, "embedder_sample": 10, "ingest_memories_per_s": 95.0,
+           "ingest_ratio_to_embedder": 0.95, "hybrid_p95_to_embedding_p50": 4.2,
+           "stages_ms": {"query_embedding": part, "lexical_query": part},
+           "search_ms": {"in_process": {m: part for m in ("hybrid", "dense", "lexical")}}}
+    report = {"settings": {"data": "synthetic facts", "batch": 1000, "writers": 2, "queries": 5, "k": 10,
+                           "sqlite_synchronous": "FULL", "index": "embedded Chroma"},
+              "environment": {"cpus": 2, "load_average_end": [1.0, 1.0, 1.0]}, "runs": [run]}
+    text = render_markdown(report)
+    assert "| 10 | query_embedding | 1.5 | 2.5 | 3.5 |" in text and "| 10 | lexical_query | 1.5 | 2.5 | 3.5 |" in text
+    assert "| 10 | hybrid p95 / query embedding p50 | 4.2 | | |" in text
