@@ -11,7 +11,12 @@ For each size N (nested corpora: the first 10k texts of the 100k run are the 10k
    in-process client; p50/p95/p99 in ms. Queries are word windows cut from random memories and differ across modes
    and transports, so no query embedding comes from the cache;
 4. **search through Ray**: the same data dir behind the kernel actor (a private local Ray), fresh queries;
-   the Ray overhead is the p50 of a ``read`` of one memory through Ray minus its in-process p50.
+   the Ray overhead is the p50 of a ``read`` of one memory through Ray minus its in-process p50;
+5. **parts of a search** (``search_stages``): the query embedding (the floor; the report divides hybrid p95 by
+   its p50), the index probe, its SQLite check and the lexical query, each alone, with two same-loop baselines.
+
+With ``--keep DIR`` each size's cube lives in ``DIR/<size>/`` and is built once: later runs skip (1) and (2), report
+the build's ingest figures, and search the same cube.
 
 Texts: with ``--data`` a LoCoMo file's turns (``[date] speaker: text``), repeated with a distinct numbered prefix
 until N; otherwise invented facts (``memos.bench.synthetic_facts``). Writes ``scale.json`` and ``scale.md``.
