@@ -122,11 +122,13 @@ def test_the_policy_lifecycle_on_a_running_cluster_and_a_pause_through_a_kernel_
     import time
 
     home, tidy, hot = tmp_path / "home", tmp_path / "tidy.yaml", tmp_path / "hot.yaml"
+    # Its own ports: the Ray processes of the cluster that the tests above stopped can hold theirs a moment longer.
+    ports = {"MEMOS_DASHBOARD_PORT": "28467", "MEMOS_METRICS_PORT": "28468"}
     tidy.write_text(TIDY)
     hot.write_text(HOT)
 
     def ok(*args: str) -> str:
-        result = memos(home, *args, MEMOS_POLICIES=str(tidy), COLUMNS="200")
+        result = memos(home, *args, MEMOS_POLICIES=str(tidy), COLUMNS="200", **ports)
         assert result.returncode == 0, f"memos {' '.join(args)}:\n{result.stdout}{result.stderr}"
         return result.stdout
 
@@ -159,7 +161,7 @@ def test_the_policy_lifecycle_on_a_running_cluster_and_a_pause_through_a_kernel_
         os.kill(old_pid, signal.SIGKILL)  # the supervised actor restarts and reopens the home
         deadline = time.monotonic() + 120
         while True:
-            status = memos(home, "status", MEMOS_POLICIES=str(tidy))
+            status = memos(home, "status", MEMOS_POLICIES=str(tidy), **ports)
             found = re.search(r"kernel pid (\d+)", status.stdout)
             if status.returncode == 0 and found and int(found.group(1)) != old_pid:
                 break
@@ -170,13 +172,13 @@ def test_the_policy_lifecycle_on_a_running_cluster_and_a_pause_through_a_kernel_
         assert run_tidy() == ["not_executed"]
         ok("policy", "resume", "tidy/archive-all")
         assert listed()["tidy"]["paused"] == [] and run_tidy() == ["ok"]
-        bad = memos(home, "policy", "pause", "tidy/nope", MEMOS_POLICIES=str(tidy))
+        bad = memos(home, "policy", "pause", "tidy/nope", MEMOS_POLICIES=str(tidy), **ports)
         assert bad.returncode == 2 and "loaded rules: hot/promote, tidy/archive-all" in bad.stderr
         report = ok("report", "--out", str(tmp_path / "charts"))  # the charts, read from the running cluster
         assert all((tmp_path / "charts" / f).exists() for f in ("migrations.png", "syscall_p95.png", "index.html"))
         assert f"{tmp_path / 'charts' / 'distill_loss.png'}: 0 point(s)" in report
     finally:
-        down = memos(home, "down")
+        down = memos(home, "down", **ports)
     assert down.returncode == 0 and "memos is down" in down.stdout
-    stopped = memos(home, "policy", "pause", "tidy/archive-all")
+    stopped = memos(home, "policy", "pause", "tidy/archive-all", **ports)
     assert stopped.returncode == 1 and "none is running" in stopped.stderr
