@@ -6,8 +6,13 @@ of them retrieved, scores 0.5. Averages are plain means over questions (every qu
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Sequence
+import os
+import platform
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 
 def recall_at_k(ranked: Sequence[str], evidence: Iterable[str], k: int) -> float:
@@ -48,3 +53,15 @@ def percentile(values: Sequence[float], q: float) -> float:
     pos = (len(ordered) - 1) * q / 100.0
     lo, hi = math.floor(pos), math.ceil(pos)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def machine_at_end() -> dict[str, Any]:
+    """The ``environment`` block of a throughput bench's report: Python, CPUs and the load average as it ends."""
+    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+            "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def write_report(out: Path, stem: str, report: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
+    """``<stem>.json`` (the report) and ``<stem>.md`` (``render(report)``) under ``out``."""
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(render(report), encoding="utf-8")

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import shutil
 import tempfile
@@ -38,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from memos.bench.metrics import percentile
+from memos.bench.metrics import machine_at_end, percentile, write_report
 from memos.progress import Progress
 
 CUBE = "bench/scale"
@@ -287,13 +285,11 @@ def run_scale_bench(args: argparse.Namespace) -> dict[str, Any]:
                              "embed_sample": args.embed_sample,
                              "data": str(args.data) if args.data else "synthetic facts", "seed": args.seed, "k": 10,
                              "sqlite_synchronous": "FULL", "index": "embedded Chroma"},
-                "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+                "environment": machine_at_end(),
                 "runs": runs,
                 "duration_s": round(time.perf_counter() - started, 1),
             }
-            (out / "scale.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            (out / "scale.md").write_text(render_markdown(report), encoding="utf-8")
+            write_report(out, "scale", report, render_markdown)
     return report
 
 

@@ -15,9 +15,6 @@ one embedding process). Writes ``shards.json`` and ``shards.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import socket
 import statistics
@@ -27,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memos.bench.metrics import machine_at_end, write_report
 from memos.bench.scale import corpus, embedder_alone
 
 PRINCIPAL = "bench:shards"
@@ -120,14 +118,12 @@ def run_shards_bench(args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "settings": {"memories": args.memories, "cubes": args.cubes, "batch": args.batch, "seed": args.seed,
                      "repeats": args.repeats, "embedder": args.embedder, "sqlite_synchronous": "FULL", "index": "embedded Chroma per shard"},
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+        "environment": machine_at_end(),
         "embedder_alone_texts_per_s": round(embed_rate, 1) if embed_rate else None,
         "embedder_alone_rounds": [round(x, 1) for x in embed_rates],
         "runs": runs,
     }
-    (out / "shards.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "shards.md").write_text(render_markdown(report), encoding="utf-8")
+    write_report(out, "shards", report, render_markdown)
     return report
 
 
