@@ -38,5 +38,6 @@ def model_port():
 def kernel(tmp_path: Path, clock: ManualClock, model_port) -> Kernel:
     k = Kernel(SqliteStore(tmp_path / "memos.sqlite3", synchronous="NORMAL"), InMemoryVectorIndex(), HashingEmbedder(),
                clock=clock, model=model_port, llm=RuleBasedLanguageModel())
+    k.job_poll_s = 0.01  # a test's model host is scripted and answers at once: poll it often
     yield k
     k.close()

@@ -24,12 +24,6 @@ def model_port() -> FakeModelPort:
     return FakeModelPort()
 
 
-@pytest.fixture
-def kernel(kernel):
-    kernel.job_poll_s = 0.01  # the scripted host answers at once
-    return kernel
-
-
 def facts(mem) -> list[str]:
     mem.create_cube("team/facts")
     return [mem.write("team/facts", t).id for t in ("Mara keeps the key in Trumwick.", "The vault code is 4417.")]

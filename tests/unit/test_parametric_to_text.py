@@ -24,12 +24,6 @@ def model_port() -> FakeModelPort:
 
 
 @pytest.fixture
-def kernel(kernel):
-    kernel.job_poll_s = 0.01  # the scripted host answers at once
-    return kernel
-
-
-@pytest.fixture
 def distilled(mem):
     mem.create_cube("team/facts")
     ids = [mem.write("team/facts", t).id for t in TEXTS]

@@ -24,12 +24,6 @@ def model_port() -> FakeModelPort:
     return FakeModelPort()
 
 
-@pytest.fixture
-def kernel(kernel):
-    kernel.job_poll_s = 0.01  # the scripted host answers at once
-    return kernel
-
-
 def intact(memory) -> bool:
     """The memory's payload file is on disk and is the file its header names (sha256)."""
     path = Path(memory.payload.path)

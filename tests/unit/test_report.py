@@ -31,12 +31,6 @@ def model_port() -> FakeModelPort:
     return FakeModelPort()
 
 
-@pytest.fixture
-def kernel(kernel):
-    kernel.job_poll_s = 0.01  # the scripted host answers at once
-    return kernel
-
-
 def history(mem, kernel, clock) -> dict:
     """Migrations at T0, T0+120, T0+700 and T0+1300, samples after the first two and the last, a distillation."""
     system, sampler = mem.as_principal("system"), Sampler()

@@ -25,12 +25,6 @@ def model_port() -> FakeModelPort:
     return FakeModelPort()
 
 
-@pytest.fixture
-def kernel(kernel):
-    kernel.job_poll_s = 0.01  # the scripted host answers at once
-    return kernel
-
-
 # ------------------------------------------------------------------------------------------------ activation budgets
 
 
