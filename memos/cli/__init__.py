@@ -6,7 +6,7 @@
     memos cube create | grant | revoke                                       cubes and their rights
     memos ingest CUBE --file conversation.json                               extract memories, show the decisions
     memos migrate | context | generate                                       activation memory and the model
-    memos distill | jobs | cancel                                            parametric memory, long operations
+    memos distill | reevaluate | jobs | cancel                               parametric memory, long operations
     memos policy check | explain | run                                       lifecycle policies
     memos top | events --follow                                              live views
     memos report --out DIR [--since 24h]                                     charts (PNG + HTML), no Grafana needed
@@ -21,7 +21,7 @@ this process (only one process may own it).
 
 One module per concern, each with its commands and a ``register(sub)`` that adds their parsers: ``cluster`` (up,
 status, down, run, doctor), ``memory`` (cubes, cube, write, read, search, history, ingest), ``observe`` (stats,
-audit, events, top, jobs, cancel), ``models`` (migrate, distill, context, generate), ``policy``, ``service`` (serve,
+audit, events, top, jobs, cancel), ``models`` (migrate, distill, reevaluate, context, generate), ``policy``, ``service`` (serve,
 mcp, keys), ``bench``, ``report`` (charts); ``common`` holds what they share and ``tables`` how jobs and policy runs
 are shown.
 """

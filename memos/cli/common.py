@@ -12,7 +12,7 @@ from memos.errors import MemosError
 
 DEFAULT_PRINCIPAL = "user:cli"
 #: Commands that need the model host (serve exposes them all); the others open the data dir without loading it.
-MODEL_COMMANDS = frozenset({"migrate", "distill", "context", "generate", "serve"})
+MODEL_COMMANDS = frozenset({"migrate", "distill", "reevaluate", "context", "generate", "serve"})
 
 
 def print_json(obj: Any) -> None:

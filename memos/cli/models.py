@@ -1,5 +1,5 @@
-"""Commands that use the model host: ``migrate`` (activation memory), ``distill`` (parametric memory), ``context``
-and ``generate``. Long ones draw their job's progress on stderr; Ctrl-C cancels the job."""
+"""Commands that use the model host: ``migrate`` (activation memory), ``distill`` and ``reevaluate`` (parametric
+memory), ``context`` and ``generate``. Long ones draw their job's progress on stderr; Ctrl-C cancels the job."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                                          steps=args.steps, replaces=args.replaces),
                 "distill", args.ids, target=args.replaces, quiet=args.quiet,
             )
+        elif args.command == "reevaluate":
+            return _follow(mem, lambda: mem.reevaluate(args.id), "reevaluate", [args.id], quiet=args.quiet)
         elif args.command == "context":
             plan = mem.assemble_context(args.query, args.cube, token_budget=args.budget)
             print_json(plan)
@@ -124,6 +126,10 @@ def register(sub: Any) -> None:
     p.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's epochs)")
     p.add_argument("--tag", action="append")
     p.add_argument("--allow-untrusted", action="store_true", help="also distill untrusted (tool/document) memories")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr")
+    p = model_parser("reevaluate", "evaluate an adapter again on the loaded base model (it was trained on another "
+                                   "one): its next version says whether it stays adopted (progress; Ctrl-C cancels)")
+    p.add_argument("id", help="the parametric memory")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line on stderr")
     p = model_parser("context", "which memories a query would get within a token budget, and why")
     p.add_argument("cube")

@@ -111,6 +111,13 @@ def test_migrate_passes_compression_and_group_to_the_syscall(memos):
     assert code == 2 and "apply to migrate(to='activation') only" in err
 
 
+def test_reevaluate_is_a_command_that_reaches_the_syscall(memos):
+    memos("cube", "create", "team/kv")
+    memory_id = json.loads(memos("write", "team/kv", "the kettle is blue")[1])["id"]
+    code, _, err = memos("reevaluate", memory_id, "--quiet")
+    assert code == 2 and "reevaluate needs a model host" in err  # MEMOS_MODEL=none here
+
+
 def test_policy_list_shows_loaded_policies_and_apply_needs_a_cluster(tmp_path, memos, monkeypatch):
     policy = tmp_path / "tidy.yaml"
     policy.write_text("name: tidy\napplies_to: {cubes: ['team/*']}\nschedule: {every: 1h}\nrules:\n"

@@ -115,6 +115,35 @@ def test_a_deleted_source_without_a_correct_answer_is_reported_not_invented(mem,
     assert active_ids(mem) == {ids[1]}
 
 
+def test_kept_answers_are_cut_to_the_metadata_limit_with_a_marker(mem) -> None:
+    """60 facts of ~400 bytes would keep ~30 KiB of answers; the metadata stays within its 16 KiB limit, the cut is
+    marked, and a deleted source whose answer was kept is still stood in for."""
+    import json
+
+    from memos.kernel.ops.distill import fit_answers
+    from memos.syscalls import MAX_METADATA_BYTES
+
+    mem.create_cube("team/facts")
+    texts = [f"Fact{i:02d} keeps a ledger in Trumwick, " + "and a long list of its entries follows. " * 9
+             for i in range(60)]
+    ids = [mem.write("team/facts", t).id for t in texts]
+    adapter = mem.distill(ids, "team/facts")
+    meta = adapter.metadata
+    assert len(json.dumps(meta, ensure_ascii=False).encode()) <= MAX_METADATA_BYTES
+    kept = meta["answers"]
+    assert meta["answers_truncated"] == {"kept": len(kept), "of": 60} and 0 < len(kept) < 60
+    assert [a["source"] for a in kept] == ids[: len(kept)]  # one answer per source here: the first ones, in order
+    mem.delete(ids[0])
+    report = mem.migrate([adapter.id], "plaintext")[0].metadata["restored"]
+    assert set(report["stand_ins"]) == {ids[0]}
+    # Several answers per source: every source's first answer goes before any source's second.
+    answers = [{"source": s, "question": f"q{n}", "answer": "x" * 200} for s in ("a", "b") for n in range(3)]
+    cut = fit_answers({"answers": answers}, limit=800)
+    assert [(a["source"], a["question"]) for a in cut["answers"]] == [("a", "q0"), ("b", "q0")]
+    assert cut["answers_truncated"] == {"kept": 2, "of": 6}
+    assert fit_answers({"answers": answers[:1]}) == {"answers": answers[:1]}  # under the limit: unchanged
+
+
 def test_migrate_back_then_rollback_makes_the_adapter_current_and_restoring_twice_writes_nothing_twice(
     mem, distilled
 ) -> None:

@@ -85,7 +85,7 @@ def restore_sources(ctx: CallContext, adapter: VersionRow, rule: str | None) -> 
         else:
             report["not_restored"][source_id] = (
                 "deleted, and the adapter's evaluation kept no correct answer about it (distilled before answers "
-                "were kept, or every question about it was missed)")
+                "were kept, every question about it was missed, or its answers were cut to fit the metadata limit)")
 
     # Its text is still what the sources said at the versions it learnt: derived_from stays, so a source that
     # changes later marks it stale as before (and a rollback to the adapter finds it stale).

@@ -8,6 +8,7 @@ versions of its sources), *abort* (the journal row rolled back, the file deleted
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from memos.kernel.authz import policy_rule, require_cube, require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
 from memos.kernel.versions import check_expected, delete_blob, first_version, next_version, to_memory
+from memos.syscalls import MAX_METADATA_BYTES
 from memos.types import DistillRecipe, Kind, MemoryRef, Provenance, Right, State
 
 if TYPE_CHECKING:
@@ -180,6 +182,7 @@ class DistillOp(LongOperation):
             # (memos.kernel.ops.adapter_text).
             "answers": kept_answers(evaluation, own),
         }
+        metadata = fit_answers(metadata)
         tags = tuple(dict.fromkeys(call.tags)) or (previous.tags if previous is not None else ())
         fields: dict[str, Any] = {
             "kind": Kind.PARAMETRIC.value, "content": content, "metadata": metadata, "tags": tags,
@@ -274,3 +277,39 @@ def kept_answers(evaluation: dict[str, Any], own: set[str]) -> list[dict[str, st
     the adapter goes back to text (``memos.kernel.ops.adapter_text``)."""
     return [{"source": a["source"], "question": a["question"], "answer": a["reply"]}
             for a in evaluation.get("answers") or () if a.get("correct") and a["source"] in own]
+
+
+def fit_answers(metadata: dict[str, Any], limit: int = MAX_METADATA_BYTES) -> dict[str, Any]:
+    """``metadata`` with ``answers`` cut so that the whole is at most ``limit`` bytes of JSON (the metadata limit of
+    docs/syscalls.md; an adapter of a hundred facts keeps ~35 KiB of answers otherwise).
+
+    What is cut: answers are taken one source at a time (every source's first answer, then every source's second,
+    ...), so a cut drops the later answers of sources that have several before it drops any source's only one;
+    the kept ones stay in their order. A cut is marked: ``metadata["answers_truncated"] = {"kept": k, "of": n}``
+    (the missing answers are still in the adapter's header: ``Evaluation.answers``)."""
+    answers = list(metadata.get("answers") or ())
+
+    def size(m: dict[str, Any]) -> int:
+        return len(json.dumps(m, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+
+    if size(metadata) <= limit:
+        return metadata
+    rank: dict[str, int] = {}
+    order = []
+    for i, a in enumerate(answers):
+        rank[a["source"]] = rank.get(a["source"], -1) + 1
+        order.append((rank[a["source"]], i))
+    order.sort()
+    marker = {"kept": 0, "of": len(answers)}
+    # The marker's own bytes are counted; the size of a kept answer is its JSON plus a separating comma.
+    budget = limit - size({**metadata, "answers": [], "answers_truncated": {"kept": len(answers), "of": len(answers)}})
+    kept: list[int] = []
+    for _, i in order:
+        cost = size(answers[i]) + 1
+        if cost > budget:
+            break
+        budget -= cost
+        kept.append(i)
+    kept.sort()
+    marker["kept"] = len(kept)
+    return {**metadata, "answers": [answers[i] for i in kept], "answers_truncated": marker}

@@ -47,7 +47,7 @@ from memos.kernel import events as ev
 from memos.kernel.authz import policy_rule, require_memory
 from memos.kernel.context import CallContext
 from memos.kernel.longops import LongOperation, require_model
-from memos.kernel.ops.distill import SUMMARY, follow_host_job, kept_answers
+from memos.kernel.ops.distill import SUMMARY, fit_answers, follow_host_job, kept_answers
 from memos.kernel.versions import delete_blob, derived_provenance, next_version, to_memory
 from memos.types import AdoptionGate, Kind, Right, State
 
@@ -150,11 +150,13 @@ class ReevaluateOp(LongOperation):
                    if store.memory_cube(ref["id"]) == row.cube}
             metadata |= {"distill": {k: evaluation.get(k) for k in SUMMARY},
                          "answers": kept_answers(evaluation, own)}
+            metadata.pop("answers_truncated", None)  # of the answers just replaced
             adoption |= {"weak_sources": list(evaluation.get("weak_sources") or ()), "evaluated_on": fields["fingerprint"]}
             store.journal_end(plan.journal, "done", now)
         adopted = not reasons
         metadata["adoption"] = {**adoption, "adopted": adopted, "reasons": reasons,
                                 "reevaluated": {**record, "adopted": adopted}}
+        metadata = fit_answers(metadata)
         prov = derived_provenance(row, author=ctx.principal, operation="reevaluate", policy_rule=plan.rule,
                                   source_refs=())
         new = next_version(ctx, row, prov, at=now, metadata=metadata, **fields)
