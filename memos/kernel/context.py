@@ -3,8 +3,8 @@
 ``Kernel.execute`` makes one ``CallContext`` per call and passes it to the handler (and through the handler to the
 helpers in ``authz``, ``versions`` and ``ops``). It holds what the call accumulates before its transaction
 commits -- work to do only after the commit (deleting a payload file), events to tell the observers about -- and
-what ``execute`` prepared before taking the kernel (the query's embedding), and the pending reads its transaction
-wrote (given back if it rolls back). Nothing per-call lives on the kernel or
+what ``execute`` prepared before taking the kernel (the query's embedding, a hybrid search's lexical candidates),
+and the pending reads its transaction wrote (given back if it rolls back). Nothing per-call lives on the kernel or
 in thread-local storage: a handler sees exactly the state it is given.
 """
 
@@ -18,6 +18,7 @@ from memos.kernel.reads import join_pending_reads
 
 if TYPE_CHECKING:
     from memos.kernel.kernel import Kernel
+    from memos.kernel.ops.search import LexicalLeg
 
 class CallContext:
     """What one syscall (or one internal operation: a recorded event, start-up recovery) may read and accumulate.
@@ -25,12 +26,15 @@ class CallContext:
     ``principal`` is who the call runs as; ``kernel`` the kernel that runs it (its store, index, clock, model).
     """
 
-    __slots__ = ("after_commit_work", "depth", "events", "kernel", "principal", "query_vectors", "taken_reads")
+    __slots__ = ("after_commit_work", "depth", "events", "kernel", "lexical_ready", "principal", "query_vectors",
+                 "taken_reads")
 
     def __init__(self, kernel: Kernel, principal: str) -> None:
         self.kernel = kernel
         self.principal = principal
         self.query_vectors: dict[str, list[float]] = {}
+        # A hybrid search's lexical candidates, run while its query was embedded (memos.kernel.ops.search).
+        self.lexical_ready: LexicalLeg | None = None
         self.after_commit_work: list[Callable[[], None]] = []
         self.events: list[KernelEvent] = []
         self.depth = 0  # transactions of this call now open (``Kernel.in_transaction``)

@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from memos.kernel.longops import run_long
 from memos.kernel.observe import KernelObserver
 from memos.kernel.ops import HANDLERS, LONG_OPS
 from memos.kernel.ops.kinds import ActivationBudget, recover_migrations
+from memos.kernel.ops.search import LexicalLeg, lexical_ahead, run_lexical_leg
 from memos.kernel.reads import ReadLog, flush_reads, flush_reads_if_due
 from memos.kernel.versions import new_memory_id
 from memos.logging import get_logger
@@ -67,6 +69,17 @@ def _query_of(call: Any) -> str | None:
         users = [m.content for m in call.messages if m.role == "user"]
         return users[-1][:4096] if users else None
     return None
+
+
+def _outcome(ahead: Future[LexicalLeg] | None) -> LexicalLeg | None:
+    """The leg run ahead, or None if none was or it failed: the handler then runs it itself and reports its
+    error as usual."""
+    if ahead is None:
+        return None
+    try:
+        return ahead.result()
+    except Exception:  # noqa: BLE001 - reported by the handler's own run of the leg
+        return None
 
 
 class Kernel:
@@ -105,6 +118,8 @@ class Kernel:
         # One syscall at a time holds the kernel; long operations (model work) release it between their phases, and
         # index updates (embedding) run after it is released (memos.kernel.indexer, "Locking").
         self.lock = threading.RLock()
+        self._workers: ThreadPoolExecutor | None = None  # lexical legs run ahead (_lexical_ahead), made on first use
+        self._workers_lock = threading.Lock()
         self.closing = threading.Event()  # set by close: background passes (re-evaluations) stop between items
         self.indexer = Indexer(store, index, embedder, store_lock=self.lock)
         self.jobs = JobTable(self.clock.now)
@@ -128,8 +143,26 @@ class Kernel:
         if not report.consistent:
             self.log.warning("vector index reconciled at start", added=report.added, removed=report.removed)
 
+    def _lexical_ahead(self, call: Any) -> Future[LexicalLeg] | None:
+        """Start ``call``'s lexical leg on a worker thread (a hybrid search's: ``lexical_ahead``), so that it runs
+        while the caller's thread embeds the query: the search waits for the longer of the two, not their sum
+        (torch and SQLite release the GIL). It reads through the store outside the kernel, before the call's
+        transaction; the handler uses it only if nothing was written since (``SqliteStore.changes``), else runs
+        the leg again: the hits are those of running both legs in the call's transaction."""
+        key = lexical_ahead(call)
+        if key is None or self.store.held_here():  # a call made inside a transaction: the worker would wait for it
+            return None
+        with self._workers_lock:
+            if self._workers is None:
+                self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="memos-lexical")
+            return self._workers.submit(run_lexical_leg, self.store, key)
+
     def close(self) -> None:
         self.closing.set()
+        with self._workers_lock:
+            if self._workers is not None:  # a leg still running reads the store: let it end before the close
+                self._workers.shutdown(wait=True)
+                self._workers = None
         try:
             self.flush_reads()
             self.index.close()
@@ -158,7 +191,9 @@ class Kernel:
             op = call.op
             query = _query_of(call)
             if query:
+                ahead = self._lexical_ahead(call)
                 ctx.query_vectors[query] = self.embedder.embed([query])[0]
+                ctx.lexical_ready = _outcome(ahead)
             cube = getattr(call, "cube", None) or getattr(call, "name", None)
             long_op = LONG_OPS.get(type(call))
             if long_op is not None:

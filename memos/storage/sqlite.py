@@ -334,6 +334,18 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise self._error(exc, sql) from exc
 
+    @property
+    def changes(self) -> int:
+        """Rows inserted, changed or deleted through this store since it opened (rolled-back ones included): equal
+        at two instants means nothing was written in between."""
+        with self._lock:
+            return self._db.total_changes
+
+    def held_here(self) -> bool:
+        """The calling thread holds the store (inside a transaction, or a statement): another thread's statement
+        would wait for it."""
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
     def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             cursor = self._exec(sql, params)

@@ -19,6 +19,7 @@ A memory named with ``generate(memory=[...])`` that is skipped is also a warning
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from memos import syscalls as sc
@@ -40,7 +41,7 @@ from memos.kernel.retrieval import (
     session_factors,
 )
 from memos.kernel.versions import to_memory
-from memos.storage.sqlite import VersionRow
+from memos.storage.sqlite import SqliteStore, VersionRow
 from memos.storage.vector import IndexQuery, parse_entry_id
 from memos.types import (
     GENERATED_WEIGHT,
@@ -81,6 +82,54 @@ def search(ctx: CallContext, call: sc.Search) -> SearchResult:
     ))
 
 
+def candidate_limit(k: int) -> int:
+    """Candidates each retriever contributes to the fusion of a search for the best ``k``."""
+    return max(_CANDIDATES, k * 5)
+
+
+#: What a lexical leg depends on: (query, cubes, as-of instant or None, candidate limit).
+LexicalKey = tuple[str, tuple[str, ...], float | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LexicalLeg:
+    """The lexical candidates of a hybrid search, computed on a worker thread while ``Kernel.execute`` embedded the
+    query (``lexical_ahead``). ``changes`` is ``SqliteStore.changes`` read before the query ran."""
+
+    key: LexicalKey
+    rowids: list[int]
+    changes: int
+
+
+def lexical_ahead(call: Any) -> LexicalKey | None:
+    """The lexical leg that ``call``'s handler will run and that can run while its query is embedded: that of a
+    hybrid ``search`` or of ``assemble_context``; None for any other call."""
+    if isinstance(call, sc.Search) and call.mode == "hybrid":
+        at = to_epoch(call.as_of) if call.as_of is not None else None
+        return (call.query, tuple(dict.fromkeys(call.cubes)), at, candidate_limit(call.k))
+    if isinstance(call, sc.AssembleContext):
+        return (call.query, tuple(dict.fromkeys(call.cubes)), None, candidate_limit(call.k))
+    return None
+
+
+def run_lexical_leg(store: SqliteStore, key: LexicalKey) -> LexicalLeg:
+    """The lexical leg ``key`` names, with the store's change count before it ran (no kernel lock needed: every
+    statement of the store waits for any open transaction, so the leg reads committed rows only)."""
+    changes = store.changes
+    query, cubes, at, limit = key
+    return LexicalLeg(key, [rowid for rowid, _ in store.lexical(query, cubes, at, limit)], changes)
+
+
+def _lexical_candidates(ctx: CallContext, key: LexicalKey) -> list[int]:
+    """The lexical leg's rowids: the one computed ahead when it is this leg and nothing was written since it ran
+    (so it is what running it now would give), else run now."""
+    store, ready = ctx.kernel.store, ctx.lexical_ready
+    ctx.lexical_ready = None
+    if ready is not None and ready.key == key and ready.changes == store.changes:
+        return ready.rowids
+    return run_lexical_leg(store, key).rowids
+
+
 def search_hits(
     ctx: CallContext, query: str, cubes: tuple[str, ...], k: int, f: sc.SearchFilters, *,
     at: float | None = None, mode: str = "hybrid",
@@ -89,7 +138,7 @@ def search_hits(
     store = ctx.kernel.store
     for cube in cubes:
         require_cube(ctx, cube, Right.READ)
-    limit = max(_CANDIDATES, k * 5)
+    limit = candidate_limit(k)
     dense: list[int] = []
     if mode in ("hybrid", "dense"):
         equals = {"trust": f.trust.value} if f.trust else {}
@@ -104,7 +153,7 @@ def search_hits(
         dense = dense_candidates(ctx, q)
     lexical: list[int] = []
     if mode in ("hybrid", "lexical"):
-        lexical = [rowid for rowid, _ in store.lexical(query, cubes, at, limit)]
+        lexical = _lexical_candidates(ctx, (query, cubes, at, limit))
     rows = store.versions_by_rowid(dict.fromkeys([*dense, *lexical]))  # one query for every candidate
     hits = []
     weight = LEXICAL_WEIGHT if mode == "hybrid" else 1.0
