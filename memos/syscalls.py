@@ -178,6 +178,18 @@ class SearchFilters(BaseModel):
     sources: tuple[Source, ...] = ()
 
 
+class ShardHit(BaseModel):
+    """A hit the shard router chose on one shard (phase 2 of a search over several shards): the version's rowid on
+    that shard, and the score and ranks fused over all of them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rowid: int
+    score: float
+    dense_rank: int | None = None
+    lexical_rank: int | None = None
+
+
 class Search(_Syscall):
     """Hybrid search (dense + lexical, fused by reciprocal rank) over one or more cubes.
 
@@ -196,6 +208,10 @@ class Search(_Syscall):
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
     # Link expansion: each hit may bring up to ``expand`` memories linked to it (``related``), scored below it.
     expand: int = Field(default=0, ge=0, le=8)
+    # Set by the shard router (memos.transports.router) for a search over cubes on several shards, fused once:
+    # "candidates" answers this shard's candidates (ShardCandidates), "hits" the hits it chose here (shard_hits).
+    shard_phase: Literal["candidates", "hits"] | None = None
+    shard_hits: tuple[ShardHit, ...] = Field(default=(), max_length=MAX_K)
     result_type: ClassVar[type[BaseModel]] = SearchResult
 
 
@@ -338,13 +354,19 @@ class GetStats(_Syscall):
     result_type: ClassVar[type[BaseModel]] = Stats
 
 
+#: An event cursor over kernel shards: ``shards:`` and each shard's sequence number, in shard order.
+ShardCursor = Annotated[str, Field(pattern=r"^shards:\d+(,\d+)*$", max_length=5200)]
+
+
 class GetEvents(_Syscall):
     """Kernel events after ``since`` (a sequence number), only for cubes the caller may read; only of the given
     ``types`` when some are given. Oldest first; with ``latest``, the newest ``limit`` of them (still in order), as
-    ``tail`` shows the end of a log."""
+    ``tail`` shows the end of a log. Over kernel shards (``memos.transports.router``) the cursor is a
+    ``ShardCursor`` (each shard's position; pass back the ``next_seq`` you were given), and the events of all
+    shards come merged by time."""
 
     op: Literal["events"] = "events"
-    since: int = Field(default=0, ge=0, le=SQL_INT_MAX)
+    since: Annotated[int, Field(ge=0, le=SQL_INT_MAX)] | ShardCursor = 0
     limit: int = Field(default=100, ge=1, le=1000)
     cubes: tuple[CubeName, ...] = ()
     types: tuple[Annotated[str, Field(min_length=1, max_length=64)], ...] = Field(default=(), max_length=32)

@@ -353,6 +353,20 @@ class SearchResult(_Frozen):
     hits: tuple[SearchHit, ...]
 
 
+class ShardCandidates(_Frozen):
+    """One shard's candidates for a search over cubes on several shards (``Search(shard_phase="candidates")``):
+    each retriever's (rowid, raw score) best first (cosine distance; bm25, lower is better), what fusion reads of
+    every candidate and session neighbour by rowid (``memos.kernel.retrieval.Candidate.wire``), each passing
+    candidate's session neighbours (rowids) by memory id, and what bm25 needs to score the lexical candidates over
+    several shards' statistics."""
+
+    dense: tuple[tuple[int, float], ...]
+    lexical: tuple[tuple[int, float], ...]
+    pool: dict[int, dict[str, Any]]
+    neighbours: dict[str, list[int]]
+    lexical_stats: dict[str, Any] | None = None  # memos.storage.sqlite.SqliteStore.lexical_stats of the lexical ones
+
+
 class MemoryList(_Frozen):
     memories: tuple[Memory, ...]
 
@@ -381,7 +395,7 @@ class Event(_Frozen):
 
 class EventList(_Frozen):
     events: tuple[Event, ...]
-    next_seq: int
+    next_seq: int | str  # a str over kernel shards: each shard's position (memos.syscalls.ShardCursor)
 
 
 class AuditRecord(_Frozen):
@@ -642,5 +656,18 @@ class RelatedMemory(_Frozen):
     direction: Literal["out", "in", "both"] = "out"
 
 
+class LinkElsewhere(_Frozen):
+    """A memory linked to the one asked about that is not on the kernel that answered (over kernel shards: on
+    another shard, since a cube move; or purged). ``position``: how many of ``related`` come before it. The shard
+    router resolves these on the other shards (``memos.transports.router``); a client of one kernel may ignore
+    them."""
+
+    position: int
+    id: str
+    relation: str
+    direction: Literal["out", "in", "both"] = "out"
+
+
 class RelatedList(_Frozen):
     related: tuple[RelatedMemory, ...]
+    elsewhere: tuple[LinkElsewhere, ...] = ()

@@ -2,7 +2,7 @@
 order under the placement table's journal, ``memos.transports.router``).
 
 1. ``export_cube`` (source): every row of the cube (``SqliteStore.cube_rows``: the cube, grants, memories, every
-   version, access log, links from it, derivations, idempotency keys, finished migrations, audit and events), its
+   version, access log, links from and to its memories, derivations, idempotency keys, finished migrations, audit and events), its
    payload files' bytes, and a fingerprint of the cube's state, read in one transaction. Refused while a migration
    or a job on the cube runs.
 2. ``import_cube`` (target): the payload files written (temporary name, fsync, rename) under the target's blob dir,
@@ -11,6 +11,11 @@ order under the placement table's journal, ``memos.transports.router``).
 3. ``drop_moved_cube`` (source): in one transaction, the fingerprint is compared with the export's, and the cube is
    dropped only if nothing was written to it since (``drop_cube`` as ``system``, audited). If something was, nothing
    is dropped and the move is undone (the target's copy dropped): no write is ever lost to a move.
+
+Links are kept by both shards when they cross the move: a link between a moved memory and a memory that stays is
+copied with the cube (``cube_rows``: links from and to its memories) and kept on the shard it leaves
+(``_drop_keeping_links``), so each side still lists it; the router resolves the memory that is now on another
+shard (``ShardRouter`` ``related``).
 """
 
 from __future__ import annotations
@@ -111,7 +116,7 @@ def drop_moved_cube(kernel: Any, cube: str, fingerprint: Any) -> bool:
     def drop() -> bool:
         if not _same(kernel.store.cube_fingerprint(cube), fingerprint):
             return False
-        drop_cube(ctx, sc.DropCube(name=cube))
+        _drop_keeping_links(ctx, cube)
         return True
 
     return bool(kernel.in_transaction(ctx, drop))
@@ -121,4 +126,12 @@ def discard_copy(kernel: Any, cube: str) -> None:
     """Drop the target's copy of a move that did not complete."""
     if kernel.store.get_cube(cube) is not None:
         ctx = CallContext(kernel, MOVER)
-        kernel.in_transaction(ctx, lambda: drop_cube(ctx, sc.DropCube(name=cube)))
+        kernel.in_transaction(ctx, lambda: _drop_keeping_links(ctx, cube))
+
+
+def _drop_keeping_links(ctx: CallContext, cube: str) -> None:
+    """Drop the cube, but keep its links with the memories of other cubes here: those memories stay, and their
+    links name memories that now live on another shard (the router resolves them there: ``related``)."""
+    across = ctx.kernel.store.links_across(cube)
+    drop_cube(ctx, sc.DropCube(name=cube))
+    ctx.kernel.store.restore_links(across)

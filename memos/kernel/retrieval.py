@@ -35,10 +35,12 @@ session step (5) and a neighbour weight of 0.5 were chosen by all five folds nex
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from memos.storage.sqlite import VersionRow
+from memos.types import GENERATED_WEIGHT
 
 RRF_K = 5
 LEXICAL_WEIGHT = 1.5
@@ -97,7 +99,7 @@ def named_in(query: str, names: Iterable[str]) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Fused:
-    key: int
+    key: Hashable
     score: float
     dense_rank: int | None
     lexical_rank: int | None
@@ -123,3 +125,91 @@ def reciprocal_rank_fusion(
     order = {key: i for i, key in enumerate(keys)}
     fused.sort(key=lambda f: (-f.score, order[f.key]))
     return fused
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """What fusion and reranking read of one candidate memory. A kernel builds it from its row
+    (``memos.kernel.ops.search``, ``key`` the version's rowid); the shard router from a shard's answer (``key``
+    (shard, rowid)), so a search over cubes on several shards is fused by the same code as on one kernel."""
+
+    key: Hashable
+    memory_id: str
+    cube: str
+    passes: bool  # active, and passes the search's filters
+    group: bool = False  # a group memory repeats its sources' text: never a hit of its own
+    generated: bool = False  # a model's own answer: ranks GENERATED_WEIGHT times lower
+    speaker: Any = None  # metadata.speaker / metadata.subject, as stored
+    subject: Any = None
+    dated: bool = False  # the query asks when, and the text names a date
+    session: str | None = None  # metadata.session, as text
+
+    def wire(self) -> dict[str, Any]:
+        return {"memory_id": self.memory_id, "cube": self.cube, "passes": self.passes, "group": self.group,
+                "generated": self.generated, "speaker": self.speaker, "subject": self.subject, "dated": self.dated,
+                "session": self.session}
+
+
+Neighbours = Callable[[list[str]], Mapping[str, Sequence[Candidate]]]
+
+
+def fuse_candidates(
+    query: str, dense: Sequence[Hashable], lexical: Sequence[Hashable], pool: Mapping[Hashable, Candidate], *,
+    mode: str, as_of: bool, neighbours: Neighbours,
+) -> list[tuple[Candidate, Fused]]:
+    """Every hit of a search, best first: RRF of the ``dense`` and ``lexical`` candidate keys (each best first),
+    candidates that fail the filters or are groups out, generated ones down-weighted, and in ``hybrid`` mode the
+    reranking steps 2-5 of this module's docstring. ``pool`` holds every candidate by key; ``neighbours(memory
+    ids)`` gives each hit's session neighbours (step 4; not for an ``as_of`` search)."""
+    hits: list[tuple[Candidate, Fused]] = []
+    weight = LEXICAL_WEIGHT if mode == "hybrid" else 1.0
+    for item in reciprocal_rank_fusion([key for key in dense if key in pool], lexical, lexical_weight=weight):
+        c = pool.get(item.key)
+        if c is None or not c.passes or c.group:
+            continue
+        if c.generated:
+            item = Fused(item.key, item.score * GENERATED_WEIGHT, item.dense_rank, item.lexical_rank)
+        hits.append((c, item))
+    if mode == "hybrid":
+        hits = _rerank(query, hits, as_of, neighbours)
+    hits.sort(key=lambda h: -h[1].score)  # stable: fusion order breaks ties
+    return hits
+
+
+def _rerank(query: str, hits: list[tuple[Candidate, Fused]], as_of: bool,
+            neighbours: Neighbours) -> list[tuple[Candidate, Fused]]:
+    names = {str(value) for c, _ in hits for value in (c.speaker, c.subject) if value}
+    named = named_in(query, names)
+    temporal = asks_when(query)
+    scored = []
+    for c, item in hits:
+        factor = 1.0
+        if named is not None and named in (c.speaker, c.subject):
+            factor *= 1 + SPEAKER_BOOST
+        if temporal and c.dated:
+            factor *= 1 + TEMPORAL_BOOST
+        scored.append((c, Fused(item.key, item.score * factor, item.dense_rank, item.lexical_rank)))
+    if as_of or not scored:
+        return _by_session(scored)
+    score = {c.memory_id: item.score for c, item in scored}
+    near_of = neighbours(list(score))
+    out: list[tuple[Candidate, Fused]] = []
+    extra: dict[str, tuple[Candidate, float]] = {}
+    for c, item in scored:
+        near = max((score.get(n.memory_id, 0.0) for n in near_of.get(c.memory_id, ())), default=0.0)
+        out.append((c, Fused(item.key, item.score + NEIGHBOUR_WEIGHT * near, item.dense_rank, item.lexical_rank)))
+        for n in near_of.get(c.memory_id, ()):
+            if n.memory_id not in score and n.passes:
+                gain = NEIGHBOUR_WEIGHT * item.score
+                if gain > extra.get(n.memory_id, (None, 0.0))[1]:
+                    extra[n.memory_id] = (n, gain)
+    out += [(n, Fused(n.key, gain, None, None)) for n, gain in extra.values()]
+    return _by_session(out)
+
+
+def _by_session(hits: list[tuple[Candidate, Fused]]) -> list[tuple[Candidate, Fused]]:
+    """Step 5: hits of the strongest sessions (per cube) gain."""
+    keys = [(c.cube, c.session) if c.session is not None else None for c, _ in hits]
+    factors = session_factors(list(zip(keys, (item.score for _, item in hits), strict=True)))
+    return [(c, Fused(item.key, item.score * x, item.dense_rank, item.lexical_rank))
+            for (c, item), x in zip(hits, factors, strict=True)]

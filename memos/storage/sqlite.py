@@ -13,11 +13,12 @@ Raises ``BackendError`` (translated from ``sqlite3.Error``) for storage failures
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,14 +233,55 @@ STOP_WORDS = frozenset(_STOP_TEXT.split())
 LEXICAL_PROBE_FACTOR = 2
 
 
+def fts_phrases(text: str, max_terms: int = 32) -> list[str]:
+    """The quoted phrases ``fts_query`` ORs, in order."""
+    words = list(dict.fromkeys(_FTS_WORD.findall(text.lower())))
+    content = [w for w in words if w not in STOP_WORDS] or words
+    return [f'"{w}"' for w in content[:max_terms]]
+
+
 def fts_query(text: str, max_terms: int = 32) -> str | None:
     """An FTS5 MATCH expression that ORs the distinct words of ``text`` (quoted, so no FTS syntax leaks through).
 
     Stop words (``STOP_WORDS``) are left out, unless ``text`` has no other word. None when ``text`` has no word.
     """
-    words = list(dict.fromkeys(_FTS_WORD.findall(text.lower())))
-    content = [w for w in words if w not in STOP_WORDS] or words
-    return " OR ".join(f'"{w}"' for w in content[:max_terms]) or None
+    return " OR ".join(fts_phrases(text, max_terms)) or None
+
+
+BM25_K1, BM25_B = 1.2, 0.75  # FTS5's bm25() constants
+
+
+def bm25(freqs: Sequence[float], length: float, rows: int, tokens: int, hits: Sequence[int]) -> float:
+    """FTS5's ``bm25()`` of a row, computed as FTS5 computes it (same operations, same order, so the same double):
+    ``freqs`` the row's instances of each phrase, ``length`` its tokens, over a table of ``rows`` rows and
+    ``tokens`` tokens in which ``hits[i]`` rows hold phrase i. Lower is better. The shard router scores a search's
+    lexical candidates with it over the statistics of several shards (``memos.transports.router``)."""
+    avgdl = float(tokens) / float(rows)
+    score = 0.0
+    for f, n in zip(freqs, hits, strict=True):
+        idf = math.log((rows - n + 0.5) / (n + 0.5))
+        if idf <= 0.0:
+            idf = 1e-6
+        score += idf * ((f * (BM25_K1 + 1.0)) / (f + BM25_K1 * (1 - BM25_B + BM25_B * length / avgdl)))
+    return -1.0 * score
+
+
+def _varints(blob: bytes) -> list[int]:
+    """The SQLite varints of ``blob`` (FTS5's docsize and averages records)."""
+    out, i = [], 0
+    while i < len(blob):
+        value = 0
+        for n in range(9):
+            byte = blob[i]
+            i += 1
+            if n == 8:
+                value = (value << 8) | byte
+                break
+            value = (value << 7) | (byte & 0x7F)
+            if not byte & 0x80:
+                break
+        out.append(value)
+    return out
 
 
 def new_incarnation() -> str:
@@ -514,6 +556,13 @@ class SqliteStore:
         """The rowids of (memory id, version) pairs, in their order; pairs that do not exist are left out, and so
         are, when ``cubes`` is given, versions outside ``cubes``, not in ``states``, or not valid at ``at`` (current
         when None): the filters of a dense query, checked on plain columns."""
+        return [rowid for _, rowid in self.rowid_pairs_of(entries, cubes=cubes, at=at, states=states)]
+
+    def rowid_pairs_of(
+        self, entries: Iterable[tuple[str, int]], *, cubes: Iterable[str] | None = None, at: float | None = None,
+        states: tuple[str, ...] | None = None,
+    ) -> list[tuple[tuple[str, int], int]]:
+        """``rowids_of``, each with its (memory id, version) pair."""
         pairs = list(entries)
         found: dict[tuple[str, int], int] = {}
         ids = list(dict.fromkeys(m for m, _ in pairs))
@@ -532,7 +581,7 @@ class SqliteStore:
                 f"SELECT rowid, memory_id, version FROM versions WHERE memory_id IN ({marks}){where}", [*part, *params]
             ):
                 found[(memory_id, version)] = rowid
-        return [found[p] for p in pairs if p in found]
+        return [(p, found[p]) for p in pairs if p in found]
 
     def history(self, memory_id: str) -> list[VersionRow]:
         rows = self._all(f"SELECT {_VERSION_COLUMNS} FROM {_FROM} WHERE v.memory_id = ? ORDER BY v.version", (memory_id,))
@@ -589,8 +638,8 @@ class SqliteStore:
         ("versions", "memory_id, version, cube, kind, state, content, metadata, tags, provenance, content_hash, "
                      "size_bytes, fingerprint, payload, valid_from, valid_to", "cube = ? ORDER BY rowid"),
         ("access_log", "memory_id, at, principal", "memory_id IN (SELECT id FROM memories WHERE cube = ?)"),
-        ("links", "source, target, relation, author, created_at",
-         "source IN (SELECT id FROM memories WHERE cube = ?)"),
+        ("links", "source, target, relation, author, created_at",  # both ways: the cube's "in" links too
+         "source IN (SELECT id FROM memories WHERE cube = ?) OR target IN (SELECT id FROM memories WHERE cube = ?)"),
         ("derivations", "child_id, child_version, parent_id, parent_version",
          "child_id IN (SELECT id FROM memories WHERE cube = ?)"),
         ("idempotency", "principal, key, op, request_hash, memory_id, version, at",
@@ -604,8 +653,24 @@ class SqliteStore:
     def cube_rows(self, cube: str) -> dict[str, list[tuple[Any, ...]]]:
         """Every row that belongs to ``cube``, by table (``_MOVE_TABLES``), read in one transaction."""
         with self.transaction():
-            return {table: self._all(f"SELECT {cols} FROM {table} WHERE {where}", (cube,))
+            return {table: self._all(f"SELECT {cols} FROM {table} WHERE {where}", (cube,) * where.count("?"))
                     for table, cols, where in self._MOVE_TABLES}
+
+    def links_across(self, cube: str) -> list[tuple[Any, ...]]:
+        """The links between a memory of ``cube`` and a memory of another cube on this store (either way). A move
+        keeps them on the shard it leaves (``memos.kernel.moves``): the other end stays, and the link still names
+        the moved memory, which the router finds on its new shard."""
+        inside = "SELECT id FROM memories WHERE cube = ?"
+        outside = "SELECT id FROM memories WHERE cube != ?"
+        return self._all(
+            "SELECT source, target, relation, author, created_at FROM links "
+            f"WHERE (source IN ({inside}) AND target IN ({outside})) OR (target IN ({inside}) AND source IN ({outside}))",
+            (cube,) * 4)
+
+    def restore_links(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Insert links as ``links_across`` read them."""
+        for source, target, relation, author, at in rows:
+            self.add_link(source, target, relation, author, at)
 
     def cube_fingerprint(self, cube: str) -> list[tuple[Any, ...]]:
         """What changes whenever anything is written to ``cube`` (reads aside): its memories' versions, states and
@@ -733,6 +798,32 @@ class SqliteStore:
             f"WHERE versions_fts MATCH ? AND {checks} ORDER BY score, v.rowid LIMIT ?"
         )
         return [(r[0], r[1]) for r in self._all(sql, [match, *cube_list, *states, *params, limit])]
+
+    def lexical_stats(self, query: str, rowids: Sequence[int]) -> dict[str, Any]:
+        """What ``bm25`` needs to score ``rowids`` (candidates of ``lexical(query, ...)``) over the statistics of
+        several stores: this FTS table's rows and tokens, each phrase's hit count, and each row's instances of
+        each phrase and its length (FTS5's own counts: the docsize and averages records, and ``highlight``)."""
+        phrases = fts_phrases(query)
+        averages = self._one("SELECT block FROM versions_fts_data WHERE id = 1")
+        counts = _varints(bytes(averages[0])) if averages else [0]
+        rows, tokens = counts[0], sum(counts[1:])
+        hits = [int(self._one("SELECT COUNT(*) FROM versions_fts WHERE versions_fts MATCH ?", (p,))[0])  # type: ignore[index]
+                for p in phrases]
+        ids = list(dict.fromkeys(rowids))
+        freqs: dict[int, list[int]] = {r: [0] * len(phrases) for r in ids}
+        length: dict[int, int] = {}
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            marks = ",".join("?" * len(part))
+            for i, phrase in enumerate(phrases):
+                for rowid, *cols in self._all(
+                    "SELECT rowid, highlight(versions_fts, 0, char(1), ''), highlight(versions_fts, 1, char(1), '') "
+                    f"FROM versions_fts WHERE versions_fts MATCH ? AND rowid IN ({marks})", [phrase, *part]):
+                    freqs[rowid][i] = sum(str(c).count("\x01") for c in cols)
+            for rowid, sizes in self._all(f"SELECT id, sz FROM versions_fts_docsize WHERE id IN ({marks})", part):
+                length[rowid] = sum(_varints(bytes(sizes)))
+        return {"rows": rows, "tokens": tokens, "hits": hits,
+                "candidates": {r: (freqs[r], length.get(r, 0)) for r in ids}}
 
     # ------------------------------------------------------------------------------------------------ index outbox
 

@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from memos import syscalls as sc
 from memos.errors import InvalidState, InvalidSyscall, MemosError, error_from_wire
+from memos.kernel.ops.search import candidate_limit
+from memos.kernel.retrieval import Candidate, Fused, fuse_candidates
 from memos.storage.placement import Placement
+from memos.storage.sqlite import bm25
 from memos.transports.envelope import Transport
 
 #: Memory ids whose shard the router remembers (least recently used out first).
@@ -46,6 +50,11 @@ _CUBE_FIELD = {"write": "cube", "list": "cube", "grant": "cube", "revoke": "cube
                "drop_cube": "name", "cube_info": "name", "distill": "cube", "compress": "cube", "audit": "cube"}
 _MULTI_CUBE = {"search", "assemble_context", "generate", "events", "snapshot"}
 _FAN_OUT = {"list_cubes", "stats", "jobs", "audit", "snapshot"}
+
+
+def _at(record: dict[str, Any]) -> datetime:
+    """When an event or audit record (a wire dict) happened."""
+    return datetime.fromisoformat(record["at"])
 
 
 def _merge_stats(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -78,27 +87,47 @@ MERGE: dict[str, Callable[[Sequence[dict[str, Any]]], dict[str, Any]]] = {
     "list_cubes": lambda answers: {"cubes": sorted((c for a in answers for c in a["cubes"]), key=lambda c: c["name"])},
     "stats": _merge_stats,
     "jobs": lambda answers: {"jobs": [j for a in answers for j in a["jobs"]]},
-    "audit": lambda answers: {"records": sorted((r for a in answers for r in a["records"]), key=lambda r: r["at"])},
+    "audit": lambda answers: {"records": sorted((r for a in answers for r in a["records"]), key=_at)},
     "snapshot": _merge_snapshots,
-    # Each shard's seq counts its own events: the merged list has no cursor to continue from (next_seq 0).
-    "events": lambda answers: {"events": sorted((e for a in answers for e in a["events"]), key=lambda e: e["at"]),
-                               "next_seq": 0},
 }
 
 
-def fuse_hits(per_shard: Sequence[Sequence[dict[str, Any]]], k: int) -> list[dict[str, Any]]:
-    """The best ``k`` of several shards' search hits (wire dicts, each list best first), by score; ties keep the
-    shards' order (lower shard first, then each shard's own order).
+def fuse_shards(call: Any, answers: Sequence[tuple[int, dict[str, Any]]]) -> list[tuple[Candidate, Fused]]:
+    """Every hit of a search over cubes on several shards, best first, from each shard's candidates (``(shard,
+    ShardCandidates wire dict)``): each retriever's candidates of all shards merged by their raw scores and cut to
+    the count one kernel takes (``candidate_limit``), then fused and reranked by the kernel's own function
+    (``memos.kernel.retrieval.fuse_candidates``). Dense scores are cosine distances (the same embedder everywhere);
+    lexical ones are bm25 computed again here over the summed statistics of the shards searched (rows, tokens,
+    hits per phrase: ``memos.storage.sqlite.bm25``, bit for bit FTS5's), since each shard's own bm25 weighs words
+    by its own rows. Equal raw scores keep the lower shard first. Keys are (shard, rowid)."""
+    limit = candidate_limit(call.k)
+    pool: dict[Hashable, Candidate] = {}
+    near: dict[str, list[Hashable]] = {}
+    dense: list[tuple[float, int, int, Hashable]] = []
+    lexical: list[tuple[float, int, int, Hashable]] = []
+    for shard, answer in answers:
+        for rowid, fields in answer["pool"].items():
+            key = (shard, int(rowid))
+            pool[key] = Candidate(key=key, **fields)
+        for memory_id, rowids in answer["neighbours"].items():
+            near[memory_id] = [(shard, rowid) for rowid in rowids]
+        dense += [(score, shard, i, (shard, rowid)) for i, (rowid, score) in enumerate(answer["dense"])]
+    stats = [(shard, a["lexical_stats"]) for shard, a in answers if a.get("lexical_stats")]
+    if stats:  # bm25 over the statistics of all the shards searched, as one kernel holding their rows scores it
+        rows = sum(s["rows"] for _, s in stats)
+        tokens = sum(s["tokens"] for _, s in stats)
+        hits = [sum(column) for column in zip(*(s["hits"] for _, s in stats), strict=True)]
+        for shard, s in stats:
+            lexical += [(bm25(freqs, length, rows, tokens, hits), shard, i, (shard, int(rowid)))
+                        for i, (rowid, (freqs, length)) in enumerate(s["candidates"].items())]
+    dense.sort(key=lambda t: t[:3])
+    lexical.sort(key=lambda t: t[:3])
 
-    Each shard's score is its hybrid score (``memos.kernel.retrieval``: RRF of the dense and lexical ranks, then the
-    reranking boosts) over that shard's own candidates. A memory's rank within its shard is never worse than over
-    all the searched cubes, so the memories one kernel would rank first score high on their shards too (and the
-    1-shard and 2-shard top k agree in ``tests/unit/test_shards.py``); but the shards' ranks are not shared, so the
-    order across shards, and which memories fill the last places, can differ from one kernel's (exact global
-    fusion would need each retriever's raw scores on the wire: docs/architecture.md)."""
-    merged = [(hit["score"], shard, i, hit) for shard, hits in enumerate(per_shard) for i, hit in enumerate(hits)]
-    merged.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return [hit for *_, hit in merged[:k]]
+    def neighbours(memory_ids: list[str]) -> dict[str, list[Candidate]]:
+        return {m: [pool[key] for key in near[m]] for m in memory_ids if m in near}
+
+    return fuse_candidates(call.query, [t[3] for t in dense[:limit]], [t[3] for t in lexical[:limit]], pool,
+                           mode=call.mode, as_of=call.as_of is not None, neighbours=neighbours)
 
 
 class ShardRouter:
@@ -180,7 +209,7 @@ class ShardRouter:
         field = _CUBE_FIELD.get(op)
         if field is not None and getattr(call, field) is not None:
             return self._send(self._shard_of(getattr(call, field)), principal, syscall, trace_id)
-        if op in _MULTI_CUBE and getattr(call, "cubes", ()):
+        if op in _MULTI_CUBE and getattr(call, "cubes", ()) and not (op == "events" and isinstance(call.since, str)):
             return self._multi_cube(call, principal, syscall, trace_id)
         if op == "audit" and len(self.shards) > 1:
             if call.since:
@@ -189,19 +218,38 @@ class ShardRouter:
             if "ok" in answer:  # the newest records first are not what audit pages: the oldest `limit`, by time
                 answer["ok"]["records"] = answer["ok"]["records"][: call.limit]
             return answer
-        if op in _FAN_OUT or (op == "events" and len(self.shards) == 1):
-            return self._fan_out(op, principal, syscall, trace_id)
-        if op == "events" and call.latest and not call.since:  # the newest `limit` of all shards, by time (no cursor)
-            answer = self._fan_out(op, principal, syscall, trace_id)
-            if "ok" in answer:
-                answer["ok"]["events"] = answer["ok"]["events"][-call.limit:]
-            return answer
         if op == "events":
-            raise InvalidSyscall("events across shards have no single cursor: name the cubes of one shard (the "
-                                 "newest events of every shard: latest=True, since=0)")
+            return self._events(call, principal, syscall, trace_id)
+        if op in _FAN_OUT:
+            return self._fan_out(op, principal, syscall, trace_id)
         if op == "cancel":
             return self._probe(range(len(self.shards)), principal, syscall, trace_id)
-        return self._by_memory(self._memory_of(call), principal, syscall, trace_id)
+        answer = self._by_memory(self._memory_of(call), principal, syscall, trace_id)
+        if op == "related" and answer.get("ok", {}).get("elsewhere") and len(self.shards) > 1:
+            answer = self._resolve_elsewhere(call, answer, principal, trace_id)
+        return answer
+
+    def _resolve_elsewhere(self, call: Any, answer: dict[str, Any], principal: str,
+                           trace_id: str | None) -> dict[str, Any]:
+        """``related``'s links to memories on other shards (``elsewhere``: a move split them), each read there as
+        the caller (``history``: counts no read; a memory it may not read, or purged, is left out) and put in its
+        place in the list."""
+        ok = answer["ok"]
+        related, offset, missing = list(ok["related"]), 0, []
+        for link in ok["elsewhere"]:
+            found = self._by_memory(link["id"], principal, {"op": "history", "id": link["id"]}, trace_id)
+            versions = found.get("ok", {}).get("memories") or []
+            if not versions:
+                if found.get("error", {}).get("code") == "not_found":
+                    missing.append(link)
+                continue
+            memory = versions[-1]
+            if not call.include_inactive and memory["state"] != "active":
+                continue
+            related.insert(link["position"] + offset, {"memory": memory, "relation": link["relation"],
+                                                       "direction": link["direction"]})
+            offset += 1
+        return {"ok": {**ok, "related": related[: call.k], "elsewhere": missing}}
 
     def _multi_cube(self, call: Any, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
         groups: dict[int, list[str]] = {}
@@ -209,6 +257,8 @@ class ShardRouter:
             groups.setdefault(self._shard_of(cube), []).append(cube)
         if len(groups) == 1:
             return self._send(next(iter(groups)), principal, syscall, trace_id)
+        if call.op == "events":
+            return self._events(call, principal, syscall, trace_id)
         if call.op == "snapshot":
             parts = [(shard, {**syscall, "cubes": cubes}) for shard, cubes in sorted(groups.items())]
             return self._merged("snapshot", parts, principal, trace_id)
@@ -216,13 +266,81 @@ class ShardRouter:
             raise InvalidSyscall(f"{call.op} over cubes on different shards ({', '.join(map(str, sorted(groups)))}) "
                                  "is not supported: name cubes of one shard, or move them together "
                                  "('memos cube move')", shards=sorted(groups))
-        parts = [(shard, {**syscall, "cubes": cubes}) for shard, cubes in sorted(groups.items())]
-        answers = self._parallel([(shard, lambda t, s=s: t.call(principal, s, trace_id)) for shard, s in parts])
-        for (shard, _), answer in zip(parts, answers, strict=True):
+        return self._search_across(call, groups, principal, syscall, trace_id)
+
+    def _search_across(self, call: Any, groups: dict[int, list[str]], principal: str, syscall: dict[str, Any],
+                       trace_id: str | None) -> dict[str, Any]:
+        """A search over cubes on several shards, in two rounds: each shard's candidates (``shard_phase=
+        "candidates"``), fused here once (``fuse_shards``); then each shard loads the hits chosen on it, counts
+        their reads and expands them (``shard_phase="hits"``), and the hits are put in the fused order."""
+        parts = sorted(groups.items())
+        asks = [(shard, {**syscall, "cubes": cubes, "shard_phase": "candidates", "shard_hits": []})
+                for shard, cubes in parts]
+        answers = self._parallel([(shard, lambda t, s=s: t.call(principal, s, trace_id)) for shard, s in asks])
+        for answer in answers:
+            if "error" in answer:
+                return answer
+        top = fuse_shards(call, [(shard, a["ok"]) for (shard, _), a in zip(parts, answers, strict=True)])[: call.k]
+        chosen: dict[int, list[dict[str, Any]]] = {}
+        for c, item in top:
+            shard, rowid = c.key  # type: ignore[misc]
+            chosen.setdefault(shard, []).append({"rowid": rowid, "score": item.score, "dense_rank": item.dense_rank,
+                                                 "lexical_rank": item.lexical_rank})
+        asks = [(shard, {**syscall, "cubes": cubes, "shard_phase": "hits", "shard_hits": chosen[shard]})
+                for shard, cubes in parts if shard in chosen]
+        answers = self._parallel([(shard, lambda t, s=s: t.call(principal, s, trace_id)) for shard, s in asks])
+        found: dict[str, dict[str, Any]] = {}
+        for (shard, _), answer in zip(asks, answers, strict=True):
             if "error" in answer:
                 return answer
             self._remember(answer, shard)
-        return {"ok": {"hits": fuse_hits([a["ok"]["hits"] for a in answers], call.k)}}
+            found.update((h["memory"]["id"], h) for h in answer["ok"]["hits"])
+        order = {c.memory_id: i for i, (c, _) in enumerate(top)}
+        hits = [found[c.memory_id] for c, _ in top if c.memory_id in found]
+        # Expansion (``expand``) adds linked memories after the hits, in the order of the hits that brought them
+        # (``via`` ends with that hit's id); then all by score, as expand_hits orders them on one kernel.
+        added = sorted((h for m, h in found.items() if m not in order),
+                       key=lambda h: order.get(str(h.get("via") or "").rsplit(" ", 1)[-1], len(order)))
+        merged = sorted([*hits, *added], key=lambda h: -h["score"])
+        return {"ok": {"hits": merged[: call.k]}}
+
+    def _events(self, call: Any, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
+        """Events of every shard (or of the shards holding ``cubes``), merged by time, with a cursor of each shard's
+        position (``shards:<seq of shard 0>,<seq of shard 1>,...``): each shard is asked for its events after its
+        position, the first ``limit`` of them all by time are answered, and each shard's position moves to the
+        last of its events answered, so a page never skips or repeats an event. With ``latest``: the newest
+        ``limit`` of them all, and every shard's position moves to its end."""
+        n = len(self.shards)
+        if n == 1:
+            return self._fan_out("events", principal, syscall, trace_id)
+        if isinstance(call.since, str):
+            positions = [int(x) for x in call.since.removeprefix("shards:").split(",")]
+            if len(positions) != n:
+                raise InvalidSyscall(f"the cursor {call.since!r} has {len(positions)} shard positions; this "
+                                     f"deployment has {n} shards")
+        elif call.since == 0:
+            positions = [0] * n
+        else:
+            raise InvalidSyscall(f"since={call.since} is one kernel's cursor; over {n} kernel shards pass the "
+                                 "next_seq of a previous page (shards:...), or 0 to start")
+        groups: dict[int, list[str]] = {}
+        for cube in dict.fromkeys(call.cubes):
+            groups.setdefault(self._shard_of(cube), []).append(cube)
+        asks = [(shard, {**syscall, "since": positions[shard], **({"cubes": groups[shard]} if groups else {})})
+                for shard in range(n) if not groups or shard in groups]
+        answers = self._parallel([(shard, lambda t, s=s: t.call(principal, s, trace_id)) for shard, s in asks])
+        for answer in answers:
+            if "error" in answer:
+                return answer
+        merged = sorted(((_at(e), shard, i, e) for (shard, _), a in zip(asks, answers, strict=True)
+                         for i, e in enumerate(a["ok"]["events"])), key=lambda t: t[:3])
+        taken = merged[-call.limit:] if call.latest else merged[: call.limit]
+        if call.latest:
+            for (shard, _), a in zip(asks, answers, strict=True):
+                positions[shard] = max(positions[shard], int(a["ok"]["next_seq"]))
+        for _, shard, _, e in taken:
+            positions[shard] = max(positions[shard], int(e["seq"]))
+        return {"ok": {"events": [e for *_, e in taken], "next_seq": "shards:" + ",".join(map(str, positions))}}
 
     def _fan_out(self, op: str, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
         return self._merged(op, [(shard, syscall) for shard in range(len(self.shards))], principal, trace_id)

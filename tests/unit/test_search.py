@@ -137,9 +137,11 @@ def test_dense_candidates_from_the_unfiltered_probe_equal_the_filtered_query(ker
             q = IndexQuery(embedding=kernel.embedder.embed([" ".join(rng.choices(words, k=3))])[0], cubes=cubes,
                            limit=50, at=at)
             expected = kernel.store.rowids_of(parse_entry_id(e) for e, _ in kernel.index.query(q))
-            got = dense_candidates(CallContext(kernel, "agent:alice"), q)
+            scored = dense_candidates(CallContext(kernel, "agent:alice"), q)
+            got = [r for r, _ in scored]
             everything = kernel.index.nearest(q.embedding, 10_000)
             rowid = dict(zip(kernel.store.rowids_of(parse_entry_id(e) for e, _ in everything),
                              (round(d, 6) for _, d in everything), strict=False))
             assert len(got) == len(expected) and set(got) <= set(rowid)
             assert [rowid[r] for r in got] == [rowid[r] for r in expected]  # the same, up to the order of ties
+            assert [round(d, 6) for _, d in scored] == [rowid[r] for r in got]  # with their distances

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from memos import syscalls as sc
-from memos.errors import InvalidState, NotFound, PermissionDenied
+from memos.errors import InvalidState, InvalidSyscall, NotFound, PermissionDenied
 from memos.kernel.authz import job_view, readable_cubes, require_cube, target_admin
 from memos.kernel.context import CallContext
 from memos.kernel.reads import join_pending_reads
@@ -47,6 +47,9 @@ def stats(ctx: CallContext, call: sc.GetStats) -> Stats:
 
 
 def events(ctx: CallContext, call: sc.GetEvents) -> EventList:
+    if isinstance(call.since, str):
+        raise InvalidSyscall(f"since={call.since!r} is a cursor over kernel shards; this kernel's cursor is its "
+                             "event sequence number (an int)")
     if ctx.principal in ctx.kernel.superusers and not call.cubes:
         cubes = None
     else:

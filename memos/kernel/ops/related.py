@@ -12,14 +12,17 @@ from memos import syscalls as sc
 from memos.kernel.authz import allows, require_memory, right_on
 from memos.kernel.context import CallContext
 from memos.kernel.versions import to_memory
-from memos.types import RelatedList, RelatedMemory, Right, State
+from memos.types import LinkElsewhere, RelatedList, RelatedMemory, Right, State
 
 if TYPE_CHECKING:
     from memos.storage.sqlite import VersionRow
 
 
-def related_rows(ctx: CallContext, row: VersionRow) -> list[tuple[VersionRow, str, str]]:
-    """(memory, relation, direction) for every memory linked to ``row``, strongest relations first."""
+def related_rows(ctx: CallContext, row: VersionRow,
+                 elsewhere: list[tuple[int, str, str, str]] | None = None) -> list[tuple[VersionRow, str, str]]:
+    """(memory, relation, direction) for every memory linked to ``row``, strongest relations first. A linked id
+    that is not on this kernel (on another kernel shard since a move, or purged) is skipped, and noted in
+    ``elsewhere`` when given, as (how many found memories come before it, id, relation, direction)."""
     store = ctx.kernel.store
     found: list[tuple[str, str, str]] = []
     for source, target, relation, _, _ in store.links_of(row.memory_id):
@@ -39,7 +42,12 @@ def related_rows(ctx: CallContext, row: VersionRow) -> list[tuple[VersionRow, st
         if memory_id in seen:
             continue
         other = store.get_version(memory_id)
-        if other is None or not allows(right_on(ctx.kernel, ctx.principal, other.cube), Right.READ):
+        if other is None:
+            if elsewhere is not None:
+                seen.add(memory_id)
+                elsewhere.append((len(out), memory_id, relation, direction))
+            continue
+        if not allows(right_on(ctx.kernel, ctx.principal, other.cube), Right.READ):
             continue
         seen.add(memory_id)
         out.append((other, relation, direction))
@@ -48,13 +56,19 @@ def related_rows(ctx: CallContext, row: VersionRow) -> list[tuple[VersionRow, st
 
 def related(ctx: CallContext, call: sc.Related) -> RelatedList:
     row = require_memory(ctx, call.id, Right.READ)
-    items = [
-        RelatedMemory(memory=to_memory(ctx, other), relation=relation, direction=direction)  # type: ignore[arg-type]
-        for other, relation, direction in related_rows(ctx, row)
-        if (call.include_inactive or other.state == State.ACTIVE) and (not call.relations or relation in call.relations)
-    ][: call.k]
-    ctx.audit_ok(call.op, row.cube, row.memory_id, detail=f"{len(items)} related")
-    return RelatedList(related=tuple(items))
+    away: list[tuple[int, str, str, str]] = []
+    listed = related_rows(ctx, row, away)
+    items, index = [], {}  # index: position in listed -> position in items
+    for i, (other, relation, direction) in enumerate(listed):
+        index[i] = len(items)
+        if (call.include_inactive or other.state == State.ACTIVE) and (not call.relations or relation in call.relations):
+            items.append(RelatedMemory(memory=to_memory(ctx, other), relation=relation, direction=direction))  # type: ignore[arg-type]
+    elsewhere = tuple(
+        LinkElsewhere(position=index.get(before, len(items)), id=memory_id, relation=relation, direction=direction)  # type: ignore[arg-type]
+        for before, memory_id, relation, direction in away
+        if (not call.relations or relation in call.relations) and index.get(before, len(items)) < call.k)
+    ctx.audit_ok(call.op, row.cube, row.memory_id, detail=f"{min(len(items), call.k)} related")
+    return RelatedList(related=tuple(items[: call.k]), elsewhere=elsewhere)
 
 
 HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {sc.Related: related}

@@ -22,35 +22,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from memos import syscalls as sc
+from memos.errors import InvalidSyscall
 from memos.kernel.authz import require_cube
 from memos.kernel.context import CallContext
 from memos.kernel.ops.groups import GROUP_KEY, prefer_groups
 from memos.kernel.ops.related import related_rows
 from memos.kernel.reads import audit_read, record_reads
-from memos.kernel.retrieval import (
-    LEXICAL_WEIGHT,
-    NEIGHBOUR_WEIGHT,
-    SPEAKER_BOOST,
-    TEMPORAL_BOOST,
-    Fused,
-    asks_when,
-    is_dated,
-    named_in,
-    reciprocal_rank_fusion,
-    session_factors,
-)
+from memos.kernel.retrieval import Candidate, Fused, asks_when, fuse_candidates, is_dated
 from memos.kernel.versions import to_memory
 from memos.storage.sqlite import SqliteStore, VersionRow
 from memos.storage.vector import IndexQuery, parse_entry_id
 from memos.types import (
-    GENERATED_WEIGHT,
     ContextItem,
     ContextPlan,
     Kind,
     Right,
     SearchHit,
     SearchResult,
+    ShardCandidates,
     Source,
     State,
     to_epoch,
@@ -66,10 +58,15 @@ _TIE = 1e-9
 
 # ------------------------------------------------------------------------------------------------------ search
 
-def search(ctx: CallContext, call: sc.Search) -> SearchResult:
+def search(ctx: CallContext, call: sc.Search) -> BaseModel:
+    if call.shard_phase == "candidates":
+        return shard_candidates(ctx, call)
     cubes = tuple(dict.fromkeys(call.cubes))
     at = to_epoch(call.as_of) if call.as_of is not None else None
-    hits = search_hits(ctx, call.query, cubes, call.k, call.filters, at=at, mode=call.mode)
+    if call.shard_phase == "hits":
+        hits = shard_hits(ctx, call, cubes)
+    else:
+        hits = search_hits(ctx, call.query, cubes, call.k, call.filters, at=at, mode=call.mode)
     via: dict[int, str] = {}
     if call.expand and at is None:
         hits, via = expand_hits(ctx, hits, cubes, call.filters, call.k, call.expand)
@@ -93,18 +90,20 @@ LexicalKey = tuple[str, tuple[str, ...], float | None, int]
 
 @dataclass(frozen=True, slots=True)
 class LexicalLeg:
-    """The lexical candidates of a hybrid search, computed on a worker thread while ``Kernel.execute`` embedded the
-    query (``lexical_ahead``). ``changes`` is ``SqliteStore.changes`` read before the query ran."""
+    """The lexical candidates of a hybrid search ((rowid, bm25) best first), computed on a worker thread while
+    ``Kernel.execute`` embedded the query (``lexical_ahead``). ``changes`` is ``SqliteStore.changes`` read before
+    the query ran."""
 
     key: LexicalKey
-    rowids: list[int]
+    found: list[tuple[int, float]]
     changes: int
 
 
 def lexical_ahead(call: Any) -> LexicalKey | None:
     """The lexical leg that ``call``'s handler will run and that can run while its query is embedded: that of a
-    hybrid ``search`` or of ``assemble_context``; None for any other call."""
-    if isinstance(call, sc.Search) and call.mode == "hybrid":
+    hybrid ``search`` or of ``assemble_context``; None for any other call (and for a shard's ``hits`` phase of a
+    search, which runs no leg)."""
+    if isinstance(call, sc.Search) and call.mode == "hybrid" and call.shard_phase != "hits":
         at = to_epoch(call.as_of) if call.as_of is not None else None
         return (call.query, tuple(dict.fromkeys(call.cubes)), at, candidate_limit(call.k))
     if isinstance(call, sc.AssembleContext):
@@ -117,29 +116,60 @@ def run_lexical_leg(store: SqliteStore, key: LexicalKey) -> LexicalLeg:
     statement of the store waits for any open transaction, so the leg reads committed rows only)."""
     changes = store.changes
     query, cubes, at, limit = key
-    return LexicalLeg(key, [rowid for rowid, _ in store.lexical(query, cubes, at, limit)], changes)
+    return LexicalLeg(key, store.lexical(query, cubes, at, limit), changes)
 
 
-def _lexical_candidates(ctx: CallContext, key: LexicalKey) -> list[int]:
-    """The lexical leg's rowids: the one computed ahead when it is this leg and nothing was written since it ran
-    (so it is what running it now would give), else run now."""
+def _lexical_candidates(ctx: CallContext, key: LexicalKey) -> list[tuple[int, float]]:
+    """The lexical leg's (rowid, bm25): the one computed ahead when it is this leg and nothing was written since it
+    ran (so it is what running it now would give), else run now."""
     store, ready = ctx.kernel.store, ctx.lexical_ready
     ctx.lexical_ready = None
     if ready is not None and ready.key == key and ready.changes == store.changes:
-        return ready.rowids
-    return run_lexical_leg(store, key).rowids
+        return ready.found
+    return run_lexical_leg(store, key).found
 
 
-def search_hits(
-    ctx: CallContext, query: str, cubes: tuple[str, ...], k: int, f: sc.SearchFilters, *,
-    at: float | None = None, mode: str = "hybrid",
-) -> list[tuple[VersionRow, Fused]]:
-    """Hybrid retrieval with ACL checks and filters; best first. Does not count reads (callers decide)."""
+class _Gathered:
+    """A search's candidates on this kernel: each retriever's (rowid, raw score) best first (cosine distance,
+    bm25: lower is better), and every candidate's row and ``Candidate``, by rowid."""
+
+    def __init__(self, ctx: CallContext, f: sc.SearchFilters, temporal: bool) -> None:
+        self.ctx, self.filters, self.temporal = ctx, f, temporal
+        self.dense: list[tuple[int, float]] = []
+        self.lexical: list[tuple[int, float]] = []
+        self.rows: dict[int, VersionRow] = {}
+        self.pool: dict[int, Candidate] = {}
+
+    def add(self, rows: dict[int, VersionRow]) -> None:
+        for rowid, row in rows.items():
+            if rowid not in self.pool:
+                self.rows[rowid] = row
+                self.pool[rowid] = _candidate(row, self.filters, self.temporal)
+
+    def neighbours(self, memory_ids: list[str]) -> dict[str, list[Candidate]]:
+        """Session neighbours (``insertion_neighbours``) of these memories, as candidates (their rows kept)."""
+        found = self.ctx.kernel.store.insertion_neighbours(memory_ids)
+        self.add({n.rowid: n for near in found.values() for n in near})
+        return {memory_id: [self.pool[n.rowid] for n in near] for memory_id, near in found.items()}
+
+
+def _candidate(row: VersionRow, f: sc.SearchFilters, temporal: bool) -> Candidate:
+    meta = row.metadata
+    return Candidate(key=row.rowid, memory_id=row.memory_id, cube=row.cube, passes=_passes(row, f),
+                     group=GROUP_KEY in meta, generated=row.provenance.get("source") == Source.GENERATED,
+                     speaker=meta.get("speaker"), subject=meta.get("subject"),
+                     dated=temporal and is_dated(row.content),
+                     session=str(meta["session"]) if meta.get("session") is not None else None)
+
+
+def gather(ctx: CallContext, query: str, cubes: tuple[str, ...], k: int, f: sc.SearchFilters, *,
+           at: float | None = None, mode: str = "hybrid") -> _Gathered:
+    """Each retriever's candidates for a search (ACL checked), with their rows."""
     store = ctx.kernel.store
     for cube in cubes:
         require_cube(ctx, cube, Right.READ)
     limit = candidate_limit(k)
-    dense: list[int] = []
+    out = _Gathered(ctx, f, mode == "hybrid" and asks_when(query))
     if mode in ("hybrid", "dense"):
         equals = {"trust": f.trust.value} if f.trust else {}
         one_of: dict[str, tuple[str, ...]] = {}
@@ -150,68 +180,58 @@ def search_hits(
         if f.sources:
             one_of["source"] = tuple(x.value for x in f.sources)
         q = IndexQuery(embedding=ctx.query_vector(query), cubes=cubes, limit=limit, at=at, equals=equals, one_of=one_of)
-        dense = dense_candidates(ctx, q)
-    lexical: list[int] = []
+        out.dense = dense_candidates(ctx, q)
     if mode in ("hybrid", "lexical"):
-        lexical = _lexical_candidates(ctx, (query, cubes, at, limit))
-    rows = store.versions_by_rowid(dict.fromkeys([*dense, *lexical]))  # one query for every candidate
+        out.lexical = _lexical_candidates(ctx, (query, cubes, at, limit))
+    out.add(store.versions_by_rowid(dict.fromkeys([r for r, _ in out.dense] + [r for r, _ in out.lexical])))
+    return out
+
+
+def search_hits(
+    ctx: CallContext, query: str, cubes: tuple[str, ...], k: int, f: sc.SearchFilters, *,
+    at: float | None = None, mode: str = "hybrid",
+) -> list[tuple[VersionRow, Fused]]:
+    """Hybrid retrieval with ACL checks and filters; best first. Does not count reads (callers decide)."""
+    found = gather(ctx, query, cubes, k, f, at=at, mode=mode)
+    ranked = fuse_candidates(query, [r for r, _ in found.dense], [r for r, _ in found.lexical], found.pool,
+                             mode=mode, as_of=at is not None, neighbours=found.neighbours)
+    return [(found.rows[c.key], item) for c, item in ranked[:k]]  # type: ignore[index]
+
+
+def shard_candidates(ctx: CallContext, call: sc.Search) -> ShardCandidates:
+    """Phase 1 of a search over cubes on several shards (``memos.transports.router``): this shard's candidates
+    for its cubes with each retriever's raw score, what fusion reads of each (and of their session neighbours),
+    and the lexical candidates' bm25 statistics (``SqliteStore.lexical_stats``), so that the router scores and
+    fuses them all at once, as one kernel does. Counts no read."""
+    at = to_epoch(call.as_of) if call.as_of is not None else None
+    found = gather(ctx, call.query, tuple(dict.fromkeys(call.cubes)), call.k, call.filters, at=at, mode=call.mode)
+    near: dict[str, list[int]] = {}
+    if call.mode == "hybrid" and at is None:
+        passing = [c.memory_id for c in found.pool.values() if c.passes and not c.group]
+        near = {m: [int(n.key) for n in ns] for m, ns in found.neighbours(passing).items()}  # type: ignore[call-overload]
+    stats = ctx.kernel.store.lexical_stats(call.query, [r for r, _ in found.lexical]) if found.lexical else None
+    return ShardCandidates(dense=tuple(found.dense), lexical=tuple(found.lexical),
+                           pool={rowid: c.wire() for rowid, c in found.pool.items()}, neighbours=near,
+                           lexical_stats=stats)
+
+
+def shard_hits(ctx: CallContext, call: sc.Search, cubes: tuple[str, ...]) -> list[tuple[VersionRow, Fused]]:
+    """Phase 2 of a search over several shards: the rows of the hits the router chose on this shard, with the
+    scores it fused (reads are counted, and expansion runs on them, as for any search)."""
+    for cube in cubes:
+        require_cube(ctx, cube, Right.READ)
+    rows = ctx.kernel.store.versions_by_rowid([h.rowid for h in call.shard_hits])
     hits = []
-    weight = LEXICAL_WEIGHT if mode == "hybrid" else 1.0
-    for item in reciprocal_rank_fusion([r for r in dense if r in rows], lexical, lexical_weight=weight):
-        row = rows.get(item.key)
-        if row is None or not _passes(row, f) or GROUP_KEY in row.metadata:  # a group repeats its sources' text
-            continue
-        if row.provenance.get("source") == Source.GENERATED:  # a model's own answer ranks below observed facts
-            item = Fused(item.key, item.score * GENERATED_WEIGHT, item.dense_rank, item.lexical_rank)
-        hits.append((row, item))
-    if mode == "hybrid":
-        hits = _rerank(ctx, query, hits, f, at)
-    hits.sort(key=lambda h: -h[1].score)  # stable: fusion order breaks ties
-    return hits[:k]
+    for h in call.shard_hits:
+        row = rows.get(h.rowid)
+        if row is None or row.cube not in cubes:
+            raise InvalidSyscall(f"shard_hits names version {h.rowid}, which is not in the searched cubes")
+        hits.append((row, Fused(row.rowid, h.score, h.dense_rank, h.lexical_rank)))
+    return hits
 
 
-def _rerank(ctx: CallContext, query: str, hits: list[tuple[VersionRow, Fused]], f: sc.SearchFilters,
-            at: float | None) -> list[tuple[VersionRow, Fused]]:
-    """Speaker, temporal, session-neighbour and session reranking of fused hits (memos.kernel.retrieval, steps 2-5)."""
-    names = {str(r.metadata.get(key)) for r, _ in hits for key in ("speaker", "subject") if r.metadata.get(key)}
-    named = named_in(query, names)
-    temporal = asks_when(query)
-    scored = []
-    for row, item in hits:
-        factor = 1.0
-        if named is not None and named in (row.metadata.get("speaker"), row.metadata.get("subject")):
-            factor *= 1 + SPEAKER_BOOST
-        if temporal and is_dated(row.content):
-            factor *= 1 + TEMPORAL_BOOST
-        scored.append((row, Fused(item.key, item.score * factor, item.dense_rank, item.lexical_rank)))
-    if at is not None or not scored:
-        return _by_session(scored)
-    score = {row.memory_id: item.score for row, item in scored}
-    neighbours = ctx.kernel.store.insertion_neighbours(score)
-    out, extra = [], {}
-    for row, item in scored:
-        near = max((score.get(n.memory_id, 0.0) for n in neighbours.get(row.memory_id, ())), default=0.0)
-        out.append((row, Fused(item.key, item.score + NEIGHBOUR_WEIGHT * near, item.dense_rank, item.lexical_rank)))
-        for n in neighbours.get(row.memory_id, ()):
-            if n.memory_id not in score and _passes(n, f):
-                gain = NEIGHBOUR_WEIGHT * item.score
-                if gain > extra.get(n.memory_id, (None, 0.0))[1]:
-                    extra[n.memory_id] = (n, gain)
-    out += [(n, Fused(n.rowid, gain, None, None)) for n, gain in extra.values()]
-    return _by_session(out)
-
-
-def _by_session(hits: list[tuple[VersionRow, Fused]]) -> list[tuple[VersionRow, Fused]]:
-    """Step 5 of memos.kernel.retrieval: hits of the strongest sessions (per cube) gain."""
-    keys = [(row.cube, str(row.metadata["session"])) if row.metadata.get("session") is not None else None
-            for row, _ in hits]
-    factors = session_factors(list(zip(keys, (item.score for _, item in hits), strict=True)))
-    return [(row, Fused(item.key, item.score * x, item.dense_rank, item.lexical_rank))
-            for (row, item), x in zip(hits, factors, strict=True)]
-
-
-def dense_candidates(ctx: CallContext, q: IndexQuery) -> list[int]:
-    """Rowids of the best ``q.limit`` index entries that pass ``q``, best first.
+def dense_candidates(ctx: CallContext, q: IndexQuery) -> list[tuple[int, float]]:
+    """(rowid, cosine distance) of the best ``q.limit`` index entries that pass ``q``, best first.
 
     First an unfiltered probe of ``PROBE_FACTOR * limit`` neighbours, checked against SQLite's columns (cube, state,
     validity): a filtered index query filters metadata before the vector search, which made Chroma's dense query
@@ -223,10 +243,17 @@ def dense_candidates(ctx: CallContext, q: IndexQuery) -> list[int]:
     store, index = ctx.kernel.store, ctx.kernel.index
     if not q.equals and not q.one_of:
         probe = index.nearest(q.embedding, PROBE_FACTOR * q.limit)
-        passing = store.rowids_of((parse_entry_id(eid) for eid, _ in probe), cubes=q.cubes, at=q.at, states=q.states)
+        passing = _with_distances(store.rowid_pairs_of((parse_entry_id(eid) for eid, _ in probe), cubes=q.cubes,
+                                                       at=q.at, states=q.states), probe)
         if len(passing) >= q.limit or len(probe) < PROBE_FACTOR * q.limit:  # enough, or the whole index was probed
             return passing[: q.limit]
-    return store.rowids_of(parse_entry_id(eid) for eid, _ in index.query(q))
+    found = index.query(q)
+    return _with_distances(store.rowid_pairs_of(parse_entry_id(eid) for eid, _ in found), found)
+
+
+def _with_distances(pairs: list[tuple[tuple[str, int], int]], entries: list[tuple[str, float]]) -> list[tuple[int, float]]:
+    distance = {parse_entry_id(eid): d for eid, d in entries}
+    return [(rowid, float(distance[pair])) for pair, rowid in pairs]
 
 
 def expand_hits(
