@@ -26,6 +26,7 @@ from memos.transports import Transport, unwrap
 from memos.types import (
     Ack,
     AdoptionGate,
+    AuditList,
     AuditRecord,
     ChatMessage,
     ContextPlan,
@@ -369,8 +370,12 @@ class Memos:
         """Events after ``since``; ``types`` keeps only those; ``latest`` gives the newest ``limit`` (in order)."""
         return self._do(sc.GetEvents, since=since, limit=limit, cubes=tuple(cubes), types=tuple(types), latest=latest)
 
-    def audit(self, cube: str | None = None, *, since: int = 0, limit: int = 100) -> tuple[AuditRecord, ...]:
-        return self._do(sc.GetAudit, cube=cube, since=since, limit=limit).records
+    def audit(self, cube: str | None = None, *, since: int | str = 0, limit: int = 100) -> tuple[AuditRecord, ...]:
+        return self.audit_page(cube, since=since, limit=limit).records
+
+    def audit_page(self, cube: str | None = None, *, since: int | str = 0, limit: int = 100) -> AuditList:
+        """The records after ``since`` and the cursor of the next page (``next_since``)."""
+        return self._do(sc.GetAudit, cube=cube, since=since, limit=limit)
 
 
 __all__ = ["Event", "Memos"]

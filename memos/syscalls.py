@@ -375,11 +375,13 @@ class GetEvents(_Syscall):
 
 
 class GetAudit(_Syscall):
-    """The audit log of a cube (needs ``admin``), or of everything for a superuser when ``cube`` is None."""
+    """The audit log of a cube (needs ``admin``), or of everything for a superuser when ``cube`` is None; the
+    records after ``since``, oldest first. Page on with the answer's ``next_since`` (over kernel shards a
+    ``ShardCursor``, the records of all shards merged by time)."""
 
     op: Literal["audit"] = "audit"
     cube: CubeName | None = None
-    since: int = Field(default=0, ge=0, le=SQL_INT_MAX)
+    since: Annotated[int, Field(ge=0, le=SQL_INT_MAX)] | ShardCursor = 0  # over shards: next_since of a page
     limit: int = Field(default=100, ge=1, le=1000)
     result_type: ClassVar[type[BaseModel]] = AuditList
 

@@ -412,6 +412,7 @@ class AuditRecord(_Frozen):
 
 class AuditList(_Frozen):
     records: tuple[AuditRecord, ...]
+    next_since: int | str = 0  # the cursor of the next page (a str over kernel shards: memos.syscalls.ShardCursor)
 
 
 class Stats(_Frozen):

@@ -3,23 +3,23 @@
 It speaks the envelope like any transport, so ``Memos`` is unchanged over it. Each syscall goes where its data is:
 
 - **a cube named** (``write``, ``list``, ``create_cube``, ``drop_cube``, ``cube_info``, ``grant``, ``revoke``,
-  ``ingest``, ``fuse``, ``distill``/``compress`` with a cube, ``audit`` of a cube): the cube's shard. (``audit``
-  of everything asks every shard and keeps the oldest ``limit`` records by time; its ``since`` cursor is per shard,
-  so paging through it names a cube.) ``create_cube``
-  records the cube in the placement table first, so it stays where it was created.
+  ``ingest``, ``fuse``, ``distill``/``compress`` with a cube, ``audit`` of a cube): the cube's shard. ``audit`` of
+  everything pages through every shard's log by time, as ``events`` does (``_by_time``). ``create_cube`` records
+  the cube in the placement table first, so it stays where it was created.
 - **several cubes** (``search``, ``assemble_context``, ``generate``, ``events``, ``snapshot``): the one shard holding
-  them all. ``search`` over cubes on several shards fans out to them in parallel, each shard searching its own cubes
-  with the same query and ``k``, and the router merges their hits by score (see ``fuse_hits``). The other multi-cube
-  calls over several shards are refused (``InvalidSyscall``): a context plan, a generation or an event cursor
-  cannot be merged from parts; except ``events`` with ``latest`` and no ``since`` (what ``memos top`` asks): the
-  newest ``limit`` of every shard's, by time, with no cursor (``next_seq`` 0).
+  them all. ``search`` over cubes on several shards runs in two rounds and ranks as one kernel would
+  (``_search_across``, ``fuse_shards``): each shard's candidates with their raw scores, fused here once by the
+  kernel's own function, then each shard's chosen hits. ``events`` over several shards (or none named) are merged
+  by time, with a cursor of each shard's position (``_by_time``). ``assemble_context`` and ``generate`` over
+  several shards are refused (``InvalidSyscall``): a context plan or a generation cannot be merged from parts.
 - **write_many**: its items split by their cube's shard, one ``write_many`` per shard in parallel, the outcomes put
   back in the items' order. Each shard's part is atomic per item, as on one kernel.
 - **a memory or job id** (``read``, ``update``, ``history``, ``link`` (its source), ``migrate`` (its first id), ...):
   the shard that answered for that memory before (a bounded cache filled from every result that names memories),
   else each shard in turn until one does not answer ``not_found``. A shard without the memory changes nothing when
-  it answers ``not_found``, so asking it is safe even for writes.
-- **nothing to route by** (``list_cubes``, ``stats``, ``jobs``, ``audit`` of everything): every shard in parallel,
+  it answers ``not_found``, so asking it is safe even for writes. ``related`` then reads the linked memories its
+  shard does not hold (``elsewhere``: a cube move split a link) on theirs.
+- **nothing to route by** (``list_cubes``, ``stats``, ``jobs``): every shard in parallel,
   their answers merged (lists concatenated in order, counts summed; latency percentiles are the worst shard's).
 
 Syscalls are parsed (``memos.syscalls.parse_syscall``) only to find where they go; what travels is the caller's wire
@@ -49,7 +49,7 @@ REMEMBER_IDS = 200_000
 _CUBE_FIELD = {"write": "cube", "list": "cube", "grant": "cube", "revoke": "cube", "ingest": "cube", "fuse": "cube",
                "drop_cube": "name", "cube_info": "name", "distill": "cube", "compress": "cube", "audit": "cube"}
 _MULTI_CUBE = {"search", "assemble_context", "generate", "events", "snapshot"}
-_FAN_OUT = {"list_cubes", "stats", "jobs", "audit", "snapshot"}
+_FAN_OUT = {"list_cubes", "stats", "jobs", "audit", "snapshot", "events"}
 
 
 def _at(record: dict[str, Any]) -> datetime:
@@ -87,7 +87,6 @@ MERGE: dict[str, Callable[[Sequence[dict[str, Any]]], dict[str, Any]]] = {
     "list_cubes": lambda answers: {"cubes": sorted((c for a in answers for c in a["cubes"]), key=lambda c: c["name"])},
     "stats": _merge_stats,
     "jobs": lambda answers: {"jobs": [j for a in answers for j in a["jobs"]]},
-    "audit": lambda answers: {"records": sorted((r for a in answers for r in a["records"]), key=_at)},
     "snapshot": _merge_snapshots,
 }
 
@@ -207,19 +206,12 @@ class ShardRouter:
         if op == "write_many":
             return self._write_many(principal, syscall, trace_id)
         field = _CUBE_FIELD.get(op)
-        if field is not None and getattr(call, field) is not None:
+        if field is not None and getattr(call, field) is not None and not (op == "audit" and isinstance(call.since, str)):
             return self._send(self._shard_of(getattr(call, field)), principal, syscall, trace_id)
         if op in _MULTI_CUBE and getattr(call, "cubes", ()) and not (op == "events" and isinstance(call.since, str)):
             return self._multi_cube(call, principal, syscall, trace_id)
-        if op == "audit" and len(self.shards) > 1:
-            if call.since:
-                raise InvalidSyscall("an audit cursor (since) is per shard: name the cube to page through its log")
-            answer = self._fan_out(op, principal, syscall, trace_id)
-            if "ok" in answer:  # the newest records first are not what audit pages: the oldest `limit`, by time
-                answer["ok"]["records"] = answer["ok"]["records"][: call.limit]
-            return answer
-        if op == "events":
-            return self._events(call, principal, syscall, trace_id)
+        if op in ("events", "audit") and len(self.shards) > 1:
+            return self._by_time(call, principal, syscall, trace_id)
         if op in _FAN_OUT:
             return self._fan_out(op, principal, syscall, trace_id)
         if op == "cancel":
@@ -258,7 +250,7 @@ class ShardRouter:
         if len(groups) == 1:
             return self._send(next(iter(groups)), principal, syscall, trace_id)
         if call.op == "events":
-            return self._events(call, principal, syscall, trace_id)
+            return self._by_time(call, principal, syscall, trace_id)
         if call.op == "snapshot":
             parts = [(shard, {**syscall, "cubes": cubes}) for shard, cubes in sorted(groups.items())]
             return self._merged("snapshot", parts, principal, trace_id)
@@ -304,15 +296,14 @@ class ShardRouter:
         merged = sorted([*hits, *added], key=lambda h: -h["score"])
         return {"ok": {"hits": merged[: call.k]}}
 
-    def _events(self, call: Any, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
-        """Events of every shard (or of the shards holding ``cubes``), merged by time, with a cursor of each shard's
-        position (``shards:<seq of shard 0>,<seq of shard 1>,...``): each shard is asked for its events after its
-        position, the first ``limit`` of them all by time are answered, and each shard's position moves to the
-        last of its events answered, so a page never skips or repeats an event. With ``latest``: the newest
-        ``limit`` of them all, and every shard's position moves to its end."""
+    def _by_time(self, call: Any, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
+        """``events`` or ``audit`` of every shard (or of the shards holding the cubes named), merged by time, with a
+        cursor of each shard's position (``shards:<seq of shard 0>,<seq of shard 1>,...``): each shard is asked
+        for its records after its position, the first ``limit`` of them all by time are answered, and each shard's
+        position moves to the last of its records answered, so a page never skips or repeats one. With ``latest``
+        (events): the newest ``limit`` of them all, and every shard's position moves to its end."""
         n = len(self.shards)
-        if n == 1:
-            return self._fan_out("events", principal, syscall, trace_id)
+        items, cursor = ("events", "next_seq") if call.op == "events" else ("records", "next_since")
         if isinstance(call.since, str):
             positions = [int(x) for x in call.since.removeprefix("shards:").split(",")]
             if len(positions) != n:
@@ -322,25 +313,28 @@ class ShardRouter:
             positions = [0] * n
         else:
             raise InvalidSyscall(f"since={call.since} is one kernel's cursor; over {n} kernel shards pass the "
-                                 "next_seq of a previous page (shards:...), or 0 to start")
+                                 f"{cursor} of a previous page (shards:...), or 0 to start")
+        named = call.cubes if call.op == "events" else (call.cube,) if call.cube else ()
         groups: dict[int, list[str]] = {}
-        for cube in dict.fromkeys(call.cubes):
+        for cube in dict.fromkeys(named):
             groups.setdefault(self._shard_of(cube), []).append(cube)
-        asks = [(shard, {**syscall, "since": positions[shard], **({"cubes": groups[shard]} if groups else {})})
+        asks = [(shard, {**syscall, "since": positions[shard],
+                         **({"cubes": groups[shard]} if groups and call.op == "events" else {})})
                 for shard in range(n) if not groups or shard in groups]
         answers = self._parallel([(shard, lambda t, s=s: t.call(principal, s, trace_id)) for shard, s in asks])
         for answer in answers:
             if "error" in answer:
                 return answer
         merged = sorted(((_at(e), shard, i, e) for (shard, _), a in zip(asks, answers, strict=True)
-                         for i, e in enumerate(a["ok"]["events"])), key=lambda t: t[:3])
-        taken = merged[-call.limit:] if call.latest else merged[: call.limit]
-        if call.latest:
+                         for i, e in enumerate(a["ok"][items])), key=lambda t: t[:3])
+        latest = getattr(call, "latest", False)
+        taken = merged[-call.limit:] if latest else merged[: call.limit]
+        if latest:
             for (shard, _), a in zip(asks, answers, strict=True):
-                positions[shard] = max(positions[shard], int(a["ok"]["next_seq"]))
+                positions[shard] = max(positions[shard], int(a["ok"][cursor]))
         for _, shard, _, e in taken:
             positions[shard] = max(positions[shard], int(e["seq"]))
-        return {"ok": {"events": [e for *_, e in taken], "next_seq": "shards:" + ",".join(map(str, positions))}}
+        return {"ok": {items: [e for *_, e in taken], cursor: "shards:" + ",".join(map(str, positions))}}
 
     def _fan_out(self, op: str, principal: str, syscall: dict[str, Any], trace_id: str | None) -> dict[str, Any]:
         return self._merged(op, [(shard, syscall) for shard in range(len(self.shards))], principal, trace_id)

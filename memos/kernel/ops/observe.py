@@ -115,12 +115,15 @@ def audit(ctx: CallContext, call: sc.GetAudit) -> AuditList:
                                    right="admin")
     else:
         require_cube(ctx, call.cube, Right.ADMIN)
+    if isinstance(call.since, str):
+        raise InvalidSyscall(f"since={call.since!r} is a cursor over kernel shards; this kernel's cursor is its "
+                             "audit sequence number (an int)")
     rows = ctx.kernel.store.audit_records(call.cube, call.since, call.limit)
     return AuditList(records=tuple(
         AuditRecord(seq=r.seq, at=from_epoch(r.at), principal=r.principal, op=r.op, cube=r.cube,
                     memory_id=r.memory_id, outcome=r.outcome, detail=r.detail, incarnation=r.incarnation)
         for r in rows
-    ))
+    ), next_since=rows[-1].seq if rows else call.since)
 
 
 HANDLERS: dict[type[Any], Callable[[CallContext, Any], Any]] = {
