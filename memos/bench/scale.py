@@ -13,7 +13,9 @@ For each size N (nested corpora: the first 10k texts of the 100k run are the 10k
 4. **search through Ray**: the same data dir behind the kernel actor (a private local Ray), fresh queries;
    the Ray overhead is the p50 of a ``read`` of one memory through Ray minus its in-process p50;
 5. **parts of a search** (``search_stages``): the query embedding (the floor; the report divides hybrid p95 by
-   its p50), the index probe, its SQLite check and the lexical query, each alone, with two same-loop baselines.
+   its p50), the index probe, its SQLite check and the lexical query, each alone, with three same-loop baselines;
+6. **hybrid before and after** (``hybrid_before_after``): hybrid search as it is and with its lexical leg in turn
+   after the embedding and without pruning (how it was), one query of each in turn.
 
 With ``--keep DIR`` each size's cube lives in ``DIR/<size>/`` and is built once: later runs skip (1) and (2), report
 the build's ingest figures, and search the same cube.
@@ -141,11 +143,26 @@ def search_latencies(mem: Any, qs: dict[str, list[str]]) -> dict[str, dict[str, 
     return out
 
 
+def hybrid_before_after(mem: Any, kernel: Any, new: list[str], old: list[str]) -> dict[str, dict[str, float]]:
+    """Hybrid search as it is (``after``: lexical leg run while the query is embedded, common words pruned) and as
+    it was (``before``: both legs one after the other, no pruning), one query of each in turn, distinct queries."""
+    times: dict[str, list[float]] = {"after": [], "before": []}
+    for q_new, q_old in zip(new, old, strict=True):
+        times["after"] += _timed(lambda q=q_new: mem.search(q, CUBE, k=10, mode="hybrid"), 1)
+        kernel.lexical_ahead, kernel.store.lexical_pruning = False, False
+        try:
+            times["before"] += _timed(lambda q=q_old: mem.search(q, CUBE, k=10, mode="hybrid"), 1)
+        finally:
+            kernel.lexical_ahead, kernel.store.lexical_pruning = True, True
+    return {k: _ms(v) for k, v in times.items()}
+
+
 def search_stages(kernel: Any, qs: list[str], limit: int = 50) -> dict[str, dict[str, float]]:
     """The parts of one hybrid search, each timed alone on distinct (uncached) queries: the query's embedding (the
     floor of dense and hybrid search), the unfiltered index probe, its check against SQLite, and the lexical query.
-    Two baselines in the same loop: the embedding with the process's torch threads (``query_threads=None``, how
-    queries were embedded before) and the lexical query ranking every match (``probe=False``)."""
+    Three baselines in the same loop: the embedding with the process's torch threads (``query_threads=None``, how
+    queries were embedded before), the lexical query ranking every match (``probe=False``) and the probe without
+    pruning of common words (``lexical_pruning=False``)."""
     from memos.kernel.ops.search import PROBE_FACTOR
     from memos.storage.vector import parse_entry_id
 
@@ -153,7 +170,7 @@ def search_stages(kernel: Any, qs: list[str], limit: int = 50) -> dict[str, dict
     threads = getattr(embedder, "query_threads", None)
     parts: dict[str, list[float]] = {k: [] for k in (
         "query_embedding", "query_embedding_process_threads", "index_probe", "probe_check", "lexical_query",
-        "lexical_query_full")}
+        "lexical_query_unpruned", "lexical_query_full")}
     for i, q in enumerate(qs):
         t0 = time.perf_counter()
         vec = embedder.embed([q])[0]
@@ -166,6 +183,12 @@ def search_stages(kernel: Any, qs: list[str], limit: int = 50) -> dict[str, dict
         t4 = time.perf_counter()
         kernel.store.lexical(q, (CUBE,), None, limit, probe=False)
         t5 = time.perf_counter()
+        kernel.store.lexical_pruning = False
+        try:
+            kernel.store.lexical(q, (CUBE,), None, limit)
+        finally:
+            kernel.store.lexical_pruning = True
+        parts["lexical_query_unpruned"].append(time.perf_counter() - t5)
         parts["query_embedding"].append(t1 - t0)
         parts["index_probe"].append(t2 - t1)
         parts["probe_check"].append(t3 - t2)
@@ -225,6 +248,9 @@ def _size_run(n: int, texts: list[str], home: Path, args: argparse.Namespace, rn
         local = search_latencies(mem, qs)
         bar.update(done[0], note=f"{n}: timing the parts of a search")
         stages = search_stages(kernel, queries(texts, args.queries, rng))
+        bar.update(done[0], note=f"{n}: hybrid search before and after, in turn")
+        pair = queries(texts, 2 * args.queries, rng)
+        hybrid_pair = hybrid_before_after(mem, kernel, pair[::2], pair[1::2])
         some = mem.list(CUBE, limit=1)[0].id
         read_local = _timed(lambda: mem.read(some), args.queries)
     finally:
@@ -233,6 +259,7 @@ def _size_run(n: int, texts: list[str], home: Path, args: argparse.Namespace, rn
         **{k: v for k, v in built.items() if k != "corpus"},
         "search_ms": {"in_process": local},
         "stages_ms": stages,
+        "hybrid_before_after_ms": hybrid_pair,
         "hybrid_p95_to_embedding_p50": round(local["hybrid"]["p95"] / max(stages["query_embedding"]["p50"], 1e-3), 2),
         "read_ms": {"in_process": _ms(read_local)},
     }
@@ -312,6 +339,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in report["runs"]:
         for part, p in r.get("stages_ms", {}).items():
             lines.append(f"| {r['memories']} | {part} | {p['p50']} | {p['p95']} | {p['p99']} |")
+        for when, p in r.get("hybrid_before_after_ms", {}).items():
+            lines.append(f"| {r['memories']} | hybrid search {when} (in turn) | {p['p50']} | {p['p95']} | {p['p99']} |")
         if "hybrid_p95_to_embedding_p50" in r:
             lines.append(f"| {r['memories']} | hybrid p95 / query embedding p50 | {r['hybrid_p95_to_embedding_p50']} | | |")
     lines += ["", "| memories | transport | mode | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|"]

@@ -119,6 +119,7 @@ class Kernel:
         # index updates (embedding) run after it is released (memos.kernel.indexer, "Locking").
         self.lock = threading.RLock()
         self._workers: ThreadPoolExecutor | None = None  # lexical legs run ahead (_lexical_ahead), made on first use
+        self.lexical_ahead = True  # False: both legs in the handler, one after the other (the benchmark's baseline)
         self._workers_lock = threading.Lock()
         self.closing = threading.Event()  # set by close: background passes (re-evaluations) stop between items
         self.indexer = Indexer(store, index, embedder, store_lock=self.lock)
@@ -150,7 +151,7 @@ class Kernel:
         transaction; the handler uses it only if nothing was written since (``SqliteStore.changes``), else runs
         the leg again: the hits are those of running both legs in the call's transaction."""
         key = lexical_ahead(call)
-        if key is None or self.store.held_here():  # a call made inside a transaction: the worker would wait for it
+        if key is None or not self.lexical_ahead or self.store.held_here():  # a call made inside a transaction: the worker would wait for it
             return None
         with self._workers_lock:
             if self._workers is None:

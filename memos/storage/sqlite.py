@@ -233,11 +233,28 @@ STOP_WORDS = frozenset(_STOP_TEXT.split())
 LEXICAL_PROBE_FACTOR = 2
 
 
+#: Lexical pruning (``SqliteStore.lexical``): a query word is *common* when more than this fraction of the indexed
+#: rows, and more than ``COMMON_MIN_ROWS`` of them, contain it. When a query has both rare and common words, only
+#: documents with a rare word are ranked (their scores still count the common words): bm25 is computed for every
+#: document that matches the query, and one template word (*lives*, *code*) matches 14% of a 100k-memory cube.
+COMMON_FRACTION = 0.05
+COMMON_MIN_ROWS = 2000
+
+
+def fts_words(text: str, max_terms: int = 32) -> list[str]:
+    """The distinct words of ``text`` a lexical query ORs, lower-cased, in order: stop words (``STOP_WORDS``) are
+    left out, unless ``text`` has no other word."""
+    words = list(dict.fromkeys(_FTS_WORD.findall(text.lower())))
+    return ([w for w in words if w not in STOP_WORDS] or words)[:max_terms]
+
+
 def fts_phrases(text: str, max_terms: int = 32) -> list[str]:
     """The quoted phrases ``fts_query`` ORs, in order."""
-    words = list(dict.fromkeys(_FTS_WORD.findall(text.lower())))
-    content = [w for w in words if w not in STOP_WORDS] or words
-    return [f'"{w}"' for w in content[:max_terms]]
+    return [f'"{w}"' for w in fts_words(text, max_terms)]
+
+
+def _or(words: Iterable[str]) -> str:
+    return " OR ".join(f'"{w}"' for w in words)
 
 
 def fts_query(text: str, max_terms: int = 32) -> str | None:
@@ -297,6 +314,7 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self.outbox_writes = 0  # index_outbox rows queued by this process (a counter, never reset)
+        self.lexical_pruning = True  # ``lexical`` prunes common words (False: the benchmark's baseline)
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -769,10 +787,15 @@ class SqliteStore:
         probe held every match, they are exactly the best ``limit`` passing rows (a better passing row would be in
         the probe). Otherwise (a small cube in a large store, many old versions) the full query ranks every match
         joined to ``versions``. Ties (equal bm25) are ordered by rowid, up to ties at the probe's edge.
-        ``probe=False`` runs the full query alone (the benchmark's baseline)."""
-        match = fts_query(query)
-        if match is None:
+        ``probe=False`` runs the full query alone (the benchmark's baseline).
+
+        Pruning (with ``probe``, unless ``lexical_pruning`` is off): when the query has common words (``COMMON_FRACTION``) and rare ones, only the
+        documents that contain a rare word are ranked, by their full bm25 (``_rare_first``); the others (those with
+        common words only) are left out, and are then found by the dense side only."""
+        words = fts_words(query)
+        if not words:
             return []
+        match = _or(words)
         cube_list = list(cubes)
         cube_marks = ",".join("?" * len(cube_list))
         state_marks = ",".join("?" * len(states))
@@ -783,6 +806,18 @@ class SqliteStore:
         checks = f"v.cube IN ({cube_marks}) AND v.state IN ({state_marks}) AND {validity}"
         by_rowid = f"+v.cube IN ({cube_marks}) AND +v.state IN ({state_marks}) AND " + validity.replace("v.", "+v.")
         probe_n = LEXICAL_PROBE_FACTOR * limit
+        ranked = self._rare_first(words) if probe and self.lexical_pruning else None
+        if ranked is not None:  # documents with a rare word, best first: the first ``limit`` of them that pass
+            out: list[tuple[int, float]] = []
+            for start in range(0, len(ranked), max(probe_n, 500)):
+                part = ranked[start : start + max(probe_n, 500)]
+                marks = ",".join("?" * len(part))
+                passing = {r[0] for r in self._all(f"SELECT v.rowid FROM versions v WHERE v.rowid IN ({marks}) AND {by_rowid}",
+                                                   [*(r for r, _ in part), *cube_list, *states, *params])}
+                out += [x for x in part if x[0] in passing]
+                if len(out) >= limit:
+                    break
+            return out[:limit]
         probe = [] if not probe else self._all(
             "SELECT rowid, bm25(versions_fts) AS score FROM versions_fts WHERE versions_fts MATCH ? ORDER BY score LIMIT ?",
             (match, probe_n))
@@ -824,6 +859,35 @@ class SqliteStore:
                 length[rowid] = sum(_varints(bytes(sizes)))
         return {"rows": rows, "tokens": tokens, "hits": hits,
                 "candidates": {r: (freqs[r], length.get(r, 0)) for r in ids}}
+
+    def _rare_first(self, words: list[str]) -> list[tuple[int, float]] | None:
+        """(rowid, bm25) of every indexed document that contains a rare word of ``words``, best first (ties by
+        rowid), scored on all of ``words``; None when ``words`` are not both rare and common (``COMMON_FRACTION``):
+        the full query then ranks every match.
+
+        FTS5 ranks a MATCH expression by bm25 over the phrases in it, and matches what the expression matches. With
+        R the rare words and C the common ones, ``(R) AND (R OR C)`` matches the documents with a rare word and
+        scores each ``2 * bm25(R) + bm25(C)`` (every phrase counts, each with its own idf over the whole index),
+        and ``R`` alone scores ``bm25(R)``: the difference is the document's bm25 for the whole query, the score
+        the full query gives it. FTS5 walks the common words' long lists only to the rare words' rows (AND seeks),
+        and computes bm25 for the rare words' documents only, twice."""
+        if len(words) < 2:
+            return None
+        counts = self._one("SELECT " + ", ".join(["(SELECT count(*) FROM versions_fts WHERE versions_fts MATCH ?)"]
+                                                  * len(words)), [_or([w]) for w in words])
+        if counts is None:
+            return None
+        rows = self._one("SELECT max(id) FROM versions_fts_docsize")  # at least the indexed rows (rowids from 1)
+        common_above = max(COMMON_FRACTION * float(rows[0] or 0) if rows else 0.0, COMMON_MIN_ROWS)
+        rare = [w for w, n in zip(words, counts, strict=True) if n <= common_above]
+        common = [w for w, n in zip(words, counts, strict=True) if n > common_above]
+        if not rare or not common:
+            return None
+        both = self._all("SELECT rowid, bm25(versions_fts) FROM versions_fts WHERE versions_fts MATCH ?",
+                         (f"({_or(rare)}) AND ({_or(rare + common)})",))
+        alone = dict(self._all("SELECT rowid, bm25(versions_fts) FROM versions_fts WHERE versions_fts MATCH ?",
+                               (_or(rare),)))
+        return sorted(((r, score - alone[r]) for r, score in both), key=lambda x: (x[1], x[0]))
 
     # ------------------------------------------------------------------------------------------------ index outbox
 

@@ -37,6 +37,7 @@ def test_the_report_renders_the_parts_of_a_search_and_the_ratio_to_the_embedding
     run = {"memories": 10, "embedder_alone_texts_per_s": 100.0, "embedder_sample": 10, "ingest_memories_per_s": 95.0,
            "ingest_ratio_to_embedder": 0.95, "hybrid_p95_to_embedding_p50": 4.2,
            "stages_ms": {"query_embedding": part, "lexical_query": part},
+           "hybrid_before_after_ms": {"after": part, "before": {"p50": 4.0, "p95": 5.0, "p99": 6.0}},
            "search_ms": {"in_process": {m: part for m in ("hybrid", "dense", "lexical")}}}
     report = {"settings": {"data": "synthetic facts", "batch": 1000, "writers": 2, "queries": 5, "k": 10,
                            "sqlite_synchronous": "FULL", "index": "embedded Chroma"},
@@ -44,3 +45,5 @@ def test_the_report_renders_the_parts_of_a_search_and_the_ratio_to_the_embedding
     text = render_markdown(report)
     assert "| 10 | query_embedding | 1.5 | 2.5 | 3.5 |" in text and "| 10 | lexical_query | 1.5 | 2.5 | 3.5 |" in text
     assert "| 10 | hybrid p95 / query embedding p50 | 4.2 | | |" in text
+    assert "| 10 | hybrid search after (in turn) | 1.5 | 2.5 | 3.5 |" in text
+    assert "| 10 | hybrid search before (in turn) | 4.0 | 5.0 | 6.0 |" in text

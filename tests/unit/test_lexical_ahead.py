@@ -46,7 +46,7 @@ def test_ahead_gives_the_hits_of_the_sequential_path(mem, kernel, cube, monkeypa
     queries = ["otter and river", "the kelp reef", "heron marsh delta stone", "note 7", "nothing matches here"]
     ahead = {q: _hits(mem, cube, q, k=8) for q in queries}
     ahead_as_of = _hits(mem, cube, "tide shell", k=5, as_of=datetime.fromtimestamp(kernel.clock.now(), tz=UTC))
-    monkeypatch.setattr(kernel, "_lexical_ahead", lambda call: None)  # the sequential path: both legs in the handler
+    monkeypatch.setattr(kernel, "lexical_ahead", False)  # the sequential path: both legs in the handler
     assert {q: _hits(mem, cube, q, k=8) for q in queries} == ahead
     assert _hits(mem, cube, "tide shell", k=5, as_of=datetime.fromtimestamp(kernel.clock.now(), tz=UTC)) == ahead_as_of
     assert any(lexical_rank for hits in ahead.values() for *_, lexical_rank in hits)
