@@ -879,7 +879,7 @@ class SqliteStore:
             return None
         rows = self._one("SELECT max(id) FROM versions_fts_docsize")  # at least the indexed rows (rowids from 1)
         common_above = max(COMMON_FRACTION * float(rows[0] or 0) if rows else 0.0, COMMON_MIN_ROWS)
-        rare = [w for w, n in zip(words, counts, strict=True) if n <= common_above]
+        rare = [w for w, n in zip(words, counts, strict=True) if 0 < n <= common_above]  # a word of no row: none
         common = [w for w, n in zip(words, counts, strict=True) if n > common_above]
         if not rare or not common:
             return None

@@ -73,7 +73,7 @@ def test_documents_with_a_rare_word_rank_as_in_the_full_query(corpus, pruning, m
 
 
 def test_common_words_alone_or_rare_words_alone_rank_every_match(corpus, pruning):
-    for words in (["lives", "keeps"], ["owl", "heron"], ["code"]):
+    for words in (["lives", "keeps"], ["owl", "heron"], ["code"], ["lives", "nowhere"]):  # "nowhere": in no row
         assert corpus.lexical(" ".join(words), ("team/big",), None, 20) == matches(corpus, words, ("team/big",))[:20]
 
 

@@ -90,12 +90,13 @@ LexicalKey = tuple[str, tuple[str, ...], float | None, int]
 
 @dataclass(frozen=True, slots=True)
 class LexicalLeg:
-    """The lexical candidates of a hybrid search ((rowid, bm25) best first), computed on a worker thread while
-    ``Kernel.execute`` embedded the query (``lexical_ahead``). ``changes`` is ``SqliteStore.changes`` read before
-    the query ran."""
+    """The lexical candidates of a hybrid search ((rowid, bm25) best first) and their rows, read on a worker thread
+    while ``Kernel.execute`` embedded the query (``lexical_ahead``). ``changes`` is ``SqliteStore.changes`` read
+    before the leg ran."""
 
     key: LexicalKey
     found: list[tuple[int, float]]
+    rows: dict[int, VersionRow]
     changes: int
 
 
@@ -116,17 +117,19 @@ def run_lexical_leg(store: SqliteStore, key: LexicalKey) -> LexicalLeg:
     statement of the store waits for any open transaction, so the leg reads committed rows only)."""
     changes = store.changes
     query, cubes, at, limit = key
-    return LexicalLeg(key, store.lexical(query, cubes, at, limit), changes)
+    found = store.lexical(query, cubes, at, limit)
+    return LexicalLeg(key, found, store.versions_by_rowid([r for r, _ in found]), changes)
 
 
-def _lexical_candidates(ctx: CallContext, key: LexicalKey) -> list[tuple[int, float]]:
-    """The lexical leg's (rowid, bm25): the one computed ahead when it is this leg and nothing was written since it
-    ran (so it is what running it now would give), else run now."""
+def _lexical_candidates(ctx: CallContext, key: LexicalKey) -> tuple[list[tuple[int, float]], dict[int, VersionRow]]:
+    """The lexical leg's (rowid, bm25) and the rows already read for them: the leg run ahead when it is this leg
+    and nothing was written since it ran (so it is what running it now would give), else run now (no row read)."""
     store, ready = ctx.kernel.store, ctx.lexical_ready
     ctx.lexical_ready = None
     if ready is not None and ready.key == key and ready.changes == store.changes:
-        return ready.found
-    return run_lexical_leg(store, key).found
+        return ready.found, ready.rows
+    query, cubes, at, limit = key
+    return store.lexical(query, cubes, at, limit), {}
 
 
 class _Gathered:
@@ -181,9 +184,12 @@ def gather(ctx: CallContext, query: str, cubes: tuple[str, ...], k: int, f: sc.S
             one_of["source"] = tuple(x.value for x in f.sources)
         q = IndexQuery(embedding=ctx.query_vector(query), cubes=cubes, limit=limit, at=at, equals=equals, one_of=one_of)
         out.dense = dense_candidates(ctx, q)
+    read: dict[int, VersionRow] = {}  # the lexical leg's rows, when it ran ahead
     if mode in ("hybrid", "lexical"):
-        out.lexical = _lexical_candidates(ctx, (query, cubes, at, limit))
-    out.add(store.versions_by_rowid(dict.fromkeys([r for r, _ in out.dense] + [r for r, _ in out.lexical])))
+        out.lexical, read = _lexical_candidates(ctx, (query, cubes, at, limit))
+    wanted = dict.fromkeys([r for r, _ in out.dense] + [r for r, _ in out.lexical])
+    read |= store.versions_by_rowid([r for r in wanted if r not in read])  # one query for the others
+    out.add(dict(sorted(read.items())))  # by rowid, as one query for all of them gives them
     return out
 
 
