@@ -25,5 +25,5 @@ def scrape_until(url: str, done: Callable[[str], bool], timeout: float) -> str:
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         if done(text):
             break
-        time.sleep(2)
+        time.sleep(0.5)
     return text
