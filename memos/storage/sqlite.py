@@ -239,6 +239,9 @@ LEXICAL_PROBE_FACTOR = 2
 #: document that matches the query, and one template word (*lives*, *code*) matches 14% of a 100k-memory cube.
 COMMON_FRACTION = 0.05
 COMMON_MIN_ROWS = 2000
+#: Once a query has a common word, its rarer words keep bringing documents only while they match at most this many
+#: rows together: beyond, the commonest of them is scored only too (``_rare_first``), down to one word.
+RARE_BUDGET_ROWS = 1000
 
 
 def fts_words(text: str, max_terms: int = 32) -> list[str]:
@@ -863,7 +866,9 @@ class SqliteStore:
     def _rare_first(self, words: list[str]) -> list[tuple[int, float]] | None:
         """(rowid, bm25) of every indexed document that contains a rare word of ``words``, best first (ties by
         rowid), scored on all of ``words``; None when ``words`` are not both rare and common (``COMMON_FRACTION``):
-        the full query then ranks every match.
+        the full query then ranks every match. When there are common words, the rare ones that match more than
+        ``RARE_BUDGET_ROWS`` rows together give up their commonest, one by one, down to one word (a query of
+        five names and one word such as *falconer*, 1.5% of the rows, then ranks the names' few documents).
 
         FTS5 ranks a MATCH expression by bm25 over the phrases in it, and matches what the expression matches. With
         R the rare words and C the common ones, ``(R) AND (R OR C)`` matches the documents with a rare word and
@@ -879,10 +884,15 @@ class SqliteStore:
             return None
         rows = self._one("SELECT max(id) FROM versions_fts_docsize")  # at least the indexed rows (rowids from 1)
         common_above = max(COMMON_FRACTION * float(rows[0] or 0) if rows else 0.0, COMMON_MIN_ROWS)
-        rare = [w for w, n in zip(words, counts, strict=True) if 0 < n <= common_above]  # a word of no row: none
-        common = [w for w, n in zip(words, counts, strict=True) if n > common_above]
+        df = dict(zip(words, counts, strict=True))
+        rare = [w for w in words if 0 < df[w] <= common_above]  # a word of no row is neither
+        common = [w for w in words if df[w] > common_above]
         if not rare or not common:
             return None
+        while len(rare) > 1 and sum(df[w] for w in rare) > RARE_BUDGET_ROWS:  # the commonest rare word joins C
+            commonest = max(rare, key=lambda w: (df[w], w))
+            rare.remove(commonest)
+            common.append(commonest)
         both = self._all("SELECT rowid, bm25(versions_fts) FROM versions_fts WHERE versions_fts MATCH ?",
                          (f"({_or(rare)}) AND ({_or(rare + common)})",))
         alone = dict(self._all("SELECT rowid, bm25(versions_fts) FROM versions_fts WHERE versions_fts MATCH ?",

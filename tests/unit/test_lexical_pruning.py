@@ -89,3 +89,22 @@ def test_the_corpus_has_common_and_rare_words(corpus):
     count = {w: corpus._one("SELECT count(*) FROM versions_fts WHERE versions_fts MATCH ?", (f'"{w}"',))[0]
              for w in COMMON + RARE}
     assert all(count[w] > 0.2 * rows for w in COMMON) and all(0 < count[w] <= 0.2 * rows for w in RARE)
+
+
+def test_rare_words_over_the_budget_give_up_their_commonest(corpus, pruning, monkeypatch):
+    monkeypatch.setattr(sqlite_module, "RARE_BUDGET_ROWS", 25)
+    df = {w: corpus._one("SELECT count(*) FROM versions_fts WHERE versions_fts MATCH ?", (f'"{w}"',))[0] for w in RARE}
+    rng = random.Random(5)
+    narrowed = 0
+    for _ in range(30):
+        rare = rng.sample(RARE, 3)
+        words = ["lives", *rare]
+        kept = sorted(rare, key=lambda w: (df[w], w))
+        while len(kept) > 1 and sum(df[w] for w in kept) > 25:
+            kept.pop()  # the commonest (ties: the greater word)
+        narrowed += len(kept) < 3
+        with_kept = {r for r, _ in matches(corpus, kept, ("team/big",))}
+        expected = [x for x in matches(corpus, words, ("team/big",)) if x[0] in with_kept][:10]
+        got = corpus.lexical(" ".join(words), ("team/big",), None, 10)
+        assert [r for r, _ in got] == [r for r, _ in expected], (words, kept)
+    assert narrowed
