@@ -127,7 +127,7 @@ def reciprocal_rank_fusion(
     return fused
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a search builds hundreds, and a frozen dataclass's __init__ costs ~2x
 class Candidate:
     """What fusion and reranking read of one candidate memory. A kernel builds it from its row
     (``memos.kernel.ops.search``, ``key`` the version's rowid); the shard router from a shard's answer (``key``

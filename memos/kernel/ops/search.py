@@ -249,17 +249,13 @@ def dense_candidates(ctx: CallContext, q: IndexQuery) -> list[tuple[int, float]]
     store, index = ctx.kernel.store, ctx.kernel.index
     if not q.equals and not q.one_of:
         probe = index.nearest(q.embedding, PROBE_FACTOR * q.limit)
-        passing = _with_distances(store.rowid_pairs_of((parse_entry_id(eid) for eid, _ in probe), cubes=q.cubes,
-                                                       at=q.at, states=q.states), probe)
+        distance = {parse_entry_id(eid): d for eid, d in probe}
+        passing = [(rowid, float(distance[pair])) for pair, rowid in
+                   store.rowid_pairs_of(distance, cubes=q.cubes, at=q.at, states=q.states)]
         if len(passing) >= q.limit or len(probe) < PROBE_FACTOR * q.limit:  # enough, or the whole index was probed
             return passing[: q.limit]
-    found = index.query(q)
-    return _with_distances(store.rowid_pairs_of(parse_entry_id(eid) for eid, _ in found), found)
-
-
-def _with_distances(pairs: list[tuple[tuple[str, int], int]], entries: list[tuple[str, float]]) -> list[tuple[int, float]]:
-    distance = {parse_entry_id(eid): d for eid, d in entries}
-    return [(rowid, float(distance[pair])) for pair, rowid in pairs]
+    distance = {parse_entry_id(eid): d for eid, d in index.query(q)}
+    return [(rowid, float(distance[pair])) for pair, rowid in store.rowid_pairs_of(distance)]
 
 
 def expand_hits(
