@@ -480,6 +480,7 @@ class DistillRecipe(_Frozen):
     early_stop: bool | None = None
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     teacher: Literal["text", "context"] | None = None
+    pack: bool | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The fields set, as the model host's recipe takes them."""

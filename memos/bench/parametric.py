@@ -58,6 +58,8 @@ def run_parametric_bench(
     seed: int = 0,
     serving_repeats: int = 3,
     compare_legacy: bool = False,
+    legacy_sizes: tuple[int, ...] | None = None,
+    extra_recipes: dict[str, LoraConfig] | None = None,
     context: bool = True,
     savings: bool = True,
     log: Any = print,
@@ -67,18 +69,30 @@ def run_parametric_bench(
     The JSON is rewritten after every size, so an interrupted run keeps what it measured. Each size's training and
     evaluation is drawn as a status line on stderr (``memos.progress``); ``log`` gets one line per finished size.
 
+    ``extra_recipes`` (name -> recipe) are distilled at every size too, and ``LEGACY_RECIPE`` with
+    ``compare_legacy`` at ``legacy_sizes`` (default: every size; the legacy recipe is the slow one, so a ratio can
+    be taken at a small size): the report's "training time per fact count" table gives each recipe's time at each
+    size and its ratio to the default recipe's (and to the legacy one's) in the same run.
+
     Raises:
-        ValueError: no sizes, or a size below 1.
+        ValueError: no sizes, or a size below 1, or a legacy size that is not one of ``sizes``.
     """
     if not sizes or min(sizes) < 1:
         raise ValueError("need at least one size, each >= 1")
+    if legacy_sizes is not None and not set(legacy_sizes) <= set(sizes):
+        raise ValueError(f"legacy sizes {sorted(legacy_sizes)} must be among the sizes {sorted(sizes)}")
     config = config or LoraConfig()
-    recipes = {"default": config, **({"context": config.model_copy(update={"teacher": "context"})} if context else {}),
+    extra_recipes = dict(extra_recipes or {})
+    if clash := {"default", "context", "legacy"} & set(extra_recipes):
+        raise ValueError(f"recipe names {sorted(clash)} are taken by the bench's own recipes")
+    recipes = {"default": config, **extra_recipes,
+               **({"context": config.model_copy(update={"teacher": "context"})} if context else {}),
                **({"legacy": LEGACY_RECIPE} if compare_legacy else {})}
     out = Path(out_dir)
     (out / "adapters").mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "settings": {"sizes": list(sizes), "seed": seed, "config": config.model_dump(mode="json"),
+                     "legacy_sizes": list(legacy_sizes) if legacy_sizes is not None else None,
                      "recipes": {name: c.model_dump(mode="json") for name, c in recipes.items()}},
         "environment": _environment(host),
         "rows": [],
@@ -88,6 +102,8 @@ def run_parametric_bench(
     for size in sizes:
         facts = [SourceFact(id=i, version=1, text=t) for i, t in synthetic_facts(size, seed)]
         for name, recipe in recipes.items():
+            if name == "legacy" and legacy_sizes is not None and size not in legacy_sizes:
+                continue
             with Progress(f"[{size} facts, {name}] train") as bar:
                 result = distill(host, facts, recipe, progress=_progress_drawer(f"{size} facts, {name}", bar))
             assert result.payload is not None and result.evaluation is not None, "nothing cancels the bench"
@@ -175,6 +191,14 @@ def _row_line(r: dict[str, Any]) -> str:
             f"{r['adapter_bytes'] / 2**20:.2f} MiB")
 
 
+def _layers(top: float | None) -> str:
+    from memos.models.distill import FAST_FROM_FACTS, FAST_TOP_LAYERS
+
+    if top is None:
+        return f"the top {FAST_TOP_LAYERS:.0%} of the layers from {FAST_FROM_FACTS} facts up, every layer below"
+    return f"the top {top:.0%} of the layers"
+
+
 def _cpu(r: dict[str, Any]) -> str:
     return "-" if r.get("train_cpu_s") is None else f"{r['train_cpu_s']:.0f}"
 
@@ -187,8 +211,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Model `{env['fingerprint']['model_id']}` ({env['fingerprint']['dtype']}), torch {env['torch']}, peft "
         f"{env['peft']}, {env['torch_threads']} threads ({env['cpus']} CPUs, load average at start "
         f"{env['load_average_start'][0]:.1f}). Default recipe: LoRA rank {cfg['rank']}, alpha {cfg['alpha']:g}, "
-        f"{len(cfg['target_modules'])} module kinds in the top {cfg.get('top_layers', 1.0):.0%} of the layers, "
-        f"{cfg.get('dtype', 'float32')}, lr {cfg['learning_rate']:g}, batch {cfg['batch_size']}, at most "
+        f"{len(cfg['target_modules'])} module kinds in {_layers(cfg.get('top_layers', 1.0))}, "
+        f"{cfg.get('dtype') or 'bf16 from 20 facts up, float32 below'}, lr {cfg['learning_rate']:g}, batch {cfg['batch_size']}, at most "
         f"{cfg['epochs']} epochs{', early stop' if cfg.get('early_stop') else ''}, replay weight "
         f"{cfg['replay_weight']:g}, seed {report['settings']['seed']}.",
         "",
@@ -205,14 +229,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {r['locality_loss_without']:.3f} | {r['locality_delta']:+.3f} | {r['steps']} | {r['train_s']:.0f} "
             f"| {_cpu(r)} | {r['eval_s']:.0f} | {r['adapter_bytes'] / 2**20:.2f} | {r['adapter_parameters']:,} |"
         )
-    for size in dict.fromkeys(r["facts"] for r in report["rows"]):
-        pair = {r.get("recipe", "default"): r for r in report["rows"] if r["facts"] == size}
-        if {"default", "legacy"} <= set(pair):
-            new, old = pair["default"], pair["legacy"]
-            cpu = ("" if new.get("train_cpu_s") is None or old.get("train_cpu_s") is None else
-                   f", CPU {new['train_cpu_s'] / old['train_cpu_s']:.2f}x")
-            lines.append(f"\n{size} facts, default / legacy recipe in this run: training wall time "
-                         f"{new['train_s'] / old['train_s']:.2f}x{cpu}, evaluation {new['eval_s'] / old['eval_s']:.2f}x.")
+    lines += _timing_table(report["rows"])
     saved = [r for r in report["rows"] if r.get("savings")]
     if saved:
         lines += [
@@ -253,6 +270,35 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"tokens from hooks and peft: {'yes' if serving['hooks_and_peft_same_tokens'] else 'NO'}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _timing_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Training time per fact count: each recipe at each size, with its ratio to the default recipe (and to the
+    legacy one) at the same size in the same run."""
+    if not rows:
+        return []
+
+    def ratio(r: dict[str, Any], base: dict[str, Any] | None) -> str:
+        if base is None or r is base:
+            return "-"
+        wall = r["train_s"] / base["train_s"]
+        if r.get("train_cpu_s") and base.get("train_cpu_s"):
+            return f"{wall:.2f}x (CPU {r['train_cpu_s'] / base['train_cpu_s']:.2f}x)"
+        return f"{wall:.2f}x"
+
+    lines = ["", "Training time per fact count (same run; ratios to the default and to the legacy recipe at the "
+             "same size):", "",
+             "| facts | recipe | steps | train s | train CPU s | CPU s per fact | eval s | recall | held-out "
+             "| locality delta | / default | / legacy |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        same = {x.get("recipe", "default"): x for x in rows if x["facts"] == r["facts"]}
+        held = "-" if r["held_out_recall_with"] is None else f"{r['held_out_recall_with']:.0%}"
+        per_fact = "-" if r.get("train_cpu_s") is None else f"{r['train_cpu_s'] / r['facts']:.1f}"
+        lines.append(f"| {r['facts']} | {r.get('recipe', 'default')} | {r['steps']} | {r['train_s']:.0f} | {_cpu(r)} "
+                     f"| {per_fact} | {r['eval_s']:.0f} | {r['recall_with']:.0%} | {held} "
+                     f"| {r['locality_delta']:+.3f} | {ratio(r, same.get('default'))} | {ratio(r, same.get('legacy'))} |")
+    return lines
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -301,9 +347,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--replay-weight", type=float, default=defaults.replay_weight)
     parser.add_argument("--top-layers", type=float, default=defaults.top_layers,
-                        help="share of decoder layers adapted, from the top")
+                        help="share of decoder layers adapted, from the top (default: by the number of facts)")
     parser.add_argument("--compare-legacy", action="store_true",
                         help="also distil each size with the recipe before 2026-12, in the same run")
+    parser.add_argument("--legacy-sizes", type=int, nargs="+", default=None,
+                        help="with --compare-legacy: only these sizes (each one of --sizes; the legacy recipe is slow)")
+    parser.add_argument("--recipe", action="append", default=[], metavar="NAME=JSON",
+                        help="also distil each size with the default recipe changed by JSON, e.g. "
+                             "'top3={\"top_layers\": 0.3}' (repeatable)")
+    parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=defaults.pack,
+                        help="the default recipe's packing, each batch as one sequence (default: by the number of facts)")
     parser.add_argument("--no-context", action="store_true",
                         help="skip the context-distilled adapter (teacher: the model with the memories in front)")
     parser.add_argument("--no-savings", action="store_true",
@@ -317,11 +370,21 @@ def main(args: argparse.Namespace) -> int:
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_model_cache()
     host = ModelHost(ModelSpec(model=args.model, dtype=args.dtype, cache_dir=cache_dir, num_threads=args.threads))
-    config = LoraConfig(epochs=args.epochs, rank=args.rank, alpha=2.0 * args.rank, learning_rate=args.learning_rate,
-                        replay_weight=args.replay_weight, top_layers=args.top_layers)
+    config = LoraConfig().model_copy(update={
+        "epochs": args.epochs, "rank": args.rank, "alpha": 2.0 * args.rank, "learning_rate": args.learning_rate,
+        "replay_weight": args.replay_weight, "top_layers": args.top_layers, "pack": args.pack})
+    config = LoraConfig(**config.model_dump())  # validated
+    extra = {}
+    for spec in args.recipe:
+        name, _, fields = spec.partition("=")
+        try:
+            extra[name.strip()] = LoraConfig(**{**config.model_dump(), **json.loads(fields)})
+        except (ValueError, TypeError) as exc:
+            raise SystemExit(f"--recipe {spec!r}: expected NAME=JSON of LoraConfig fields ({exc})") from exc
     report = run_parametric_bench(args.out, tuple(args.sizes), host=host, config=config, seed=args.seed,
-                                  compare_legacy=args.compare_legacy, context=not args.no_context,
-                                  savings=not args.no_savings)
+                                  compare_legacy=args.compare_legacy,
+                                  legacy_sizes=tuple(args.legacy_sizes) if args.legacy_sizes else None,
+                                  extra_recipes=extra, context=not args.no_context, savings=not args.no_savings)
     print(render_markdown(report), end="")
     print(f"wrote {Path(args.out) / 'parametric.json'}, parametric.md, parametric.png")
     return 0
