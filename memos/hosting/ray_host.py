@@ -533,6 +533,10 @@ def health_advice(health: dict[str, Any] | None) -> str:
             "'memos up' (the data dir is recovered at start)")
 
 
+#: How long ``memos down`` waits for each kernel actor to close (flush and release its data dir) before killing it.
+CLOSE_TIMEOUT_S = 60.0
+
+
 def down(settings: Settings) -> bool:
     """Stop the kernel actor and the Ray head ``memos up`` started: the processes ``up`` recorded and their
     descendants, never a process that merely names the session (a ``tail -f`` of its log, a Prometheus reading its
@@ -544,6 +548,18 @@ def down(settings: Settings) -> bool:
         host = connect(settings)
         import ray
 
+        # Each kernel closes first (pending read counts written, SQLite and Chroma closed, the data dir's lock
+        # released): what was acknowledged is on disk before any process is stopped. Then the actors are killed
+        # (no restart) and the processes stopped.
+        kernels = {name: actor for name, actor in host.actors.items() if name.startswith("kernel")}
+        closing = {name: actor.close.remote() for name, actor in kernels.items()}
+        for name, ref in closing.items():
+            try:
+                ray.get(ref, timeout=CLOSE_TIMEOUT_S)
+            except ray.exceptions.RayError as exc:  # a dead or hung actor: its data dir is recovered at the next start
+                from memos.logging import get_logger
+
+                get_logger("memos.hosting").warning("down_close_failed", actor=name, error=str(exc)[:500])
         for actor in host.actors.values():
             ray.kill(actor)
         ray.shutdown()
@@ -592,9 +608,66 @@ def session_processes(session_dir: str | None, gcs_address: str | None, *, since
     return sorted(out, key=lambda p: p["pid"])
 
 
+#: Ray components known to ignore SIGTERM while the rest of the cluster stops (Ray's ``gcs_server`` and the
+#: autoscaler's ``monitor.py``): ``stop_processes`` gives them ``STUBBORN_GRACE_S`` before SIGKILL, not the full grace.
+#: They hold no memos data (the kernel actors are closed before, see ``down``).
+STUBBORN_GRACE_S = 1.0
+
+
+def _wait_gone(procs: list[Any], timeout: float) -> list[Any]:
+    """The processes still running after up to ``timeout`` s. A zombie counts as gone: it has exited and let go of
+    its ports, and an orphan's zombie waits for init to reap it (psutil's own wait counts it alive until then, a
+    second or more in some containers)."""
+    import psutil
+
+    def running(proc: Any) -> bool:
+        try:
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if running(p)]
+    return alive
+
+
+def _stop_group(procs: list[Any], grace: float, stubborn_grace: float) -> None:
+    """SIGTERM to all of ``procs``, SIGKILL to the stubborn ones still running after ``stubborn_grace`` s and to
+    the rest after ``grace`` s."""
+    import psutil
+
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    alive = _wait_gone(procs, min(grace, stubborn_grace))
+    if grace > stubborn_grace:
+        alive = _wait_gone([p for p in alive if not _stubborn(p)], grace - stubborn_grace) + \
+            [p for p in alive if _stubborn(p)]
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    _wait_gone(alive, 5.0)  # until the killed ones let go of their ports
+
+
+def _stubborn(proc: Any) -> bool:
+    import psutil
+
+    try:
+        name, cmdline = proc.name(), " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return name == "gcs_server" or ("ray/autoscaler/" in cmdline and "monitor.py" in cmdline)  # v1 and v2
+
+
 def stop_processes(recorded: list[dict[str, Any]], timeout: float = 15.0) -> list[int]:
     """Stop the recorded processes that still run (same pid *and* start time: a reused pid is someone else's) and
-    their descendants: SIGTERM, then SIGKILL after ``timeout``. Returns the pids stopped."""
+    their descendants, in the order of Ray's own ``ray stop``: the raylet first (its workers and agents share its
+    fate), then everything else, then the GCS last (the others report to it while they exit). Each group gets
+    SIGTERM, then SIGKILL after ``timeout`` s; the components known to ignore SIGTERM (``STUBBORN_GRACE_S``) after
+    that much. Returns the pids stopped."""
     import psutil
 
     procs: dict[int, Any] = {}
@@ -609,12 +682,14 @@ def stop_processes(recorded: list[dict[str, Any]], timeout: float = 15.0) -> lis
         with contextlib.suppress(psutil.Error):
             procs.update({c.pid: c for c in proc.children(recursive=True)})
     procs.pop(os.getpid(), None)
-    for proc in procs.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5.0)  # until the killed ones let go of their ports
+    def named(proc: Any) -> str:
+        with contextlib.suppress(psutil.Error):
+            return proc.name()
+        return ""
+
+    raylets = [p for p in procs.values() if named(p) == "raylet"]
+    gcs = [p for p in procs.values() if named(p) == "gcs_server"]
+    others = [p for p in procs.values() if p not in raylets and p not in gcs]
+    for group in (raylets, others, gcs):
+        _stop_group(group, timeout, min(timeout, STUBBORN_GRACE_S))
     return sorted(procs)

@@ -199,10 +199,38 @@ def test_the_policy_lifecycle_on_a_running_cluster_and_a_pause_through_a_kernel_
 
 def test_down_stops_the_cluster_and_only_what_it_started(cluster):
     """Last in this module: `memos down` on the shared cluster. It leaves a process that follows a session log alone
-    (issue 13: it killed it), and afterwards status and the policy commands say that none is running."""
+    (issue 13: it killed it), and afterwards status and the policy commands say that none is running. What was
+    acknowledged before it is on disk after it: a write (SQLite and its Chroma entry) and the reads of it counted in
+    the kernel's memory (written in batches; `memos down` closes each kernel before it stops a process, which writes
+    the pending ones) - what the next `memos up` opens, here opened in-process."""
+    env = {**os.environ, "MEMOS_HOME": str(cluster.home), "MEMOS_MODEL": "none"}
+    acked = (
+        "from memos.runtime import Runtime\n"
+        "with Runtime.start(mode='cluster') as rt:\n"
+        "    c = rt.client('agent:ops'); c.create_cube('ops/durable', exist_ok=True)\n"
+        "    m = c.write('ops/durable', 'the harbour crane is inspected every tuesday')\n"
+        "    for _ in range(5): c.read(m.id)\n"
+        "    print(m.id)\n"
+    )
+    made = subprocess.run([sys.executable, "-c", acked], capture_output=True, text=True, timeout=180, env=env)
+    assert made.returncode == 0, made.stderr[-3000:]
+    memory_id = made.stdout.split()[-1]
+
     tail_survived = cluster.stop()
     assert cluster.down.returncode == 0 and "memos is down" in cluster.down.stdout, cluster.down.stderr
     assert tail_survived, "memos down killed a process it did not start"
+    reopened = (
+        "from memos.runtime import Runtime\n"
+        "with Runtime.start(mode='inprocess') as rt:\n"
+        "    c = rt.client('agent:ops')\n"
+        f"    print(c.read({memory_id!r}).reads)\n"
+        "    print([h.memory.id for h in c.search('harbour crane inspection', 'ops/durable')])\n"
+    )
+    after = subprocess.run([sys.executable, "-c", reopened], capture_output=True, text=True, timeout=180, env=env)
+    assert after.returncode == 0, after.stderr[-3000:]
+    reads, hits = after.stdout.strip().splitlines()[-2:]
+    assert reads == "6", after.stdout  # the 5 reads before `memos down`, and this one
+    assert memory_id in hits, after.stdout
     assert memos(cluster.home, "status", **CLUSTER_PORTS).returncode == 1
     stopped = memos(cluster.home, "policy", "pause", "tidy/archive-all", **CLUSTER_PORTS)
     assert stopped.returncode == 1 and "none is running" in stopped.stderr
