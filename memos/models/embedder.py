@@ -70,6 +70,11 @@ class MiniLMEmbedder:
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         self._model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).eval()
 
+    def clear_cache(self) -> None:
+        """Forget every cached vector (benchmarks time cold queries; nothing else needs this)."""
+        with self._lock:
+            self._cache.clear()
+
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Unit vectors of ``texts``, in order. Texts not in the cache are encoded in batches of ``batch_size``,
         longest first, so that a batch holds texts of similar length (less padding to compute)."""

@@ -19,6 +19,15 @@ def test_queries_are_distinct_word_windows_of_the_texts():
     assert all(any(q in t for t in texts) for q in qs)
 
 
+def test_queries_shared_across_the_timed_parts_of_a_size_never_repeat():
+    # On a small templated corpus, independent draws repeat windows (a repeated query would time the embedder's
+    # cache); with one ``seen`` set per size, no query is timed twice.
+    texts, rng, seen = corpus(300), random.Random(2), set()
+    parts = [queries(texts, 100, rng, seen) for _ in range(5)]
+    flat = [q for part in parts for q in part]
+    assert len(flat) == len(set(flat)) == 500 and seen == set(flat)
+
+
 def test_the_report_renders_every_size_mode_and_transport():
     run = {"memories": 10, "embedder_alone_texts_per_s": 100.0, "embedder_sample": 10, "ingest_memories_per_s": 95.0,
            "ingest_ratio_to_embedder": 0.95, "ray_overhead_p50_ms": 0.8,
