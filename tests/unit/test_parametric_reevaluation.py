@@ -177,3 +177,24 @@ def test_a_policy_distils_the_sources_of_an_adapter_that_failed_its_re_evaluatio
     fresh = [m for m in mem.list("team/facts") if m.kind == "parametric" and m.id != adapter.id]
     assert len(fresh) == 1 and fresh[0].metadata["adoption"]["adopted"] is True
     assert {r.id for r in fresh[0].provenance.derived_from} == set(ids)
+
+
+def test_a_pass_cut_by_the_kernel_closing_logs_at_info_not_error(adopted) -> None:
+    """The background pass meets a closed store when the kernel closes under it: expected, not an error."""
+    import threading
+
+    kernel, _, _, _, adapter = adopted
+    logged: list[tuple[str, str]] = []
+
+    class Log:
+        def __getattr__(self, level: str):
+            return lambda message, **fields: logged.append((level, message))
+
+    kernel.log, stop = Log(), threading.Event()
+    kernel.store.close()
+    stop.set()
+    assert reevaluate_adapters(kernel, stop) == {}
+    assert logged and all(level == "info" and "kernel closing" in message for level, message in logged)
+    logged.clear()
+    assert reevaluate_adapters(kernel) == {}  # not closing: the same failure is an error
+    assert [level for level, _ in logged] == ["error"]

@@ -201,7 +201,7 @@ def reevaluate_adapters(kernel: Kernel, stop: threading.Event | None = None) -> 
     try:
         ids = adapters_for_another_base(kernel)
     except Exception as exc:  # noqa: BLE001 -- a background pass: the kernel closed, or the model host is down
-        kernel.log.error("could not look for adapters to re-evaluate", error=repr(exc))
+        _log_stopped(kernel, stop, "could not look for adapters to re-evaluate", error=repr(exc))
         return outcomes
     if ids:
         kernel.log.warning("base model changed: re-evaluating adopted adapters", adapters=len(ids))
@@ -211,9 +211,18 @@ def reevaluate_adapters(kernel: Kernel, stop: threading.Event | None = None) -> 
         try:
             outcomes[memory_id] = kernel.execute("system", sc.Reevaluate(id=memory_id))  # type: ignore[assignment]
         except MemosError as exc:
-            kernel.log.error("re-evaluation failed", memory_id=memory_id, code=exc.code, error=exc.message)
+            _log_stopped(kernel, stop, "re-evaluation failed", memory_id=memory_id, code=exc.code, error=exc.message)
             outcomes[memory_id] = exc
         except Exception as exc:  # noqa: BLE001 -- as above: the kernel closed under the pass
-            kernel.log.error("re-evaluation stopped", memory_id=memory_id, error=repr(exc))
+            _log_stopped(kernel, stop, "re-evaluation stopped", memory_id=memory_id, error=repr(exc))
             break
     return outcomes
+
+
+def _log_stopped(kernel: Kernel, stop: threading.Event | None, message: str, **fields: Any) -> None:
+    """An error of the pass: at error level, unless the kernel is closing (``stop`` set), where a closed store or
+    model host under the pass is expected and logged at info."""
+    if stop is not None and stop.is_set():
+        kernel.log.info(f"{message} (kernel closing)", **fields)
+    else:
+        kernel.log.error(message, **fields)
