@@ -35,6 +35,15 @@ def cmd_observe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cursor(text: str) -> int | str:
+    """An events cursor from the command line: a sequence number, or a kernel-shard cursor (``shards:3,7``)."""
+    if text.isdigit():
+        return int(text)
+    if text.startswith("shards:") and all(x.isdigit() for x in text.removeprefix("shards:").split(",")):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a cursor: a sequence number, or shards:<seq>,<seq>,...")
+
+
 def _events(mem: Any, args: argparse.Namespace) -> int:
     """Print events as JSON lines; with --follow, keep polling for new ones until interrupted."""
     since, tail = args.since, args.tail
@@ -166,7 +175,9 @@ def register(sub: Any) -> None:
     p.add_argument("cube", nargs="?")
     p.add_argument("--limit", type=int, default=50)
     p = observe_parser("events", "kernel events as JSON lines")
-    p.add_argument("--since", type=int, default=0)
+    p.add_argument("--since", type=_cursor, default=0, metavar="CURSOR",
+                   help="events after this cursor: a sequence number, or over kernel shards the next_seq printed "
+                        "by a previous page (shards:<seq>,<seq>,...)")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--type", dest="types", action="append", default=[], metavar="TYPE",
                    help="only events of this type (repeatable): written, migrated, policy_fired, job_failed, ...")

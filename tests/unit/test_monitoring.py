@@ -407,3 +407,34 @@ def test_top_shows_the_newest_migrations_of_a_long_log(kernel, monkeypatch, caps
     assert cli.main(["events", "--tail", "3", "--type", "migrated", "--as", "agent:alice"]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["type"], e["memory_id"]) for e in printed] == [("migrated", f"m{i}") for i in (1197, 1198, 1199)]
+
+
+def test_memos_events_takes_a_sequence_number_or_a_shard_cursor(monkeypatch, capsys) -> None:
+    """Over kernel shards ``next_seq`` is ``shards:<seq>,<seq>``: the CLI passes it back as given; junk is refused."""
+    from memos import cli
+    from memos.types import EventList
+
+    asked: list[object] = []
+
+    class Client:
+        def events(self, since, **kwargs):
+            asked.append(since)
+            return EventList(events=(), next_seq=since)
+
+    class Runtime:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def client(self, principal):
+            return Client()
+
+    monkeypatch.setattr(cli.common, "open_runtime", lambda args: Runtime())
+    assert cli.main(["events", "--since", "shards:3,7"]) == 0
+    assert cli.main(["events", "--since", "42"]) == 0
+    assert asked == ["shards:3,7", 42]
+    with pytest.raises(SystemExit):
+        cli.main(["events", "--since", "shards:3,x"])
+    assert "is not a cursor" in capsys.readouterr().err
