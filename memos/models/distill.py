@@ -21,8 +21,9 @@ adapter on the same machine.
 alpha 16, on every attention and MLP projection (of every layer below :data:`FAST_FROM_FACTS` facts; from there of
 the top :data:`FAST_TOP_LAYERS` of the layers, with packed batches on bf16 base weights: ``LoraConfig.for_facts``); AdamW, learning rate 3e-3 with 10% linear warm-up and linear decay;
 batch 4 (small batches: more updates for the same tokens); at most 10 passes over the examples, stopping early (3
-more steps, learning rate decaying to 0) once every trained question's answer key is the teacher-forced arg-max
-(checked from half the cap on). ``dtype="bfloat16"`` trains on bf16 base weights (factors and optimiser in float32;
+more steps, learning rate decaying to 0) once every trained question's reply up to its answer key is the
+teacher-forced arg-max (checked from half the cap on, then again for all with the weights of that step; from 20 facts
+up ``focus`` gives one place of each batch to a question not reproduced yet). ``dtype="bfloat16"`` trains on bf16 base weights (factors and optimiser in float32;
 evaluation in the served dtype): 14% less CPU, but it lost a fact of 4 where float32 kept them all, so it is the
 default only from :data:`FAST_FROM_FACTS` facts up. Chat examples share their
 first tokens (system prompt, start of the user turn): that prefix is computed once per batch and broadcast, which
@@ -127,6 +128,10 @@ class LoraConfig(BaseModel):
             example attending only to itself and that prefix) instead of a padded row per example: the same losses
             with fewer tokens (no padding, no repeated prefix). ``None`` (the default): packed from
             :data:`FAST_FROM_FACTS` facts up, as before below (where the recipe is the one the kernel's tests pass).
+        focus: after the first pass, this many places of each batch go to trained questions whose reply (up to the
+            answer key) was not reproduced at their latest visit, the rest of the batch coming from the seeded
+            passes as before (which then move on more slowly): steps go to what is not learnt yet. ``None`` (the
+            default): :data:`FAST_FOCUS` from :data:`FAST_FROM_FACTS` facts up, 0 below.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -150,6 +155,7 @@ class LoraConfig(BaseModel):
     teacher: Literal["text", "context"] = "text"
     teacher_top_k: int = Field(default=1, ge=1, le=4096)
     pack: bool | None = None
+    focus: int | None = Field(default=None, ge=0, le=1024)
 
     def for_facts(self, facts: int) -> LoraConfig:
         """This recipe with ``top_layers``, ``pack`` and ``dtype`` chosen for ``facts`` facts where they are ``None``
@@ -162,6 +168,8 @@ class LoraConfig(BaseModel):
             update["pack"] = fast
         if self.dtype is None:
             update["dtype"] = "bfloat16" if fast else "float32"
+        if self.focus is None:
+            update["focus"] = FAST_FOCUS if fast else 0
         return self.model_copy(update=update) if update else self
 
 
@@ -172,11 +180,15 @@ class LoraConfig(BaseModel):
 #: layer flipped one of the integration tests' 4 facts; bf16 lost one of 4 in the first pass). docs/parametric.md.
 FAST_FROM_FACTS = 20
 FAST_TOP_LAYERS = 0.3
+#: From ``FAST_FROM_FACTS`` facts up, places of each batch given to trained questions not yet reproduced
+#: (``LoraConfig.focus``): seeds 0 and 1 of 20 facts 100 % recall, where 95 % and 85 % without (docs/parametric.md,
+#: "fourth pass").
+FAST_FOCUS = 1
 
 
 #: The recipe before 2026-12 (10 full epochs, evaluation 4 questions at a time), kept to compare with:
 #: ``memos bench parametric --compare-legacy``.
-LEGACY_RECIPE = LoraConfig(dtype="float32", top_layers=1.0, early_stop=False, cooldown_steps=0, eval_batch_size=4,
+LEGACY_RECIPE = LoraConfig(dtype="float32", top_layers=1.0, early_stop=False, cooldown_steps=0, eval_batch_size=4, focus=0,
                            pack=False)
 
 
@@ -271,7 +283,7 @@ class _Example:
     labels: tuple[int, ...]  # -100 where no loss is taken
     prefixed: bool  # ids follow the shared chat prefix (which they do not include)
     question: bool = False  # a trained question's answer: early stopping waits until its key is reproduced
-    key_positions: tuple[int, ...] = ()  # positions in ids of the answer key's tokens (question examples)
+    key_positions: tuple[int, ...] = ()  # positions in ids of the reply's tokens up to the answer key's last one
     # Context teacher: per labelled position (in order), the teacher's top-k token ids and probabilities.
     soft: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False)
 
@@ -521,8 +533,8 @@ def _chat_example(tokenizer: Any, prefix: tuple[int, ...], question: str, answer
     """``question`` rendered as generation renders it, then ``answer`` as the model's turn; loss on the answer.
 
     The shared ``prefix`` is cut off (training computes it once per batch) when the prompt starts with it. The
-    tokens of the answer that spell ``key`` are remembered (all the reply's tokens when it is not found), so that
-    early stopping can ask whether greedy decoding would say the key."""
+    positions of the reply's tokens up to the last one that spells ``key`` are remembered (all the reply's tokens
+    when it is not found), so that early stopping can ask whether greedy decoding would say the key."""
     prompt = _render_prompt(tokenizer, question)
     full = tokenizer.apply_chat_template(
         [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False
@@ -540,7 +552,11 @@ def _chat_example(tokenizer: Any, prefix: tuple[int, ...], question: str, answer
     if at < 0 or spans is None or len(spans) != len(reply_ids):
         positions = range(len(prompt_ids), len(ids))
     else:
-        positions = [len(prompt_ids) + i for i, (a, b) in enumerate(spans) if a < at + len(key) and b > at]
+        # Every reply token up to the key's last one: greedy decoding says the key exactly when it reproduces the
+        # reply that far (a key alone, teacher-forced after the right start, is not enough: greedy may leave the
+        # trained reply before the key).
+        end = max((i for i, (a, b) in enumerate(spans) if a < at + len(key) and b > at), default=len(spans) - 1)
+        positions = range(len(prompt_ids), len(prompt_ids) + end + 1)
     cut = len(prefix) if prefix and tuple(ids[: len(prefix)]) == prefix else 0
     return _Example(tuple(ids[cut:]), tuple(labels[cut:]), prefixed=cut > 0, question=True,
                     key_positions=tuple(p - cut for p in positions))
@@ -593,11 +609,17 @@ def _train(
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     warmup = max(1, steps // 10)
-    batches = examples.endless(config.batch_size, order)
     replay_kl: float | None = None
     # Early stopping: whether each trained question's reply was reproduced exactly at its latest visit.
     exact: dict[int, bool] = {id(e): False for e in examples.examples if e.question}
+    questions = [e for e in examples.examples if e.question]
     per_pass = math.ceil(len(examples.examples) / config.batch_size)
+    focus = min(config.focus or 0, config.batch_size - 1)
+    if focus:
+        stream = examples.stream(order)
+        picker = random.Random(config.seed + 1)
+    else:
+        batches = examples.endless(config.batch_size, order)
     stop_at: int | None = None
     stop_lr = 0.0
     peft_model.train()
@@ -611,7 +633,15 @@ def _train(
                 lr = stop_lr * (stop_at - step + 1) / (config.cooldown_steps + 1)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = next(batches)
+            if focus:
+                missed = [e for e in questions if not exact[id(e)]] if step > per_pass else []
+                batch = picker.sample(missed, min(focus, len(missed)))
+                while len(batch) < min(config.batch_size, len(examples.examples)):
+                    e = next(stream)
+                    if all(e is not b for b in batch):
+                        batch.append(e)
+            else:
+                batch = next(batches)
             loss, hits = _fact_loss(work, batch, examples, pad)
             exact.update((id(e), hit) for e, hit in hits if e.question)
             total = loss
@@ -631,13 +661,29 @@ def _train(
             # phrasings are (measured: 4 facts stopped at step 6 of 25 and missed the held-out gate).
             if (config.early_stop and stop_at is None and step >= max(per_pass, steps // 2) and exact
                     and all(exact.values())):
-                stop_at, stop_lr = step + config.cooldown_steps, lr
+                # Latest visits can be stale (a reply learnt early may be lost since): check every trained question
+                # with the weights of now (one forward, no gradients) before stopping.
+                exact.update(_reproduced(work, questions, examples, pad, config.batch_size * 4))
+                if all(exact.values()):
+                    stop_at, stop_lr = step + config.cooldown_steps, lr
             if stop_at is not None and step >= stop_at:
                 break
         return _extract(peft_model), replay_kl, stop_at is not None and len(curve) < steps
     finally:
         peft_model.eval()
         peft_model.unload()
+
+
+def _reproduced(work: Any, questions: list[_Example], examples: _Batches, pad: int, chunk: int) -> dict[int, bool]:
+    """Whether each trained question's reply up to its key is the arg-max under teacher forcing now, by ``id``."""
+    import torch
+
+    out: dict[int, bool] = {}
+    with torch.no_grad():
+        for i in range(0, len(questions), chunk):
+            _, hits = _fact_loss(work, questions[i : i + chunk], examples, pad)
+            out.update((id(e), hit) for e, hit in hits)
+    return out
 
 
 @dataclass(frozen=True)
@@ -655,6 +701,13 @@ class _Batches:
         shuffled = self.examples[:]
         order.shuffle(shuffled)
         return [shuffled[i : i + size] for i in range(0, len(shuffled), size)]
+
+    def stream(self, order: random.Random) -> Iterator[_Example]:
+        """The examples one at a time forever, each pass in a new seeded order."""
+        while True:
+            shuffled = self.examples[:]
+            order.shuffle(shuffled)
+            yield from shuffled
 
     def endless(self, size: int, order: random.Random) -> Iterator[list[_Example]]:
         """Batches of ``size`` forever, each pass over the examples in a new seeded order."""
