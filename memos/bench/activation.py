@@ -248,6 +248,9 @@ def model_environment(host: ModelHost) -> dict[str, Any]:
         "model_source": str(host.loaded.source),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        # OpenMP's wait (memos.models sets both unless the environment does): training time depends on them.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
         "processor": platform.processor(),

@@ -210,7 +210,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Model `{env['fingerprint']['model_id']}` ({env['fingerprint']['dtype']}), torch {env['torch']}, peft "
         f"{env['peft']}, {env['torch_threads']} threads ({env['cpus']} CPUs, load average at start "
-        f"{env['load_average_start'][0]:.1f}). Default recipe: LoRA rank {cfg['rank']}, alpha {cfg['alpha']:g}, "
+        f"{env['load_average_start'][0]:.1f}; OpenMP wait {env.get('omp_wait_policy') or 'default'}, spin count "
+        f"{env.get('gomp_spincount') or 'default'}). Default recipe: LoRA rank {cfg['rank']}, alpha {cfg['alpha']:g}, "
         f"{len(cfg['target_modules'])} module kinds in {_layers(cfg.get('top_layers', 1.0))}, "
         f"{cfg.get('dtype') or 'bf16 from 20 facts up, float32 below'}, lr {cfg['learning_rate']:g}, batch {cfg['batch_size']}, at most "
         f"{cfg['epochs']} epochs{', early stop' if cfg.get('early_stop') else ''}, replay weight "

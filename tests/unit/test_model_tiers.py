@@ -54,3 +54,18 @@ def test_with_a_gpu_auto_means_the_gpu_in_half_precision() -> None:
 def test_an_unknown_device_is_refused() -> None:
     with pytest.raises(ModelUnavailable, match="unknown device 'tpu'"):
         resolve_device("tpu", "auto")
+
+
+@pytest.mark.parametrize("given, policy, spin", [
+    ({}, "PASSIVE", "3000"),  # memos' defaults: sleep when idle, after a short spin (docs/parametric.md, fifth pass)
+    ({"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "0"}, "ACTIVE", "0"),  # what the environment says wins
+])
+def test_openmp_wait_settings_are_set_before_torch_loads_unless_given(given, policy, spin) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | given
+    code = "import os, memos.models; print(os.environ['OMP_WAIT_POLICY'], os.environ['GOMP_SPINCOUNT'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [policy, spin]
