@@ -33,7 +33,6 @@ uses the real one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import random
@@ -51,7 +50,7 @@ from typing import Any, Literal
 
 from memos.config import Settings
 from memos.kernel.factory import open_embedder, open_kernel
-from memos.kernel.indexer import entry_metadata
+from memos.kernel.indexer import entry_metadata, same_metadata
 from memos.models.hashing import HashingEmbedder
 from memos.progress import Progress
 from memos.service import KernelService
@@ -440,17 +439,9 @@ def index_drift(kernel: Any) -> dict[str, int]:
     present = kernel.index.ids()
     rows = kernel.store.versions_by_rowid(expected.values())
     held = kernel.index.get_metadata([e for e in expected if e in present])
-    outdated = sum(1 for e, meta in held.items() if not _same_metadata(meta, entry_metadata(rows[expected[e]])))
+    outdated = sum(1 for e, meta in held.items() if not same_metadata(meta, entry_metadata(rows[expected[e]])))
     return {"missing": len(expected.keys() - present), "extra": len(present - expected.keys()), "outdated": outdated}
 
-
-def _same_metadata(held: dict[str, Any], truth: dict[str, Any]) -> bool:
-    if held.keys() != truth.keys():
-        return False
-    return all(
-        math.isclose(held[k], v, rel_tol=1e-15) if isinstance(v, float) and isinstance(held[k], float) else held[k] == v
-        for k, v in truth.items()
-    )
 
 
 _HALF_VERSION_QUERIES = (

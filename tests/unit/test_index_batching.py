@@ -92,3 +92,20 @@ def test_concurrent_writers_are_indexed_in_batches_and_each_finds_its_own_write(
     assert sum(embedder.batches) >= 40 and max(embedder.batches) > 1  # at least one batch held several writers
     assert kernel.store.pending_index_count() == 0
     assert len(kernel.index.ids()) == 40
+
+
+def test_index_metadata_is_what_the_filtered_query_reads_and_older_entries_stay_consistent(mem, kernel):
+    mem.create_cube("team/x")
+    note = mem.write("team/x", "a note")
+    eid = entry_id(note.id, note.version)
+    held = kernel.index.get_metadata([eid])[eid]
+    assert "memory_id" not in held and "version" not in held  # in the entry's id already
+    assert {"cube", "state", "valid_from", "valid_to", "trust", "kind", "author", "source"} <= held.keys()
+    # An entry written before 2026-12-06 carries the two keys as well: a deep check finds nothing to repair.
+    kernel.index.set_metadata([eid], [{**held, "memory_id": note.id, "version": note.version}])
+    report = kernel.indexer.reconcile(deep=True)
+    assert report.consistent and report.expected == report.indexed == 1
+    # A real difference is still found and repaired.
+    kernel.index.set_metadata([eid], [{**held, "state": "archived"}])
+    assert kernel.indexer.reconcile(deep=True).fixed_metadata == 1
+    assert kernel.index.get_metadata([eid])[eid]["state"] == "active"
