@@ -443,7 +443,6 @@ def index_drift(kernel: Any) -> dict[str, int]:
     return {"missing": len(expected.keys() - present), "extra": len(present - expected.keys()), "outdated": outdated}
 
 
-
 _HALF_VERSION_QUERIES = (
     # a memory without any version
     "SELECT COUNT(*) FROM memories WHERE id NOT IN (SELECT memory_id FROM versions)",

@@ -10,5 +10,5 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # training runs thousands of small operations a step. A short spin first (GNU OpenMP's count: ~30 us here; PASSIVE
 # alone means 0) took a LoRA training step from 656 to 424 ms (0.65x, as fast as ACTIVE's 402 ms), while a 2-thread
 # embedding beside 3 busy processes took 33 ms p50 against 27 ms with no spin (52 ms with 10000, 73 ms with the
-# default policy). docs/parametric.md, "Fifth pass: OpenMP's spin".
+# default policy). docs/parametric.md, "Faster distillation, fifth pass".
 os.environ.setdefault("GOMP_SPINCOUNT", "3000")

@@ -704,18 +704,13 @@ class _Batches:
 
     def stream(self, order: random.Random) -> Iterator[_Example]:
         """The examples one at a time forever, each pass in a new seeded order."""
-        while True:
-            shuffled = self.examples[:]
-            order.shuffle(shuffled)
-            yield from shuffled
+        for batch in self.endless(len(self.examples), order):
+            yield from batch
 
     def endless(self, size: int, order: random.Random) -> Iterator[list[_Example]]:
         """Batches of ``size`` forever, each pass over the examples in a new seeded order."""
         while True:
-            shuffled = self.examples[:]
-            order.shuffle(shuffled)
-            for i in range(0, len(shuffled), size):
-                yield shuffled[i : i + size]
+            yield from self.fixed(size, order)
 
 
 @dataclass(frozen=True)
